@@ -1,0 +1,96 @@
+"""``gmp`` — gradual magnitude pruning (Zhu & Gupta, 2017) of the online and momentum encoders.
+
+Masks start at ``init_density`` and shrink by magnitude on the cubic schedule
+
+    d_t = d_f + (d_i - d_f) * (1 - (t - t0) / (end - t0)) ** 3
+
+at ``start``, ``start + every``, ... and at ``end`` (``solo_sparse.schedule``). Pruning is
+monotone: a pruned weight never returns. The momentum encoder, where the method has one, uses the
+online masks (re-applied after every EMA update). The per-layer split of each density follows
+``distribution`` (uniform | global | erk); at ``granularity: nm`` the share of N:M groups grows until
+every group is N:M (density n/m).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+import warnings
+
+from solo_sparse.config import ConfigError, MaskSpec, ScheduleSpec, check_density, key_error, PREFIX
+from solo_sparse.density import allocate_masks
+from solo_sparse.schedule import cubic_density, is_update_step
+from solo_sparse.weight_plugin import WeightSparsityPlugin
+
+
+@dataclass
+class GMPConfig(ScheduleSpec, MaskSpec):
+    """Keys under ``solo_sparse:`` for ``gmp`` (see MaskSpec and ScheduleSpec for the shared ones)."""
+
+    init_density: float = 1.0
+    #: None = 0.1, or n/m for granularity nm
+    final_density: Optional[float] = None
+
+    def __post_init__(self):
+        MaskSpec.__post_init__(self)
+        ScheduleSpec.__post_init__(self)
+        self.init_density = check_density("init_density", self.init_density)
+        if self.final_density is None:
+            self.final_density = self.nm_density if self.granularity == "nm" else 0.1
+        self.final_density = check_density("final_density", self.final_density)
+        if self.granularity == "nm" and abs(self.final_density - self.nm_density) > 1e-9:
+            raise key_error("final_density", self.final_density,
+                            f"granularity 'nm' ends at n/m = {self.n}/{self.m} = {self.nm_density}; leave it unset or set it to that")
+        if self.init_density < self.final_density:
+            raise ConfigError(
+                f"{PREFIX}.init_density={self.init_density} < {PREFIX}.final_density={self.final_density}: "
+                "gradual pruning only removes weights (init_density must be >= final_density)"
+            )
+
+
+class GMP(WeightSparsityPlugin):
+    name = "gmp"
+    description = "gradual magnitude pruning on a cubic schedule (Zhu & Gupta 2017); momentum encoder shares the masks"
+    families = ("momentum", "shared")
+    Config = GMPConfig
+
+    def __init__(self, config: GMPConfig):
+        super().__init__(config)
+        self._resolved = None
+
+    def _allocate(self, density: float):
+        c = self.config
+        return allocate_masks(self.magnitude_scores(prune_only=True), density, c.distribution, c.granularity,
+                              n=c.n, m=c.m, block=c.block)
+
+    def init_masks(self) -> None:
+        if self.config.init_density < 1.0:
+            self.sparsifier.set_masks(self._allocate(self.config.init_density))
+
+    def on_train_start(self) -> None:
+        start, end, every = self.config.resolve(self.steps_per_epoch, self.total_steps)
+        if self.total_steps and end > self.total_steps:
+            warnings.warn(f"solo-sparse gmp: {PREFIX}.end={self.config.end} (step {end}) is after the last "
+                          f"training step ({self.total_steps}); the final density will not be reached")
+        self._resolved = (start, end, every)
+        self.log({"schedule/start_step": start, "schedule/end_step": end})
+
+    def schedule(self):
+        if self._resolved is None:  # used outside a trainer: steps only
+            self._resolved = self.config.resolve(self.steps_per_epoch, self.total_steps)
+        return self._resolved
+
+    def target_density(self, step: Optional[int] = None) -> float:
+        start, end, _ = self.schedule()
+        return cubic_density(self.step if step is None else step, start, end,
+                             self.config.init_density, self.config.final_density)
+
+    def update_masks(self, optimizer) -> bool:
+        start, end, every = self.schedule()
+        if not is_update_step(self.step, start, end, every):
+            return False
+        d = self.target_density()
+        if d >= self.sparsifier.density("online") - 1e-12:
+            return False
+        self.sparsifier.set_masks(self._allocate(d))
+        self.log({"target_density": d})
+        return True

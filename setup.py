@@ -1,0 +1,40 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+REQUIREMENTS = [
+    "torch>=2.1", "torchvision", "hydra-core>=1.3", "omegaconf>=2.3", "safetensors", "numpy",
+    "pillow", "tqdm",
+]
+
+setup(
+    name="solo-sparse",
+    version="0.1.0",
+    description="Sparse, gated and cheaper self-supervised learning: plugins for solo-learn",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["solo_sparse", "solo_sparse.*"], exclude=["solo_sparse._hydra"])
+    + ["solo_sparse_plugins", "hydra_plugins.solo_sparse_searchpath"],
+    package_dir={
+        "solo_sparse_plugins": "plugins",
+        "hydra_plugins.solo_sparse_searchpath": "solo_sparse/_hydra",
+    },
+    package_data={"solo_sparse": ["configs/solo_sparse/*.yaml"]},
+    include_package_data=True,
+    install_requires=REQUIREMENTS,
+    extras_require={
+        "solo": ["lightning==2.1.2", "torchmetrics>=0.6.0,<0.12.0", "setuptools<81", "timm", "einops"],
+        "plots": ["matplotlib"],
+        "test": ["pytest"],
+    },
+    entry_points={
+        "console_scripts": ["solo-sparse=solo_sparse.cli:main"],
+        "solo_sparse.plugins": [
+            "gmp = solo_sparse_plugins.gmp:GMP",
+        ],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,295 @@
+"""The solo-learn binding — the only module of solo-sparse that imports ``solo``.
+
+- :func:`wrap` turns a solo-learn method class into a subclass that drives solo-sparse plugins
+  through the :class:`~solo_sparse.plugin.PluginHost` hooks.
+- :func:`install_from_config` is what the Hydra callback runs before solo-learn's ``main``: it
+  registers backbone variants in ``BaseMethod._BACKBONES`` and replaces ``METHODS[cfg.method]``
+  **in place** (the scripts hold references to both dicts), or, for ``main_linear.py``, wraps the
+  backbone builder so the backbone gets the plugin's buffers and a strict post-load check.
+
+Hook placement in a solo-learn method (see DESIGN.md for why each is there):
+``base_training_step`` / ``multicrop_forward`` / ``_shared_step_momentum`` → ``on_crop`` with the
+crop index (large crops in order, then small crops; the momentum encoder per large crop);
+``on_after_backward`` → mask gradients; ``optimizer_step`` (after the real step) → masks on
+weights and optimizer state, schedule updates; ``on_train_batch_end`` (after solo-learn's EMA
+update) → re-mask the momentum encoder; checkpoint hooks → ``checkpoint["solo_sparse"]``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
+
+try:
+    import solo.methods as _solo_methods
+    from solo.methods.base import BaseMethod, BaseMomentumMethod
+except ImportError as e:  # pragma: no cover - exercised only without solo-learn
+    raise ImportError(
+        "solo_sparse.binding needs solo-learn (1.0.6): install it as its README says "
+        "(e.g. pip install from a clone of github.com/vturrisi/solo-learn); the engine "
+        "(import solo_sparse) works without it"
+    ) from e
+
+from .config import ConfigError, PREFIX, _to_plain
+from .plugin import Branch, ModelView, Plugin, PluginHost
+from .registry import get_plugin
+from .sparsifier import ModuleGroup
+
+CKPT_KEY = "solo_sparse"
+
+
+# ----------------------------------------------------------------------------------------- config
+def plugin_names(section: Mapping[str, Any]) -> List[str]:
+    """The plugin(s) a ``solo_sparse:`` section asks for: ``plugin: x`` or ``plugins: [x, y]``."""
+    if "plugins" in section and section["plugins"]:
+        names = list(section["plugins"])
+    elif section.get("plugin"):
+        names = [section["plugin"]]
+    else:
+        raise ConfigError(f"{PREFIX}: name a plugin ({PREFIX}.plugin: gmp), e.g. with '- solo_sparse: gmp' in defaults")
+    return [str(n) for n in names]
+
+
+def build_plugins(section: Optional[Mapping[str, Any]]) -> List[Plugin]:
+    """Validate a ``solo_sparse:`` section and build its plugin(s).
+
+    One plugin: its keys sit directly under ``solo_sparse:``. Several (``plugins: [a, b]``): each
+    plugin's keys sit under ``solo_sparse.<name>:``; hooks run in list order.
+    """
+    section = dict(_to_plain(section) or {})
+    names = plugin_names(section)
+    if len(names) == 1:
+        params = {k: v for k, v in section.items() if k not in ("plugin", "plugins")}
+        return [get_plugin(names[0]).from_params(params)]
+    stray = sorted(k for k in section if k not in ("plugin", "plugins", *names))
+    if stray:
+        raise ConfigError(f"{PREFIX}: with several plugins ({names}) keys go under {PREFIX}.<plugin>; "
+                          f"unexpected top-level key(s): {', '.join(stray)}")
+    return [get_plugin(n).from_params(section.get(n) or {}) for n in names]
+
+
+def method_family(method_cls: type) -> str:
+    return "momentum" if issubclass(method_cls, BaseMomentumMethod) else "shared"
+
+
+def check_plugins(plugins: Sequence[Plugin], method: str, method_cls: type, strategy: Any) -> None:
+    fam = method_family(method_cls)
+    for p in plugins:
+        p.check_method(method, fam)
+        if p.leaves_parameters_unused and str(strategy) == "ddp":
+            raise ConfigError(
+                f"plugin '{p.name}' leaves parameters without gradients in some steps, but strategy=ddp "
+                "makes solo-learn use DDP(find_unused_parameters=False); use "
+                "strategy: ddp_find_unused_parameters_true"
+            )
+
+
+# ----------------------------------------------------------------------------------------- view
+def make_view(model: "BaseMethod") -> ModelView:
+    groups = {"backbone": ModuleGroup("backbone", model.backbone, getattr(model, "momentum_backbone", None))}
+    for g in ("projector", "predictor"):
+        mod = getattr(model, g, None)
+        if mod is not None:
+            groups[g] = ModuleGroup(g, mod, getattr(model, f"momentum_{g}", None))
+    return ModelView(groups, method_family(type(model)), method=str(model.cfg.method),
+                     log=model._ss_queue_log, num_large_crops=model.num_large_crops)
+
+
+# ----------------------------------------------------------------------------------------- wrapper
+class _SoloSparseMixin:
+    """Mixed in before a solo-learn method class by :func:`wrap`."""
+
+    _ss_base: type
+    _ss_bound: Optional[Dict[str, Any]] = None   # section bound at wrap() time (Python use)
+
+    def __init__(self, cfg, *args, **kwargs):
+        section = self._ss_section(cfg)
+        plugins = build_plugins(section)           # validation before anything is built
+        check_plugins(plugins, str(cfg.method), self._ss_base, cfg.get("strategy", None))
+        super().__init__(cfg, *args, **kwargs)
+        self._ss_pending: Dict[str, float] = {}
+        self.solo_sparse_metrics: Dict[str, float] = {}
+        self._ss_crop = 0
+        self._ss_mcrop = 0
+        self._ss_mom_crop = 0
+        self._ss_in_train = False
+        self.solo_sparse = PluginHost(plugins)
+        self.solo_sparse.setup(make_view(self))
+
+    @classmethod
+    def _ss_section(cls, cfg) -> Dict[str, Any]:
+        cfg_section = _to_plain(cfg.get(PREFIX, None)) if hasattr(cfg, "get") else None
+        if cls._ss_bound is None:
+            if not cfg_section:
+                raise ConfigError(f"{cls.__name__} needs a '{PREFIX}:' section in the config")
+            return dict(cfg_section)
+        bound = dict(cls._ss_bound)
+        if cfg_section:
+            if plugin_names(cfg_section) != plugin_names(bound):
+                raise ConfigError(f"config asks for {PREFIX} plugin(s) {plugin_names(cfg_section)} but the class "
+                                  f"was wrapped with {plugin_names(bound)}")
+            merged = dict(cfg_section)
+            merged.update(bound)   # explicit wrap() parameters win
+            return merged
+        return bound
+
+    # ------------------------------------------------------------------ logging
+    def _ss_queue_log(self, metrics: Dict[str, float]) -> None:
+        self._ss_pending.update(metrics)
+        self.solo_sparse_metrics.update(metrics)
+
+    def _ss_flush(self, on_step: bool) -> None:
+        if not self._ss_pending:
+            return
+        pending, self._ss_pending = self._ss_pending, {}
+        if getattr(self, "_trainer", None) is None:
+            return
+        self.log_dict(pending, on_step=on_step, on_epoch=not on_step, sync_dist=False)
+
+    # ------------------------------------------------------------------ crops / branches
+    def training_step(self, batch, batch_idx):
+        self._ss_crop = self._ss_mcrop = self._ss_mom_crop = 0
+        self._ss_in_train = True
+        self.solo_sparse.on_step_start()
+        try:
+            out = super().training_step(batch, batch_idx)
+        finally:
+            self._ss_in_train = False
+        extra = self.solo_sparse.extra_loss()
+        if extra is not None:
+            if isinstance(out, dict):
+                out["loss"] = out["loss"] + extra
+            else:
+                out = out + extra
+        return out
+
+    def base_training_step(self, X, targets):
+        self.solo_sparse.on_crop(Branch(crop=self._ss_crop, encoder="online", large=True))
+        self._ss_crop += 1
+        return super().base_training_step(X, targets)
+
+    def multicrop_forward(self, X):
+        self.solo_sparse.on_crop(Branch(crop=self.num_large_crops + self._ss_mcrop, encoder="online", large=False))
+        self._ss_mcrop += 1
+        return super().multicrop_forward(X)
+
+    def _shared_step_momentum(self, X, targets):
+        if self._ss_in_train:
+            self.solo_sparse.on_crop(Branch(crop=self._ss_mom_crop, encoder="momentum", large=True))
+            self._ss_mom_crop += 1
+        else:
+            self.solo_sparse.on_crop(Branch(crop=0, encoder="momentum", phase="eval"))
+        return super()._shared_step_momentum(X, targets)
+
+    def validation_step(self, batch, batch_idx, *args, **kwargs):
+        self.solo_sparse.on_crop(Branch(crop=0, encoder="online", phase="eval"))
+        return super().validation_step(batch, batch_idx, *args, **kwargs)
+
+    # ------------------------------------------------------------------ step hooks
+    def on_after_backward(self):
+        super().on_after_backward()
+        self.solo_sparse.after_backward()
+
+    def optimizer_step(self, *args, **kwargs):
+        out = super().optimizer_step(*args, **kwargs)
+        optimizer = kwargs.get("optimizer", args[2] if len(args) > 2 else None)
+        self.solo_sparse.after_optimizer_step(optimizer)
+        return out
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        super().on_train_batch_end(outputs, batch, batch_idx)   # solo-learn's EMA update happens here
+        if self.solo_sparse.view.family == "momentum":
+            self.solo_sparse.after_momentum_update()
+        self._ss_flush(on_step=True)
+
+    def on_train_start(self):
+        super().on_train_start()
+        tr = self.trainer
+        acc = max(1, int(getattr(tr, "accumulate_grad_batches", 1) or 1))
+        nb = tr.num_training_batches
+        spe = None if nb is None or nb == float("inf") else max(1, math.ceil(nb / acc))
+        total = tr.estimated_stepping_batches
+        total = None if total is None or total == float("inf") else int(total)
+        self.solo_sparse.set_schedule_info(spe, total)
+        self.solo_sparse.on_train_start()   # its metrics are logged at the first batch end
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.solo_sparse.on_epoch_start(self.current_epoch)
+
+    def on_train_epoch_end(self):
+        super().on_train_epoch_end()
+        self.solo_sparse.on_epoch_end(self.current_epoch)
+        self._ss_flush(on_step=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CKPT_KEY] = self.solo_sparse.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
+        if CKPT_KEY not in checkpoint:
+            raise ConfigError(
+                f"resuming a solo-sparse run from a checkpoint without '{CKPT_KEY}' state: it was not "
+                "trained with this plugin; start a new run instead"
+            )
+        self.solo_sparse.load_state_dict(checkpoint[CKPT_KEY])
+
+
+def unwrap(method_cls: type) -> type:
+    return getattr(method_cls, "_ss_base", method_cls)
+
+
+def wrap(method_cls: Type["BaseMethod"], plugin: Optional[str] = None, **params) -> type:
+    """A subclass of ``method_cls`` driven by solo-sparse plugin(s).
+
+    ``wrap(BYOL, "gmp", final_density=0.2)`` binds the plugin and its parameters; ``wrap(BYOL)``
+    reads them from ``cfg.solo_sparse`` when the class is instantiated (the Hydra path).
+    """
+    base = unwrap(method_cls)
+    if not (isinstance(base, type) and issubclass(base, BaseMethod)):
+        raise TypeError(f"wrap() expects a solo-learn method class, got {method_cls!r}")
+    bound = None
+    if plugin is not None:
+        bound = {"plugin": plugin, **params}
+        build_plugins(bound)  # fail now, not at construction
+    elif params:
+        raise TypeError("wrap(): parameters need a plugin name")
+    name = "SoloSparse" + base.__name__
+    return type(name, (_SoloSparseMixin, base), {"_ss_base": base, "_ss_bound": bound,
+                                                 "__module__": __name__, "__doc__": base.__doc__})
+
+
+# ----------------------------------------------------------------------------------------- Hydra
+def _eval_builder(builder, plugins: Sequence[Plugin]):
+    base = getattr(builder, "_ss_base_builder", builder)
+
+    def build(*args, **kwargs):
+        backbone = base(*args, **kwargs)
+        for p in plugins:
+            p.prepare_eval_backbone(backbone)
+        return backbone
+
+    build._ss_base_builder = base  # type: ignore[attr-defined]
+    return build
+
+
+def install_from_config(cfg) -> List[Plugin]:
+    """Validate ``cfg.solo_sparse`` and patch solo-learn's registries in place for this job."""
+    plugins = build_plugins(cfg.get(PREFIX, None))
+    for p in plugins:
+        BaseMethod._BACKBONES.update(type(p).backbone_variants())
+    method = cfg.get("method", None)
+    if method:
+        methods = _solo_methods.METHODS
+        if method not in methods:
+            raise ConfigError(f"method={method!r} is not a solo-learn method; available: {', '.join(methods)}")
+        base = unwrap(methods[method])
+        check_plugins(plugins, str(method), base, cfg.get("strategy", None))
+        methods[method] = wrap(base)
+    elif cfg.get("pretrained_feature_extractor", None) is not None:
+        name = cfg.backbone.name
+        if name not in BaseMethod._BACKBONES:
+            raise ConfigError(f"backbone.name={name!r} is not registered; available: {', '.join(BaseMethod._BACKBONES)}")
+        BaseMethod._BACKBONES[name] = _eval_builder(BaseMethod._BACKBONES[name], plugins)
+    return plugins

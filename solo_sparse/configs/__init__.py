@@ -1,0 +1,1 @@
+"""Hydra config group ``solo_sparse/`` (one YAML per plugin)."""

@@ -1,0 +1,151 @@
+"""Backbone evaluation without solo-learn: load a checkpoint's backbone, extract frozen features,
+weighted kNN (cosine) and a linear probe.
+
+kNN follows solo-learn's ``WeightedKNNClassifier`` with cosine similarity: the k nearest training
+features vote with weight exp(sim / T), T = 0.07; k = 1 is plain nearest neighbour. The linear probe
+is multinomial logistic regression on standardised frozen features, trained full-batch with L-BFGS
+(deterministic; no augmentation) — a cheap stand-in for solo-learn's ``main_linear.py``, which on
+the ``custom`` dataset resizes to 224 px and costs hours on a CPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .sparsifier import MASK
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_resnet(name: str = "resnet18", cifar_stem: bool = False) -> nn.Module:
+    """A torchvision ResNet as solo-learn builds it (``fc`` = Identity; CIFAR stem optional)."""
+    import torchvision
+
+    net = getattr(torchvision.models, name)()
+    net.fc = nn.Identity()
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, torch.Tensor]:
+    """``backbone.*`` tensors of a solo-learn checkpoint (prefix stripped)."""
+    sd = checkpoint.get("state_dict", checkpoint)
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False) -> Tuple[nn.Module, Dict]:
+    """Build ``name`` and load a solo-learn checkpoint's online backbone; masks are applied.
+
+    Loads with ``weights_only=True``. Raises on any missing weight key (naming the first); mask
+    buffers (``*.weight_mask``) in the checkpoint are applied to their weights. Returns the module
+    and ``{"masked_layers", "density"}``.
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    state = backbone_state(ck)
+    net = build_resnet(name, cifar_stem)
+    masks = {k[: -len(MASK) - 1]: v for k, v in state.items() if k.endswith("." + MASK)}
+    weights = {k: v for k, v in state.items() if not k.endswith("." + MASK)}
+    res = net.load_state_dict(weights, strict=False)
+    if res.missing_keys:
+        raise RuntimeError(f"{path}: backbone key missing from checkpoint: {res.missing_keys[0]!r} "
+                           f"({len(res.missing_keys)} missing) — wrong backbone name?")
+    kept = total = 0
+    with torch.no_grad():
+        for layer, m in masks.items():
+            mod = net.get_submodule(layer)
+            mod.weight.mul_(m.to(mod.weight.dtype))
+            kept += int(m.sum())
+            total += m.numel()
+    info = {"masked_layers": len(masks), "density": (kept / total) if total else 1.0}
+    return net.eval(), info
+
+
+def image_folder(path: str, size: int = 32):
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return ImageFolder(path, tf)
+
+
+def load_images(path: str, size: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A whole image folder as ``(X (N, 3, size, size), y (N,))`` tensors (small data sets only)."""
+    ds = image_folder(path, size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=512, num_workers=0)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def extract_features(net: nn.Module, X: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, D) features of ``net`` in eval mode."""
+    net.eval()
+    out = []
+    rng = range(0, len(X), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        rng = tqdm(rng, desc="features", leave=False)
+    for i in rng:
+        out.append(net(X[i: i + batch_size]).flatten(1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 20, T: float = 0.07, chunk: int = 1024) -> float:
+    """Weighted cosine kNN top-1 accuracy (solo-learn's rule); k = 1 is nearest neighbour."""
+    tr = F.normalize(train_f.float(), dim=1)
+    te = F.normalize(test_f.float(), dim=1)
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    correct = 0
+    for i in range(0, len(te), chunk):
+        sim = te[i: i + chunk] @ tr.T
+        s, idx = sim.topk(k, dim=1)
+        lab = train_y[idx]
+        w = (s / T).exp()
+        votes = torch.zeros(len(s), n_cls).scatter_add_(1, lab, w)
+        correct += int((votes.argmax(1) == test_y[i: i + chunk]).sum())
+    return correct / len(te)
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 weight_decay: float = 1e-4, max_iter: int = 300, seed: int = 0) -> float:
+    """Logistic regression on standardised frozen features (L-BFGS, full batch); test top-1."""
+    torch.manual_seed(seed)
+    mu, sd = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    xtr, xte = (train_f - mu) / sd, (test_f - mu) / sd
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    lin = nn.Linear(xtr.shape[1], n_cls)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(xtr), train_y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(xte).argmax(1) == test_y).float().mean())
+
+
+def evaluate_backbone(net: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[torch.Tensor, torch.Tensor],
+                      progress: bool = False) -> Dict[str, float]:
+    """kNN (k = 20 and k = 1) and linear-probe accuracy of ``net`` on (X, y) splits."""
+    ftr = extract_features(net, train[0], progress=progress)
+    fte = extract_features(net, test[0], progress=progress)
+    return {
+        "knn20": knn_accuracy(ftr, train[1], fte, test[1], k=20),
+        "knn1": knn_accuracy(ftr, train[1], fte, test[1], k=1),
+        "linear": linear_probe(ftr, train[1], fte, test[1]),
+    }

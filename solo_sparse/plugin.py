@@ -1,0 +1,232 @@
+"""The plugin contract: a config dataclass plus hooks, driven by :class:`PluginHost`.
+
+A plugin never imports solo-learn. It sees the method through a :class:`ModelView` (module groups
+such as ``backbone``/``projector``/``predictor`` with their momentum twins, the method family and a
+``log`` function). The solo-learn binding (``solo_sparse.binding``) builds the view from a
+solo-learn method and calls the host's hooks at these points of every training step::
+
+    training_step start   host.on_step_start()
+    each crop's forward   host.on_crop(Branch(crop=i, encoder="online"|"momentum", large=...))
+    after the method loss host.extra_loss() -> added to the loss
+    after backward        host.after_backward()
+    after optimizer step  host.after_optimizer_step(optimizer)   (host.step += 1 first)
+    after the EMA update  host.after_momentum_update()
+    epoch start / end     host.on_epoch_start(e) / host.on_epoch_end(e)
+    checkpoint save/load  host.state_dict() / host.load_state_dict(d)   (tensors + plain values)
+
+Several plugins may be stacked on one host (``PluginHost([a, b])``): hooks run in list order
+(the order of the ``solo_sparse.plugins`` list), extra losses are summed, each plugin keeps its own
+state under its own name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from .config import ConfigError, build_config, config_to_state, PREFIX
+from .sparsifier import ModuleGroup
+
+FAMILIES = ("momentum", "shared")
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Which forward is running: the crop index in solo-learn's order and the encoder.
+
+    ``crop`` counts large crops first (0, 1, ...), then small multicrop crops; ``large`` says which.
+    ``encoder`` is ``online`` or ``momentum``; ``phase`` is ``train`` or ``eval``.
+    """
+
+    crop: int = 0
+    encoder: str = "online"
+    large: bool = True
+    phase: str = "train"
+
+
+class ModelView:
+    """What a plugin may touch of a method: module groups, family, logging, current branch."""
+
+    def __init__(self, groups: Mapping[str, ModuleGroup], family: str, method: str = "",
+                 log: Optional[Callable[[Dict[str, float]], None]] = None, num_large_crops: int = 2):
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}")
+        self.groups = dict(groups)
+        self.family = family
+        self.method = method
+        self.num_large_crops = num_large_crops
+        self._log = log
+        self.branch = Branch()
+
+    def log(self, metrics: Dict[str, float]) -> None:
+        if self._log is not None and metrics:
+            self._log(metrics)
+
+
+class Plugin:
+    """Base class. Subclasses set the class attributes and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: method families the plugin supports: "momentum" (online + EMA encoder), "shared" (one encoder)
+    families: ClassVar[Tuple[str, ...]] = FAMILIES
+    #: explicit method names refused (e.g. methods without two large crops)
+    refused_methods: ClassVar[Tuple[str, ...]] = ()
+    #: the plugin leaves parameters without gradient in some steps (gates, partial backprop)
+    leaves_parameters_unused: ClassVar[bool] = False
+    Config: ClassVar[type]
+
+    def __init__(self, config):
+        self.config = config
+        self.view: Optional[ModelView] = None
+        self.step = 0          # optimizer steps done
+        self.epoch = 0
+        self.steps_per_epoch: Optional[int] = None
+        self.total_steps: Optional[int] = None
+
+    # --------------------------------------------------------------- construction
+    @classmethod
+    def from_params(cls, params: Optional[Mapping[str, Any]] = None) -> "Plugin":
+        return cls(build_config(cls.Config, params, cls.name))
+
+    @classmethod
+    def check_method(cls, method: str, family: str) -> None:
+        """Refuse methods the plugin does not support, naming the supported families."""
+        if method == "linear":
+            raise ConfigError(f"plugin '{cls.name}' applies to pre-training methods, not to 'linear'")
+        if method in cls.refused_methods or family not in cls.families:
+            raise ConfigError(
+                f"plugin '{cls.name}' does not support method '{method}' (family '{family}'); "
+                f"it supports families: {', '.join(cls.families)}"
+                + (f"; refused methods: {', '.join(cls.refused_methods)}" if cls.refused_methods else "")
+            )
+
+    def setup(self, view: ModelView) -> None:
+        """Construction hook: create masks/gates (persistent buffers/parameters) on the modules."""
+        self.view = view
+
+    # --------------------------------------------------------------- training hooks
+    def on_train_start(self) -> None: ...
+    def on_step_start(self) -> None: ...
+    def on_crop(self, branch: Branch) -> None: ...
+    def extra_loss(self) -> Optional[torch.Tensor]:
+        return None
+    def after_backward(self) -> None: ...
+    def after_optimizer_step(self, optimizer) -> None: ...
+    def after_momentum_update(self) -> None: ...
+    def on_epoch_start(self, epoch: int) -> None: ...
+    def on_epoch_end(self, epoch: int) -> None: ...
+
+    # --------------------------------------------------------------- state
+    def extra_state(self) -> Dict[str, Any]:
+        """Plugin state beyond module buffers (tensors and plain values only)."""
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None: ...
+
+    # --------------------------------------------------------------- evaluation (main_linear)
+    @classmethod
+    def backbone_variants(cls) -> Dict[str, Callable]:
+        """Backbone builders to register in solo-learn's ``BaseMethod._BACKBONES``."""
+        return {}
+
+    def prepare_eval_backbone(self, backbone: torch.nn.Module) -> None:
+        """Called by ``main_linear.py`` (with the plugin line) on the freshly built backbone."""
+
+    def log(self, metrics: Dict[str, float]) -> None:
+        if self.view is not None:
+            self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
+
+
+class PluginHost:
+    """Drives one or more plugins through the hooks, counts steps, and owns their saved state."""
+
+    def __init__(self, plugins: Sequence[Plugin]):
+        if not plugins:
+            raise ValueError("PluginHost needs at least one plugin")
+        names = [p.name for p in plugins]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{PREFIX}.plugins lists a plugin twice: {names}")
+        self.plugins = list(plugins)
+        self.view: Optional[ModelView] = None
+
+    def setup(self, view: ModelView) -> None:
+        self.view = view
+        for p in self.plugins:
+            p.setup(view)
+
+    def set_schedule_info(self, steps_per_epoch: Optional[int], total_steps: Optional[int]) -> None:
+        for p in self.plugins:
+            p.steps_per_epoch, p.total_steps = steps_per_epoch, total_steps
+
+    def on_train_start(self) -> None:
+        for p in self.plugins:
+            p.on_train_start()
+
+    def on_step_start(self) -> None:
+        for p in self.plugins:
+            p.on_step_start()
+
+    def on_crop(self, branch: Branch) -> None:
+        if self.view is not None:
+            self.view.branch = branch
+        for p in self.plugins:
+            p.on_crop(branch)
+
+    def extra_loss(self) -> Optional[torch.Tensor]:
+        total = None
+        for p in self.plugins:
+            x = p.extra_loss()
+            if x is not None:
+                total = x if total is None else total + x
+        return total
+
+    def after_backward(self) -> None:
+        for p in self.plugins:
+            p.after_backward()
+
+    def after_optimizer_step(self, optimizer) -> None:
+        for p in self.plugins:
+            p.step += 1
+            p.after_optimizer_step(optimizer)
+
+    def after_momentum_update(self) -> None:
+        for p in self.plugins:
+            p.after_momentum_update()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for p in self.plugins:
+            p.epoch = epoch
+            p.on_epoch_start(epoch)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for p in self.plugins:
+            p.on_epoch_end(epoch)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            p.name: {"config": config_to_state(p.config), "step": p.step, "epoch": p.epoch,
+                     "extra": p.extra_state()}
+            for p in self.plugins
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = set(state)
+        mine = {p.name for p in self.plugins}
+        if saved != mine:
+            raise ConfigError(
+                f"checkpoint holds solo-sparse state for plugin(s) {sorted(saved)} but this run uses {sorted(mine)}"
+            )
+        for p in self.plugins:
+            s = state[p.name]
+            now = config_to_state(p.config)
+            if s.get("config") != now:
+                diff = sorted(k for k in now if s.get("config", {}).get(k) != now[k])
+                was = s.get("config", {})
+                detail = ", ".join(f"{k}: saved {was.get(k)!r}, now {now[k]!r}" for k in diff)
+                raise ConfigError(f"resuming plugin '{p.name}' with a different config ({detail})")
+            p.step, p.epoch = int(s["step"]), int(s["epoch"])
+            p.load_extra_state(s.get("extra", {}))

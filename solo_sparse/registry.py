@@ -1,0 +1,66 @@
+"""Plugin discovery through the entry-point group ``solo_sparse.plugins``.
+
+A third party ships a plugin the same way solo-sparse does, in its own ``setup.py``::
+
+    entry_points={"solo_sparse.plugins": ["myplugin = mypkg.myplugin:MyPlugin"]}
+
+``register_plugin`` adds one in-process (tests, notebooks).
+"""
+from __future__ import annotations
+
+import difflib
+from importlib import metadata
+from typing import Dict, List, Type
+
+from .config import ConfigError, config_defaults
+from .plugin import Plugin
+
+GROUP = "solo_sparse.plugins"
+_LOCAL: Dict[str, Type[Plugin]] = {}
+
+
+def register_plugin(cls: Type[Plugin]) -> Type[Plugin]:
+    """Register a plugin class in this process (usable as a decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _LOCAL[cls.name] = cls
+    return cls
+
+
+def _entry_points() -> Dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
+
+
+def available_plugins() -> List[str]:
+    return sorted(set(_entry_points()) | set(_LOCAL))
+
+
+def get_plugin(name: str) -> Type[Plugin]:
+    """The plugin class called ``name``; an unknown name lists the available ones."""
+    if name in _LOCAL:
+        return _LOCAL[name]
+    eps = _entry_points()
+    if name not in eps:
+        avail = available_plugins()
+        close = difflib.get_close_matches(str(name), avail, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"solo_sparse.plugin={name!r}: unknown plugin{hint}; available: {', '.join(avail) or 'none'}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+        raise TypeError(f"entry point {name!r} in {GROUP} does not name a solo_sparse Plugin subclass")
+    return cls
+
+
+def describe_plugins() -> List[dict]:
+    """One dict per plugin: name, description, families, config keys with defaults."""
+    out = []
+    for name in available_plugins():
+        cls = get_plugin(name)
+        out.append({
+            "name": name,
+            "description": cls.description,
+            "families": list(cls.families),
+            "refused_methods": list(cls.refused_methods),
+            "keys": config_defaults(cls.Config),
+        })
+    return out

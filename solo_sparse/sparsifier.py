@@ -1,0 +1,267 @@
+"""The weight-mask engine: persistent bool mask buffers on the online and momentum encoders.
+
+Lifecycle (after ``torch.ao.pruning``): construct (selects layers, registers ``weight_mask``
+buffers, validates shapes) -> ``update_masks`` / ``apply_masks`` during training -> ``squash``
+(drop the buffers, keep the zeros) for export.
+
+Why buffers and not ``torch.nn.utils.prune``: solo-learn's ``MomentumUpdater`` pairs online and
+momentum *parameters by position* and replaces ``.data``; ``prune`` renames parameters to
+``weight_orig`` and reorders them. Buffers leave parameters untouched; the masks travel in every
+``state_dict`` (``<layer>.weight_mask``), so checkpoints and resumes carry them with no extra code.
+
+Invariants kept by the callers (the plugin binding):
+- gradients masked after backward (:meth:`mask_gradients`),
+- weights and optimizer state (SGD/LARS momentum, Adam moments) masked after every optimizer step
+  (:meth:`apply_masks`, :meth:`mask_optimizer_state`), so neither momentum nor weight decay can
+  bring a pruned weight back,
+- the momentum encoder re-masked after every EMA update (its ``.data`` is replaced there).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, MaskSpec, PREFIX
+from .masks import check_layer_shape
+
+MASK = "weight_mask"
+_CLASSIFIER_NAMES = {"fc", "head", "classifier"}
+
+
+@dataclass
+class ModuleGroup:
+    """A group of modules of a method: ``online`` and its EMA twin ``momentum`` (or None)."""
+
+    name: str
+    online: nn.Module
+    momentum: Optional[nn.Module] = None
+
+
+def select_layers(module: nn.Module, *, exclude_stem: bool = True, is_backbone: bool = True
+                  ) -> List[Tuple[str, nn.Module]]:
+    """Maskable layers of ``module`` in definition order.
+
+    Backbone: every ``Conv2d``/``Linear`` except the stem (the first conv) and classifier heads
+    (modules named ``fc``/``head``/``classifier``). Projector/predictor: every ``Linear``.
+    """
+    out = []
+    seen_conv = False
+    for name, mod in module.named_modules():
+        if is_backbone:
+            if isinstance(mod, nn.Conv2d):
+                first = not seen_conv
+                seen_conv = True
+                if first and exclude_stem:
+                    continue
+                out.append((name, mod))
+            elif isinstance(mod, nn.Linear) and name.split(".")[-1] not in _CLASSIFIER_NAMES:
+                out.append((name, mod))
+        elif isinstance(mod, nn.Linear):
+            out.append((name, mod))
+    return out
+
+
+@dataclass
+class MaskedLayer:
+    name: str                      # "<group>.<qualified name>", e.g. "backbone.layer1.0.conv1"
+    online: nn.Module
+    momentum: Optional[nn.Module]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.online.weight.shape
+
+    def mask(self, encoder: str = "online") -> torch.Tensor:
+        mod = self.online if encoder == "online" else self.momentum
+        if mod is None:
+            raise ValueError(f"{self.name} has no {encoder} module")
+        return getattr(mod, MASK)
+
+
+class WeightSparsifier:
+    """Masks for the layers that ``spec`` selects in ``groups`` (online and momentum twins)."""
+
+    def __init__(self, groups: Mapping[str, ModuleGroup], spec: MaskSpec):
+        self.spec = spec
+        self.layers: List[MaskedLayer] = []
+        self.skipped: List[str] = []
+        for g in spec.include:
+            if g not in groups:
+                raise ConfigError(
+                    f"{PREFIX}.include contains '{g}' but this method has no {g}; available: {', '.join(groups)}"
+                )
+            grp = groups[g]
+            for qn, mod in select_layers(grp.online, exclude_stem=spec.exclude_stem, is_backbone=g == "backbone"):
+                name = f"{g}.{qn}"
+                msg = check_layer_shape(name, mod.weight.shape, spec.granularity, spec.n, spec.m, spec.block)
+                if msg:
+                    if spec.on_indivisible == "skip":
+                        warnings.warn(f"solo-sparse: {msg}; keeping it dense (on_indivisible=skip)")
+                        self.skipped.append(name)
+                        continue
+                    raise ConfigError(f"{msg}. Set {PREFIX}.on_indivisible=skip to keep such layers dense.")
+                mom = grp.momentum.get_submodule(qn) if grp.momentum is not None else None
+                if mom is not None and mom.weight.shape != mod.weight.shape:
+                    raise ConfigError(f"momentum twin of '{name}' has shape {tuple(mom.weight.shape)}")
+                for m_ in (mod, mom):
+                    if m_ is None:
+                        continue
+                    if hasattr(m_, MASK):
+                        raise ConfigError(f"layer '{name}' already carries a {MASK}: two weight-sparsity "
+                                          "plugins cannot mask the same layer")
+                    m_.register_buffer(MASK, torch.ones_like(m_.weight, dtype=torch.bool), persistent=True)
+                self.layers.append(MaskedLayer(name, mod, mom))
+        if not self.layers:
+            raise ConfigError(f"{PREFIX}: no layer selected for masking (include={list(spec.include)})")
+
+    # ------------------------------------------------------------------ access
+    def __iter__(self) -> Iterator[MaskedLayer]:
+        return iter(self.layers)
+
+    @property
+    def has_momentum(self) -> bool:
+        return any(L.momentum is not None for L in self.layers)
+
+    def shapes(self) -> Dict[str, torch.Size]:
+        return {L.name: L.shape for L in self.layers}
+
+    def masks(self, encoder: str = "online") -> Dict[str, torch.Tensor]:
+        return {L.name: L.mask(encoder) for L in self.layers if encoder == "online" or L.momentum is not None}
+
+    def weights(self, encoder: str = "online") -> Dict[str, torch.Tensor]:
+        out = {}
+        for L in self.layers:
+            mod = L.online if encoder == "online" else L.momentum
+            if mod is not None:
+                out[L.name] = mod.weight.detach()
+        return out
+
+    # ------------------------------------------------------------------ updates
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor], encoder: str = "online") -> None:
+        for L in self.layers:
+            if L.name not in masks:
+                continue
+            mod = L.online if encoder == "online" else L.momentum
+            if mod is None:
+                continue
+            buf = getattr(mod, MASK)
+            new = masks[L.name].to(device=buf.device, dtype=torch.bool)
+            if new.shape != buf.shape:
+                raise ValueError(f"mask for '{L.name}' has shape {tuple(new.shape)}, expected {tuple(buf.shape)}")
+            buf.copy_(new)
+
+    @torch.no_grad()
+    def copy_online_to_momentum(self) -> None:
+        for L in self.layers:
+            if L.momentum is not None:
+                getattr(L.momentum, MASK).copy_(getattr(L.online, MASK))
+
+    @torch.no_grad()
+    def apply_masks(self, encoders: Iterable[str] = ("online", "momentum")) -> None:
+        """weight *= mask on the named encoders."""
+        for L in self.layers:
+            for enc in encoders:
+                mod = L.online if enc == "online" else L.momentum
+                if mod is not None:
+                    mod.weight.mul_(getattr(mod, MASK))
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        for L in self.layers:
+            g = L.online.weight.grad
+            if g is not None:
+                g.mul_(getattr(L.online, MASK))
+
+    @torch.no_grad()
+    def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero every per-parameter state tensor shaped like a masked weight (momentum, Adam moments)."""
+        opt = getattr(optimizer, "optimizer", optimizer)  # Lightning's LightningOptimizer
+        for L in self.layers:
+            p = L.online.weight
+            st = opt.state.get(p)
+            if not st:
+                continue
+            mask = getattr(L.online, MASK)
+            for v in st.values():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v.mul_(mask)
+
+    def broadcast_masks(self, src: int = 0) -> None:
+        """Make every DDP rank hold rank ``src``'s masks (no-op without torch.distributed)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for L in self.layers:
+            for mod in (L.online, L.momentum):
+                if mod is None:
+                    continue
+                buf = getattr(mod, MASK)
+                t = buf.to(torch.uint8)
+                torch.distributed.broadcast(t, src)
+                buf.copy_(t.bool())
+
+    def squash(self) -> None:
+        """Apply the masks and remove the buffers: plain modules with zeros where pruned."""
+        self.apply_masks()
+        for L in self.layers:
+            for mod in (L.online, L.momentum):
+                if mod is not None and MASK in mod._buffers:
+                    del mod._buffers[MASK]
+
+    # ------------------------------------------------------------------ reports
+    def density(self, encoder: str = "online") -> float:
+        kept = total = 0
+        for name, m in self.masks(encoder).items():
+            kept += int(m.sum().item())
+            total += m.numel()
+        return kept / max(total, 1)
+
+    def layer_densities(self, encoder: str = "online") -> Dict[str, float]:
+        return {k: float(m.sum().item()) / m.numel() for k, m in self.masks(encoder).items()}
+
+    def leaked(self, encoder: str = "online") -> int:
+        """Number of pruned weights that are non-zero (must be 0 whenever the invariants hold)."""
+        n = 0
+        for L in self.layers:
+            mod = L.online if encoder == "online" else L.momentum
+            if mod is not None:
+                n += int(((mod.weight.detach() != 0) & ~getattr(mod, MASK)).sum().item())
+        return n
+
+    def report(self) -> "SparsityReport":
+        rows = []
+        for L in self.layers:
+            rows.append({
+                "layer": L.name,
+                "shape": list(L.shape),
+                "params": int(L.shape.numel()),
+                "online_density": float(L.mask("online").float().mean().item()),
+                "momentum_density": (float(L.mask("momentum").float().mean().item())
+                                     if L.momentum is not None else None),
+            })
+        return SparsityReport(rows, self.density("online"),
+                              self.density("momentum") if self.has_momentum else None, list(self.skipped))
+
+
+@dataclass
+class SparsityReport:
+    rows: List[dict]
+    online_density: float
+    momentum_density: Optional[float]
+    skipped: List[str]
+
+    def to_markdown(self) -> str:
+        head = "| layer | shape | params | online density | momentum density |\n|---|---|---:|---:|---:|\n"
+        body = "".join(
+            f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {r['params']} | {r['online_density']:.4f} | "
+            f"{'-' if r['momentum_density'] is None else format(r['momentum_density'], '.4f')} |\n"
+            for r in self.rows
+        )
+        tot = (f"| **total** | | {sum(r['params'] for r in self.rows)} | {self.online_density:.4f} | "
+               f"{'-' if self.momentum_density is None else format(self.momentum_density, '.4f')} |\n")
+        skipped = f"\nKept dense (shape does not fit the pattern): {', '.join(self.skipped)}\n" if self.skipped else ""
+        return head + body + tot + skipped

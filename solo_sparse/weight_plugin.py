@@ -1,0 +1,121 @@
+"""Shared base for weight-sparsity plugins (gmp, and later synccp, granet, sdclr, imp).
+
+It owns a :class:`~solo_sparse.sparsifier.WeightSparsifier` and keeps the invariants: gradients
+masked after backward; weights and optimizer state masked after each optimizer step; the momentum
+encoder re-masked after each EMA update. Subclasses decide *when* and *how* masks change
+(:meth:`update_masks`), and whether the momentum encoder follows the online masks.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional
+
+import torch
+
+from .config import ConfigError, PREFIX
+from .plugin import ModelView, Plugin
+from .sparsifier import MASK, ModuleGroup, WeightSparsifier, select_layers
+
+log = logging.getLogger("solo_sparse")
+
+
+class WeightSparsityPlugin(Plugin):
+    #: the momentum encoder uses the online masks (gmp); plugins with their own momentum masks set False
+    momentum_follows_online: bool = True
+
+    def setup(self, view: ModelView) -> None:
+        super().setup(view)
+        self.sparsifier = WeightSparsifier(view.groups, self.config)
+        self.init_masks()
+        self._sync_momentum()
+        self.sparsifier.apply_masks()
+
+    # ------------------------------------------------------------------ to override
+    def init_masks(self) -> None:
+        """Initial masks at construction (default: dense)."""
+
+    def update_masks(self, optimizer) -> bool:
+        """Change masks after optimizer step ``self.step``; return True when they changed."""
+        return False
+
+    # ------------------------------------------------------------------ invariants
+    def _sync_momentum(self) -> None:
+        if self.momentum_follows_online:
+            self.sparsifier.copy_online_to_momentum()
+
+    def after_backward(self) -> None:
+        self.sparsifier.mask_gradients()
+
+    def after_optimizer_step(self, optimizer) -> None:
+        sp = self.sparsifier
+        sp.apply_masks(("online",))
+        if self.update_masks(optimizer):
+            sp.broadcast_masks()
+            self._sync_momentum()
+            sp.apply_masks()
+            self.log(self.density_metrics())
+        sp.mask_optimizer_state(optimizer)
+
+    def after_momentum_update(self) -> None:
+        self.sparsifier.apply_masks(("momentum",))
+
+    def on_epoch_end(self, epoch: int) -> None:
+        metrics = self.density_metrics()
+        for enc in ("online", "momentum") if self.sparsifier.has_momentum else ("online",):
+            for k, d in self.sparsifier.layer_densities(enc).items():
+                metrics[f"layer_density/{enc}/{k}"] = d
+        self.log(metrics)
+
+    def density_metrics(self) -> Dict[str, float]:
+        m = {"density/online": self.sparsifier.density("online")}
+        if self.sparsifier.has_momentum:
+            m["density/momentum"] = self.sparsifier.density("momentum")
+        return m
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def magnitude_scores(self, encoder: str = "online", prune_only: bool = True) -> Dict[str, torch.Tensor]:
+        """|w| per layer; with ``prune_only`` pruned weights score -inf so they stay pruned."""
+        out = {}
+        masks = self.sparsifier.masks(encoder)
+        for k, w in self.sparsifier.weights(encoder).items():
+            s = w.abs().float()
+            out[k] = torch.where(masks[k], s, torch.full_like(s, float("-inf"))) if prune_only else s
+        return out
+
+    # ------------------------------------------------------------------ linear evaluation
+    def prepare_eval_backbone(self, backbone: torch.nn.Module) -> None:
+        """Give a freshly built backbone the same mask buffers, and make loading strict about them.
+
+        solo-learn's ``main_linear.py`` loads with ``strict=False``: a post-load hook raises on any
+        missing key (so a checkpoint without masks, or of another architecture, fails loudly), then
+        applies the loaded masks. During fine-tuning a forward pre-hook re-applies them.
+        """
+        layers = [(n, m) for n, m in select_layers(backbone, exclude_stem=self.config.exclude_stem)]
+        for _, mod in layers:
+            mod.register_buffer(MASK, torch.ones_like(mod.weight, dtype=torch.bool), persistent=True)
+
+        def post_hook(module, incompatible):
+            if incompatible.missing_keys:
+                raise RuntimeError(
+                    f"solo-sparse ({self.name}): the checkpoint lacks {len(incompatible.missing_keys)} backbone "
+                    f"key(s), first: {incompatible.missing_keys[0]!r}. Was it pre-trained with "
+                    f"'- solo_sparse: {self.name}' and the same backbone?"
+                )
+            kept = total = 0
+            with torch.no_grad():
+                for _, mod in layers:
+                    mask = getattr(mod, MASK)
+                    mod.weight.mul_(mask)
+                    kept += int(mask.sum())
+                    total += mask.numel()
+            log.warning("solo-sparse: loaded %s backbone, masked layers at density %.4f", self.name, kept / total)
+            module._solo_sparse_density = kept / total
+
+        def pre_hook(mod, _inp):
+            if mod.training and mod.weight.requires_grad:
+                with torch.no_grad():
+                    mod.weight.mul_(getattr(mod, MASK))
+
+        backbone.register_load_state_dict_post_hook(post_hook)
+        for _, mod in layers:
+            mod.register_forward_pre_hook(pre_hook)
