@@ -12,10 +12,10 @@ from __future__ import annotations
 
 def cubic_density(step: int, start: int, end: int, init: float, final: float) -> float:
     """Density at optimizer step ``step`` (0-based count of steps done)."""
+    if step >= end:
+        return float(final)
     if step <= start:
         return float(init)
-    if step >= end or end == start:
-        return float(final)
     frac = (step - start) / float(end - start)
     return float(final + (init - final) * (1.0 - frac) ** 3)
 

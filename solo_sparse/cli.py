@@ -1,0 +1,200 @@
+"""``solo-sparse`` command line.
+
+    solo-sparse plugins [--json]                 plugins, families, config keys with defaults
+    solo-sparse flops CONFIG.yaml|CKPT [...]     dense vs effective MACs of a backbone
+    solo-sparse sparsity CKPT                    per-layer densities of both encoders
+    solo-sparse evaluate --data DIR [CKPT ...]   kNN + linear probe of backbones (no solo-learn needed)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .config import ConfigError
+
+
+def _cmd_plugins(args) -> int:
+    from .registry import describe_plugins
+
+    info = describe_plugins()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for p in info:
+        print(f"{p['name']}: {p['description']}")
+        print(f"  method families: {', '.join(p['families'])}"
+              + (f" (refused: {', '.join(p['refused_methods'])})" if p["refused_methods"] else ""))
+        print("  keys (solo_sparse.<key>, default):")
+        for k, v in p["keys"].items():
+            print(f"    {k}: {v!r}")
+    return 0
+
+
+def _backbone_from_config(path: Path):
+    from omegaconf import OmegaConf
+
+    from .evaluate import build_resnet
+
+    cfg = OmegaConf.load(path)
+    name = OmegaConf.select(cfg, "backbone.name", default="resnet18")
+    if not str(name).startswith("resnet"):
+        raise ConfigError(f"backbone.name={name!r}: solo-sparse flops builds torchvision ResNets only")
+    cifar = OmegaConf.select(cfg, "data.dataset", default="") in ("cifar10", "cifar100")
+    return cfg, build_resnet(str(name), cifar_stem=cifar)
+
+
+def _cmd_flops(args) -> int:
+    from .flops import count_macs
+
+    path = Path(args.source)
+    size = (1, 3, args.input_size, args.input_size)
+    if path.suffix in (".yaml", ".yml"):
+        from .density import allocate_masks
+        from .plugin import ModelView
+        from .registry import get_plugin
+        from .sparsifier import ModuleGroup
+        from omegaconf import OmegaConf
+
+        cfg, net = _backbone_from_config(path)
+        section = OmegaConf.to_container(cfg.get("solo_sparse", {}) or {}, resolve=True)
+        what = "dense (no solo_sparse section)"
+        if section:
+            plugin = get_plugin(section.get("plugin", "gmp")).from_params(section)
+            c = plugin.config
+            final = getattr(c, "final_density", None)
+            if final is not None:
+                plugin.setup(ModelView({"backbone": ModuleGroup("backbone", net)}, "shared"))
+                sp = plugin.sparsifier
+                sp.set_masks(allocate_masks({k: w.abs() for k, w in sp.weights().items()}, final, c.distribution,
+                                            c.granularity, n=c.n, m=c.m, block=c.block))
+                what = (f"{plugin.name} at final density {final} ({c.distribution}, {c.granularity}; "
+                        "masks from random-init magnitudes)")
+        rep = count_macs(net, size)
+    else:
+        from .evaluate import load_backbone
+
+        net, info = load_backbone(str(path), args.backbone, cifar_stem=args.cifar_stem)
+        rep = count_macs(net, size, from_weights=True)
+        what = f"checkpoint, masked layers at density {info['density']:.4f}"
+    if args.per_layer:
+        print(rep.to_markdown())
+    print(f"{path.name}: {what}")
+    print(f"input {tuple(size)}: dense {rep.dense / 1e6:.2f} MMACs, effective {rep.effective / 1e6:.2f} MMACs, "
+          f"ratio {rep.ratio:.4f} ({1 / max(rep.ratio, 1e-12):.2f}x fewer)")
+    return 0
+
+
+def _cmd_sparsity(args) -> int:
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    sd = ck.get("state_dict", ck)
+    rows = {}
+    for k, v in sd.items():
+        if k.endswith(".weight_mask"):
+            enc = "momentum" if k.startswith("momentum_") else "online"
+            layer = k[len("momentum_"):] if enc == "momentum" else k
+            rows.setdefault(layer[: -len(".weight_mask")], {})[enc] = (int(v.sum()), v.numel())
+    if not rows:
+        print(f"{args.checkpoint}: no weight masks (dense checkpoint)")
+        return 0
+    print("| layer | params | online density | momentum density |\n|---|---:|---:|---:|")
+    tot = {"online": [0, 0], "momentum": [0, 0]}
+    for layer, r in rows.items():
+        cells = []
+        for enc in ("online", "momentum"):
+            if enc in r:
+                kept, n = r[enc]
+                tot[enc][0] += kept
+                tot[enc][1] += n
+                cells.append(f"{kept / n:.4f}")
+            else:
+                cells.append("-")
+        print(f"| {layer} | {next(iter(r.values()))[1]} | {cells[0]} | {cells[1]} |")
+    cells = [f"{t[0] / t[1]:.4f}" if t[1] else "-" for t in tot.values()]
+    print(f"| **total** | {tot['online'][1]} | {cells[0]} | {cells[1]} |")
+    if "solo_sparse" in ck:
+        for name, st in ck["solo_sparse"].items():
+            print(f"plugin {name}: step {st['step']}, epoch {st['epoch']}, config {st['config']}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .density import allocate_masks
+    from .evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+    from .flops import count_macs
+    from .sparsifier import select_layers
+
+    data = Path(args.data)
+    print(f"loading {data}/train and {data}/val ...", flush=True)
+    train = load_images(str(data / "train"), args.input_size)
+    test = load_images(str(data / "val"), args.input_size)
+    rows = []
+    for d in args.random_init_densities or []:
+        torch.manual_seed(args.seed)
+        net = build_resnet(args.backbone).eval()
+        if d < 1.0:  # one-shot magnitude pruning of a random-init backbone (a reference, not a method)
+            layers = dict(select_layers(net))
+            masks = allocate_masks({k: m.weight.detach().abs() for k, m in layers.items()}, d, "uniform")
+            with torch.no_grad():
+                for k, m in layers.items():
+                    m.weight.mul_(masks[k])
+        rows.append((f"random-init, magnitude-pruned to {d}", net))
+    for ck in args.checkpoints:
+        net, info = load_backbone(ck, args.backbone, cifar_stem=args.cifar_stem)
+        rows.append((f"{ck} (density {info['density']:.3f})", net))
+    results = []
+    for name, net in rows:
+        acc = evaluate_backbone(net, train, test, progress=True)
+        macs = count_macs(net, (1, 3, args.input_size, args.input_size), from_weights=True)
+        results.append({"backbone": name, **acc, "macs_ratio": macs.ratio})
+        print(f"{name}: kNN20 {100 * acc['knn20']:.2f}  kNN1 {100 * acc['knn1']:.2f}  "
+              f"linear {100 * acc['linear']:.2f}  MACs x{macs.ratio:.3f}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="solo-sparse", description="Sparse and gated SSL plugins for solo-learn")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("plugins", help="list plugins with families and config keys")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=_cmd_plugins)
+    a = sub.add_parser("flops", help="dense vs effective MACs of a config's or checkpoint's backbone")
+    a.add_argument("source", help="a solo-learn YAML (with an optional solo_sparse section) or a .ckpt")
+    a.add_argument("--backbone", default="resnet18")
+    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--cifar-stem", action="store_true", help="checkpoint was trained on cifar10/100")
+    a.add_argument("--per-layer", action="store_true")
+    a.set_defaults(fn=_cmd_flops)
+    a = sub.add_parser("sparsity", help="per-layer mask densities of a checkpoint")
+    a.add_argument("checkpoint")
+    a.set_defaults(fn=_cmd_sparsity)
+    a = sub.add_parser("evaluate", help="kNN and linear probe of backbones on an image folder (train/ val/)")
+    a.add_argument("checkpoints", nargs="*")
+    a.add_argument("--data", required=True)
+    a.add_argument("--backbone", default="resnet18")
+    a.add_argument("--cifar-stem", action="store_true")
+    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--random-init-densities", type=float, nargs="*", default=None)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default=None, help="write results JSON here")
+    a.set_defaults(fn=_cmd_evaluate)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, RuntimeError) as e:
+        print(f"solo-sparse: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
