@@ -8,6 +8,7 @@ encoder re-masked after each EMA update. Subclasses decide *when* and *how* mask
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Dict, Optional
 
 import torch
@@ -108,7 +109,8 @@ class WeightSparsityPlugin(Plugin):
                     mod.weight.mul_(mask)
                     kept += int(mask.sum())
                     total += mask.numel()
-            log.warning("solo-sparse: loaded %s backbone, masked layers at density %.4f", self.name, kept / total)
+            print(f"solo-sparse: loaded {self.name} backbone, masked layers at density {kept / total:.4f}",
+                  file=sys.stderr, flush=True)
             module._solo_sparse_density = kept / total
 
         def pre_hook(mod, _inp):

@@ -1,0 +1,250 @@
+"""End-to-end with real solo-learn (skipped with a reason when it is not importable).
+
+- a wrapped BYOL/SimCLR fits with Lightning on tiny generated data, masks hold in both encoders;
+- the Hydra callback patches solo-learn's registries in place and validates;
+- solo-learn's unchanged main_pretrain.py with '- solo_sparse: gmp' trains a sparse model, and its
+  unchanged main_linear.py (same one line) loads the backbone with no missing key and keeps the zeros;
+  a dense checkpoint is refused loudly by the gmp linear path.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import HAS_SOLO, needs_solo
+
+pytestmark = needs_solo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(method="byol", **solo_sparse):
+    from omegaconf import OmegaConf
+
+    cfg = {
+        "method": method, "name": "t", "backbone": {"name": "resnet18", "kwargs": {}},
+        "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32,
+                          "temperature": 0.2},
+        "momentum": {"base_tau": 0.9, "final_tau": 1.0, "classifier": False},
+        "data": {"dataset": "custom", "num_classes": 3, "num_large_crops": 2, "num_small_crops": 0},
+        "optimizer": {"name": "sgd", "batch_size": 4, "lr": 0.05, "classifier_lr": 0.1, "weight_decay": 1e-4,
+                      "kwargs": {"momentum": 0.9}},
+        "scheduler": {"name": "none"}, "max_epochs": 2, "accumulate_grad_batches": 1,
+        "performance": {"disable_channel_last": True}, "strategy": "auto",
+    }
+    if solo_sparse:
+        cfg["solo_sparse"] = solo_sparse
+    return OmegaConf.create(cfg)
+
+
+def loader(n=16, crops=2, size=32):
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, 3, size, size, generator=g) for _ in range(crops)]
+    y = torch.arange(n) % 3
+    ds = [(i, [x[i] for x in xs], y[i]) for i in range(n)]
+    return torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)
+
+
+def fit(model, epochs=2):
+    import lightning.pytorch as pl
+
+    tr = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    tr.fit(model, loader())
+    return tr
+
+
+def test_import_changes_nothing_in_solo():
+    import solo.methods as sm
+    from solo.methods.base import BaseMethod
+
+    before = dict(sm.METHODS), dict(BaseMethod._BACKBONES)
+    import solo_sparse  # noqa: F401
+    import solo_sparse.binding  # noqa: F401
+    assert dict(sm.METHODS) == before[0] and dict(BaseMethod._BACKBONES) == before[1]
+
+
+def test_wrapped_byol_fits_and_keeps_masks():
+    from solo.methods import BYOL
+    import solo_sparse
+
+    cls = solo_sparse.wrap(BYOL, "gmp", final_density=0.2, start=1, end=6, every=1)
+    model = cls(tiny_cfg())
+    tr = fit(model)
+    sp = model.solo_sparse.plugins[0].sparsifier
+    assert model.solo_sparse.plugins[0].step == 8
+    assert sp.density("online") == pytest.approx(0.2, abs=2e-3)
+    assert sp.density("momentum") == pytest.approx(0.2, abs=2e-3)
+    assert sp.leaked("online") == 0 and sp.leaked("momentum") == 0
+    assert "solo_sparse/density/online" in tr.logged_metrics
+    assert any(k.startswith("solo_sparse/layer_density/momentum/") for k in tr.logged_metrics)
+    # crop order seen by the plugin: online crops 0,1 then momentum crops 0,1 in every step
+    assert model.solo_sparse.view.branch.encoder == "momentum"
+
+
+def test_wrapped_shared_encoder_method_fits():
+    from solo.methods import SimCLR
+    import solo_sparse
+
+    model = solo_sparse.wrap(SimCLR, "gmp", final_density=0.5, start=0, end=4, every=2)(tiny_cfg("simclr"))
+    fit(model)
+    sp = model.solo_sparse.plugins[0].sparsifier
+    assert not sp.has_momentum and sp.density() == pytest.approx(0.5, abs=2e-3) and sp.leaked() == 0
+
+
+def test_checkpoint_carries_plugin_state_weights_only(tmp_path):
+    from solo.methods import BYOL
+    import solo_sparse
+
+    cls = solo_sparse.wrap(BYOL, "gmp", final_density=0.3, start=1, end=4, every=1)
+    model = cls(tiny_cfg())
+    tr = fit(model, epochs=1)
+    p = tmp_path / "m.ckpt"
+    tr.save_checkpoint(p)
+    ck = torch.load(p, map_location="cpu", weights_only=True)
+    assert ck["solo_sparse"]["gmp"]["step"] == 4
+    assert "backbone.layer1.0.conv1.weight_mask" in ck["state_dict"]
+    assert "momentum_backbone.layer1.0.conv1.weight_mask" in ck["state_dict"]
+    # resume: masks and plugin step come back
+    model2 = cls(tiny_cfg())
+    import lightning.pytorch as pl
+
+    tr2 = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+    tr2.fit(model2, loader(), ckpt_path=str(p))
+    assert model2.solo_sparse.plugins[0].step == 8
+    assert model2.solo_sparse.plugins[0].sparsifier.density() == pytest.approx(0.3, abs=2e-3)
+
+
+def test_install_from_config_patches_in_place_and_validates():
+    import solo.methods as sm
+    from solo.methods.base import BaseMethod
+    from solo_sparse.binding import install_from_config, unwrap
+    from solo_sparse.config import ConfigError
+
+    methods, backbones = sm.METHODS, BaseMethod._BACKBONES
+    orig = methods["byol"]
+    try:
+        install_from_config(tiny_cfg(plugin="gmp", final_density=0.5))
+        assert sm.METHODS is methods and BaseMethod._BACKBONES is backbones
+        assert methods["byol"] is not orig and unwrap(methods["byol"]) is orig
+        install_from_config(tiny_cfg(plugin="gmp", final_density=0.5))  # idempotent: no double wrap
+        assert methods["byol"].__mro__[2] is orig
+        with pytest.raises(ConfigError, match="unknown key"):
+            install_from_config(tiny_cfg(plugin="gmp", bogus=1))
+        with pytest.raises(ConfigError, match="not to 'linear'"):
+            install_from_config(tiny_cfg("linear", plugin="gmp"))
+    finally:
+        methods["byol"] = orig
+
+
+def test_family_refusal_and_ddp_refusal():
+    from solo.methods import SimCLR, BYOL
+    import solo_sparse
+    from solo_sparse import register_plugin
+    from solo_sparse.config import ConfigError
+
+    gmp_cls = solo_sparse.get_plugin("gmp")
+
+    class MomentumOnly(gmp_cls):
+        name = "momentum_only_test"
+        families = ("momentum",)
+
+    class Unused(gmp_cls):
+        name = "unused_params_test"
+        leaves_parameters_unused = True
+
+    register_plugin(MomentumOnly)
+    register_plugin(Unused)
+    with pytest.raises(ConfigError, match="does not support method 'simclr' .*families: momentum"):
+        solo_sparse.wrap(SimCLR, "momentum_only_test")(tiny_cfg("simclr"))
+    cfg = tiny_cfg()
+    cfg.strategy = "ddp"
+    with pytest.raises(ConfigError, match="ddp_find_unused_parameters_true"):
+        solo_sparse.wrap(BYOL, "unused_params_test")(cfg)
+
+
+# ------------------------------------------------------------------------- unchanged solo-learn scripts
+def _solo_dir():
+    import solo
+
+    return Path(solo.__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 4), ("val", 1)):
+        for c in ("a", "b", "c", "d", "e"):  # >= 5 classes: solo-learn's linear model reports top-5
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                arr = (torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _run(script, cfg_dir, name, *overrides, cwd):
+    cmd = [sys.executable, str(_solo_dir() / script), "--config-path", str(cfg_dir), "--config-name", name,
+           *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=str(cwd), timeout=900)
+
+
+def _config(src: Path, dst: Path, plugin_line: bool, extra: str = ""):
+    text = src.read_text()
+    if plugin_line:
+        text = text.replace("  - _self_\n", "  - _self_\n  - solo_sparse: gmp\n", 1)
+    dst.write_text(text + extra)
+
+
+@pytest.mark.skipif(not (HAS_SOLO and (ROOT / "scripts/configs/fmnist/byol.yaml").exists()), reason="configs")
+def test_unchanged_main_pretrain_then_main_linear(tmp_path, image_folder):
+    cfgs = tmp_path / "cfgs"
+    (cfgs / "augmentations").mkdir(parents=True)
+    src = ROOT / "scripts" / "configs" / "fmnist"
+    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
+    _config(src / "byol.yaml", cfgs / "pre.yaml", True,
+            "\nsolo_sparse:\n  final_density: 0.25\n  start: 1\n  end: 3\n  every: 1\n")
+    _config(src / "byol.yaml", cfgs / "dense.yaml", False)
+    _config(src / "linear.yaml", cfgs / "lin.yaml", True)
+    common = [f"++data.train_path={image_folder / 'train'}", "++optimizer.batch_size=4", "++max_epochs=1",
+              "++data.num_workers=0"]
+    r = _run("main_pretrain.py", cfgs, "pre.yaml", *common, f"++checkpoint.dir={tmp_path / 'pre'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = next((tmp_path / "pre").rglob("*.ckpt"))
+    state = torch.load(ck, map_location="cpu", weights_only=True)
+    sd = state["state_dict"]
+    masks = {k: v for k, v in sd.items() if k.endswith("weight_mask")}
+    online = [v for k, v in masks.items() if k.startswith("backbone.")]
+    assert online and sum(int(v.sum()) for v in online) / sum(v.numel() for v in online) == pytest.approx(0.25, abs=2e-3)
+    for k, m in masks.items():
+        w = sd[k.replace("weight_mask", "weight")]
+        assert (w[~m] == 0).all(), k
+    assert state["solo_sparse"]["gmp"]["step"] == 5  # 20 images / batch 4, one epoch
+
+    lin_over = [f"++data.train_path={image_folder / 'train'}", f"++data.val_path={image_folder / 'val'}",
+                "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0",
+                "++data.augmentations.crop_size=32"]
+    r = _run("main_linear.py", cfgs, "lin.yaml", *lin_over, f"++pretrained_feature_extractor='{ck}'",
+             f"++checkpoint.dir={tmp_path / 'lin'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "masked layers at density 0.2500" in r.stderr
+    lin = torch.load(next((tmp_path / "lin").rglob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
+    for k, m in masks.items():
+        if k.startswith("backbone."):
+            assert torch.equal(lin[k], m), k
+            assert (lin[k.replace("weight_mask", "weight")][~m] == 0).all()
+
+    # a dense checkpoint through the gmp linear path: missing mask keys are an error, not silence
+    r = _run("main_pretrain.py", cfgs, "dense.yaml", *common, f"++checkpoint.dir={tmp_path / 'dense'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dck = next((tmp_path / "dense").rglob("*.ckpt"))
+    r = _run("main_linear.py", cfgs, "lin.yaml", *lin_over, f"++pretrained_feature_extractor='{dck}'",
+             f"++checkpoint.dir={tmp_path / 'lin2'}", cwd=tmp_path)
+    assert r.returncode != 0 and "lacks" in r.stderr and "weight_mask" in r.stderr
