@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: install solo-sparse and its pinned dependencies from this checkout, run the tests.
+# Tests that need solo-learn skip with a reason when it is not importable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-build-isolation .
+# run from tests/ so the installed package (not the source folder) is what gets imported
+cd tests && exec python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning "$@"
