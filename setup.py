@@ -34,6 +34,9 @@ setup(
         "console_scripts": ["solo-sparse=solo_sparse.cli:main"],
         "solo_sparse.plugins": [
             "gmp = solo_sparse_plugins.gmp:GMP",
+            "synccp = solo_sparse_plugins.synccp:SyncCP",
+            "granet = solo_sparse_plugins.granet:GraNet",
+            "sdclr = solo_sparse_plugins.sdclr:SDCLR",
         ],
     },
     zip_safe=False,

@@ -32,6 +32,35 @@ MASK = "weight_mask"
 _CLASSIFIER_NAMES = {"fc", "head", "classifier"}
 
 
+class SoftMaskedConv2d(nn.Conv2d):
+    """A Conv2d whose forward uses ``weight * weight_mask``; the stored weight stays dense.
+
+    Same parameters, names and ``state_dict`` as ``nn.Conv2d`` (modules are switched to it by class
+    swap): used where a branch is damaged on the fly over shared dense weights (SDCLR).
+    """
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
+
+
+class SoftMaskedLinear(nn.Linear):
+    """``nn.Linear`` with ``weight * weight_mask`` in the forward (see SoftMaskedConv2d)."""
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight * self.weight_mask, self.bias)
+
+
+_SOFT = {nn.Conv2d: SoftMaskedConv2d, nn.Linear: SoftMaskedLinear}
+
+
+def make_soft(mod: nn.Module) -> None:
+    if type(mod) in _SOFT.values():
+        return
+    if type(mod) not in _SOFT:
+        raise TypeError(f"soft masking supports plain Conv2d/Linear, not {type(mod).__name__}")
+    mod.__class__ = _SOFT[type(mod)]
+
+
 @dataclass
 class ModuleGroup:
     """A group of modules of a method: ``online`` and its EMA twin ``momentum`` (or None)."""
@@ -85,8 +114,10 @@ class MaskedLayer:
 class WeightSparsifier:
     """Masks for the layers that ``spec`` selects in ``groups`` (online and momentum twins)."""
 
-    def __init__(self, groups: Mapping[str, ModuleGroup], spec: MaskSpec):
+    def __init__(self, groups: Mapping[str, ModuleGroup], spec: MaskSpec, soft: Iterable[str] = ()):
+        """``soft``: encoders ("online"/"momentum") masked in the forward only (weights kept dense)."""
         self.spec = spec
+        self.soft = frozenset(soft)
         self.layers: List[MaskedLayer] = []
         self.skipped: List[str] = []
         for g in spec.include:
@@ -115,6 +146,10 @@ class WeightSparsifier:
                                           "plugins cannot mask the same layer")
                     m_.register_buffer(MASK, torch.ones_like(m_.weight, dtype=torch.bool), persistent=True)
                 self.layers.append(MaskedLayer(name, mod, mom))
+                if "online" in self.soft:
+                    make_soft(mod)
+                if "momentum" in self.soft and mom is not None:
+                    make_soft(mom)
         if not self.layers:
             raise ConfigError(f"{PREFIX}: no layer selected for masking (include={list(spec.include)})")
 
@@ -163,15 +198,19 @@ class WeightSparsifier:
 
     @torch.no_grad()
     def apply_masks(self, encoders: Iterable[str] = ("online", "momentum")) -> None:
-        """weight *= mask on the named encoders."""
+        """weight *= mask on the named encoders (soft-masked encoders keep their dense weights)."""
         for L in self.layers:
             for enc in encoders:
+                if enc in self.soft:
+                    continue
                 mod = L.online if enc == "online" else L.momentum
                 if mod is not None:
                     mod.weight.mul_(getattr(mod, MASK))
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
+        if "online" in self.soft:  # the forward already routes no gradient to pruned weights
+            return
         for L in self.layers:
             g = L.online.weight.grad
             if g is not None:
@@ -181,6 +220,8 @@ class WeightSparsifier:
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero every per-parameter state tensor shaped like a masked weight (momentum, Adam moments)."""
         opt = getattr(optimizer, "optimizer", optimizer)  # Lightning's LightningOptimizer
+        if "online" in self.soft:
+            return
         for L in self.layers:
             p = L.online.weight
             st = opt.state.get(p)
@@ -206,11 +247,14 @@ class WeightSparsifier:
 
     def squash(self) -> None:
         """Apply the masks and remove the buffers: plain modules with zeros where pruned."""
-        self.apply_masks()
-        for L in self.layers:
-            for mod in (L.online, L.momentum):
-                if mod is not None and MASK in mod._buffers:
-                    del mod._buffers[MASK]
+        with torch.no_grad():
+            for L in self.layers:
+                for mod in (L.online, L.momentum):
+                    if mod is not None and MASK in mod._buffers:
+                        mod.weight.mul_(getattr(mod, MASK))
+                        del mod._buffers[MASK]
+                        if type(mod) in _SOFT.values():
+                            mod.__class__ = type(mod).__mro__[1]
 
     # ------------------------------------------------------------------ reports
     def density(self, encoder: str = "online") -> float:
@@ -224,8 +268,13 @@ class WeightSparsifier:
         return {k: float(m.sum().item()) / m.numel() for k, m in self.masks(encoder).items()}
 
     def leaked(self, encoder: str = "online") -> int:
-        """Number of pruned weights that are non-zero (must be 0 whenever the invariants hold)."""
+        """Number of pruned weights that are non-zero (must be 0 whenever the invariants hold).
+
+        For a soft-masked encoder this counts the weights its forward uses (``weight * mask``): 0 by construction.
+        """
         n = 0
+        if encoder in self.soft:
+            return 0
         for L in self.layers:
             mod = L.online if encoder == "online" else L.momentum
             if mod is not None:

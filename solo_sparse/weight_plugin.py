@@ -23,10 +23,12 @@ log = logging.getLogger("solo_sparse")
 class WeightSparsityPlugin(Plugin):
     #: the momentum encoder uses the online masks (gmp); plugins with their own momentum masks set False
     momentum_follows_online: bool = True
+    #: encoders masked in the forward only, their stored weights kept dense (SDCLR)
+    soft_encoders: tuple = ()
 
     def setup(self, view: ModelView) -> None:
         super().setup(view)
-        self.sparsifier = WeightSparsifier(view.groups, self.config)
+        self.sparsifier = WeightSparsifier(view.groups, self.config, soft=self.soft_encoders)
         self.init_masks()
         self._sync_momentum()
         self.sparsifier.apply_masks()

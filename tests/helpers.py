@@ -11,11 +11,13 @@ def ema_like_solo(online, momentum, tau=0.9):
         mp.data = tau * mp.data + (1 - tau) * op.data
 
 
-def make_host(plugin, online, momentum=None):
+def make_host(plugin, online, momentum=None, steps_per_epoch=4, total_steps=40, log=None):
     fam = "momentum" if momentum is not None else "shared"
-    view = ModelView({"backbone": ModuleGroup("backbone", online, momentum)}, fam, method="toy")
+    view = ModelView({"backbone": ModuleGroup("backbone", online, momentum)}, fam, method="toy", log=log)
     host = PluginHost([plugin])
     host.setup(view)
+    host.set_schedule_info(steps_per_epoch, total_steps)
+    host.on_train_start()
     return host
 
 

@@ -1,0 +1,67 @@
+"""``granet`` — GraNet (Liu et al. 2021) transferred to SSL, as in the SyncCP seed's Table 2.
+
+Both encoders on their own cubic schedules (online ``init_density`` -> ``final_density``, momentum
+``momentum_init_density`` -> ``momentum_final_density``), from an explicit ``start``; after each
+schedule step the online encoder prunes-and-regrows ``regrow_fraction`` of its units by the *instant*
+gradient magnitude. The momentum encoder prunes by its own weight magnitude: no gap synchronization,
+no CSI. Engine: ``solo_sparse.dynamic``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, StepSpec, check_density, check_range, key_error
+from solo_sparse.dynamic import DynamicSparsityPlugin, parse_start
+from solo_sparse.schedule import cubic_density
+
+
+@dataclass
+class GraNetConfig(ScheduleSpec, MaskSpec):
+    #: None = "erk", or "uniform" for granularity nm (every layer ends at n/m)
+    distribution: Optional[str] = None
+    start: Any = 0
+    init_density: float = 1.0
+    final_density: Optional[float] = None
+    momentum_init_density: float = 1.0
+    momentum_final_density: float = 0.4
+    regrow_fraction: float = 0.1
+    use_csi: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        if self.distribution is None:
+            self.distribution = "uniform" if self.granularity == "nm" else "erk"
+        MaskSpec.__post_init__(self)
+        parse_start(self, allow_csi=False)
+        ScheduleSpec.__post_init__(self)
+        self.init_density = check_density("init_density", self.init_density)
+        if self.final_density is None:
+            self.final_density = self.nm_density if self.granularity == "nm" else 0.1
+        self.final_density = check_density("final_density", self.final_density)
+        self.momentum_init_density = check_density("momentum_init_density", self.momentum_init_density)
+        self.momentum_final_density = check_density("momentum_final_density", self.momentum_final_density)
+        if self.granularity == "nm":
+            for k in ("final_density", "momentum_final_density"):
+                if getattr(self, k) < self.nm_density - 1e-9:
+                    raise key_error(k, getattr(self, k), f"granularity 'nm' cannot go below n/m = {self.nm_density}")
+        for a, b in (("init_density", "final_density"), ("momentum_init_density", "momentum_final_density")):
+            if getattr(self, a) < getattr(self, b):
+                raise ConfigError(f"{PREFIX}.{a}={getattr(self, a)} < {PREFIX}.{b}={getattr(self, b)}: must be >=")
+        self.regrow_fraction = check_range("regrow_fraction", self.regrow_fraction, 0.0, 1.0, hi_open=True)
+
+
+class GraNet(DynamicSparsityPlugin):
+    name = "granet"
+    description = ("GraNet in SSL: both encoders on their own cubic schedules, instant-gradient prune-and-regrow "
+                   "on the online encoder, no gap synchronization, no CSI")
+    families = ("momentum", "shared")
+    Config = GraNetConfig
+    momentum_policy = "independent"
+
+    def momentum_density(self, online_density: float, step: int) -> float:
+        c = self.config
+        if self.trigger_step is None:
+            return c.momentum_init_density
+        _, end, _ = self.schedule()
+        return cubic_density(step, self.trigger_step, max(end, self.trigger_step), c.momentum_init_density,
+                             c.momentum_final_density)

@@ -1,0 +1,241 @@
+import copy
+
+import pytest
+import torch
+
+from solo_sparse import get_plugin
+from solo_sparse.config import ConfigError
+from solo_sparse.masks import nm_group_mask_is_valid
+from conftest import TinyNet
+from helpers import make_host, train
+
+
+def plugin(name, **params):
+    return get_plugin(name).from_params(params)
+
+
+def pair(seed=0):
+    torch.manual_seed(seed)
+    on = TinyNet()
+    mo = copy.deepcopy(on)
+    for p in mo.parameters():
+        p.requires_grad = False
+    return on, mo
+
+
+def run(p, steps, on=None, mo=None, lr=0.05, logs=None, start_seed=0, **host_kw):
+    if on is None:
+        on, mo = pair()
+    host = make_host(p, on, mo, log=(logs.update if logs is not None else None), **host_kw)
+    opt = torch.optim.SGD(on.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    for s in range(steps):
+        train(host, on, mo, opt, 1, seed=start_seed + s)
+    return host, on, mo, opt
+
+
+@pytest.mark.parametrize("dist", ["uniform", "erk"])
+def test_synccp_gap_nested_and_no_leak_at_every_step(dist):
+    p = plugin("synccp", final_density=0.2, density_gap=0.3, start=2, end=10, every=2, distribution=dist)
+    on, mo = pair()
+    host = make_host(p, on, mo)
+    opt = torch.optim.SGD(on.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sp = p.sparsifier
+    assert sp.density("online") == pytest.approx(0.7, abs=3e-3) and sp.density("momentum") == 1.0
+    for s in range(12):
+        train(host, on, mo, opt, 1, seed=s)
+        gap = sp.density("momentum") - sp.density("online")
+        assert gap == pytest.approx(0.3, abs=5e-3)
+        for k, m in sp.masks("online").items():
+            assert not (m & ~sp.masks("momentum")[k]).any()           # online mask inside the momentum mask
+        assert sp.leaked("online") == 0 and sp.leaked("momentum") == 0
+    assert sp.density("online") == pytest.approx(0.2, abs=3e-3)
+    assert sp.density("momentum") == pytest.approx(0.5, abs=3e-3)
+
+
+def test_regrown_weights_start_at_zero_and_are_gradient_chosen():
+    logs = {}
+    p = plugin("synccp", final_density=0.3, init_density=0.3, start=1, end=1, every=1, regrow_fraction=0.3,
+               distribution="uniform")
+    on, mo = pair()
+    host = make_host(p, on, mo, log=logs.update)
+    before = {k: m.clone() for k, m in p.sparsifier.masks().items()}
+    opt = torch.optim.SGD(on.parameters(), lr=0.05, momentum=0.9)
+    train(host, on, mo, opt, 1)
+    grown_any = False
+    for k, m in p.sparsifier.masks().items():
+        grown = m & ~before[k]
+        grown_any |= bool(grown.any())
+        w = dict(p.sparsifier.weights())[k]
+        assert (w[grown] == 0).all()                                  # regrown weights start at zero
+    assert grown_any and logs["solo_sparse/regrow/grown"] > 0
+    assert "solo_sparse/regrow/oscillation" in logs
+
+
+def test_csi_arms_on_divergence_then_fires():
+    logs = {}
+    p = plugin("synccp", final_density=0.2, density_gap=0.3, every=1, end=30, distribution="uniform")
+    on, mo = pair()
+    host, on, mo, opt = run(p, 1, on, mo, logs=logs)
+    assert p.trigger_step is None and logs["solo_sparse/csi/I"] == pytest.approx(0.3, abs=1e-3)  # copies: nested
+    with torch.no_grad():                                             # make the encoders disagree
+        for m in mo.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.randn_like(m.weight))
+    opt.param_groups[0]["lr"] = 0.0
+    train(host, on, mo, opt, 1)
+    assert p._csi_armed and p.trigger_step is None and logs["solo_sparse/csi/I"] > 0.32
+    with torch.no_grad():                                             # re-synchronize them
+        for a, b in zip(on.modules(), mo.modules()):
+            if isinstance(a, torch.nn.Conv2d):
+                b.weight.copy_(a.weight)
+    train(host, on, mo, opt, 1)
+    assert p.trigger_step == 3 and logs["solo_sparse/csi/trigger_step"] == 3
+
+
+def test_csi_timeout_starts_the_schedule():
+    logs = {}
+    p = plugin("synccp", final_density=0.2, every=1, end=30, csi_timeout=5, distribution="uniform")
+    run(p, 6, logs=logs)
+    assert p.trigger_step == 5 and logs["solo_sparse/csi/timed_out"] == 1.0
+
+
+def test_csi_shared_encoder_compares_consecutive_epochs():
+    logs = {}
+    p = plugin("synccp", final_density=0.2, every=1, end=30, distribution="uniform", csi_tau=0.1)
+    on, _ = pair()
+    host = make_host(p, on, None, log=logs.update)
+    opt = torch.optim.SGD(on.parameters(), lr=0.0)
+    host.on_epoch_end(0)
+    assert p.trigger_step is None                                     # first epoch: nothing to compare
+    train(host, on, None, opt, 2)
+    host.on_epoch_end(1)                                              # frozen weights: I = 0 < tau
+    assert p.trigger_step == 2 and logs["solo_sparse/csi/I"] == 0.0
+
+
+def test_synccp_nm_keeps_valid_groups_and_ends_all_nm():
+    p = plugin("synccp", granularity="nm", n=2, m=4, init_density=0.8, density_gap=0.2, start=1, end=6, every=1)
+    host, on, mo, opt = run(p, 3)
+    for m in p.sparsifier.masks().values():
+        assert nm_group_mask_is_valid(m, 2, 4).all()
+    train(host, on, mo, opt, 5, seed=10)
+    for m in p.sparsifier.masks().values():
+        assert (m.permute(0, 2, 3, 1).reshape(-1, 4).sum(1) == 2).all()
+    assert p.sparsifier.density("momentum") == pytest.approx(0.7, abs=5e-3)
+
+
+def test_synccp_blocks():
+    p = plugin("synccp", granularity="block", block=[8, 8], final_density=0.25, density_gap=0.25, start=1, end=4,
+               every=1, distribution="uniform")
+    run(p, 5)
+    for m in p.sparsifier.masks().values():
+        o, i = m.shape[:2]
+        per = m.reshape(o // 8, 8, i // 8, 8, -1).float().mean(dim=(1, 3, 4))
+        assert set(per.unique().tolist()) <= {0.0, 1.0}
+    assert p.sparsifier.density() == pytest.approx(0.25, abs=0.02)
+
+
+def test_granet_independent_schedules_instant_gradient():
+    p = plugin("granet", final_density=0.2, momentum_final_density=0.4, start=1, end=6, every=1,
+               distribution="uniform")
+    run(p, 7)
+    assert p.scores.momentum is None
+    assert p.sparsifier.density("online") == pytest.approx(0.2, abs=3e-3)
+    assert p.sparsifier.density("momentum") == pytest.approx(0.4, abs=3e-3)
+    assert p.sparsifier.leaked("momentum") == 0
+
+
+def test_sdclr_soft_masks_rederived_each_epoch():
+    p = plugin("sdclr", density=0.2)
+    on, mo = pair()
+    host = make_host(p, on, mo)
+    sp = p.sparsifier
+    assert sp.density("online") == pytest.approx(0.2, abs=3e-3) and sp.density("momentum") == 1.0
+    assert float((on.layer1[0].weight != 0).float().mean()) == 1.0   # stored weights stay dense
+    x = torch.randn(2, 3, 8, 8)
+    ref = copy.deepcopy(on)
+    with torch.no_grad():
+        for m in ref.modules():
+            if hasattr(m, "weight_mask"):
+                m.weight.mul_(m.weight_mask)
+    assert torch.allclose(on(x), ref(x), atol=1e-6)                  # ... but the forward is masked
+    before = {k: v.clone() for k, v in sp.masks().items()}
+    opt = torch.optim.SGD(on.parameters(), lr=0.5, momentum=0.9)
+    train(host, on, mo, opt, 5)
+    host.on_epoch_start(1)
+    changed = sum(int((before[k] ^ v).sum()) for k, v in sp.masks().items())
+    assert changed > 0 and sp.density() == pytest.approx(0.2, abs=3e-3)
+
+
+def test_sdclr_damage_momentum_needs_a_momentum_encoder():
+    on, _ = pair()
+    with pytest.raises(ConfigError, match="damage=momentum but method 'toy' has no momentum encoder"):
+        make_host(plugin("sdclr", damage="momentum"), on, None)
+    on, mo = pair()
+    p = plugin("sdclr", damage="momentum", density=0.3)
+    make_host(p, on, mo)
+    assert p.sparsifier.density("online") == 1.0 and p.sparsifier.density("momentum") == pytest.approx(0.3, abs=3e-3)
+
+
+def test_synccp_resume_is_exact():
+    def fresh():
+        return plugin("synccp", final_density=0.2, start=2, end=10, every=2, distribution="uniform")
+
+    on, mo = pair()
+    p = fresh()
+    host = make_host(p, on, mo)
+    opt = torch.optim.SGD(on.parameters(), lr=0.05, momentum=0.9)
+    for s in range(10):
+        train(host, on, mo, opt, 1, seed=s)
+    on2, mo2 = pair()
+    q = fresh()
+    h2 = make_host(q, on2, mo2)
+    opt2 = torch.optim.SGD(on2.parameters(), lr=0.05, momentum=0.9)
+    for s in range(5):
+        train(h2, on2, mo2, opt2, 1, seed=s)
+    saved = [copy.deepcopy(x) for x in (on2.state_dict(), mo2.state_dict(), opt2.state_dict(), h2.state_dict())]
+    on3, mo3 = pair(seed=9)
+    r = fresh()
+    h3 = make_host(r, on3, mo3)
+    on3.load_state_dict(saved[0])
+    mo3.load_state_dict(saved[1])
+    opt3 = torch.optim.SGD(on3.parameters(), lr=0.05, momentum=0.9)
+    opt3.load_state_dict(saved[2])
+    h3.load_state_dict(saved[3])
+    for s in range(5, 10):
+        train(h3, on3, mo3, opt3, 1, seed=s)
+    for a, b in zip(list(on.state_dict().values()) + list(mo.state_dict().values()),
+                    list(on3.state_dict().values()) + list(mo3.state_dict().values())):
+        assert torch.equal(a, b)
+    for k in p.scores.scores:
+        assert torch.equal(p.scores.scores[k], r.scores.scores[k])
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"density_gap": -0.1}, r"solo_sparse.density_gap=-0.1: must be a number >= 0"),
+    ({"final_density": 0.8, "init_density": 0.9}, r"final_density \+ solo_sparse.density_gap = 0.8 \+ 0.3 > 1"),
+    ({"csi_tau": 1.0}, r"solo_sparse.csi_tau=1.0: must be in \(0.0, 1.0\)"),
+    ({"csi_tau": 0}, r"csi_tau=0: must be in \(0.0, 1.0\)"),
+    ({"score_momentum": 1.0}, r"score_momentum=1.0: must be in \[0.0, 1.0\)"),
+    ({"score_momentum": -0.1}, r"score_momentum=-0.1"),
+    ({"start": "soon"}, r"solo_sparse.start='soon'"),
+])
+def test_synccp_bad_config(params, match):
+    with pytest.raises(ConfigError, match=match):
+        plugin("synccp", **params)
+
+
+def test_nm_indivisible_layer_error_or_skip():
+    class Odd(TinyNet):
+        def __init__(self):
+            super().__init__()
+            self.layer1[0] = torch.nn.Conv2d(16, 32, 3, padding=1, bias=False)
+            self.layer1[3] = torch.nn.Conv2d(32, 32, 3, padding=1, bias=False)
+            self.down = torch.nn.Conv2d(32, 64, 1, bias=False)
+            self.mid = torch.nn.Conv2d(6, 6, 1)
+
+    with pytest.raises(ConfigError, match=r"layer 'backbone.mid' has 6 input channels .* m=4"):
+        make_host(plugin("synccp", granularity="nm"), Odd(), None)
+    with pytest.warns(UserWarning, match="backbone.mid"):
+        p = plugin("synccp", granularity="nm", on_indivisible="skip")
+        make_host(p, Odd(), None)
+    assert p.sparsifier.skipped == ["backbone.mid"]
