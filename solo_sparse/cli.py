@@ -35,12 +35,25 @@ def _cmd_plugins(args) -> int:
     return 0
 
 
+def compose_config(path: Path):
+    """Compose a solo-learn YAML the way its scripts do (Hydra, with the solo_sparse group visible)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(path.resolve().parent), version_base="1.2"):
+            return compose(path.stem)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _backbone_from_config(path: Path):
     from omegaconf import OmegaConf
 
     from .evaluate import build_resnet
 
-    cfg = OmegaConf.load(path)
+    cfg = compose_config(path)
     name = OmegaConf.select(cfg, "backbone.name", default="resnet18")
     if not str(name).startswith("resnet"):
         raise ConfigError(f"backbone.name={name!r}: solo-sparse flops builds torchvision ResNets only")
@@ -66,7 +79,7 @@ def _cmd_flops(args) -> int:
         if section:
             plugin = get_plugin(section.get("plugin", "gmp")).from_params(section)
             c = plugin.config
-            final = getattr(c, "final_density", None)
+            final = getattr(c, "final_density", getattr(c, "density", None))
             if final is not None:
                 plugin.setup(ModelView({"backbone": ModuleGroup("backbone", net)}, "shared"))
                 sp = plugin.sparsifier

@@ -28,7 +28,7 @@ def tiny_cfg(method="byol", **solo_sparse):
     cfg = {
         "method": method, "name": "t", "backbone": {"name": "resnet18", "kwargs": {}},
         "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32,
-                          "temperature": 0.2},
+                          "temperature": 0.2, "queue_size": 16},
         "momentum": {"base_tau": 0.9, "final_tau": 1.0, "classifier": False},
         "data": {"dataset": "custom", "num_classes": 3, "num_large_crops": 2, "num_small_crops": 0},
         "optimizer": {"name": "sgd", "batch_size": 4, "lr": 0.05, "classifier_lr": 0.1, "weight_decay": 1e-4,
@@ -94,6 +94,41 @@ def test_wrapped_shared_encoder_method_fits():
     fit(model)
     sp = model.solo_sparse.plugins[0].sparsifier
     assert not sp.has_momentum and sp.density() == pytest.approx(0.5, abs=2e-3) and sp.leaked() == 0
+
+
+@pytest.mark.parametrize("method,plugin,params", [
+    ("byol", "synccp", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "distribution": "uniform"}),
+    ("mocov2plus", "synccp", {"final_density": 0.2, "end": 6, "every": 1, "csi_timeout": 2}),
+    ("simclr", "synccp", {"final_density": 0.2, "end": 6, "every": 1, "csi_tau": 0.5}),
+    ("byol", "granet", {"final_density": 0.2, "start": 1, "end": 6, "every": 1}),
+    ("byol", "sdclr", {"density": 0.2}),
+    ("simclr", "sdclr", {"density": 0.2}),
+])
+def test_weight_sparsity_plugins_fit_with_solo_methods(method, plugin, params):
+    import solo.methods as sm
+    import solo_sparse
+
+    model = solo_sparse.wrap(sm.METHODS[method], plugin, **params)(tiny_cfg(method))
+    fit(model, epochs=2)
+    p = model.solo_sparse.plugins[0]
+    sp = p.sparsifier
+    assert sp.density("online") == pytest.approx(0.2, abs=3e-3)
+    assert sp.leaked("online") == 0 and (not sp.has_momentum or sp.leaked("momentum") == 0)
+    if plugin == "synccp":
+        assert p.trigger_step is not None
+        if sp.has_momentum:
+            assert sp.density("momentum") == pytest.approx(0.5, abs=3e-3)
+            for k, m in sp.masks("online").items():
+                assert not (m & ~sp.masks("momentum")[k]).any()
+
+
+def test_sdclr_damage_momentum_refused_for_shared_encoder_method():
+    from solo.methods import SimCLR
+    import solo_sparse
+    from solo_sparse.config import ConfigError
+
+    with pytest.raises(ConfigError, match="damage=momentum but method 'simclr' has no momentum encoder"):
+        solo_sparse.wrap(SimCLR, "sdclr", damage="momentum")(tiny_cfg("simclr"))
 
 
 def test_checkpoint_carries_plugin_state_weights_only(tmp_path):
