@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
-from solo_sparse.flops import count_macs
+from solo_sparse.evaluate import backbone_state, build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.flops import count_macs, training_macs_ratio
 
 
 def solo_learn_dir(arg: str | None) -> Path:
@@ -70,6 +70,40 @@ def densities(ckpt: Path):
     return out
 
 
+def dense_weight_grad_share(cfg_path: Path) -> tuple:
+    """(plugin name, share of steps needing the dense weight gradient) from the composed config."""
+    from solo_sparse.cli import compose_config
+
+    cfg = compose_config(cfg_path)
+    ss = cfg.get("solo_sparse", None)
+    if not ss:
+        return None, 0.0, cfg.get("method")
+    plugin = str(ss.get("plugin"))
+    if plugin == "synccp":
+        return plugin, 1.0, cfg.get("method")
+    if plugin == "granet":
+        every = ss.get("every", 100)
+        return plugin, (1.0 / every if isinstance(every, int) else 0.0), cfg.get("method")
+    return plugin, 0.0, cfg.get("method")
+
+
+def training_ratio(ckpt: Path, size: int, g: float) -> float:
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    reports = []
+    for prefix in ("backbone.", "momentum_backbone."):
+        st = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not st:
+            reports.append(None)
+            continue
+        net = build_resnet("resnet18")
+        masks = {k[:-len(".weight_mask")]: v for k, v in st.items() if k.endswith(".weight_mask")}
+        net.load_state_dict({k: v for k, v in st.items() if not k.endswith(".weight_mask")}, strict=False)
+        for layer, m in masks.items():
+            net.get_submodule(layer).register_buffer("weight_mask", m)
+        reports.append(count_macs(net, (1, 3, size, size)))
+    return training_macs_ratio(reports[0], reports[1], g)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", required=True, help="solo-learn YAML files")
@@ -78,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the solo package)")
     ap.add_argument("--size", type=int, default=32, help="evaluation image size")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
-    ap.add_argument("--eval-only", action="store_true", help="do not train; evaluate existing runs")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="do not train; (re-)evaluate the existing runs of the listed configs")
     args = ap.parse_args(argv)
 
     out = Path(args.out).resolve()
@@ -107,7 +142,7 @@ def main(argv=None) -> int:
         acc = evaluate_backbone(net, train, test, progress=True)
         macs = count_macs(net, (1, 3, args.size, args.size))
         results["rows"]["random-init"] = {"config": None, **acc, "density_online": 1.0, "density_momentum": None,
-                                          "macs_ratio": macs.ratio, "train_seconds": 0.0}
+                                          "macs_ratio": macs.ratio, "train_macs_ratio": None, "train_seconds": 0.0}
         save()
 
     for cfg in args.configs:
@@ -115,7 +150,7 @@ def main(argv=None) -> int:
         stem = cfg_p.stem
         digest = hashlib.sha256(cfg_p.read_bytes()).hexdigest()[:12]
         row = results["rows"].get(stem)
-        if row and row.get("config_sha") == digest and "knn20" in row:
+        if row and row.get("config_sha") == digest and "knn20" in row and not args.eval_only:
             print(f"[{stem}] done already, skipping", flush=True)
             continue
         run_dir = out / "runs" / stem
@@ -140,9 +175,16 @@ def main(argv=None) -> int:
         print(f"[{stem}] evaluating {ck.name} (online density {dens['backbone']:.3f})", flush=True)
         acc = evaluate_backbone(net, train, test, progress=True)
         macs = count_macs(net, (1, 3, args.size, args.size), from_weights=True)
+        plugin, g, method = dense_weight_grad_share(cfg_p)
+        extra = {}
+        if plugin in ("synccp", "granet"):
+            st = torch.load(ck, map_location="cpu", weights_only=True).get("solo_sparse", {}).get(plugin, {})
+            extra["trigger_step"] = st.get("extra", {}).get("trigger_step")
         results["rows"][stem] = {"config": str(cfg), "config_sha": digest, "checkpoint": str(ck.relative_to(out)),
+                                 "plugin": plugin, "method": method,
                                  **acc, "density_online": dens["backbone"], "density_momentum": dens["momentum_backbone"],
-                                 "macs_ratio": macs.ratio, "train_seconds": seconds, "command": " ".join(cmd)}
+                                 "macs_ratio": macs.ratio, "train_macs_ratio": training_ratio(ck, args.size, g),
+                                 "train_seconds": seconds, "command": " ".join(cmd), **extra}
         save()
         print(f"[{stem}] kNN20 {acc['knn20']:.4f} kNN1 {acc['knn1']:.4f} linear {acc['linear']:.4f}", flush=True)
     save()
@@ -156,17 +198,20 @@ def to_markdown(results) -> str:
         f"solo-learn commit `{m.get('solo_learn_commit')}`, torch {m.get('torch')}, {m.get('cpus')} CPUs; "
         f"data `{m.get('data')}` {json.dumps(m.get('data_meta', {}))}",
         "",
-        "| run | kNN k=20 | kNN k=1 | linear probe | online density | momentum density | MACs vs dense (inference) | train time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | kNN k=20 | kNN k=1 | linear probe | online density | momentum density | inference MACs vs dense "
+        "| training MACs vs dense (final masks) | CSI/start step | train wall-clock |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["rows"].items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | | |")
             continue
         md = r.get("density_momentum")
         lines.append(
             f"| {name} | {100 * r['knn20']:.2f} | {100 * r['knn1']:.2f} | {100 * r['linear']:.2f} | "
             f"{r['density_online']:.3f} | {'-' if md is None else format(md, '.3f')} | {r['macs_ratio']:.3f} | "
+            f"{'-' if r.get('train_macs_ratio') is None else format(r['train_macs_ratio'], '.3f')} | "
+            f"{'-' if r.get('trigger_step') is None else r['trigger_step']} | "
             f"{(r['train_seconds'] or 0) / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"

@@ -106,3 +106,25 @@ def count_macs(model: nn.Module, inputs: Union[torch.Tensor, Sequence[int]] = (1
         for h in hooks:
             h.remove()
     return MacsReport(rows, tuple(x.shape))
+
+
+def training_macs_ratio(online: MacsReport, momentum: Optional[MacsReport] = None,
+                        dense_weight_grad: float = 0.0) -> float:
+    """Training MACs per step relative to dense training of the same method (same views, same layers).
+
+    Per layer with dense cost D and effective cost E (under the masks at hand):
+    online encoder = forward E + input-gradient E + weight-gradient (g D + (1 - g) E), where ``g`` is
+    the share of steps that need the *dense* weight gradient (1 for SyncCP's per-step EMA score over
+    all weights, 1/every for GraNet's instant gradient at update steps, 0 for gmp/SDCLR); the momentum
+    encoder, when there is one, costs one forward E_m. Dense reference: 3 D (+ D with a momentum encoder).
+    """
+    g = float(dense_weight_grad)
+    num = den = 0.0
+    for r in online.layers:
+        num += 2 * r.effective + g * r.dense + (1 - g) * r.effective
+        den += 3 * r.dense
+    if momentum is not None:
+        for r in momentum.layers:
+            num += r.effective
+            den += r.dense
+    return num / den if den else 1.0

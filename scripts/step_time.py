@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Per-step training time of a solo-learn method with and without a solo-sparse plugin (CPU).
+
+Builds the method from a plain solo-learn YAML and the wrapped method from the same YAML with the
+plugin line (both composed by Hydra and parsed by solo-learn's ``parse_cfg``), then times
+optimizer steps on fixed synthetic batches with Lightning, alternating the two models in blocks.
+Steps where the plugin changed masks or evaluated CSI are excluded ("non-update steps").
+
+    python scripts/step_time.py --dense scripts/configs/fmnist/byol.yaml \
+        --sparse scripts/configs/fmnist/byol_synccp10.yaml --steps 60 --out results/step_time_synccp.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(cfg_path: Path, wrap: bool):
+    from omegaconf import OmegaConf
+    from solo.args.pretrain import parse_cfg
+    from solo.methods import METHODS
+
+    from solo_sparse.cli import compose_config
+
+    cfg = compose_config(cfg_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.train_path = str(Path(__file__).resolve().parent)  # parse_cfg counts class folders; any dir works
+    cfg.data.num_classes = 10
+    cfg = parse_cfg(cfg)
+    cls = METHODS[cfg.method]
+    if wrap:
+        import solo_sparse
+
+        cls = solo_sparse.wrap(cls)
+    torch.manual_seed(0)
+    return cls(cfg), cfg
+
+
+class Timer:
+    def __init__(self, model):
+        import lightning.pytorch as pl
+
+        outer = self
+        self.times, self.flags = [], []
+
+        class CB(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                outer._t = time.perf_counter()
+                outer._state = dict(getattr(pl_module, "solo_sparse_metrics", {}))
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                outer.times.append(time.perf_counter() - outer._t)
+                # a step that logged plugin metrics changed masks or evaluated CSI: not a steady-state step
+                outer.flags.append(dict(getattr(pl_module, "solo_sparse_metrics", {})) != outer._state)
+
+        self.cb = CB()
+
+
+def run(model, cfg, steps: int):
+    import lightning.pytorch as pl
+
+    n = cfg.optimizer.batch_size
+    g = torch.Generator().manual_seed(0)
+    size = cfg.augmentations[0].crop_size
+    batches = [(torch.arange(n), [torch.randn(n, 3, size, size, generator=g) for _ in range(2)],
+                torch.randint(0, 10, (n,), generator=g)) for _ in range(4)]
+    data = [b for _ in range(steps // 4 + 1) for b in batches][:steps]
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return data[i]
+
+    loader = torch.utils.data.DataLoader(DS(), batch_size=None)
+    t = Timer(model)
+    tr = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, callbacks=[t.cb])
+    tr.fit(model, loader)
+    return t.times, t.flags
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dense", required=True)
+    ap.add_argument("--sparse", required=True)
+    ap.add_argument("--steps", type=int, default=60, help="steps per block")
+    ap.add_argument("--blocks", type=int, default=2, help="alternating blocks per model")
+    ap.add_argument("--warmup", type=int, default=5, help="steps dropped at the start of every block")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    res = {"dense": [], "sparse": [], "sparse_update_steps": 0}
+    for b in range(args.blocks):
+        for name, path, wrap in (("dense", args.dense, False), ("sparse", args.sparse, True)):
+            model, cfg = build(Path(path), wrap)
+            times, flags = run(model, cfg, args.steps)
+            keep = [t for i, (t, f) in enumerate(zip(times, flags)) if i >= args.warmup and not f]
+            res[name] += keep
+            if wrap:
+                res["sparse_update_steps"] += sum(flags[args.warmup:])
+            print(f"block {b} {name}: median {statistics.median(keep) * 1e3:.1f} ms over {len(keep)} steps", flush=True)
+    out = {
+        "dense_median_s": statistics.median(res["dense"]), "sparse_median_s": statistics.median(res["sparse"]),
+        "n_dense": len(res["dense"]), "n_sparse": len(res["sparse"]), "excluded_update_steps": res["sparse_update_steps"],
+        "dense": args.dense, "sparse": args.sparse, "threads": torch.get_num_threads(),
+    }
+    out["overhead"] = out["sparse_median_s"] / out["dense_median_s"]
+    print(json.dumps(out, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
