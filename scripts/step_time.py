@@ -52,12 +52,12 @@ class Timer:
         class CB(pl.Callback):
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 outer._t = time.perf_counter()
-                outer._state = dict(getattr(pl_module, "solo_sparse_metrics", {}))
+                outer._state = getattr(pl_module, "solo_sparse_events", 0)
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 outer.times.append(time.perf_counter() - outer._t)
                 # a step that logged plugin metrics changed masks or evaluated CSI: not a steady-state step
-                outer.flags.append(dict(getattr(pl_module, "solo_sparse_metrics", {})) != outer._state)
+                outer.flags.append(getattr(pl_module, "solo_sparse_events", 0) != outer._state)
 
         self.cb = CB()
 

@@ -108,6 +108,7 @@ class _SoloSparseMixin:
         super().__init__(cfg, *args, **kwargs)
         self._ss_pending: Dict[str, float] = {}
         self.solo_sparse_metrics: Dict[str, float] = {}
+        self.solo_sparse_events = 0   # number of times plugins logged (mask updates, CSI checks, epoch ends)
         self._ss_crop = 0
         self._ss_mcrop = 0
         self._ss_mom_crop = 0
@@ -136,6 +137,7 @@ class _SoloSparseMixin:
     def _ss_queue_log(self, metrics: Dict[str, float]) -> None:
         self._ss_pending.update(metrics)
         self.solo_sparse_metrics.update(metrics)
+        self.solo_sparse_events += 1
 
     def _ss_flush(self, on_step: bool) -> None:
         if not self._ss_pending:
