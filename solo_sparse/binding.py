@@ -10,7 +10,8 @@
 Hook placement in a solo-learn method (see DESIGN.md for why each is there):
 ``base_training_step`` / ``multicrop_forward`` / ``_shared_step_momentum`` → ``on_crop`` with the
 crop index (large crops in order, then small crops; the momentum encoder per large crop);
-``on_after_backward`` → mask gradients; ``optimizer_step`` (after the real step) → masks on
+``on_before_optimizer_step`` (once per optimizer step, accumulated unscaled gradients, before clipping)
+→ gradient scores, mask gradients; ``optimizer_step`` (after the real step) → masks on
 weights and optimizer state, schedule updates; ``on_train_batch_end`` (after solo-learn's EMA
 update) → re-mask the momentum encoder; checkpoint hooks → ``checkpoint["solo_sparse"]``.
 """
@@ -187,8 +188,10 @@ class _SoloSparseMixin:
         return super().validation_step(batch, batch_idx, *args, **kwargs)
 
     # ------------------------------------------------------------------ step hooks
-    def on_after_backward(self):
-        super().on_after_backward()
+    def on_before_optimizer_step(self, optimizer):
+        # once per optimizer step, on the accumulated and (under AMP) unscaled gradient, before
+        # gradient clipping and the step: gradient scores are updated and gradients masked here
+        super().on_before_optimizer_step(optimizer)
         self.solo_sparse.after_backward()
 
     def optimizer_step(self, *args, **kwargs):

@@ -8,7 +8,8 @@ solo-learn method and calls the host's hooks at these points of every training s
     training_step start   host.on_step_start()
     each crop's forward   host.on_crop(Branch(crop=i, encoder="online"|"momentum", large=...))
     after the method loss host.extra_loss() -> added to the loss
-    after backward        host.after_backward()
+    after backward        host.after_backward()   (once per optimizer step: the accumulated, unscaled
+                                                   gradient, before clipping — Lightning's on_before_optimizer_step)
     after optimizer step  host.after_optimizer_step(optimizer)   (host.step += 1 first)
     after the EMA update  host.after_momentum_update()
     epoch start / end     host.on_epoch_start(e) / host.on_epoch_end(e)

@@ -122,6 +122,38 @@ def test_weight_sparsity_plugins_fit_with_solo_methods(method, plugin, params):
                 assert not (m & ~sp.masks("momentum")[k]).any()
 
 
+def test_hooks_once_per_optimizer_step_under_gradient_accumulation():
+    """Scores/gradient masking see the accumulated gradient once per optimizer step, never a partial one."""
+    import lightning.pytorch as pl
+    from solo.methods import BYOL
+    import solo_sparse
+    from solo_sparse import register_plugin
+
+    gmp_cls = solo_sparse.get_plugin("gmp")
+    calls = []
+
+    class Counting(gmp_cls):
+        name = "counting_test"
+
+        def after_backward(self):
+            g = self.sparsifier.layers[0].online.weight.grad
+            calls.append(("backward", self.step, None if g is None else float(g.abs().sum())))
+            super().after_backward()
+
+        def after_optimizer_step(self, optimizer):
+            calls.append(("step", self.step, None))
+            super().after_optimizer_step(optimizer)
+
+    register_plugin(Counting)
+    model = solo_sparse.wrap(BYOL, "counting_test", final_density=0.5, start=0, end=2, every=1)(tiny_cfg())
+    tr = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2)
+    tr.fit(model, loader())                      # 4 batches -> 2 optimizer steps
+    kinds = [c[0] for c in calls]
+    assert kinds == ["backward", "step", "backward", "step"]
+    assert all(c[2] for c in calls if c[0] == "backward")
+
+
 def test_sdclr_damage_momentum_refused_for_shared_encoder_method():
     from solo.methods import SimCLR
     import solo_sparse
