@@ -103,6 +103,7 @@ def extract_features(net: nn.Module, X: torch.Tensor, batch_size: int = 256, pro
 def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                  k: int = 20, T: float = 0.07, chunk: int = 1024) -> float:
     """Weighted cosine kNN top-1 accuracy (solo-learn's rule); k = 1 is nearest neighbour."""
+    k = min(k, len(train_f))
     tr = F.normalize(train_f.float(), dim=1)
     te = F.normalize(test_f.float(), dim=1)
     n_cls = int(max(train_y.max(), test_y.max())) + 1

@@ -74,3 +74,26 @@ def test_flops_refuses_unknown_backbone(tmp_path, capsys):
     cfg.write_text("backbone:\n  name: vit_tiny\n")
     assert main(["flops", str(cfg)]) == 2
     assert "backbone.name='vit_tiny'" in capsys.readouterr().err
+
+
+def test_evaluate_on_an_image_folder(tmp_path, sparse_ckpt, capsys):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for c in range(3):
+            d = tmp_path / "data" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = torch.full((28, 28, 3), 60.0 * c)
+                arr = (base + 20 * torch.rand(28, 28, 3, generator=g)).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(d / f"{i}.png")
+    out = tmp_path / "r.json"
+    assert main(["evaluate", str(sparse_ckpt), "--data", str(tmp_path / "data"), "--random-init-densities", "1.0",
+                 "0.5", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["backbone"].split(" (")[0] for r in res] == [
+        "random-init, magnitude-pruned to 1.0", "random-init, magnitude-pruned to 0.5", str(sparse_ckpt)]
+    assert res[0]["macs_ratio"] == 1.0 and 0.5 < res[1]["macs_ratio"] < 0.6 and res[2]["macs_ratio"] < 0.2
+    for r in res:  # three well-separated grey levels: every backbone separates them
+        assert r["knn1"] == 1.0 and 0.0 <= r["linear"] <= 1.0
