@@ -61,12 +61,12 @@ def prune_and_regrow(mask: torch.Tensor, magnitude: torch.Tensor, grow_score: to
         return RegrowResult(mask.clone(), z, z.clone())
     mag = _units(magnitude.float(), granularity, block)
     mag = torch.where(unit_mask, mag, torch.full_like(mag, float("inf")))
-    die = torch.argsort(mag, stable=True)[:n]
+    die = torch.topk(mag, n, largest=False, sorted=False).indices
     after = unit_mask.clone()
     after[die] = False
     g = _units(grow_score.float(), granularity, block)
     g = torch.where(after, torch.full_like(g, float("-inf")), g)
-    grow = torch.argsort(g, descending=True, stable=True)[:n]
+    grow = torch.topk(g, n, sorted=False).indices
     new = after.clone()
     new[grow] = True
     died_u = torch.zeros_like(unit_mask)
@@ -97,11 +97,11 @@ def nm_prune_and_regrow(mask: torch.Tensor, magnitude: torch.Tensor, grow_score:
     mag = _nm_view(magnitude.float(), m)
     srt, order = mag.sort(dim=1, descending=True, stable=True)
     cost = torch.where(dense_g, srt[:, n:].sum(1), torch.full_like(srt[:, 0], float("inf")))
-    to_nm = torch.argsort(cost, stable=True)[:k]
+    to_nm = torch.topk(cost, k, largest=False, sorted=False).indices
     gs = _nm_view(grow_score.float(), m)
     pruned_score = torch.where(rows, torch.zeros_like(gs), gs).sum(1)
     pruned_score = torch.where(dense_g, torch.full_like(pruned_score, float("-inf")), pruned_score)
-    to_dense = torch.argsort(pruned_score, descending=True, stable=True)[:k]
+    to_dense = torch.topk(pruned_score, k, sorted=False).indices
     new_rows = rows.clone()
     new_rows[to_dense] = True
     nm_rows = torch.zeros(k, m, dtype=torch.bool, device=mask.device)

@@ -24,16 +24,19 @@ class GradientScore:
     @torch.no_grad()
     def update(self) -> None:
         """Fold the current (unmasked) gradients in. Call after backward, before masking gradients."""
+        ema_s, ema_g = [], []
         for L in self.layers:
             g = L.online.weight.grad
             if g is None:
                 continue
-            a = g.detach().abs().float()
             s = self.scores.get(L.name)
-            if s is None or self.momentum is None or s.shape != a.shape:
-                self.scores[L.name] = a.clone()
+            if s is None or self.momentum is None or s.shape != g.shape:
+                self.scores[L.name] = g.detach().abs().float()
             else:
-                s.mul_(self.momentum).add_(a, alpha=1.0 - self.momentum)
+                ema_s.append(s)
+                ema_g.append(g.detach().float())
+        if ema_s:  # s <- s + (1 - m)(|g| - s) = m s + (1 - m)|g|, one fused multi-tensor pass
+            torch._foreach_lerp_(ema_s, torch._foreach_abs(ema_g), 1.0 - self.momentum)
 
     def get(self, name: str, like: torch.Tensor) -> torch.Tensor:
         s = self.scores.get(name)

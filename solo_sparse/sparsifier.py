@@ -196,25 +196,51 @@ class WeightSparsifier:
             if L.momentum is not None:
                 getattr(L.momentum, MASK).copy_(getattr(L.online, MASK))
 
+    @staticmethod
+    def _float_mask(mod: nn.Module) -> torch.Tensor:
+        """The bool mask as the weight's dtype, cached until the mask buffer changes.
+
+        The cache key holds the buffer's storage pointer and version counter, so ``set_masks``,
+        ``load_state_dict`` (in-place copies) and ``.to()`` all invalidate it.
+        """
+        buf = getattr(mod, MASK)
+        key = (buf.data_ptr(), buf._version, mod.weight.dtype, mod.weight.device)
+        cache = mod.__dict__.get("_ss_mask_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, buf.to(dtype=mod.weight.dtype))
+            mod.__dict__["_ss_mask_cache"] = cache
+        return cache[1]
+
+    @staticmethod
+    def _foreach_mul(tensors: List[torch.Tensor], masks: List[torch.Tensor]) -> None:
+        if tensors:
+            torch._foreach_mul_(tensors, masks)  # one multi-tensor pass instead of a Python loop
+
     @torch.no_grad()
     def apply_masks(self, encoders: Iterable[str] = ("online", "momentum")) -> None:
         """weight *= mask on the named encoders (soft-masked encoders keep their dense weights)."""
+        ws, ms = [], []
         for L in self.layers:
             for enc in encoders:
                 if enc in self.soft:
                     continue
                 mod = L.online if enc == "online" else L.momentum
                 if mod is not None:
-                    mod.weight.mul_(getattr(mod, MASK))
+                    ws.append(mod.weight)
+                    ms.append(self._float_mask(mod))
+        self._foreach_mul(ws, ms)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         if "online" in self.soft:  # the forward already routes no gradient to pruned weights
             return
+        gs, ms = [], []
         for L in self.layers:
             g = L.online.weight.grad
             if g is not None:
-                g.mul_(getattr(L.online, MASK))
+                gs.append(g)
+                ms.append(self._float_mask(L.online))
+        self._foreach_mul(gs, ms)
 
     @torch.no_grad()
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:

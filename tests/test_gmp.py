@@ -154,3 +154,19 @@ def test_bad_config_is_refused_with_key_and_allowed(params, match):
 def test_unknown_plugin_lists_available():
     with pytest.raises(ConfigError, match=r"unknown plugin \(did you mean 'gmp'\?\); available: .*gmp"):
         get_plugin("gmpp")
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=1e-3),
+], ids=["sgd-nesterov", "adamw", "adam-l2"])
+def test_no_leak_without_per_step_weight_masking(tiny_pair, make_opt):
+    """Weights are only re-masked when masks change: masked gradients + zeroed state must keep pruned weights at 0."""
+    online, momentum = tiny_pair
+    p = gmp(final_density=0.3, start=0, end=3, every=1)
+    host = make_host(p, online, momentum)
+    opt = make_opt(online.parameters())
+    for s in range(10):
+        train(host, online, momentum, opt, 1, seed=s)
+        assert p.sparsifier.leaked("online") == 0 and p.sparsifier.leaked("momentum") == 0, s
