@@ -13,7 +13,7 @@ every group is N:M (density n/m).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Optional
 import warnings
 
 from solo_sparse.config import ConfigError, MaskSpec, ScheduleSpec, check_density, key_error, PREFIX

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, StepSpec, check_density, check_range, key_error
+from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, check_density, check_range, key_error
 from solo_sparse.dynamic import DynamicSparsityPlugin, parse_start
 from solo_sparse.schedule import cubic_density
 

@@ -38,10 +38,6 @@ class SDCLR(WeightSparsityPlugin):
     Config = SDCLRConfig
     momentum_follows_online = False
 
-    @classmethod
-    def check_method(cls, method: str, family: str) -> None:
-        super().check_method(method, family)
-
     def setup(self, view) -> None:
         if self.config.damage == "momentum" and view.family != "momentum":
             raise ConfigError(f"{PREFIX}.damage=momentum but method '{view.method}' has no momentum encoder; "

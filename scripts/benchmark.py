@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.evaluate import backbone_state, build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
 from solo_sparse.flops import count_macs, training_macs_ratio
 
 

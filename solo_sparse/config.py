@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 PREFIX = "solo_sparse"
 

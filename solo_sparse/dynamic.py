@@ -29,9 +29,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .config import ConfigError, PREFIX, StepSpec, key_error
+from .config import PREFIX, key_error
 from .density import allocate_masks
-from .masks import xor_share
 from .regrow import nm_prune_and_regrow, prune_and_regrow
 from .schedule import cubic_density, is_update_step
 from .scores import GradientScore

@@ -9,8 +9,7 @@ the ``custom`` dataset resizes to 224 px and costs hours on a CPU.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Dict, Optional
+from typing import Dict
 
 import torch
 
-from .config import ConfigError, PREFIX
 from .plugin import ModelView, Plugin
-from .sparsifier import MASK, ModuleGroup, WeightSparsifier, select_layers
+from .sparsifier import MASK, WeightSparsifier, select_layers
 
 log = logging.getLogger("solo_sparse")
 

@@ -6,10 +6,8 @@
   unchanged main_linear.py (same one line) loads the backbone with no missing key and keeps the zeros;
   a dense checkpoint is refused loudly by the gmp linear path.
 """
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
