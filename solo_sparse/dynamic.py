@@ -24,6 +24,7 @@ Start: an explicit step, or the contrastive sparsification indicator (CSI):
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Dict, Optional
 
@@ -195,6 +196,8 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
             self._csi_armed = True
         elif self._csi_armed:
             self._fire()
+        self._report(f"CSI I={i:.4f} (fires at <= {c.density_gap + c.csi_tolerance:.4f} once armed; "
+                     f"armed={self._csi_armed})")
 
     def _csi_shared(self) -> None:
         c = self.config
@@ -204,9 +207,16 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
             self.log({"csi/I": i})
             if i < c.csi_tau:
                 self._fire()
+            self._report(f"CSI I={i:.4f} between consecutive epochs (fires at < {c.csi_tau})")
         self._prev_pseudo = cur
 
+    def _report(self, msg: str) -> None:
+        """One line on stderr (rank 0): CSI is visible even when solo-learn runs without a logger."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0:
+            print(f"solo-sparse {self.name} step {self.step}: {msg}", file=sys.stderr, flush=True)
+
     def _fire(self, timed_out: bool = False) -> None:
+        self._report("schedule starts" + (" (csi_timeout reached)" if timed_out else " (CSI fired)"))
         self.trigger_step = self.step
         self._prev_pseudo = None
         self.log({"csi/trigger_step": self.step, "csi/timed_out": float(timed_out)})
