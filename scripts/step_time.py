@@ -31,8 +31,8 @@ def build(cfg_path: Path, wrap: bool):
     cfg = compose_config(cfg_path)
     OmegaConf.set_struct(cfg, False)
     cfg.data.train_path = str(Path(__file__).resolve().parent)  # parse_cfg counts class folders; any dir works
-    cfg.data.num_classes = 10
     cfg = parse_cfg(cfg)
+    cfg.data.num_classes = 10  # synthetic labels below
     cls = METHODS[cfg.method]
     if wrap:
         import solo_sparse
