@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 import warnings
 
-from solo_sparse.config import ConfigError, MaskSpec, ScheduleSpec, check_density, key_error, PREFIX
+from solo_sparse.config import MaskSpec, PREFIX, ScheduleSpec, check_density_pair
 from solo_sparse.density import allocate_masks
 from solo_sparse.schedule import cubic_density, is_update_step
 from solo_sparse.weight_plugin import WeightSparsityPlugin
@@ -33,18 +33,7 @@ class GMPConfig(ScheduleSpec, MaskSpec):
     def __post_init__(self):
         MaskSpec.__post_init__(self)
         ScheduleSpec.__post_init__(self)
-        self.init_density = check_density("init_density", self.init_density)
-        if self.final_density is None:
-            self.final_density = self.nm_density if self.granularity == "nm" else 0.1
-        self.final_density = check_density("final_density", self.final_density)
-        if self.granularity == "nm" and abs(self.final_density - self.nm_density) > 1e-9:
-            raise key_error("final_density", self.final_density,
-                            f"granularity 'nm' ends at n/m = {self.n}/{self.m} = {self.nm_density}; leave it unset or set it to that")
-        if self.init_density < self.final_density:
-            raise ConfigError(
-                f"{PREFIX}.init_density={self.init_density} < {PREFIX}.final_density={self.final_density}: "
-                "gradual pruning only removes weights (init_density must be >= final_density)"
-            )
+        check_density_pair(self)
 
 
 class GMP(WeightSparsityPlugin):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, StepSpec, check_density, check_range, key_error
+from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, StepSpec, check_density_pair, check_range, key_error
 from solo_sparse.dynamic import DynamicSparsityPlugin, parse_start
 
 
@@ -45,16 +45,7 @@ class SyncCPConfig(ScheduleSpec, MaskSpec):
         parse_start(self, allow_csi=True)
         ScheduleSpec.__post_init__(self)
         self.csi_timeout = StepSpec.parse("csi_timeout", self.csi_timeout)
-        self.init_density = check_density("init_density", self.init_density)
-        if self.final_density is None:
-            self.final_density = self.nm_density if self.granularity == "nm" else 0.1
-        self.final_density = check_density("final_density", self.final_density)
-        if self.granularity == "nm" and abs(self.final_density - self.nm_density) > 1e-9:
-            raise key_error("final_density", self.final_density,
-                            f"granularity 'nm' ends at n/m = {self.nm_density}; leave it unset or set it to that")
-        if self.init_density < self.final_density:
-            raise ConfigError(f"{PREFIX}.init_density={self.init_density} < {PREFIX}.final_density={self.final_density}: "
-                              "init_density must be >= final_density")
+        check_density_pair(self)
         if isinstance(self.density_gap, bool) or not isinstance(self.density_gap, (int, float)) or self.density_gap < 0:
             raise key_error("density_gap", self.density_gap, "must be a number >= 0")
         self.density_gap = float(self.density_gap)

@@ -256,3 +256,23 @@ class ScheduleSpec:
                 f"with {steps_per_epoch} steps per epoch"
             )
         return start, end, every
+
+
+def check_density_pair(cfg, init_key: str = "init_density", final_key: str = "final_density") -> None:
+    """Validate a gradual-pruning density pair on ``cfg`` (a MaskSpec dataclass) in place.
+
+    ``final`` None means 0.1, or n/m at granularity nm (where it must be n/m); ``init >= final``.
+    """
+    init = check_density(init_key, getattr(cfg, init_key))
+    final = getattr(cfg, final_key)
+    if final is None:
+        final = cfg.nm_density if cfg.granularity == "nm" else 0.1
+    final = check_density(final_key, final)
+    if cfg.granularity == "nm" and abs(final - cfg.nm_density) > 1e-9:
+        raise key_error(final_key, final, f"granularity 'nm' ends at n/m = {cfg.n}/{cfg.m} = {cfg.nm_density}; "
+                                          "leave it unset or set it to that")
+    if init < final:
+        raise ConfigError(f"{PREFIX}.{init_key}={init} < {PREFIX}.{final_key}={final}: "
+                          f"gradual pruning only removes weights ({init_key} must be >= {final_key})")
+    setattr(cfg, init_key, init)
+    setattr(cfg, final_key, final)
