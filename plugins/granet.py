@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, check_density, check_range, key_error
+from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, check_density, check_density_pair, check_range, key_error
 from solo_sparse.dynamic import DynamicSparsityPlugin, parse_start
 from solo_sparse.schedule import cubic_density
 
@@ -34,19 +34,15 @@ class GraNetConfig(ScheduleSpec, MaskSpec):
         MaskSpec.__post_init__(self)
         parse_start(self, allow_csi=False)
         ScheduleSpec.__post_init__(self)
-        self.init_density = check_density("init_density", self.init_density)
-        if self.final_density is None:
-            self.final_density = self.nm_density if self.granularity == "nm" else 0.1
-        self.final_density = check_density("final_density", self.final_density)
+        check_density_pair(self)  # online: same rule as gmp/synccp (nm ends at n/m)
         self.momentum_init_density = check_density("momentum_init_density", self.momentum_init_density)
         self.momentum_final_density = check_density("momentum_final_density", self.momentum_final_density)
-        if self.granularity == "nm":
-            for k in ("final_density", "momentum_final_density"):
-                if getattr(self, k) < self.nm_density - 1e-9:
-                    raise key_error(k, getattr(self, k), f"granularity 'nm' cannot go below n/m = {self.nm_density}")
-        for a, b in (("init_density", "final_density"), ("momentum_init_density", "momentum_final_density")):
-            if getattr(self, a) < getattr(self, b):
-                raise ConfigError(f"{PREFIX}.{a}={getattr(self, a)} < {PREFIX}.{b}={getattr(self, b)}: must be >=")
+        if self.granularity == "nm" and self.momentum_final_density < self.nm_density - 1e-9:
+            raise key_error("momentum_final_density", self.momentum_final_density,
+                            f"granularity 'nm' cannot go below n/m = {self.nm_density}")
+        if self.momentum_init_density < self.momentum_final_density:
+            raise ConfigError(f"{PREFIX}.momentum_init_density={self.momentum_init_density} < "
+                              f"{PREFIX}.momentum_final_density={self.momentum_final_density}: must be >=")
         self.regrow_fraction = check_range("regrow_fraction", self.regrow_fraction, 0.0, 1.0, hi_open=True)
 
 

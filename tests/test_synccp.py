@@ -239,3 +239,15 @@ def test_nm_indivisible_layer_error_or_skip():
         p = plugin("synccp", granularity="nm", on_indivisible="skip")
         make_host(p, Odd(), None)
     assert p.sparsifier.skipped == ["backbone.mid"]
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"init_density": 0.05}, r"init_density=0.05 < solo_sparse.final_density=0.1"),
+    ({"momentum_init_density": 0.3}, r"momentum_init_density=0.3 < solo_sparse.momentum_final_density=0.4"),
+    ({"granularity": "nm", "momentum_final_density": 0.3}, r"momentum_final_density=0.3: granularity 'nm' cannot go below"),
+    ({"granularity": "nm", "final_density": 0.6}, r"final_density=0.6: granularity 'nm' ends at n/m"),
+    ({"start": "csi"}, r"solo_sparse.start='csi': this plugin needs an explicit start"),
+])
+def test_granet_bad_config(params, match):
+    with pytest.raises(ConfigError, match=match):
+        plugin("granet", **params)
