@@ -49,6 +49,7 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
     torch.save({"online": sp.masks("online"), "momentum": sp.masks("momentum"),
                 "scores": getattr(getattr(plugin, "scores", None), "scores", {}),
                 "weights": sp.weights("online"), "density": sp.density()}, os.path.join(out_dir, f"r{rank}.pt"))
+    dist.barrier()  # no rank tears gloo down while the other still talks to it (aborted at exit otherwise)
     dist.destroy_process_group()
 
 
