@@ -37,6 +37,7 @@ setup(
             "synccp = solo_sparse_plugins.synccp:SyncCP",
             "granet = solo_sparse_plugins.granet:GraNet",
             "sdclr = solo_sparse_plugins.sdclr:SDCLR",
+            "imp = solo_sparse_plugins.imp:IMP",
         ],
     },
     zip_safe=False,

@@ -40,9 +40,15 @@ CKPT_KEY = "solo_sparse"
 
 # ----------------------------------------------------------------------------------------- config
 def plugin_names(section: Mapping[str, Any]) -> List[str]:
-    """The plugin(s) a ``solo_sparse:`` section asks for: ``plugin: x`` or ``plugins: [x, y]``."""
+    """The plugin(s) a ``solo_sparse:`` section asks for: ``plugin: x`` or ``plugins: [x, y]``.
+
+    ``plugins: []`` (the ``solo_sparse/methods`` config) asks for none: only solo-sparse's extra
+    methods (``rotnet``) are registered.
+    """
     if "plugins" in section and section["plugins"]:
         names = list(section["plugins"])
+    elif "plugins" in section and not section.get("plugin"):
+        return []
     elif section.get("plugin"):
         names = [section["plugin"]]
     else:
@@ -92,7 +98,8 @@ def make_view(model: "BaseMethod") -> ModelView:
         if mod is not None:
             groups[g] = ModuleGroup(g, mod, getattr(model, f"momentum_{g}", None))
     return ModelView(groups, method_family(type(model)), method=str(model.cfg.method),
-                     log=model._ss_queue_log, num_large_crops=model.num_large_crops)
+                     log=model._ss_queue_log, num_large_crops=model.num_large_crops,
+                     classifier=getattr(model, "classifier", None))
 
 
 # ----------------------------------------------------------------------------------------- wrapper
@@ -152,6 +159,7 @@ class _SoloSparseMixin:
     def training_step(self, batch, batch_idx):
         self._ss_crop = self._ss_mcrop = self._ss_mom_crop = 0
         self._ss_in_train = True
+        self.solo_sparse.view.batch = (batch[0], batch[-1])
         self.solo_sparse.on_step_start()
         try:
             out = super().training_step(batch, batch_idx)
@@ -280,8 +288,20 @@ def _eval_builder(builder, plugins: Sequence[Plugin]):
 
 
 def install_from_config(cfg) -> List[Plugin]:
-    """Validate ``cfg.solo_sparse`` and patch solo-learn's registries in place for this job."""
+    """Validate ``cfg.solo_sparse`` and patch solo-learn's registries in place for this job.
+
+    Registers solo-sparse's extra methods (``rotnet``) first; with no plugin (``plugins: []``)
+    that is all it does.
+    """
+    from .solo_methods import register_methods
+
+    register_methods()
     plugins = build_plugins(cfg.get(PREFIX, None))
+    if not plugins:
+        method = cfg.get("method", None)
+        if method and method not in _solo_methods.METHODS:
+            raise ConfigError(f"method={method!r} is not a solo-learn method; available: {', '.join(_solo_methods.METHODS)}")
+        return plugins
     for p in plugins:
         BaseMethod._BACKBONES.update(type(p).backbone_variants())
     method = cfg.get("method", None)

@@ -4,12 +4,16 @@
     solo-sparse flops CONFIG.yaml|CKPT [...]     dense vs effective MACs of a backbone
     solo-sparse sparsity CKPT                    per-layer densities of both encoders
     solo-sparse evaluate --data DIR [CKPT ...]   kNN + linear probe of backbones (no solo-learn needed)
+    solo-sparse imp --config YAML --out DIR      iterative magnitude pruning over main_pretrain.py rounds
+    solo-sparse permute-masks IN OUT             the random-mask control (layer-wise shuffled masks)
+    solo-sparse retrain --data DIR --masks F     label re-training of a mask (+ init) on an image folder
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -171,6 +175,52 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_imp(args) -> int:
+    from .imp_driver import IMPDriver, IMPRun, solo_learn_dir
+
+    run = IMPRun(config=args.config, out=args.out, rounds=args.rounds, rate=args.rate, rewind=args.rewind,
+                 reset=args.reset, overrides=list(args.overrides or []), seed=args.seed, eval_data=args.eval_data,
+                 eval_size=args.input_size)
+    drv = IMPDriver(run, solo_learn_dir(args.solo_learn))
+    t0 = time.time()
+    st = drv.run_all()
+    print(f"[imp] {args.rounds + 1} round(s) done in {(time.time() - t0) / 60:.1f} min; state in {drv.out / 'imp.json'}")
+    for k, r in sorted(st["rounds"].items(), key=lambda kv: int(kv[0])):
+        acc = r.get("eval", {})
+        print(f"  round {k}: density {r['density']:.4f}"
+              + "".join(f"  {a} {100 * v:.2f}" for a, v in acc.items()))
+    return 0
+
+
+def _cmd_permute(args) -> int:
+    from .imp import load_masks, permuted_masks, save_masks, total_density
+
+    masks, meta = load_masks(args.source)
+    out = permuted_masks(masks, seed=args.seed)
+    save_masks(args.dest, out, source=str(args.source), control="layer-wise permutation", seed=args.seed)
+    print(f"{args.dest}: {len(out)} layers, density {total_density(out):.4f} (same per layer as {args.source})")
+    return 0
+
+
+def _cmd_retrain(args) -> int:
+    from .evaluate import load_images
+    from .imp import load_masks, load_state
+    from .retrain import retrain_supervised
+
+    data = Path(args.data)
+    train = load_images(str(data / "train"), args.input_size)
+    test = load_images(str(data / "val"), args.input_size)
+    masks = load_masks(args.masks)[0] if args.masks else None
+    init = load_state(args.init)[0] if args.init else None
+    res = retrain_supervised(masks, init, train, test, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                             name=args.backbone, progress=True)
+    print(f"label re-training: top-1 {100 * res['accuracy']:.2f} at density {res['density']:.4f} "
+          f"({args.epochs} epochs, init {'from ' + args.init if args.init else 'random'})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="solo-sparse", description="Sparse and gated SSL plugins for solo-learn")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -197,6 +247,35 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default=None, help="write results JSON here")
     a.set_defaults(fn=_cmd_evaluate)
+    a = sub.add_parser("imp", help="iterative magnitude pruning with self-supervision over main_pretrain.py rounds")
+    a.add_argument("--config", required=True, help="a solo-learn pre-training YAML (any method is the pretext)")
+    a.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    a.add_argument("--rounds", type=int, default=5, help="pruning rounds R (R + 1 trainings; final density (1-rate)^R)")
+    a.add_argument("--rate", type=float, default=0.2, help="share of the remaining weights pruned per round")
+    a.add_argument("--rewind", default="1ep", help="rewind point in round 0: steps or 'Nep' (reset=rewind)")
+    a.add_argument("--reset", choices=("rewind", "random"), default="rewind")
+    a.add_argument("--seed", type=int, default=None)
+    a.add_argument("--eval-data", default=None, help="image folder (train/ val/): kNN + linear probe per round")
+    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the solo package)")
+    a.add_argument("overrides", nargs="*", help="extra Hydra overrides for every round (after --)")
+    a.set_defaults(fn=_cmd_imp)
+    a = sub.add_parser("permute-masks", help="random-mask control: shuffle each layer's mask (same densities)")
+    a.add_argument("source")
+    a.add_argument("dest")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(fn=_cmd_permute)
+    a = sub.add_parser("retrain", help="train a mask (+ init) on labels and report test accuracy")
+    a.add_argument("--data", required=True)
+    a.add_argument("--masks", default=None, help="mask file (none = dense)")
+    a.add_argument("--init", default=None, help="state file (e.g. an IMP rewind point); none = random init")
+    a.add_argument("--epochs", type=int, default=5)
+    a.add_argument("--lr", type=float, default=0.05)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--backbone", default="resnet18")
+    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--out", default=None)
+    a.set_defaults(fn=_cmd_retrain)
     return p
 
 

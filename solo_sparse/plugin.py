@@ -50,7 +50,8 @@ class ModelView:
     """What a plugin may touch of a method: module groups, family, logging, current branch."""
 
     def __init__(self, groups: Mapping[str, ModuleGroup], family: str, method: str = "",
-                 log: Optional[Callable[[Dict[str, float]], None]] = None, num_large_crops: int = 2):
+                 log: Optional[Callable[[Dict[str, float]], None]] = None, num_large_crops: int = 2,
+                 classifier: Optional[torch.nn.Module] = None):
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}")
         self.groups = dict(groups)
@@ -59,6 +60,10 @@ class ModelView:
         self.num_large_crops = num_large_crops
         self._log = log
         self.branch = Branch()
+        #: the method's online linear classifier (solo-learn trains it on detached features)
+        self.classifier = classifier
+        #: ``(indexes (B,), targets (B,))`` of the training batch in progress, or None
+        self.batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def log(self, metrics: Dict[str, float]) -> None:
         if self._log is not None and metrics:

@@ -1,0 +1,155 @@
+"""IMP and RotNet with real solo-learn: the method registry, the plugin in a Lightning fit, the driver
+over the unchanged main_pretrain.py (rounds, rewind, resume)."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import needs_solo
+from solo_sparse.config import ConfigError
+
+pytestmark = needs_solo
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rotnet_cfg(**solo_sparse):
+    from test_solo_integration import tiny_cfg
+
+    cfg = tiny_cfg("rotnet", **solo_sparse)
+    cfg.data.num_large_crops = 1
+    return cfg
+
+
+def _fit1(model, epochs=1):
+    import lightning.pytorch as pl
+    from test_solo_integration import loader
+
+    tr = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    tr.fit(model, loader(crops=1))
+    return tr
+
+
+def test_rotnet_registered_only_on_request_and_trains():
+    import solo.methods as sm
+
+    from solo_sparse.binding import install_from_config
+    from solo_sparse.solo_methods import RotNet
+
+    sm.METHODS.pop("rotnet", None)
+    from omegaconf import OmegaConf
+
+    assert install_from_config(OmegaConf.create({"method": "rotnet", "solo_sparse": {"plugins": []}})) == []
+    assert sm.METHODS["rotnet"] is RotNet
+    cfg = RotNet.add_and_assert_specific_cfg(_rotnet_cfg())
+    model = RotNet(cfg)
+    before = model.rotation_head.weight.detach().clone()
+    tr = _fit1(model)
+    assert not torch.equal(before, model.rotation_head.weight)
+    assert "train_rot_loss" in tr.callback_metrics and "train_rot_acc" in tr.callback_metrics
+
+
+def test_rotnet_refuses_multicrop():
+    from solo_sparse.solo_methods import RotNet
+
+    cfg = _rotnet_cfg()
+    cfg.data.num_small_crops = 2
+    with pytest.raises(ValueError, match="num_small_crops"):
+        RotNet.add_and_assert_specific_cfg(cfg)
+
+
+def test_rotnet_with_imp_masks_keeps_them(tmp_path):
+    import solo_sparse
+    from solo_sparse.evaluate import build_resnet
+    from solo_sparse.imp import global_magnitude_prune, save_masks
+    from solo_sparse.solo_methods import RotNet
+    from solo_sparse.sparsifier import select_layers
+
+    net = build_resnet()
+    layers = {f"backbone.{n}": m for n, m in select_layers(net, exclude_stem=False)}
+    masks = global_magnitude_prune({k: m.weight for k, m in layers.items()},
+                                   {k: torch.ones_like(m.weight, dtype=torch.bool) for k, m in layers.items()}, 0.7)
+    f = save_masks(tmp_path / "m.safetensors", masks)
+    cfg = RotNet.add_and_assert_specific_cfg(_rotnet_cfg())
+    model = solo_sparse.wrap(RotNet, "imp", masks=str(f))(cfg)
+    _fit1(model)
+    sp = model.solo_sparse.plugins[0].sparsifier
+    assert sp.density() == pytest.approx(0.3, abs=1e-3) and sp.leaked() == 0
+
+
+def _cfg_dir(tmp_path):
+    cfgs = tmp_path / "cfgs"
+    (cfgs / "augmentations").mkdir(parents=True)
+    src = ROOT / "scripts" / "configs" / "fmnist"
+    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
+    text = (src / "mocov2plus_imp.yaml").read_text()
+    (cfgs / "imp.yaml").write_text(text)
+    (cfgs / "plain.yaml").write_text(text.replace("  - solo_sparse: imp\n", ""))   # the driver adds the group
+    return cfgs
+
+
+@pytest.mark.skipif(not (ROOT / "scripts/configs/fmnist/mocov2plus_imp.yaml").exists(), reason="configs")
+def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
+    from test_solo_integration import _solo_dir
+
+    from solo_sparse.imp import load_masks, load_state
+    from solo_sparse.imp_driver import IMPDriver, IMPRun
+
+    from PIL import Image
+
+    data = tmp_path / "imgs" / "train"
+    g = torch.Generator().manual_seed(0)
+    for c in "abcde":
+        (data / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()).save(data / c / f"{i}.png")
+    cfgs = _cfg_dir(tmp_path)
+    over = [f"++data.train_path={data}", "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0",
+            "++method_kwargs.queue_size=16"]
+    run = IMPRun(config=str(cfgs / "plain.yaml"), out=str(tmp_path / "imp"), rounds=2, rate=0.5, rewind="2",
+                 overrides=over)
+    st = IMPDriver(run, _solo_dir(), log=lambda *_: None).run_all()
+    assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
+    assert [round(st["rounds"][k]["density"], 3) for k in "012"] == [1.0, 0.5, 0.25]
+    assert "+solo_sparse=imp" in st["rounds"]["0"]["command"]
+    rewind, meta = load_state(tmp_path / "imp" / "rewind.safetensors")
+    assert meta["step"] == "2"
+    # round 2's checkpoint: its masks are round 2's file, pruned weights zero in both encoders
+    ck = torch.load(next((tmp_path / "imp" / "round_2").rglob("*.ckpt")), map_location="cpu", weights_only=True)
+    m2 = load_masks(tmp_path / "imp" / "round_2" / "masks.safetensors")[0]
+    sd = ck["state_dict"]
+    for k, m in m2.items():
+        assert torch.equal(sd[k + ".weight_mask"], m)
+        assert (sd[k + ".weight"][~m] == 0).all() and (sd["momentum_" + k + ".weight"][~m] == 0).all()
+    assert ck["solo_sparse"]["imp"]["config"]["init"].endswith("rewind.safetensors")
+    m1 = load_masks(tmp_path / "imp" / "round_1" / "masks.safetensors")[0]
+    assert all(not (m2[k] & ~m1[k]).any() for k in m2)   # nested: later rounds only remove
+
+    # crash in round 2 after a checkpoint: the driver resumes in that round, from the checkpoint
+    s = json.loads((tmp_path / "imp" / "imp.json").read_text())
+    s["rounds"]["2"]["status"] = "training"
+    (tmp_path / "imp" / "imp.json").write_text(json.dumps(s))
+    st = IMPDriver(run, _solo_dir(), log=lambda *_: None).run_all()
+    assert st["rounds"]["2"]["status"] == "done" and "resume_from_checkpoint" in st["rounds"]["2"]["command"]
+    assert "resume_from_checkpoint" not in st["rounds"]["1"]["command"]
+
+    # a different config is refused; a bad mask file for the model names the layer
+    with pytest.raises(ConfigError, match="different config"):
+        IMPDriver(IMPRun(config=str(cfgs / "plain.yaml"), out=str(tmp_path / "imp"), rounds=3, rate=0.5,
+                         rewind="2", overrides=over), _solo_dir())
+    shutil.copy(tmp_path / "imp" / "round_1" / "masks.safetensors", tmp_path / "m.safetensors")
+    from solo_sparse.imp import save_masks
+
+    bad = dict(load_masks(tmp_path / "m.safetensors")[0])
+    bad["backbone.layer1.0.conv1"] = torch.ones(64, 64, 1, 1, dtype=torch.bool)
+    save_masks(tmp_path / "bad.safetensors", bad)
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(_solo_dir() / "main_pretrain.py"), "--config-path", str(cfgs),
+                        "--config-name", "imp.yaml", *over, f"++checkpoint.dir={tmp_path / 'bad'}",
+                        f"++solo_sparse.masks='{tmp_path / 'bad.safetensors'}'"],
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=600)
+    assert r.returncode != 0 and "'backbone.layer1.0.conv1' has mask shape" in r.stderr
