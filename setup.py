@@ -38,6 +38,8 @@ setup(
             "granet = solo_sparse_plugins.granet:GraNet",
             "sdclr = solo_sparse_plugins.sdclr:SDCLR",
             "imp = solo_sparse_plugins.imp:IMP",
+            "dgnet_dual = solo_sparse_plugins.dgnet_dual:DGNetDual",
+            "dgnet_gated = solo_sparse_plugins.dgnet_gated:DGNetGated",
         ],
     },
     zip_safe=False,

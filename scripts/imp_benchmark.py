@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
-from solo_sparse.imp import load_masks, load_state, permuted_masks, save_masks, total_density
+from solo_sparse.imp import load_masks, load_state, permuted_masks, save_masks
 from solo_sparse.imp_driver import IMPDriver, IMPRun, newest_checkpoint, solo_learn_dir
 from solo_sparse.retrain import retrain_supervised
 

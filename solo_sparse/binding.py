@@ -141,6 +141,22 @@ class _SoloSparseMixin:
             return merged
         return bound
 
+    @property
+    def learnable_params(self):
+        """solo-learn's groups, minus the parameters that plugins put in groups of their own."""
+        groups = super().learnable_params
+        host = getattr(self, "solo_sparse", None)
+        extra = host.param_groups(self.lr) if host is not None else []
+        if not extra:
+            return groups
+        ids = {id(p) for g in extra for p in g["params"]}
+        out = []
+        for g in groups:
+            g = dict(g)
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+            out.append(g)
+        return out + extra
+
     # ------------------------------------------------------------------ logging
     def _ss_queue_log(self, metrics: Dict[str, float]) -> None:
         self._ss_pending.update(metrics)

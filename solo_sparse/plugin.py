@@ -140,6 +140,11 @@ class Plugin:
     def prepare_eval_backbone(self, backbone: torch.nn.Module) -> None:
         """Called by ``main_linear.py`` (with the plugin line) on the freshly built backbone."""
 
+    def param_groups(self, base_lr: float) -> list:
+        """Extra optimizer groups ``[{"name", "params": [...], "lr", ...}]``; their parameters are
+        taken out of the method's own groups (e.g. gates with their own learning rate)."""
+        return []
+
     def log(self, metrics: Dict[str, float]) -> None:
         if self.view is not None:
             self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
@@ -209,6 +214,12 @@ class PluginHost:
     def on_epoch_end(self, epoch: int) -> None:
         for p in self.plugins:
             p.on_epoch_end(epoch)
+
+    def param_groups(self, base_lr: float) -> list:
+        out = []
+        for p in self.plugins:
+            out += p.param_groups(base_lr)
+        return out
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:

@@ -153,3 +153,54 @@ def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
                         f"++solo_sparse.masks='{tmp_path / 'bad.safetensors'}'"],
                        capture_output=True, text=True, cwd=str(tmp_path), timeout=600)
     assert r.returncode != 0 and "'backbone.layer1.0.conv1' has mask shape" in r.stderr
+
+
+# ------------------------------------------------------------------------------ DGNet-dual with solo-learn
+def test_dgnet_dual_main_pretrain_then_main_linear(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from test_solo_integration import _solo_dir
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 4), ("val", 1)):
+        for c in "abcde":
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(n):
+                arr = (torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    cfgs = tmp_path / "cfgs"
+    (cfgs / "augmentations").mkdir(parents=True)
+    src = ROOT / "scripts" / "configs" / "fmnist"
+    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
+    (cfgs / "pre.yaml").write_text((src / "vicreg_dgnet_dual_t30.yaml").read_text())
+    lin = (src / "linear.yaml").read_text().replace("  - _self_\n", "  - _self_\n  - solo_sparse: dgnet_dual\n", 1)
+    (cfgs / "lin.yaml").write_text(lin + "solo_sparse:\n  eval_path: dense\n")
+    data = tmp_path / "imgs"
+
+    def run(script, name, *over):
+        return subprocess.run([sys.executable, str(_solo_dir() / script), "--config-path", str(cfgs), "--config-name",
+                               name, "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0", *over],
+                              capture_output=True, text=True, cwd=str(tmp_path), timeout=900)
+
+    r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", f"++checkpoint.dir={tmp_path / 'pre'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = next((tmp_path / "pre").rglob("*.ckpt"))
+    state = torch.load(ck, map_location="cpu", weights_only=True)
+    sd = state["state_dict"]
+    assert "backbone.layer3.1.gate.w2" in sd and "backbone.layer3.1.bn2_g.running_var" in sd and "backbone.bn1_g.weight" in sd
+    assert state["solo_sparse"]["dgnet_dual"]["config"]["target"] == 0.3
+    r = run("main_linear.py", "lin.yaml", f"++data.train_path={data / 'train'}", f"++data.val_path={data / 'val'}",
+            "++data.augmentations.crop_size=32", f"++pretrained_feature_extractor='{ck}'",
+            f"++checkpoint.dir={tmp_path / 'lin'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "evaluating the dense path" in r.stderr
+    lin_sd = torch.load(next((tmp_path / "lin").rglob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
+    for k, v in sd.items():
+        if k.startswith("backbone."):
+            assert k in lin_sd and torch.equal(lin_sd[k], v), k     # no gate or BN-branch key lost
+    # a method without two-view symmetry is refused before training
+    r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", "method=mocov2plus",
+            f"++checkpoint.dir={tmp_path / 'x'}")
+    assert r.returncode != 0 and "two-view" in r.stderr

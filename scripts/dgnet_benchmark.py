@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""DGNet-dual benchmark: VICReg dense vs dgnet_dual (several t_d) vs dgnet_gated on an image folder.
+
+For every config: solo-learn's unchanged main_pretrain.py trains it (skipped when results.json
+already holds it with the same config content); the final checkpoint's backbone is rebuilt (gated
+ResNet with the run's plugin settings, strict load) and both paths are evaluated on the val split —
+kNN k=1 (the seed's ablation metric), k=20 and a linear probe on frozen features; the gated path's
+FLOPs ratio is measured on the val images (gated blocks, exact per-sample count with the gates'
+own cost = the budget loss's quantity; and whole-network MACs); with --latency, batch-1 CPU latency
+of the dense and the gated path (median of --reps runs in one process, real val images, at each
+--latency-sizes resolution). A random-init row is always added.
+
+    python scripts/dgnet_benchmark.py --data data/fmnist5k --out results/fmnist_dgnet \\
+        --configs scripts/configs/fmnist/vicreg.yaml scripts/configs/fmnist/vicreg_dgnet_dual_t10.yaml ...
+    python scripts/dgnet_benchmark.py ... --latency      # after training, on an otherwise idle machine
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from solo_sparse.dgnet import convert_resnet, measure, set_mode
+from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_images
+from solo_sparse.imp_driver import newest_checkpoint, solo_learn_dir
+
+PLUGINS = ("dgnet_dual", "dgnet_gated")
+
+
+def load_gated(ck: Path):
+    """(backbone, plugin name or None, plugin config) from a solo-learn checkpoint, strict load."""
+    state = torch.load(ck, map_location="cpu", weights_only=True)
+    sd = {k[len("backbone."):]: v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
+    net = build_resnet("resnet18")
+    plugin, cfg = None, {}
+    for name, st in (state.get("solo_sparse") or {}).items():
+        if name in PLUGINS:
+            plugin, cfg = name, st["config"]
+            convert_resnet(net, reduction=cfg["reduction"], temperature=cfg["temperature"],
+                           init_bias=cfg["init_bias"], separate_bn=bool(cfg.get("separate_bn", False)),
+                           stages=tuple(cfg["stages"]))
+    net.load_state_dict(sd, strict=True)
+    return net.eval(), plugin, cfg
+
+
+@torch.no_grad()
+def latency(net, X, size, mode, reps):
+    set_mode(net, mode) if hasattr(net, "ss_mode") else None
+    xs = [F.interpolate(X[i: i + 1], size=size, mode="bilinear", align_corners=False) if size != X.shape[-1]
+          else X[i: i + 1] for i in range(reps)]
+    with torch.inference_mode():
+        for x in xs[:5]:
+            net(x)
+        ts = []
+        for x in xs:
+            t0 = time.perf_counter()
+            net(x)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--solo-learn", default=None)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--latency", action="store_true", help="measure batch-1 latency (no training)")
+    ap.add_argument("--latency-sizes", type=int, nargs="+", default=[32, 224])
+    ap.add_argument("--reps", type=int, default=50)
+    args = ap.parse_args(argv)
+
+    out = Path(args.out).resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    res_p = out / "results.json"
+    res = json.loads(res_p.read_text()) if res_p.exists() else {"rows": {}}
+    data = Path(args.data).resolve()
+    res["meta"] = {"data": str(args.data), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "command": " ".join(sys.argv)}
+
+    def save():
+        res_p.write_text(json.dumps(res, indent=2))
+        (out / "results.md").write_text(to_markdown(res))
+
+    train = load_images(str(data / "train"), args.size)
+    test = load_images(str(data / "val"), args.size)
+    if args.latency:
+        for stem, row in res["rows"].items():
+            if stem == "random-init":
+                continue
+            net, plugin, _ = load_gated(out / row["checkpoint"])
+            lat = {}
+            for s in args.latency_sizes:
+                d = latency(net, test[0], s, "dense", args.reps)
+                lat[str(s)] = {"dense_ms": 1e3 * d}
+                if plugin:
+                    g = latency(net, test[0], s, "gated", args.reps)
+                    lat[str(s)].update({"gated_ms": 1e3 * g, "speedup": d / g})
+                print(f"[{stem}] {s}px batch 1: {lat[str(s)]}", flush=True)
+            row["latency"] = lat
+            save()
+        return 0
+
+    if "random-init" not in res["rows"]:
+        torch.manual_seed(0)
+        acc = evaluate_backbone(build_resnet("resnet18").eval(), train, test)
+        res["rows"]["random-init"] = {"dense": acc}
+        save()
+    solo_dir = solo_learn_dir(args.solo_learn)
+    for cfg in args.configs:
+        cfg_p = Path(cfg).resolve()
+        stem = cfg_p.stem
+        digest = hashlib.sha256(cfg_p.read_bytes()).hexdigest()[:12]
+        row = res["rows"].get(stem)
+        if row and row.get("config_sha") == digest and "dense" in row:
+            print(f"[{stem}] done already", flush=True)
+            continue
+        run_dir = out / "runs" / stem
+        cmd = [sys.executable, str(solo_dir / "main_pretrain.py"), "--config-path", str(cfg_p.parent),
+               "--config-name", cfg_p.name, f"++name={stem}", f"++checkpoint.dir={run_dir}",
+               f"++data.train_path={data / 'train'}", *args.overrides]
+        print(f"[{stem}] training: {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "train.log", "w") as logf:
+            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(run_dir))
+        seconds = time.time() - t0
+        if rc:
+            res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": f"exit {rc}"}
+            save()
+            continue
+        ck = newest_checkpoint(run_dir)
+        net, plugin, pcfg = load_gated(ck)
+        row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(ck.relative_to(out)), "plugin": plugin,
+               "target": pcfg.get("target"), "train_seconds": seconds, "command": " ".join(cmd)}
+        if plugin:
+            set_mode(net, "dense")
+        row["dense"] = evaluate_backbone(net, train, test)
+        if plugin:
+            set_mode(net, "gated")
+            row["gated"] = evaluate_backbone(net, train, test)
+            m = measure(net, test[0][:2000])
+            row.update({"flops_ratio": m["gated_blocks_flops_ratio"], "network_macs_ratio": m["network_macs_ratio"],
+                        "kept_channels": m["kept_channels"]})
+        res["rows"][stem] = row
+        print(f"[{stem}] {json.dumps({k: v for k, v in row.items() if k != 'kept_channels'})}", flush=True)
+        save()
+    save()
+    print((out / "results.md").read_text())
+    return 0
+
+
+def to_markdown(res) -> str:
+    lines = [f"Data `{res['meta'].get('data')}`, torch {res['meta'].get('torch')}.", "",
+             "| run | t_d | dense kNN k=1 | dense kNN k=20 | dense linear | gated kNN k=1 | gated kNN k=20 | gated linear "
+             "| FLOPs ratio (gated blocks) | network MACs ratio | train wall-clock |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res["rows"].items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} |||||||||| ")
+            continue
+        d, g = r["dense"], r.get("gated")
+        gcells = (f"{100 * g['knn1']:.2f} | {100 * g['knn20']:.2f} | {100 * g['linear']:.2f}" if g else "- | - | -")
+        lines.append(f"| {name} | {r.get('target') or '-'} | {100 * d['knn1']:.2f} | {100 * d['knn20']:.2f} | "
+                     f"{100 * d['linear']:.2f} | {gcells} | "
+                     f"{'-' if r.get('flops_ratio') is None else format(r['flops_ratio'], '.3f')} | "
+                     f"{'-' if r.get('network_macs_ratio') is None else format(r['network_macs_ratio'], '.3f')} | "
+                     f"{(r.get('train_seconds') or 0) / 60:.1f} min |")
+    lat = [(n, r["latency"]) for n, r in res["rows"].items() if r.get("latency")]
+    if lat:
+        lines += ["", "Batch-1 CPU latency (median ms, one process):", "",
+                  "| run | size | dense | gated | speed-up |", "|---|---:|---:|---:|---:|"]
+        for n, L in lat:
+            for s, v in L.items():
+                lines.append(f"| {n} | {s} px | {v['dense_ms']:.2f} | "
+                             f"{'-' if 'gated_ms' not in v else format(v['gated_ms'], '.2f')} | "
+                             f"{'-' if 'speedup' not in v else format(v['speedup'], '.2f') + 'x'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
