@@ -18,7 +18,7 @@ update) → re-mask the momentum encoder; checkpoint hooks → ``checkpoint["sol
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 try:
     import solo.methods as _solo_methods
@@ -32,46 +32,10 @@ except ImportError as e:  # pragma: no cover - exercised only without solo-learn
 
 from .config import ConfigError, PREFIX, _to_plain
 from .plugin import Branch, ModelView, Plugin, PluginHost
-from .registry import get_plugin
+from .registry import build_plugins, plugin_names
 from .sparsifier import ModuleGroup
 
 CKPT_KEY = "solo_sparse"
-
-
-# ----------------------------------------------------------------------------------------- config
-def plugin_names(section: Mapping[str, Any]) -> List[str]:
-    """The plugin(s) a ``solo_sparse:`` section asks for: ``plugin: x`` or ``plugins: [x, y]``.
-
-    ``plugins: []`` (the ``solo_sparse/methods`` config) asks for none: only solo-sparse's extra
-    methods (``rotnet``) are registered.
-    """
-    if "plugins" in section and section["plugins"]:
-        names = list(section["plugins"])
-    elif "plugins" in section and not section.get("plugin"):
-        return []
-    elif section.get("plugin"):
-        names = [section["plugin"]]
-    else:
-        raise ConfigError(f"{PREFIX}: name a plugin ({PREFIX}.plugin: gmp), e.g. with '- solo_sparse: gmp' in defaults")
-    return [str(n) for n in names]
-
-
-def build_plugins(section: Optional[Mapping[str, Any]]) -> List[Plugin]:
-    """Validate a ``solo_sparse:`` section and build its plugin(s).
-
-    One plugin: its keys sit directly under ``solo_sparse:``. Several (``plugins: [a, b]``): each
-    plugin's keys sit under ``solo_sparse.<name>:``; hooks run in list order.
-    """
-    section = dict(_to_plain(section) or {})
-    names = plugin_names(section)
-    if len(names) == 1:
-        params = {k: v for k, v in section.items() if k not in ("plugin", "plugins")}
-        return [get_plugin(names[0]).from_params(params)]
-    stray = sorted(k for k in section if k not in ("plugin", "plugins", *names))
-    if stray:
-        raise ConfigError(f"{PREFIX}: with several plugins ({names}) keys go under {PREFIX}.<plugin>; "
-                          f"unexpected top-level key(s): {', '.join(stray)}")
-    return [get_plugin(n).from_params(section.get(n) or {}) for n in names]
 
 
 def method_family(method_cls: type) -> str:

@@ -90,3 +90,18 @@ def test_callback_validates_before_the_job(cfg_dir):
         assert "solo_sparse.final_density=3.0: must be in (0, 1]" in r.stderr
     except ImportError:
         assert "solo-learn" in r.stderr
+
+
+@pytest.mark.parametrize("group,expect", [("imp", "imp"), ("dgnet_dual", "dgnet_dual"), ("dgnet_gated", "dgnet_gated"),
+                                          ("methods", None)])
+def test_every_group_file_composes_and_validates(tmp_path, group, expect):
+    from solo_sparse.registry import build_plugins
+
+    (tmp_path / "app.yaml").write_text(PRIMARY.replace("solo_sparse: gmp", f"solo_sparse: {group}")
+                                       .replace("  final_density: 0.3\n  every: 5\n", "  {}\n"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(tmp_path), version_base="1.2"):
+        cfg = compose("app", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.callbacks.solo_sparse._target_ == "solo_sparse.hydra_callback.SoloSparseCallback"
+    assert [p.name for p in build_plugins(cfg.solo_sparse)] == ([expect] if expect else [])
