@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="steps per block")
     ap.add_argument("--blocks", type=int, default=2, help="alternating blocks per model")
     ap.add_argument("--warmup", type=int, default=5, help="steps dropped at the start of every block")
+    ap.add_argument("--all-steps", action="store_true",
+                    help="keep steps that logged plugin metrics (gating plugins log every step)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     res = {"dense": [], "sparse": [], "sparse_update_steps": 0}
@@ -101,9 +103,9 @@ def main(argv=None) -> int:
         for name, path, wrap in (("dense", args.dense, False), ("sparse", args.sparse, True)):
             model, cfg = build(Path(path), wrap)
             times, flags = run(model, cfg, args.steps)
-            keep = [t for i, (t, f) in enumerate(zip(times, flags)) if i >= args.warmup and not f]
+            keep = [t for i, (t, f) in enumerate(zip(times, flags)) if i >= args.warmup and (args.all_steps or not f)]
             res[name] += keep
-            if wrap:
+            if wrap and not args.all_steps:
                 res["sparse_update_steps"] += sum(flags[args.warmup:])
             print(f"block {b} {name}: median {statistics.median(keep) * 1e3:.1f} ms over {len(keep)} steps", flush=True)
     out = {

@@ -12,7 +12,6 @@ every gate open and no budget loss.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
@@ -20,7 +19,7 @@ import torch
 
 from .config import ConfigError, PREFIX, StepSpec, check_choice, check_int, check_range, key_error
 from .dgnet import convert_resnet, copy_dense_bn_to_gated, flops_ratio, gated_blocks, is_gated, set_mode, start_recording
-from .plugin import Branch, Plugin
+from .plugin import Branch, Plugin, require_all_backbone_keys
 
 TWO_VIEW_METHODS = ("vicreg", "barlow_twins", "simclr", "simsiam", "byol")
 
@@ -200,14 +199,4 @@ class DGNetPlugin(Plugin):
         checkpoint that lacks any gate or BN-twin key."""
         self._convert(backbone)
         set_mode(backbone, self.config.eval_path)
-        plugin = self.name
-
-        def post_hook(module, incompatible):
-            if incompatible.missing_keys:
-                raise RuntimeError(f"solo-sparse ({plugin}): the checkpoint lacks {len(incompatible.missing_keys)} "
-                                   f"backbone key(s), first: {incompatible.missing_keys[0]!r}. Was it pre-trained "
-                                   f"with '- solo_sparse: {plugin}' and the same stages/backbone?")
-            print(f"solo-sparse: loaded {plugin} backbone, evaluating the {self.config.eval_path} path",
-                  file=sys.stderr, flush=True)
-
-        backbone.register_load_state_dict_post_hook(post_hook)
+        require_all_backbone_keys(backbone, self.name, self.config.eval_path)

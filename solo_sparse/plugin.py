@@ -150,6 +150,21 @@ class Plugin:
             self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
 
 
+def require_all_backbone_keys(backbone: torch.nn.Module, plugin: str, path: str) -> None:
+    """main_linear.py loads ``backbone.*`` with ``strict=False``: make a missing key (a gate, a BN
+    twin) an error naming the first one, and say which path is evaluated once loaded."""
+    import sys
+
+    def post_hook(module, incompatible):
+        if incompatible.missing_keys:
+            raise RuntimeError(f"solo-sparse ({plugin}): the checkpoint lacks {len(incompatible.missing_keys)} "
+                               f"backbone key(s), first: {incompatible.missing_keys[0]!r}. Was it pre-trained "
+                               f"with '- solo_sparse: {plugin}' and the same stages/backbone?")
+        print(f"solo-sparse: loaded {plugin} backbone, evaluating the {path} path", file=sys.stderr, flush=True)
+
+    backbone.register_load_state_dict_post_hook(post_hook)
+
+
 class PluginHost:
     """Drives one or more plugins through the hooks, counts steps, and owns their saved state."""
 

@@ -1,0 +1,376 @@
+"""CDG / CGNet / FBS channel gating: engine equations, base paths, branches, FLOPs, plugins."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from solo_sparse.cdg import (GatedConv2d, _GateMix, base_assignment, convert_resnet, gated_convs, mask_similarity,
+                             measure, per_sample_normal, reduction_eq13, set_branch, set_recording, smooth_step,
+                             target_threshold)
+from solo_sparse.config import ConfigError
+from solo_sparse.plugin import Branch, ModelView, PluginHost
+from solo_sparse.sparsifier import ModuleGroup
+from solo_sparse_plugins.cdg import CDG
+from solo_sparse_plugins.cgnet import CGNet
+from solo_sparse_plugins.fbs import FBS
+
+
+def resnet(arch="resnet18", seed=0):
+    torch.manual_seed(seed)
+    return getattr(torchvision.models, arch)()
+
+
+def one_conv(kind="cdg", groups=4, cg=1, tau=0.0, cin=16, cout=16):
+    torch.manual_seed(0)
+    blk = torchvision.models.resnet.BasicBlock(cin, cout)
+    net = nn.Sequential()
+    conv = blk.conv1
+    conv.__class__ = GatedConv2d
+    conv._gate_init(kind, groups, cg, 2.0, tau, 0.5)
+    return conv, net
+
+
+def test_base_paths_are_disjoint_unbiased_permutations():
+    for G in (1, 2, 3, 4, 5, 8):
+        a1, a2 = base_assignment(G, "a1"), base_assignment(G, "a2")
+        assert sorted(a1) == sorted(a2) == list(range(G))          # unbiased: every input group once
+        if G > 1:
+            assert all(x != y for x, y in zip(a1, a2))              # disjoint (o, b(o)) blocks
+    assert base_assignment(4, "a2") == [3, 2, 1, 0]                 # the seed's inverse diagonal
+    assert base_assignment(3, "a2") == [1, 2, 0]
+
+
+@pytest.mark.parametrize("branch", ["a1", "a2"])
+def test_gated_conv_equals_base_plus_masked_conditional_path(branch):
+    conv, _ = one_conv(tau=0.3)
+    conv.ss_branch = branch
+    x = torch.randn(3, 16, 6, 6)
+    a = base_assignment(4, branch)
+    W = conv.weight.detach()
+    Wb = torch.zeros_like(W)
+    for o in range(4):
+        Wb[o * 4:(o + 1) * 4, a[o] * 4:(a[o] + 1) * 4] = W[o * 4:(o + 1) * 4, a[o] * 4:(a[o] + 1) * 4]
+    yb = F.conv2d(x, Wb, padding=1)
+    yf = F.conv2d(x, W, padding=1)
+    m = ((per_sample_normal(yb) - 0.3) > 0).float()
+    ref = yb + m * (yf - yb)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), ref, atol=1e-5)
+    # all open -> the dense conv; all closed -> the base path only
+    conv.tau.data.fill_(-1e4)
+    assert torch.allclose(conv(x), yf, atol=1e-5)
+    conv.tau.data.fill_(1e4)
+    assert torch.allclose(conv(x), yb, atol=1e-5)
+
+
+def test_fused_gate_matches_composition_in_value_and_gradient():
+    torch.manual_seed(1)
+    full, base = (torch.randn(3, 8, 4, 4, dtype=torch.double, requires_grad=True) for _ in range(2))
+    tau = torch.randn(8, dtype=torch.double, requires_grad=True)
+    w = torch.randn(3, 8, 4, 4, dtype=torch.double)
+    out, m = _GateMix.apply(full, base, tau, 2.0, 1e-5)
+    (out * w).sum().backward()
+    g = [t.grad.clone() for t in (full, base, tau)]
+    for t in (full, base, tau):
+        t.grad = None
+    m2 = smooth_step(per_sample_normal(base) - tau[None, :, None, None], 2.0)
+    (((base + m2 * (full - base))) * w).sum().backward()
+    assert torch.equal(m, m2)
+    for a, t in zip(g, (full, base, tau)):
+        assert torch.allclose(a, t.grad, atol=1e-10)
+    assert g[2].abs().sum() > 0                                     # the threshold learns
+
+
+def test_straight_through_gradient_is_the_alpha_sigmoid():
+    z = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    m = smooth_step(z, 3.0)
+    assert m.tolist() == [0.0, 0.0, 1.0]
+    m.sum().backward()
+    s = torch.sigmoid(3 * z.detach())
+    assert torch.allclose(z.grad, 3 * s * (1 - s))
+
+
+def test_normalisation_is_per_sample_and_defined_on_1x1_maps():
+    y = torch.randn(4, 16, 1, 1) * torch.tensor([1.0, 10.0, 100.0, 1000.0])[:, None, None, None]
+    n = per_sample_normal(y)
+    assert torch.allclose(n.mean((1, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(n.var((1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+    # a sample's mask does not depend on the other samples in the batch (the two views never mix)
+    conv, _ = one_conv()
+    conv.ss_record = True
+    x = torch.randn(4, 16, 5, 5)
+    with torch.no_grad():
+        conv(x)
+        m_all = conv._ss_last["a1"][:1].clone()
+        conv(x[:1] * 1.0)
+        assert torch.equal(conv._ss_last["a1"], m_all)
+
+
+def test_target_threshold_gives_the_target_sparsity():
+    assert abs(target_threshold(0.5)) < 1e-6
+    assert abs(target_threshold(0.75) - 0.6745) < 1e-3
+    net = resnet()
+    convert_resnet(net, groups=4, init_tau=target_threshold(0.75))
+    r = measure(net, torch.randn(32, 3, 32, 32))
+    assert 0.68 < r["mean_sparsity"] < 0.82, r["mean_sparsity"]
+
+
+def test_structured_masks_are_constant_over_channel_groups():
+    conv, _ = one_conv(cg=4, tau=0.2)
+    conv.ss_record = True
+    with torch.no_grad():
+        conv(torch.randn(2, 16, 5, 5))
+    m = conv._ss_last["a1"].view(2, 4, 4, 5, 5)
+    assert torch.equal(m, m[:, :, :1].expand_as(m))
+    assert 0 < m.float().mean() < 1
+
+
+def test_conversion_keeps_names_dense_output_and_default_convs():
+    net, ref = resnet(), resnet()
+    convert_resnet(net, groups=4, init_tau=-1e4)
+    names = [n for n, _ in gated_convs(net)]
+    assert names[:2] == ["layer1.0.conv1", "layer1.0.conv2"] and len(names) == 16
+    assert "conv1" not in names and not any("downsample" in n for n in names)
+    assert set(ref.state_dict()) <= set(net.state_dict())
+    assert {k for k in net.state_dict() if k not in ref.state_dict()} == {f"{n}.tau" for n in names}
+    net.eval(), ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(x), atol=1e-4)
+    r50 = resnet("resnet50")
+    convert_resnet(r50, groups=2)
+    assert all(c.kernel_size == (3, 3) for _, c in gated_convs(r50)) and len(gated_convs(r50)) == 16
+    r50b = resnet("resnet50")
+    convert_resnet(r50b, groups=2, convs="block", stages=(4,))
+    assert len(gated_convs(r50b)) == 9
+
+
+def test_conversion_refusals():
+    with pytest.raises(ConfigError, match="groups=3"):
+        convert_resnet(resnet(), groups=3)
+    with pytest.raises(ConfigError, match="cg=5"):
+        convert_resnet(resnet(), groups=4, cg=5)
+    with pytest.raises(ConfigError, match="ResNet"):
+        convert_resnet(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def test_flops_eq13_and_exact_count_by_hand():
+    assert reduction_eq13(0.0, 4) == 1.0
+    assert abs(reduction_eq13(0.72, 4) - 1 / (0.25 + 0.28 * 0.75)) < 1e-12
+    conv, _ = one_conv(tau=0.0)
+    conv.ss_record = True
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        conv(x)
+    st = conv._ss_stats
+    m = conv._ss_last["a1"].float()
+    dense = 6 * 6 * 16 * 16 * 9
+    kept = m.flatten(1).mean(1)
+    expect = dense / 4 + 0.75 * dense * kept + 6 * 16 * 36
+    assert st["dense"] == dense
+    assert torch.allclose(st["cost"], expect)
+
+
+def test_measure_reports_both_reductions():
+    net = resnet()
+    convert_resnet(net, groups=4, init_tau=target_threshold(0.75))
+    r = measure(net, torch.randn(16, 3, 32, 32), batch_size=8)
+    assert r["eq13_reduction"] > 2.0
+    assert 1.5 < r["exact_gated_reduction"] < r["eq13_reduction"] + 0.3
+    assert 1.0 < r["network_reduction"] < r["exact_gated_reduction"]     # stem + downsample + fc stay dense
+    assert set(r["sparsity"]) == {n for n, _ in gated_convs(net)}
+
+
+def test_fbs_winner_take_all_and_post_bn_zeros():
+    net = resnet()
+    convert_resnet(net, kind="fbs", density=0.25)
+    set_recording(net, True)
+    net.eval()
+    blk = net.layer1[0]
+    x = torch.randn(3, 64, 8, 8)
+    with torch.no_grad():
+        pi = blk.conv1.saliency(x)
+        assert ((pi > 0).sum(1) <= 16).all()
+        h = F.relu(blk.conv1.post_bn(blk.bn1(blk.conv1(x))))   # forward stores the kept saliencies
+        assert torch.equal((h.abs().sum((2, 3)) == 0), pi == 0)
+        out = blk(x)
+        assert out.shape == x.shape
+        # conv2 saw conv1's kept channels: its exact cost scales with both shares
+        st = blk.conv2._ss_stats
+        assert (st["cost"] < st["dense"] * 0.3).all()
+
+
+# ------------------------------------------------------------------ plugins on the host
+def host_for(plugin, momentum=False, crops=2, method="simclr"):
+    online = resnet()
+    mom = copy.deepcopy(online) if momentum else None
+    logs = {}
+    view = ModelView({"backbone": ModuleGroup("backbone", online, mom)}, "momentum" if momentum else "shared",
+                     method=method, num_large_crops=crops, log=logs.update)
+    host = PluginHost([plugin])
+    host.setup(view)
+    host.set_schedule_info(10, 100)
+    host.on_train_start()
+    return host, online, mom, logs
+
+
+def two_view_step(host, online, opt, x, mom=None):
+    host.on_step_start()
+    zs = []
+    for crop in (0, 1):
+        host.on_crop(Branch(crop=crop))
+        zs.append(online(x[crop]))
+    if mom is not None:
+        for crop in (0, 1):
+            host.on_crop(Branch(crop=crop, encoder="momentum"))
+            with torch.no_grad():
+                mom(x[crop])
+    loss = (zs[0] - zs[1]).pow(2).mean()
+    extra = host.extra_loss()
+    total = loss + (extra if extra is not None else 0)
+    opt.zero_grad()
+    total.backward()
+    opt.step()
+    host.after_optimizer_step(opt)
+    return extra
+
+
+def test_cdg_routes_crops_to_disjoint_branches_and_logs():
+    p = CDG.from_params({"target": 0.75})
+    host, online, _, logs = host_for(p)
+    seen = []
+    orig = online.layer1[0].conv1.forward
+
+    def spy(x):
+        seen.append(online.layer1[0].conv1.ss_branch)
+        return orig(x)
+
+    online.layer1[0].conv1.forward = spy
+    opt = torch.optim.SGD(online.parameters(), lr=0.01)
+    x = torch.randn(2, 4, 3, 32, 32)
+    extra = two_view_step(host, online, opt, x)
+    assert seen == ["a1", "a2"]
+    assert extra is not None and float(extra.detach()) == pytest.approx(0.0, abs=1e-6)   # tau starts at s
+    for k in ("sparsity/a1", "sparsity/a2", "flops_reduction_eq13/a1", "flops_reduction_exact/a2",
+              "mask_similarity"):
+        assert f"solo_sparse/{k}" in logs, k
+    assert 0.6 < logs["solo_sparse/sparsity/a1"] < 0.9
+    assert 0.0 < logs["solo_sparse/mask_similarity"] < 1.0
+    host.on_epoch_end(0)
+    assert "solo_sparse/sparsity/a2/layer1.0.conv1" in logs
+    assert "solo_sparse/mask_similarity/layer4.1.conv2" in logs
+    host.on_crop(Branch(crop=1, phase="eval"))
+    assert online.layer1[0].conv1.ss_branch == "a1"                 # inference = a1's path
+
+
+def test_threshold_loss_pulls_tau_to_s():
+    p = CDG.from_params({"target": 0.5, "init_threshold": -1.0, "threshold_weight": 1.0})
+    host, online, _, _ = host_for(p)
+    taus = [c.tau for _, c in gated_convs(online)]
+    opt = torch.optim.SGD(taus, lr=0.5)
+    x = torch.randn(2, 4, 3, 32, 32)
+    before = sum(float(torch.linalg.vector_norm(t)) for t in taus)
+    l0 = float(two_view_step(host, online, opt, x))
+    assert l0 == pytest.approx(before, rel=1e-4)                    # Σ_l ||s - tau_l||_2 with s = 0
+    for _ in range(4):
+        two_view_step(host, online, opt, x)
+    after = sum(float(torch.linalg.vector_norm(t)) for t in taus)
+    # each layer's term has a unit-norm gradient: 5 steps at lr 0.5 shrink 16 norms by ~2.5 each
+    assert after < before - 30, (before, after)
+
+
+def test_cgnet_reuses_crop0_mask_and_one_base_path():
+    p = CGNet.from_params({})
+    host, online, mom, _ = host_for(p, momentum=True, method="byol")
+    opt = torch.optim.SGD(online.parameters(), lr=0.01)
+    x = torch.randn(2, 4, 3, 32, 32)
+    two_view_step(host, online, opt, x, mom)
+    c = online.layer2[0].conv2
+    assert torch.equal(c._ss_last["a1"], c._ss_last["follow"])
+    assert mask_similarity(online)["layer2.0.conv2"] == 1.0
+    m = mom.layer2[0].conv2
+    assert m._ss_cache is not None and m.ss_branch == "follow"      # the momentum twin follows its own crop 0
+
+
+def test_fbs_plugin_l1_loss_and_density():
+    p = FBS.from_params({"density": 0.25, "l1_weight": 1e-3})
+    host, online, _, logs = host_for(p)
+    opt = torch.optim.SGD(online.parameters(), lr=0.01)
+    x = torch.randn(2, 4, 3, 32, 32)
+    extra = two_view_step(host, online, opt, x)
+    assert extra is not None and float(extra) > 0
+    assert logs["solo_sparse/sparsity/a1"] == pytest.approx(0.75, abs=0.02)
+    assert online.layer1[0].conv1.phi.grad is not None
+
+
+def test_masks_follow_momentum_and_gate_params_group():
+    p = CDG.from_params({"gate_lr_scale": 10.0})
+    host, online, mom, _ = host_for(p, momentum=True, method="mocov2plus")
+    assert torch.equal(online.layer1[0].conv1.tau, mom.layer1[0].conv1.tau)
+    assert all(not q.requires_grad for q in mom.parameters())
+    groups = p.param_groups(0.3)
+    assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(3.0) and groups[0]["weight_decay"] == 0.0
+    assert len(groups[0]["params"]) == 16
+
+
+@pytest.mark.parametrize("cls,params,match", [
+    (CDG, {"target": 1.0}, "target"), (CDG, {"target": -0.1}, "target"), (CDG, {"groups": 0}, "groups"),
+    (CDG, {"cg": 0}, "cg"), (CDG, {"alpha": 0}, "alpha"), (CDG, {"convs": "all"}, "convs"),
+    (CDG, {"stages": [5]}, "stages"), (FBS, {"density": 0.0}, "density"), (CGNet, {"init_threshold": "x"}, "init"),
+])
+def test_config_errors_name_the_key(cls, params, match):
+    with pytest.raises(ConfigError, match=match):
+        cls.from_params(params)
+
+
+def test_refusals_before_training():
+    with pytest.raises(ConfigError, match="groups=3"):
+        host_for(CDG.from_params({"groups": 3}))
+    with pytest.raises(ConfigError, match="cg=6"):
+        host_for(CDG.from_params({"cg": 6}))
+    with pytest.raises(ConfigError, match="exactly two large crops"):
+        host_for(CDG.from_params({}), crops=1)
+    with pytest.raises(ConfigError, match="two-view"):
+        CDG.check_method("swav", "momentum")
+    with pytest.raises(ConfigError, match="two-view"):
+        FBS.check_method("dino", "momentum")
+    CDG.check_method("mocov2plus", "momentum")
+    view = ModelView({"backbone": ModuleGroup("backbone", nn.Sequential(nn.Conv2d(3, 8, 3)), None)}, "shared",
+                     num_large_crops=2)
+    with pytest.raises(ConfigError, match="ResNet"):
+        PluginHost([CDG.from_params({})]).setup(view)
+
+
+def test_prepare_eval_backbone_strict_round_trip():
+    p = CDG.from_params({"cg": 8})
+    _, online, _, _ = host_for(p)
+    for _, c in gated_convs(online):
+        c.tau.data.uniform_(0, 1)
+    sd = online.state_dict()
+    fresh = resnet(seed=5)
+    CDG.from_params({"cg": 8}).prepare_eval_backbone(fresh)
+    fresh.load_state_dict(sd, strict=False)
+    for k, v in sd.items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    assert all(c.ss_branch == "a1" and c.ss_cg == 8 for _, c in gated_convs(fresh))
+    fresh2 = resnet()
+    CDG.from_params({}).prepare_eval_backbone(fresh2)
+    with pytest.raises(RuntimeError, match="lacks .* key"):
+        fresh2.load_state_dict({k: v for k, v in sd.items() if not k.endswith(".tau")}, strict=False)
+
+
+def test_backbone_variants_and_mismatch():
+    v = CDG.backbone_variants()
+    assert set(v) == {"resnet18_cdg", "resnet50_cdg"}
+    net = v["resnet18_cdg"](None, groups=2)
+    assert len(gated_convs(net)) == 16 and gated_convs(net)[0][1].ss_G == 2
+    view = ModelView({"backbone": ModuleGroup("backbone", net, None)}, "shared", num_large_crops=2)
+    with pytest.raises(ConfigError, match="groups=2"):
+        PluginHost([CDG.from_params({"groups": 4})]).setup(view)
+    assert math.isfinite(target_threshold(0.0))
+    set_branch(net, "a2")
+    assert all(c.ss_branch == "a2" for _, c in gated_convs(net))
