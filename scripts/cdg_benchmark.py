@@ -24,28 +24,18 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.cdg import convert_resnet, measure
+from solo_sparse.backbones import apply_gating, gating_plugin
+from solo_sparse.cdg import measure
 from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_images
 from solo_sparse.imp_driver import newest_checkpoint, solo_learn_dir
 
-PLUGINS = ("cdg", "cgnet", "fbs")
-
-
 def load_gated(ck: Path):
-    """(backbone, plugin name or None, plugin config) from a solo-learn checkpoint, strict load."""
-    from solo_sparse_plugins.cdg import CDGConfig
-
+    """(backbone, plugin name or None, plugin config) from a solo-learn checkpoint, strict load,
+    evaluated through branch a1 (the inference path)."""
     state = torch.load(ck, map_location="cpu", weights_only=True)
     sd = {k[len("backbone."):]: v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
-    net = build_resnet("resnet18")
-    plugin, cfg = None, {}
-    for name, st in (state.get("solo_sparse") or {}).items():
-        if name in PLUGINS:
-            plugin, cfg = name, st["config"]
-            s = CDGConfig(target=cfg["target"]).s if name != "fbs" else 0.0
-            convert_resnet(net, kind=name, groups=cfg.get("groups", 1), cg=cfg.get("cg", 1),
-                           alpha=cfg.get("alpha", 2.0), init_tau=s, density=cfg.get("density", 1.0),
-                           stages=tuple(cfg["stages"]), convs=cfg["convs"])
+    plugin, cfg = gating_plugin(state.get("solo_sparse"))
+    net = apply_gating(build_resnet("resnet18"), plugin, cfg)
     net.load_state_dict(sd, strict=True)
     return net.eval(), plugin, cfg
 

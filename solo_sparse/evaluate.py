@@ -9,7 +9,7 @@ the ``custom`` dataset resizes to 224 px and costs hours on a CPU.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,22 +39,32 @@ def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, tor
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False) -> Tuple[nn.Module, Dict]:
+def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
+                  gated_path: Optional[str] = None) -> Tuple[nn.Module, Dict]:
     """Build ``name`` and load a solo-learn checkpoint's online backbone; masks are applied.
 
-    Loads with ``weights_only=True``. Raises on any missing weight key (naming the first); mask
-    buffers (``*.weight_mask``) in the checkpoint are applied to their weights. Returns the module
-    and ``{"masked_layers", "density"}``.
+    Loads with ``weights_only=True``. A checkpoint trained with a gating plugin (dgnet_dual,
+    dgnet_gated, cdg, cgnet, fbs; read from its ``solo_sparse`` entry) is rebuilt gated first and
+    evaluated through the plugin's path (``gated_path`` overrides). Raises on any missing key and on
+    any unexpected key (naming the first); mask buffers (``*.weight_mask``) are applied to their
+    weights. Returns the module and ``{"masked_layers", "density", "gating"}``.
     """
+    from .backbones import apply_gating, gating_plugin
+
     ck = torch.load(path, map_location="cpu", weights_only=True)
     state = backbone_state(ck)
     net = build_resnet(name, cifar_stem)
+    gname, gcfg = gating_plugin(ck.get("solo_sparse"))
+    apply_gating(net, gname, gcfg, gated_path)
     masks = {k[: -len(MASK) - 1]: v for k, v in state.items() if k.endswith("." + MASK)}
     weights = {k: v for k, v in state.items() if not k.endswith("." + MASK)}
     res = net.load_state_dict(weights, strict=False)
     if res.missing_keys:
         raise RuntimeError(f"{path}: backbone key missing from checkpoint: {res.missing_keys[0]!r} "
                            f"({len(res.missing_keys)} missing) — wrong backbone name?")
+    if res.unexpected_keys:
+        raise RuntimeError(f"{path}: backbone key not in the rebuilt model: {res.unexpected_keys[0]!r} "
+                           f"({len(res.unexpected_keys)} unexpected) — a plugin this loader does not know?")
     kept = total = 0
     with torch.no_grad():
         for layer, m in masks.items():
@@ -62,7 +72,7 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False) -
             mod.weight.mul_(m.to(mod.weight.dtype))
             kept += int(m.sum())
             total += m.numel()
-    info = {"masked_layers": len(masks), "density": (kept / total) if total else 1.0}
+    info = {"masked_layers": len(masks), "density": (kept / total) if total else 1.0, "gating": gname}
     return net.eval(), info
 
 
