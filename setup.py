@@ -17,12 +17,15 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["solo_sparse", "solo_sparse.*"], exclude=["solo_sparse._hydra"])
-    + ["solo_sparse_plugins", "hydra_plugins.solo_sparse_searchpath"],
+    + ["solo_sparse_plugins", "solo_sparse_zoo", "hydra_plugins.solo_sparse_searchpath"],
     package_dir={
         "solo_sparse_plugins": "plugins",
+        "solo_sparse_zoo": "zoo",
         "hydra_plugins.solo_sparse_searchpath": "solo_sparse/_hydra",
     },
-    package_data={"solo_sparse": ["configs/solo_sparse/*.yaml"]},
+    package_data={"solo_sparse": ["configs/solo_sparse/*.yaml"],
+                  "solo_sparse_zoo": ["manifest.json", "weights/*.safetensors", "configs/*.yaml",
+                                      "configs/augmentations/*.yaml"]},
     include_package_data=True,
     install_requires=REQUIREMENTS,
     extras_require={

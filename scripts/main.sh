@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: sparse BYOL pre-training through solo-learn's unchanged main_pretrain.py on a
 # Fashion-MNIST subset (dense vs gmp at density 0.5 and 0.1), then kNN / linear-probe evaluation.
-# About 30 min on 2 CPU cores. Without solo-learn it evaluates magnitude-pruned backbones instead and
-# says how to get the full path.
+# About 30 min on 2 CPU cores. Without solo-learn it evaluates magnitude-pruned backbones and the model
+# zoo's pruned / gated backbones instead (and benchmarks a compact export), and says how to get the full path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt
@@ -21,6 +21,15 @@ solo-learn is not installed, so no SSL pre-training runs here. To get the full p
   (its own requirements are already installed by requirements.txt), then run this script again.
 Meanwhile: evaluating random-init ResNet-18 backbones magnitude-pruned to 1.0 / 0.5 / 0.1 density.
 MSG
-  mkdir -p results/local
+  mkdir -p results/local/zoo
   solo-sparse evaluate --data data/fmnist5k --random-init-densities 1.0 0.5 0.1 --out results/local/no_solo_eval.json
+  echo "Model zoo: verifying every entry, then evaluating the pruned / gated backbones it ships."
+  solo-sparse zoo list
+  solo-sparse zoo verify
+  for e in $(solo-sparse zoo list --names); do
+    solo-sparse zoo export "$e" --out "results/local/zoo/$e.ckpt"
+  done
+  solo-sparse evaluate --data data/fmnist5k results/local/zoo/*.ckpt --out results/local/zoo_eval.json
+  solo-sparse zoo bench resnet18-fmnist5k-mocov2plus-imp-ticket-d09 --channel-density 0.5 --reps 10 \
+    --out results/local/zoo_compact_bench.json
 fi

@@ -221,6 +221,91 @@ def _cmd_retrain(args) -> int:
     return 0
 
 
+def _cmd_zoo(args) -> int:
+    from . import zoo
+
+    root = Path(args.zoo) if args.zoo else None
+    if args.zoo_cmd == "list":
+        rows = zoo.list_entries(root)
+        if args.names:
+            print("\n".join(e["name"] for e in rows))
+            return 0
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'name':44s} {'algorithm':12s} {'method':11s} {'density':>8s} {'FLOPs':>6s} {'kNN20':>6s} "
+              f"{'linear':>6s} {'MB':>6s}")
+        for e in rows:
+            acc = e.get("accuracy") or {}
+            dens = "-" if e.get("density") is None else f"{e['density']:.3f}"
+            print(f"{e['name']:44s} {e['algorithm']:12s} {str(e.get('method')):11s} {dens:>8s} "
+                  f"{e.get('flops_ratio', 1.0):6.3f} {acc.get('knn20', float('nan')):6.2f} "
+                  f"{acc.get('linear', float('nan')):6.2f} {e['size_bytes'] / 1e6:6.1f}")
+        return 0
+    if args.zoo_cmd == "show":
+        print(json.dumps(zoo.entry(args.name, root), indent=2))
+        return 0
+    if args.zoo_cmd == "verify":
+        res = zoo.verify(args.name, root)
+        for n, r in res.items():
+            print(f"{n}: {r}")
+        return 0 if all(r == "ok" for r in res.values()) else 1
+    if args.zoo_cmd == "export" and args.format == "compact":
+        rep = zoo.export_compact(args.name, Path(args.out), args.channel_density, root, fp16=args.fp16)
+        kept, full = rep["internal_channels"]
+        print(f"wrote {rep['path']} (compact): internal channels {kept}/{full}, MACs at 32 px "
+              f"{rep['macs'][0] / 1e6:.1f}M vs {rep['macs'][1] / 1e6:.1f}M, max |output diff| {rep['max_abs_diff']:.2e}, "
+              f"{rep['size_bytes'] / 1e6:.2f} MB; load it with solo_sparse.zoo.load_file()")
+        return 0
+    if args.zoo_cmd == "bench":
+        from .compact import bench_entry
+
+        res = bench_entry(args.name, args.channel_density, tuple(args.sizes), tuple(args.batches), args.reps, root)
+        print(res["kind"] + (f"; max |output diff| {res['max_abs_diff']:.2e}" if "max_abs_diff" in res else ""))
+        for r in res["rows"]:
+            print(f"batch {r['batch']:3d} {r['size']:4d} px: dense {r['dense_ms']:8.2f} ms  fast {r['fast_ms']:8.2f} ms"
+                  f"  speed-up {r['speedup']:.2f}x")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        return 0
+    if args.zoo_cmd == "export":
+        if args.channel_density is not None:
+            raise SystemExit("--channel-density applies to --format compact only")
+        out = zoo.export(args.name, Path(args.out), args.format, root)
+        e = zoo.entry(args.name, root)
+        print(f"wrote {out} ({args.format})")
+        if args.format == "solo":
+            plug = sorted(e.get("plugins") or {})
+            gated = [p for p in plug if p in ("cdg", "cgnet", "fbs", "dgnet_dual", "dgnet_gated")]
+            line = f" with '- solo_sparse: {gated[0]}' (and its keys) in the linear YAML" if gated else ""
+            print(f"main_linear.py: ++pretrained_feature_extractor='{out}'{line}")
+        return 0
+    raise AssertionError(args.zoo_cmd)
+
+
+def _cmd_report(args) -> int:
+    from . import report, zoo
+
+    out = Path(args.out)
+    src = args.source
+    if src == "zoo":
+        print(report.plot_zoo(out, Path(args.zoo) if args.zoo else None))
+        return 0
+    if Path(src).exists():
+        for p in report.plot_run(Path(src), out):
+            print(p)
+        return 0
+    e = zoo.entry(src, Path(args.zoo) if args.zoo else None)
+    _, masks, _ = zoo.read_backbone(zoo.fetch(e, Path(args.zoo) if args.zoo else None))
+    p = report.plot_layer_density(masks, out / f"{src}_layer_density.png", src)
+    if p is None:
+        raise RuntimeError(f"zoo entry {src!r} has no weight masks (a gated backbone: its sparsity is dynamic; "
+                           f"run `solo-sparse report <its training run dir>` for the logged gate sparsity)")
+    print(p)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="solo-sparse", description="Sparse and gated SSL plugins for solo-learn")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -276,6 +361,37 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input-size", type=int, default=32)
     a.add_argument("--out", default=None)
     a.set_defaults(fn=_cmd_retrain)
+    a = sub.add_parser("zoo", help="model zoo: list | show | verify | export | bench")
+    a.add_argument("--zoo", default=None, help="zoo directory (default: the package's zoo/ or $SOLO_SPARSE_ZOO)")
+    zs = a.add_subparsers(dest="zoo_cmd", required=True)
+    z = zs.add_parser("list", help="entries with accuracy, density, FLOPs, size")
+    z.add_argument("--json", action="store_true")
+    z.add_argument("--names", action="store_true", help="entry names only, one per line")
+    z = zs.add_parser("show", help="one entry's full manifest record")
+    z.add_argument("name")
+    z = zs.add_parser("verify", help="sha256, format and a strict build of one or every entry")
+    z.add_argument("name", nargs="?")
+    z = zs.add_parser("export", help="write a solo-learn checkpoint (main_linear.py) or a torchvision state dict")
+    z.add_argument("name")
+    z.add_argument("--out", required=True)
+    z.add_argument("--format", choices=("solo", "torchvision", "compact"), default="solo",
+                   help="compact: a smaller dense ResNet with dead internal channels removed (zoo format)")
+    z.add_argument("--channel-density", type=float, default=None,
+                   help="compact: first prune the block-internal channels to this fraction")
+    z.add_argument("--fp16", action="store_true", help="compact: store floats as fp16")
+    z = zs.add_parser("bench", help="CPU latency: compact export vs dense (DGNet entries: gated vs dense path)")
+    z.add_argument("name")
+    z.add_argument("--channel-density", type=float, default=None)
+    z.add_argument("--sizes", type=int, nargs="+", default=[32])
+    z.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    z.add_argument("--reps", type=int, default=30)
+    z.add_argument("--out", default=None, help="write the full result as JSON")
+    a.set_defaults(fn=_cmd_zoo)
+    a = sub.add_parser("report", help="PNG plots of a run directory, a zoo entry, or 'zoo' (accuracy vs FLOPs)")
+    a.add_argument("source", help="run directory | zoo entry name | zoo")
+    a.add_argument("--out", default="report")
+    a.add_argument("--zoo", default=None)
+    a.set_defaults(fn=_cmd_report)
     return p
 
 

@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Build (or rebuild) a zoo entry: train it from its solo-learn config, or pack an existing checkpoint.
+
+    # reproduce an entry from the config stored with it (trains through main_pretrain.py)
+    python scripts/build_zoo.py --name resnet18-fmnist-byol-synccp10 --data data/fmnist5k
+    # pack a checkpoint you already have (the config is copied next to the manifest)
+    python scripts/build_zoo.py --name NAME --config scripts/configs/fmnist/byol_synccp10.yaml \\
+        --checkpoint runs/.../last.ckpt --data data/fmnist5k [--fp16]
+
+IMP entries record their driver arguments (``--imp-args``): reproducing one runs ``solo-sparse imp``
+with them and packs the last round. Every entry is evaluated here, from the packed file (so the
+numbers describe what users load): weighted kNN (k=20, k=1) and a linear probe on frozen 32 px
+features of ``--data`` (train/ as reference, val/ as test), density of the masked convs, FLOPs of
+the evaluated path (whole network; gated: the plugin's exact per-sample count on val images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from solo_sparse import zoo
+from solo_sparse.backbones import gating_plugin
+from solo_sparse.evaluate import backbone_state, evaluate_backbone, load_images
+from solo_sparse.flops import count_macs
+from solo_sparse.imp_driver import newest_checkpoint, solo_learn_dir
+from solo_sparse.sparsifier import MASK
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pack_checkpoint(ck: Path, out: Path, fp16: bool) -> dict:
+    state_all = torch.load(ck, map_location="cpu", weights_only=True)
+    state = backbone_state(state_all)
+    masks = {k[: -len(MASK) - 1] + ".weight": v for k, v in state.items() if k.endswith("." + MASK)}
+    weights = {k: v for k, v in state.items() if not k.endswith("." + MASK)}
+    plugin_state = state_all.get("solo_sparse") or {}
+    gname, gcfg = gating_plugin(plugin_state)
+    zoo.save_backbone(out, weights, masks, arch="resnet18", fp16=fp16,
+                      gating={"plugin": gname, "config": gcfg} if gname else None)
+    # local file paths in a plugin config (IMP's masks/init) mean nothing to users: keep the file name
+    plugins = {n: {k: (Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v)
+                   for k, v in st.get("config", {}).items()} for n, st in plugin_state.items()}
+    return {"plugins": plugins, "epochs": state_all.get("epoch", -1) + 1, "gating": gname}
+
+
+def flops_of(net, gname, X) -> dict:
+    if gname in ("cdg", "cgnet", "fbs"):
+        from solo_sparse.cdg import measure
+
+        m = measure(net, X)
+        return {"flops_ratio": 1.0 / m["network_reduction"], "conditional_sparsity": m["mean_sparsity"]}
+    if gname in ("dgnet_dual", "dgnet_gated"):
+        from solo_sparse.dgnet import measure
+
+        m = measure(net, X)
+        return {"flops_ratio": m["network_macs_ratio"], "gated_blocks_flops_ratio": m["gated_blocks_flops_ratio"]}
+    rep = count_macs(net, X[:1])
+    return {"flops_ratio": rep.effective / rep.dense}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--data", required=True, help="image folder with train/ and val/ (evaluation; training data)")
+    ap.add_argument("--config", default=None, help="solo-learn YAML (default: the entry's stored config)")
+    ap.add_argument("--checkpoint", default=None, help="pack this checkpoint instead of training")
+    ap.add_argument("--imp-args", default=None, help="IMP entries: arguments of `solo-sparse imp` (quoted)")
+    ap.add_argument("--zoo", default=str(ROOT / "zoo"))
+    ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--algorithm", default=None)
+    ap.add_argument("--license", default="MIT")
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--work", default=None, help="training directory (default: <zoo>/build/<name>)")
+    args = ap.parse_args(argv)
+
+    zroot = Path(args.zoo).resolve()
+    old = {}
+    try:
+        old = zoo.entry(args.name, zroot)
+    except zoo.ZooError:
+        pass
+    cfg_dst = zroot / "configs" / f"{args.name}.yaml"
+    cfg_src = Path(args.config).resolve() if args.config else cfg_dst
+    if not cfg_src.exists():
+        raise SystemExit(f"no config for {args.name}: pass --config (looked for {cfg_src})")
+    imp_args = args.imp_args if args.imp_args is not None else old.get("imp_args")
+    data = Path(args.data).resolve()
+    ck = Path(args.checkpoint).resolve() if args.checkpoint else None
+    command = None
+    if ck is None:
+        work = Path(args.work or zroot / "build" / args.name).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        if imp_args:
+            cmd = [sys.executable, "-m", "solo_sparse.cli", "imp", "--config", str(cfg_src), "--out", str(work),
+                   *shlex.split(imp_args), "--", f"++data.train_path={data / 'train'}"]
+        else:
+            cmd = [sys.executable, str(solo_learn_dir(None) / "main_pretrain.py"), "--config-path",
+                   str(cfg_src.parent), "--config-name", cfg_src.name, f"++name={args.name}",
+                   f"++checkpoint.dir={work}", f"++data.train_path={data / 'train'}"]
+        command = " ".join(cmd)
+        print(f"[{args.name}] training: {command}", flush=True)
+        rc = subprocess.call(cmd, cwd=str(work))
+        if rc:
+            raise SystemExit(f"training failed ({rc})")
+        ck = newest_checkpoint(work if not imp_args else sorted(work.glob("round_*"))[-1])
+        if ck is None:
+            raise SystemExit(f"training wrote no checkpoint under {work}")
+    # config (and its augmentation group files) next to the manifest
+    cfg_dst.parent.mkdir(parents=True, exist_ok=True)
+    if cfg_src != cfg_dst:
+        shutil.copyfile(cfg_src, cfg_dst)
+        aug = cfg_src.parent / "augmentations"
+        if aug.is_dir():
+            shutil.copytree(aug, cfg_dst.parent / "augmentations", dirs_exist_ok=True)
+    rel = Path("weights") / f"{args.name}.safetensors"
+    t0 = time.time()
+    info = pack_checkpoint(ck, zroot / rel, args.fp16)
+    # evaluate what users load: the packed file, through the zoo loader
+    state, masks, meta = zoo.read_backbone(zroot / rel)
+    net = zoo.build_module(state, masks, meta)
+    train = load_images(str(data / "train"), 32)
+    test = load_images(str(data / "val"), 32)
+    acc = evaluate_backbone(net, train, test)
+    fl = flops_of(net, info["gating"], test[0][:2000])
+    kept = sum(int(m.sum()) for m in masks.values())
+    tot = sum(m.numel() for m in masks.values())
+    import yaml
+
+    cfg = yaml.safe_load(cfg_dst.read_text())
+    plugin_names = sorted(info["plugins"])
+    record = {
+        "name": args.name,
+        "algorithm": args.algorithm or (plugin_names[0] if plugin_names else "dense"),
+        "plugins": info["plugins"],
+        "method": cfg.get("method"),
+        "backbone": "resnet18",
+        "dataset": f"Fashion-MNIST ({data.name}: {len(train[1])} train images, {len(test[1])} test images, 32 px)",
+        "epochs": info["epochs"],
+        "eval_protocol": "frozen 32 px features of the packed file: weighted cosine kNN (k=20, T=0.07; k=1) vs the "
+                         "train split, logistic-regression linear probe (L-BFGS); test = val split",
+        "accuracy": {k: round(100 * v, 2) for k, v in acc.items()},
+        "density": (kept / tot) if tot else None,
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in fl.items()},
+        "file": str(rel),
+        "sha256": zoo.sha256(zroot / rel),
+        "size_bytes": (zroot / rel).stat().st_size,
+        "fp16": bool(args.fp16),
+        "config": str(cfg_dst.relative_to(zroot)),
+        "imp_args": imp_args,
+        "train_command": command or old.get("train_command"),
+        "reproduce": f"python scripts/build_zoo.py --name {args.name} --data data/{data.name}"
+                     + (" --fp16" if args.fp16 else ""),
+        "source_checkpoint": ck.name,
+        "date": zoo.today(),
+        "license": args.license,
+        "notes": args.notes or old.get("notes", ""),
+    }
+    zoo.add_entry(zroot, record)
+    print(json.dumps({k: v for k, v in record.items() if k != "plugins"}, indent=1))
+    print(f"[{args.name}] packed and evaluated in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
