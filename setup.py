@@ -46,6 +46,7 @@ setup(
             "cdg = solo_sparse_plugins.cdg:CDG",
             "cgnet = solo_sparse_plugins.cgnet:CGNet",
             "fbs = solo_sparse_plugins.fbs:FBS",
+            "interloss = solo_sparse_plugins.interloss:InterLoss",
         ],
     },
     zip_safe=False,

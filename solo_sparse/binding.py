@@ -61,9 +61,11 @@ def make_view(model: "BaseMethod") -> ModelView:
         mod = getattr(model, g, None)
         if mod is not None:
             groups[g] = ModuleGroup(g, mod, getattr(model, f"momentum_{g}", None))
-    return ModelView(groups, method_family(type(model)), method=str(model.cfg.method),
+    view = ModelView(groups, method_family(type(model)), method=str(model.cfg.method),
                      log=model._ss_queue_log, num_large_crops=model.num_large_crops,
                      classifier=getattr(model, "classifier", None))
+    view.model = model
+    return view
 
 
 # ----------------------------------------------------------------------------------------- wrapper
@@ -87,6 +89,12 @@ class _SoloSparseMixin:
         self._ss_in_train = False
         self.solo_sparse = PluginHost(plugins)
         self.solo_sparse.setup(make_view(self))
+        owned = {p.name: p.modules() for p in plugins}
+        owned = {k: v for k, v in owned.items() if v is not None}
+        if owned:   # aux heads etc.: trained, moved to the device and checkpointed with the method
+            import torch.nn as nn
+
+            self.solo_sparse_modules = nn.ModuleDict(owned)
 
     @classmethod
     def _ss_section(cls, cfg) -> Dict[str, Any]:
@@ -142,7 +150,9 @@ class _SoloSparseMixin:
         self.solo_sparse.view.batch = (batch[0], batch[-1])
         self.solo_sparse.on_step_start()
         try:
-            out = super().training_step(batch, batch_idx)
+            out = self.solo_sparse.training_step(self, batch, batch_idx)   # a step-driving plugin, or None
+            if out is None:
+                out = super().training_step(batch, batch_idx)
         finally:
             self._ss_in_train = False
         extra = self.solo_sparse.extra_loss()

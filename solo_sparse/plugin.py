@@ -64,6 +64,9 @@ class ModelView:
         self.classifier = classifier
         #: ``(indexes (B,), targets (B,))`` of the training batch in progress, or None
         self.batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        #: the method module itself (solo-learn binding only; None in plain-torch use), for plugins that
+        #: drive the whole step and need its hyper-parameters and loss state
+        self.model: Optional[torch.nn.Module] = None
 
     def log(self, metrics: Dict[str, float]) -> None:
         if self._log is not None and metrics:
@@ -81,6 +84,12 @@ class Plugin:
     refused_methods: ClassVar[Tuple[str, ...]] = ()
     #: the plugin leaves parameters without gradient in some steps (gates, partial backprop)
     leaves_parameters_unused: ClassVar[bool] = False
+    #: the plugin runs the whole training step itself (:meth:`training_step`); at most one per run
+    drives_step: ClassVar[bool] = False
+    #: the plugin's behaviour does not depend on which crop/branch is being forwarded (weight
+    #: sparsity): only such plugins may be stacked with a step-driving plugin, whose forward may
+    #: interleave the two views
+    branch_independent: ClassVar[bool] = False
     Config: ClassVar[type]
 
     def __init__(self, config):
@@ -111,6 +120,20 @@ class Plugin:
     def setup(self, view: ModelView) -> None:
         """Construction hook: create masks/gates (persistent buffers/parameters) on the modules."""
         self.view = view
+
+    def modules(self) -> Optional[torch.nn.Module]:
+        """Modules the plugin owns (e.g. auxiliary heads): the binding registers them on the method
+        as ``solo_sparse_modules.<plugin>`` so they train, move to the device and are checkpointed."""
+        return None
+
+    def training_step(self, model, batch, batch_idx: int):
+        """Step drivers (``drives_step``): return the step's loss, or None to let the method run its
+        own ``training_step``. Called after ``on_step_start``."""
+        return None
+
+    @classmethod
+    def check_stack(cls, others: Sequence["Plugin"]) -> None:
+        """Refuse combinations with the other plugins of a ``plugins: [...]`` list."""
 
     # --------------------------------------------------------------- training hooks
     def on_train_start(self) -> None: ...
@@ -165,6 +188,21 @@ def require_all_backbone_keys(backbone: torch.nn.Module, plugin: str, path: str)
     backbone.register_load_state_dict_post_hook(post_hook)
 
 
+def check_stack(plugins: Sequence[Plugin]) -> None:
+    """The stacking rule: at most one step-driving plugin, and only with branch-independent ones."""
+    drivers = [p.name for p in plugins if p.drives_step]
+    if len(drivers) > 1:
+        raise ConfigError(f"{PREFIX}.plugins: {drivers} each run the whole training step; combine at most one")
+    if drivers:
+        bad = [p.name for p in plugins if not p.drives_step and not p.branch_independent]
+        if bad:
+            raise ConfigError(f"{PREFIX}.plugins: '{drivers[0]}' forwards both views itself and cannot be combined "
+                              f"with branch-dependent plugin(s) {bad}; weight-sparsity plugins (gmp, synccp, "
+                              f"granet, imp) stack with it")
+    for p in plugins:
+        p.check_stack([q for q in plugins if q is not p])
+
+
 class PluginHost:
     """Drives one or more plugins through the hooks, counts steps, and owns their saved state."""
 
@@ -174,6 +212,7 @@ class PluginHost:
         names = [p.name for p in plugins]
         if len(set(names)) != len(names):
             raise ConfigError(f"{PREFIX}.plugins lists a plugin twice: {names}")
+        check_stack(plugins)
         self.plugins = list(plugins)
         self.view: Optional[ModelView] = None
 
@@ -199,6 +238,13 @@ class PluginHost:
             self.view.branch = branch
         for p in self.plugins:
             p.on_crop(branch)
+
+    def training_step(self, model, batch, batch_idx: int):
+        """The loss of the one step-driving plugin, or None (the method's own step)."""
+        for p in self.plugins:
+            if p.drives_step:
+                return p.training_step(model, batch, batch_idx)
+        return None
 
     def extra_loss(self) -> Optional[torch.Tensor]:
         total = None

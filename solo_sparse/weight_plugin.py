@@ -20,6 +20,8 @@ log = logging.getLogger("solo_sparse")
 
 
 class WeightSparsityPlugin(Plugin):
+    #: masks act per encoder (online / momentum), never per crop: stackable with step drivers
+    branch_independent = True
     #: the momentum encoder uses the online masks (gmp); plugins with their own momentum masks set False
     momentum_follows_online: bool = True
     #: encoders masked in the forward only, their stored weights kept dense (SDCLR)

@@ -1,0 +1,249 @@
+"""``interloss`` — intermediate contrastive loss with partial back-propagation and block-wise hard-pair
+selection (seed 5, "Fast training of contrastive learning with intermediate contrastive loss").
+
+Auxiliary heads after the listed ResNet stages are trained with the method's own objective at that
+depth (SimCLR NT-Xent; MoCo v2+ with a queue per head; BYOL with a predictor and a momentum head per
+depth; VICReg / Barlow Twins with an expander per depth). The final loss is the method's own.
+
+* ``partial_backprop: true``: each step draws ONE depth d from {heads..., final} (``weights``,
+  uniform by default); the forward of both views (online and momentum encoders) stops after block d,
+  so only blocks 1..d and head d get gradients — that is where the time goes.
+  ``false``: every step runs the whole network and the loss is Σ_d w_d L_d (w normalised to sum 1:
+  the expectation of the partial-back-prop loss).
+* ``hard_pairs: true``: after each of ``hard_blocks`` (≤ the depth reached), M = ``num_crops`` random
+  crops of ``crop_fraction`` of each view's map; per image the hardest of the M×M positive pairs
+  (lowest cosine similarity of head embeddings, no gradient) goes on; the resolution shrinks.
+
+Steps the plugin runs itself (every step when ``hard_pairs`` or ``partial_backprop: false``; the
+intermediate-depth steps otherwise): solo-learn's online linear classifier is trained on the detached
+pooled final features on full-depth steps only (from the selected crops under hard pairs); truncated
+steps log no ``train_acc1`` / ``train_nce_loss`` and skip solo-learn's online kNN. Full-depth steps
+without hard pairs under partial back-prop are solo-learn's own ``training_step``, unchanged.
+Metrics: ``solo_sparse/interloss/depth``, ``solo_sparse/interloss/loss_d<d>``, ``.../hard_pair_sim_b<j>``.
+Momentum heads follow the online heads with the encoder's tau. Two large crops only (no multicrop).
+Stacks with weight-sparsity plugins (``plugins: [synccp, interloss]``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from solo_sparse.config import ConfigError, check_int, check_range, key_error
+from solo_sparse.interloss import (STAGES, adapt_head, check_backbone, draw_depth, ema_, forward_maps,
+                                   fresh_copy, frozen_copy, pool, stage_channels, two_view_forward)
+from solo_sparse.plugin import Branch, Plugin
+
+SUPPORTED = ("simclr", "mocov2plus", "byol", "vicreg", "barlow_twins")
+FINAL = len(STAGES)
+
+
+def _blocks(key: str, v: Any, allow_empty: bool) -> List[int]:
+    vals = [v] if isinstance(v, int) and not isinstance(v, bool) else list(v or [])
+    if (not vals and not allow_empty) or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b < FINAL
+                                             for b in vals) or len(set(vals)) != len(vals):
+        raise key_error(key, v, f"distinct block indices in 1..{FINAL - 1} (ResNet stages before the last; "
+                                f"{FINAL} is the method's own final loss)" + ("" if allow_empty else ", at least one"))
+    return sorted(vals)
+
+
+@dataclass
+class InterLossConfig:
+    #: stages with an auxiliary head (1-based; the final stage is the method's own loss)
+    heads: List[int] = field(default_factory=lambda: [1, 2, 3])
+    #: sampling weights of [heads..., final] (null: uniform)
+    weights: Optional[List[float]] = None
+    partial_backprop: bool = True
+    hard_pairs: bool = True
+    #: blocks after which hard pairs are selected (each needs a head)
+    hard_blocks: List[int] = field(default_factory=lambda: [1, 2])
+    #: M: random crops per view and block
+    num_crops: int = 4
+    #: crop side as a fraction of the feature map's
+    crop_fraction: float = 0.75
+    seed: int = 0
+
+    def __post_init__(self):
+        self.heads = _blocks("heads", self.heads, allow_empty=False)
+        self.hard_blocks = _blocks("hard_blocks", self.hard_blocks, allow_empty=True)
+        if not isinstance(self.partial_backprop, bool):
+            raise key_error("partial_backprop", self.partial_backprop, "true or false")
+        if not isinstance(self.hard_pairs, bool):
+            raise key_error("hard_pairs", self.hard_pairs, "true or false")
+        self.num_crops = check_int("num_crops", self.num_crops, 1)
+        self.crop_fraction = check_range("crop_fraction", self.crop_fraction, 0.0, 1.0, lo_open=True)
+        self.seed = check_int("seed", self.seed, 0)
+        if self.hard_pairs:
+            if not self.hard_blocks:
+                raise key_error("hard_blocks", self.hard_blocks, "at least one block when hard_pairs is true")
+            missing = [b for b in self.hard_blocks if b not in self.heads]
+            if missing:
+                raise key_error("hard_blocks", self.hard_blocks, f"blocks with a head (heads: {self.heads}); "
+                                f"hard pairs are scored with head embeddings, {missing} has none")
+        if self.weights is not None:
+            w = list(self.weights)
+            if len(w) != len(self.heads) + 1 or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0
+                                                    for x in w) or sum(w) <= 0:
+                raise key_error("weights", self.weights, f"{len(self.heads) + 1} non-negative numbers (one per head "
+                                f"{self.heads} and one for the final loss), not all 0")
+            self.weights = [float(x) for x in w]
+
+    @property
+    def depths(self) -> List[int]:
+        return [*self.heads, FINAL]
+
+    @property
+    def probs(self) -> List[float]:
+        w = self.weights or [1.0] * len(self.depths)
+        return [x / sum(w) for x in w]
+
+
+class _Modules(nn.Module):
+    """Aux heads (``heads.<d>``), BYOL predictors, momentum heads and MoCo queues of one run."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict()
+        self.predictors = nn.ModuleDict()
+        self.momentum_heads = nn.ModuleDict()
+
+
+class InterLoss(Plugin):
+    name = "interloss"
+    description = "intermediate contrastive loss: aux heads, partial back-propagation, block-wise hard pairs"
+    Config = InterLossConfig
+    drives_step = True
+    leaves_parameters_unused = True
+
+    @classmethod
+    def check_method(cls, method: str, family: str) -> None:
+        super().check_method(method, family)
+        if method not in SUPPORTED:
+            raise ConfigError(f"plugin 'interloss' does not support method '{method}'; supported: "
+                              f"{', '.join(SUPPORTED)} (their objectives are applied at every head's depth)")
+
+    # ------------------------------------------------------------------ construction
+    def setup(self, view) -> None:
+        super().setup(view)
+        model = view.model
+        method = view.method
+        if method not in SUPPORTED:
+            raise ConfigError(f"plugin 'interloss' does not support method '{method}'; supported: {', '.join(SUPPORTED)}")
+        if model is not None and (getattr(model, "num_large_crops", 2) != 2 or getattr(model, "num_small_crops", 0)):
+            raise ConfigError(f"plugin 'interloss' needs exactly two large crops and no multicrop (got "
+                              f"{model.num_large_crops} large, {model.num_small_crops} small): hard pairs and "
+                              f"per-depth objectives pair view 1 with view 2")
+        backbone = view.groups["backbone"].online
+        try:
+            check_backbone(backbone)
+        except ValueError as e:
+            raise ConfigError(f"plugin 'interloss': {e} (hard pairs and aux heads need spatial feature maps)") from e
+        chans = stage_channels(backbone)
+        proj = view.groups["projector"].online
+        self.mods = _Modules()
+        for d in self.config.heads:
+            head = adapt_head(proj, chans[d - 1])
+            self.mods.heads[str(d)] = head
+            if method == "byol":
+                self.mods.predictors[str(d)] = fresh_copy(view.groups["predictor"].online)
+            if method in ("byol", "mocov2plus"):
+                self.mods.momentum_heads[str(d)] = frozen_copy(head)
+            if method == "mocov2plus":
+                dim = [m for m in proj.modules() if isinstance(m, nn.Linear)][-1].out_features
+                k = int(model.queue_size) if model is not None else 4096
+                self.mods.register_buffer(f"queue_{d}", F.normalize(torch.randn(2, dim, k), dim=1))
+                self.mods.register_buffer(f"queue_ptr_{d}", torch.zeros(1, dtype=torch.long))
+        self._tau: Optional[float] = None
+        self._last_ema_step = -1
+
+    def modules(self) -> nn.Module:
+        return self.mods
+
+    def param_groups(self, base_lr: float) -> list:
+        params = list(self.mods.heads.parameters()) + list(self.mods.predictors.parameters())
+        return [{"name": "solo_sparse_interloss_heads", "params": params, "lr": base_lr}]
+
+    # ------------------------------------------------------------------ per depth
+    def _enqueue(self, d: int):
+        def enqueue(keys: torch.Tensor) -> None:
+            queue, ptr = getattr(self.mods, f"queue_{d}"), getattr(self.mods, f"queue_ptr_{d}")
+            b, k = keys.shape[1], queue.shape[-1]
+            if k % b:
+                raise ConfigError(f"interloss: MoCo queue size {k} is not a multiple of the batch {b}")
+            p = int(ptr)
+            queue[:, :, p: p + b] = keys.permute(0, 2, 1)
+            ptr[0] = (p + b) % k
+        return enqueue
+
+    def parts(self, model, d: int):
+        from solo_sparse.solo_objectives import Parts, final_parts
+
+        if d == FINAL:
+            return final_parts(model)
+        key = str(d)
+        return Parts(self.mods.heads[key], self.mods.predictors[key] if key in self.mods.predictors else None,
+                     self.mods.momentum_heads[key] if key in self.mods.momentum_heads else None,
+                     getattr(self.mods, f"queue_{d}", None), self._enqueue(d) if hasattr(self.mods, f"queue_{d}") else None,
+                     pooled=False)
+
+    # ------------------------------------------------------------------ the step
+    def on_step_start(self) -> None:
+        model = self.view.model if self.view is not None else None
+        upd = getattr(model, "momentum_updater", None)
+        self._tau = float(upd.cur_tau) if upd is not None else None
+
+    def training_step(self, model, batch, batch_idx: int):
+        from solo_sparse.solo_objectives import MOMENTUM, classifier_loss, objective
+
+        c = self.config
+        depth = draw_depth(c.depths, c.probs, c.seed, self.step) if c.partial_backprop else FINAL
+        self.log({"interloss/depth": depth})
+        if c.partial_backprop and depth == FINAL and not c.hard_pairs:
+            return None                                        # the method's own step, unchanged
+        indexes, X, targets = batch[0], batch[1], batch[-1]
+        x1, x2 = X[0], X[1]
+        if not getattr(model, "no_channel_last", True):
+            x1, x2 = x1.to(memory_format=torch.channels_last), x2.to(memory_format=torch.channels_last)
+        depths = [depth] if c.partial_backprop else c.depths
+        hard = [b for b in c.hard_blocks if b <= depth] if c.hard_pairs else []
+        gen = torch.Generator().manual_seed(c.seed * 7919 + self.step)
+        host = model.solo_sparse
+        host.on_crop(Branch(crop=0, encoder="online"))
+        maps1, maps2, crops1, crops2, sims = two_view_forward(
+            model.backbone, x1, x2, depth, hard, lambda j: self.parts(model, j).embed, c.num_crops,
+            c.crop_fraction, gen)
+        method = self.view.method
+        g1 = g2 = None
+        if method in MOMENTUM:
+            host.on_crop(Branch(crop=0, encoder="momentum"))
+            with torch.no_grad():
+                g1 = forward_maps(model.momentum_backbone, x1, depth, crops1)
+                g2 = forward_maps(model.momentum_backbone, x2, depth, crops2)
+        total = 0.0
+        metrics = {}
+        probs = dict(zip(c.depths, c.probs))
+        for d in depths:
+            loss, _ = objective(method, model, self.parts(model, d), maps1[d], maps2[d],
+                                None if g1 is None else g1[d], None if g2 is None else g2[d], indexes)
+            metrics[f"interloss/loss_d{d}"] = float(loss.detach())
+            total = total + (loss if c.partial_backprop else probs[d] * loss)
+        for j, s in sims.items():
+            metrics[f"interloss/hard_pair_sim_b{j}"] = float(s.mean())
+        if depth == FINAL:
+            f = torch.cat([pool(maps1[FINAL]), pool(maps2[FINAL])])
+            cls_loss, cls_m = classifier_loss(model, f, targets.repeat(2))
+            total = total + cls_loss
+            model.log("train_acc1", cls_m["train_acc1"], on_epoch=True, sync_dist=True)
+        self.log(metrics)
+        return total
+
+    # ------------------------------------------------------------------ momentum heads
+    def after_momentum_update(self) -> None:
+        if self._tau is None or self.step == self._last_ema_step or not len(self.mods.momentum_heads):
+            return
+        self._last_ema_step = self.step
+        for k, mh in self.mods.momentum_heads.items():
+            ema_(self.mods.heads[k], mh, self._tau)

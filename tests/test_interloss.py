@@ -1,0 +1,153 @@
+"""Intermediate contrastive loss engine (no solo-learn): crops, hard-pair selection, truncated
+forwards, heads, depth sampling, config validation, the plugin stacking rule, MACs accounting."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from solo_sparse import interloss as IL
+from solo_sparse.config import ConfigError
+from solo_sparse.evaluate import build_resnet
+
+
+def test_take_crops_matches_slicing_and_keeps_channels_last():
+    x = torch.randn(3, 5, 8, 8)
+    off = torch.tensor([[0, 0], [2, 1], [3, 3]])
+    got = IL.take_crops(x, off, 5, 4)
+    for b in range(3):
+        t, l = off[b].tolist()
+        assert torch.equal(got[b], x[b, :, t:t + 5, l:l + 4])
+    cl = IL.take_crops(x.to(memory_format=torch.channels_last), off, 5, 4)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, got)
+    assert IL.crop_size(8, 8, 0.75) == (6, 6) and IL.crop_size(1, 1, 0.75) == (1, 1)
+
+
+def test_hard_pair_is_the_least_similar_of_the_m_by_m_pairs():
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(4, 6, 8, 8), torch.randn(4, 6, 8, 8)
+    embed = nn.Sequential(nn.Flatten(1), nn.LazyLinear(5))
+    embed(torch.zeros(1, 6, 6, 6))
+    m = 3
+    o1, o2, size, sim = IL.select_hard_pair(x1, x2, embed, m, 0.75, torch.Generator().manual_seed(7))
+    # brute force with the same random offsets
+    g = torch.Generator().manual_seed(7)
+    a1 = IL.random_offsets(4, m, 8, 8, 6, 6, g)
+    a2 = IL.random_offsets(4, m, 8, 8, 6, 6, g)
+    for b in range(4):
+        best = None
+        for i in range(m):
+            for j in range(m):
+                e1 = embed(x1[b:b + 1, :, a1[i, b, 0]:a1[i, b, 0] + 6, a1[i, b, 1]:a1[i, b, 1] + 6])
+                e2 = embed(x2[b:b + 1, :, a2[j, b, 0]:a2[j, b, 0] + 6, a2[j, b, 1]:a2[j, b, 1] + 6])
+                s = float(F.cosine_similarity(e1, e2))
+                if best is None or s < best[0]:
+                    best = (s, a1[i, b].tolist(), a2[j, b].tolist())
+        assert o1[b].tolist() == best[1] and o2[b].tolist() == best[2], b
+        assert float(sim[b]) == pytest.approx(best[0], abs=1e-5)
+    assert size == (6, 6)
+
+
+def test_forward_maps_matches_the_backbone_and_crops_replay():
+    torch.manual_seed(0)
+    net = build_resnet("resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps = IL.forward_maps(net, x, 4)
+        torch.testing.assert_close(IL.pool(maps[4]), net(x))
+        assert [maps[j].shape[1] for j in (1, 2, 3, 4)] == IL.stage_channels(net) == [64, 128, 256, 512]
+        head = {j: IL.adapt_head(nn.Sequential(nn.Linear(512, 16), nn.ReLU(), nn.Linear(16, 8)), c)
+                for j, c in zip((1, 2), (64, 128))}
+        m1, m2, c1, c2, sims = IL.two_view_forward(net, x, x.flip(3), 3, (1, 2), lambda j: head[j], 4, 0.75,
+                                                   torch.Generator().manual_seed(1))
+        assert m1[1].shape[-2:] == (6, 6) and m1[2].shape[-2:] == (2, 2) and set(sims) == {1, 2}
+        # a momentum encoder replaying the chosen crops sees the same maps (same weights here)
+        r1 = IL.forward_maps(net, x, 3, c1)
+        for j in (1, 2, 3):
+            torch.testing.assert_close(r1[j], m1[j])
+
+
+def test_adapt_head_is_a_fresh_copy_with_new_input_width():
+    proj = nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16))
+    head = IL.adapt_head(proj, 128)
+    assert head(torch.randn(4, 128, 3, 3)).shape == (4, 16)
+    lin = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    assert lin[0].in_features == 128 and lin[-1].out_features == 16
+    assert lin[-1].weight.data_ptr() != proj[3].weight.data_ptr()
+    assert isinstance(head[2][1], nn.BatchNorm1d)     # the method's layers are kept
+
+
+def test_ema_and_frozen_copy():
+    a = nn.Linear(3, 2)
+    b = IL.frozen_copy(a)
+    assert not any(p.requires_grad for p in b.parameters())
+    with torch.no_grad():
+        a.weight.add_(1.0)
+    before = b.weight.clone()
+    IL.ema_(a, b, 0.9)
+    torch.testing.assert_close(b.weight, 0.9 * before + 0.1 * a.weight)
+
+
+def test_draw_depth_is_deterministic_and_follows_the_weights():
+    d = [1, 2, 3, 4]
+    assert [IL.draw_depth(d, [1, 1, 1, 1], 0, s) for s in range(50)] == \
+        [IL.draw_depth(d, [1, 1, 1, 1], 0, s) for s in range(50)]
+    draws = [IL.draw_depth(d, [0.5, 0.0, 0.25, 0.25], 3, s) for s in range(4000)]
+    assert 2 not in draws
+    assert draws.count(1) / 4000 == pytest.approx(0.5, abs=0.03)
+    assert draws.count(4) / 4000 == pytest.approx(0.25, abs=0.03)
+
+
+def _cfg(**kw):
+    from solo_sparse_plugins.interloss import InterLossConfig
+
+    return InterLossConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,key", [
+    ({"heads": [0]}, "heads"), ({"heads": [4]}, "heads"), ({"heads": []}, "heads"), ({"heads": [1, 1]}, "heads"),
+    ({"num_crops": 0}, "num_crops"), ({"crop_fraction": 0.0}, "crop_fraction"),
+    ({"crop_fraction": 1.5}, "crop_fraction"), ({"heads": [1, 2], "hard_blocks": [3]}, "hard_blocks"),
+    ({"weights": [1, 1]}, "weights"), ({"weights": [0, 0, 0, 0]}, "weights"), ({"hard_pairs": "yes"}, "hard_pairs"),
+])
+def test_config_errors_name_the_key(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        _cfg(**kw)
+
+
+def test_config_defaults_and_probabilities():
+    c = _cfg()
+    assert c.depths == [1, 2, 3, 4] and c.probs == [0.25] * 4 and c.hard_blocks == [1, 2]
+    assert _cfg(weights=[1, 1, 2, 4]).probs == [0.125, 0.125, 0.25, 0.5]
+    assert _cfg(hard_pairs=False, hard_blocks=[]).hard_blocks == []
+
+
+def test_stacking_rule():
+    from solo_sparse.plugin import Plugin, PluginHost, check_stack
+    from solo_sparse.registry import build_plugins
+
+    ok = build_plugins({"plugins": ["synccp", "interloss"], "synccp": {"final_density": 0.2}, "interloss": {}})
+    assert [p.name for p in ok] == ["synccp", "interloss"]
+    PluginHost(ok)
+    with pytest.raises(ConfigError, match="branch-dependent plugin"):
+        PluginHost(build_plugins({"plugins": ["cdg", "interloss"], "interloss": {}}))
+
+    class Driver(Plugin):
+        name = "driver2"
+        drives_step = True
+
+    with pytest.raises(ConfigError, match="combine at most one"):
+        check_stack([ok[1], Driver(None)])
+
+
+def test_backprop_macs_accounting():
+    net = build_resnet("resnet18")
+    full = IL.backward_macs(net, {}, 32, 4)
+    d1 = IL.backward_macs(net, {}, 32, 1)
+    hp = IL.backward_macs(net, {}, 32, 4, (1, 2), 0.75)
+    assert d1 < 0.35 * full and hp < full
+    assert full == pytest.approx(36.4e6, rel=0.05)    # ResNet-18 at 32 px, ImageNet stem (fc removed)
+
+
+def test_check_backbone_refuses_non_resnets():
+    with pytest.raises(ValueError, match="lacks"):
+        IL.check_backbone(nn.Sequential(nn.Conv2d(3, 4, 3)))

@@ -1,0 +1,149 @@
+"""interloss with real solo-learn: every supported method trains; truncated steps leave deeper blocks
+without gradient; the final-depth objective equals the method's own loss; stacking with synccp;
+heads are checkpointed; bad input is refused at construction."""
+import pytest
+import torch
+
+from conftest import needs_solo
+
+pytestmark = needs_solo
+METHODS = ["simclr", "mocov2plus", "byol", "vicreg", "barlow_twins"]
+
+
+def _model(method, **params):
+    import solo.methods as sm
+    import solo_sparse
+    from test_solo_integration import tiny_cfg
+
+    return solo_sparse.wrap(sm.METHODS[method], "interloss", **params)(tiny_cfg(method))
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.arange(n), [torch.randn(n, 3, 32, 32, generator=g) for _ in range(2)], torch.arange(n) % 3]
+
+
+def _quiet(model):
+    model.log = lambda *a, **k: None
+    model.log_dict = lambda *a, **k: None
+    return model
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_fit_and_heads_train(method):
+    from test_solo_integration import fit
+
+    model = _model(method)
+    h0 = {n: p.detach().clone() for n, p in model.solo_sparse_modules.named_parameters()}
+    tr = fit(model, epochs=1)
+    moved = [n for n, p in model.solo_sparse_modules.named_parameters() if not torch.equal(p, h0[n])]
+    assert any(n.startswith("interloss.heads.") for n in moved)
+    if method in ("byol", "mocov2plus"):
+        assert any(n.startswith("interloss.momentum_heads.") for n in moved), "momentum heads never followed"
+    assert "solo_sparse/interloss/depth" in tr.logged_metrics
+    # every head and queue is part of the checkpointed state
+    sd = model.state_dict()
+    assert "solo_sparse_modules.interloss.heads.1.2.0.weight" in sd
+    if method == "mocov2plus":
+        assert "solo_sparse_modules.interloss.queue_2" in sd
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_truncated_step_only_reaches_blocks_up_to_the_drawn_depth(method):
+    model = _quiet(_model(method, weights=[1, 0, 0, 0], hard_pairs=False))   # always depth 1
+    model.train()
+    model.solo_sparse.on_step_start()
+    loss = model.solo_sparse.training_step(model, _batch(), 0)
+    loss.backward()
+    bb = model.backbone
+    assert bb.layer1[0].conv1.weight.grad is not None and bb.conv1.weight.grad is not None
+    assert all(p.grad is None for s in ("layer2", "layer3", "layer4") for p in getattr(bb, s).parameters())
+    assert all(p.grad is None for p in model.projector.parameters())
+    heads = model.solo_sparse_modules["interloss"].heads
+    assert all(p.grad is not None for p in heads["1"].parameters())
+    assert all(p.grad is None for p in heads["2"].parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_final_depth_objective_equals_the_methods_own_loss(method):
+    import solo.methods as sm
+
+    from solo_sparse.interloss import forward_maps, pool
+    from solo_sparse.solo_objectives import classifier_loss, final_parts, objective
+
+    torch.manual_seed(0)
+    model = _quiet(_model(method, hard_pairs=False)).train()
+    batch = _batch(8)
+    idx, X, y = batch
+    queue = model.queue.clone() if method == "mocov2plus" else None
+    solo_total = sm.METHODS[method].training_step(model, batch, 0)
+    solo_total = solo_total["loss"] if isinstance(solo_total, dict) else solo_total
+    if queue is not None:
+        model.queue.copy_(queue)
+        model.queue_ptr.zero_()
+    m1, m2 = forward_maps(model.backbone, X[0], 4), forward_maps(model.backbone, X[1], 4)
+    g1 = g2 = None
+    if hasattr(model, "momentum_backbone"):
+        with torch.no_grad():
+            g1, g2 = forward_maps(model.momentum_backbone, X[0], 4), forward_maps(model.momentum_backbone, X[1], 4)
+    ours, _ = objective(method, model, final_parts(model), m1[4], m2[4], g1 and g1[4], g2 and g2[4], idx)
+    cls, _ = classifier_loss(model, torch.cat([pool(m1[4]), pool(m2[4])]), y.repeat(2))
+    torch.testing.assert_close(ours + cls, solo_total, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_with_synccp_masks_never_leak():
+    import solo.methods as sm
+    import solo_sparse
+    from test_solo_integration import fit, tiny_cfg
+
+    cfg = tiny_cfg("byol", plugins=["synccp", "interloss"],
+                   synccp={"final_density": 0.3, "init_density": 0.6, "start": 0, "end": 6, "every": 2,
+                           "density_gap": 0.2},
+                   interloss={"num_crops": 2})
+    model = sm.METHODS["byol"]
+    model = solo_sparse.wrap(model)(cfg)
+    assert [p.name for p in model.solo_sparse.plugins] == ["synccp", "interloss"]
+    fit(model, epochs=2)
+    sp = model.solo_sparse.plugins[0].sparsifier
+    assert sp.leaked("online") == 0 and sp.leaked("momentum") == 0
+    assert sp.density("online") == pytest.approx(0.3, abs=5e-3)
+    assert model.solo_sparse.plugins[1].step == model.solo_sparse.plugins[0].step == 8
+
+
+@pytest.mark.parametrize("method,extra,msg", [
+    ("simsiam", {}, "does not support method 'simsiam'"),
+    ("simclr", {"num_small_crops": 2}, "exactly two large crops"),
+])
+def test_bad_input_refused_at_construction(method, extra, msg):
+    import solo.methods as sm
+    import solo_sparse
+    from solo_sparse.config import ConfigError
+    from test_solo_integration import tiny_cfg
+
+    cfg = tiny_cfg(method)
+    for k, v in extra.items():
+        cfg.data[k] = v
+    with pytest.raises((ConfigError, AssertionError, ValueError), match=msg):
+        solo_sparse.wrap(sm.METHODS[method], "interloss")(cfg)
+
+
+def test_channels_last_and_bf16_mixed_precision():
+    import lightning.pytorch as pl
+    import solo.methods as sm
+    import solo_sparse
+    from test_solo_integration import loader, tiny_cfg
+
+    cfg = tiny_cfg("mocov2plus")
+    cfg.performance.disable_channel_last = False
+    model = solo_sparse.wrap(sm.METHODS["mocov2plus"], "interloss", partial_backprop=False)(cfg)
+    assert model.no_channel_last is False
+    seen = []
+    model.backbone.layer2.register_forward_hook(
+        lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(memory_format=torch.channels_last))))
+    tr = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, precision="bf16-mixed",
+                    log_every_n_steps=1)
+    tr.fit(model, loader())
+    assert seen and all(dt == torch.bfloat16 for dt, _ in seen)
+    assert any(cl for _, cl in seen), "stage inputs were never channels_last"
+    assert torch.isfinite(torch.tensor(float(tr.logged_metrics["solo_sparse/interloss/loss_d4"])))
