@@ -99,8 +99,10 @@ def select_hard_pair(x1: torch.Tensor, x2: torch.Tensor, embed, m: int, fraction
     o2 = random_offsets(b, m, h, w, ch, cw, gen)
     c1 = torch.cat([take_crops(x1, o1[i], ch, cw) for i in range(m)])             # (M*B, C, ch, cw)
     c2 = torch.cat([take_crops(x2, o2[i], ch, cw) for i in range(m)])
-    e1 = F.normalize(embed(c1).float(), dim=-1).view(m, b, -1)
-    e2 = F.normalize(embed(c2).float(), dim=-1).view(m, b, -1)
+    # scored in fp32 outside autocast: ranking near-equal similarities is not left to bf16 rounding
+    with torch.autocast(x1.device.type, enabled=False):
+        e1 = F.normalize(embed(c1.float()).float(), dim=-1).view(m, b, -1)
+        e2 = F.normalize(embed(c2.float()).float(), dim=-1).view(m, b, -1)
     sim = torch.einsum("abd,cbd->bac", e1, e2)                                      # (B, M, M)
     flat = sim.reshape(b, -1).argmin(1)
     a, c = flat // m, flat % m

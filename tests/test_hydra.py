@@ -105,3 +105,26 @@ def test_every_group_file_composes_and_validates(tmp_path, group, expect):
     GlobalHydra.instance().clear()
     assert cfg.hydra.callbacks.solo_sparse._target_ == "solo_sparse.hydra_callback.SoloSparseCallback"
     assert [p.name for p in build_plugins(cfg.solo_sparse)] == ([expect] if expect else [])
+
+
+def test_stacked_plugins_compose_and_build(tmp_path):
+    """The README's stacking example: '- solo_sparse: synccp' plus 'plugins: [synccp, interloss]'."""
+    from solo_sparse.registry import build_plugins
+
+    (tmp_path / "stack.yaml").write_text(textwrap.dedent("""
+        defaults:
+          - _self_
+          - solo_sparse: synccp
+        method: byol
+        solo_sparse:
+          plugins: [synccp, interloss]
+          synccp: {final_density: 0.1}
+          interloss: {hard_pairs: true, num_crops: 2}
+    """))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(tmp_path), version_base="1.2"):
+        cfg = compose("stack")
+    GlobalHydra.instance().clear()
+    plugins = build_plugins(cfg.solo_sparse)
+    assert [p.name for p in plugins] == ["synccp", "interloss"]
+    assert plugins[0].config.final_density == 0.1 and plugins[1].config.num_crops == 2
