@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         stem = cfg_p.stem
         digest = hashlib.sha256(cfg_p.read_bytes()).hexdigest()[:12]
         row = res["rows"].get(stem)
-        if row and row.get("config_sha") == digest and "acc" in row:
+        if row and row.get("config_sha") == digest and ("acc" in row or str(row.get("error", "")).startswith("diverged")):
             print(f"[{stem}] done already", flush=True)
             continue
         run_dir = out / "runs" / stem
@@ -100,6 +100,12 @@ def main(argv=None) -> int:
         net, plugin, pcfg = load_gated(ck)
         row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(ck.relative_to(out)), "plugin": plugin,
                "plugin_config": pcfg, "train_seconds": seconds, "command": " ".join(cmd)}
+        bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:   # a diverged run is a result: recorded, not a crash of the whole suite
+            res["rows"][stem] = {**row, "error": f"diverged: {len(bad)} non-finite backbone tensors (first {bad[0]})"}
+            print(f"[{stem}] {res['rows'][stem]['error']}", flush=True)
+            save()
+            continue
         row["acc"] = evaluate_backbone(net, train, test)
         if plugin:
             m = measure(net, test[0][:2000])
