@@ -290,7 +290,7 @@ def _cmd_report(args) -> int:
     out = Path(args.out)
     src = args.source
     if src == "zoo":
-        print(report.plot_zoo(out, Path(args.zoo) if args.zoo else None))
+        print(report.plot_zoo(out, Path(args.zoo) if args.zoo else None, args.reference))
         return 0
     if Path(src).exists():
         for p in report.plot_run(Path(src), out):
@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("source", help="run directory | zoo entry name | zoo")
     a.add_argument("--out", default="report")
     a.add_argument("--zoo", default=None)
+    a.add_argument("--reference", type=float, default=None,
+                   help="zoo plot: random-init linear accuracy (%%) drawn as a dashed line")
     a.set_defaults(fn=_cmd_report)
     return p
 

@@ -134,12 +134,18 @@ def plot_run(run: Path, out: Path) -> List[Path]:
     return written
 
 
-def plot_zoo(out: Path, root: Optional[Path] = None) -> Path:
+def plot_zoo(out: Path, root: Optional[Path] = None, reference: Optional[float] = None) -> Path:
+    """Linear accuracy vs FLOPs ratio of the zoo's entries; ``reference``: a random-init linear accuracy
+    drawn as a dashed line (the floor SSL features must clear)."""
     from . import zoo
 
     entries = zoo.list_entries(root)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if reference is not None:
+        ax.axhline(reference, ls="--", c="grey", lw=1, label=f"random init ({reference:.2f})")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.35, y=0.15)
     for e in entries:
         x, y = e.get("flops_ratio"), (e.get("accuracy") or {}).get("linear")
         if x is None or y is None:
