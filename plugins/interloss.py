@@ -36,8 +36,8 @@ from solo_sparse.config import ConfigError, check_int, check_range, key_error
 from solo_sparse.interloss import (STAGES, adapt_head, check_backbone, draw_depth, ema_, forward_maps,
                                    fresh_copy, frozen_copy, pool, stage_channels, two_view_forward)
 from solo_sparse.plugin import Branch, Plugin
+from solo_sparse.solo_objectives import SUPPORTED
 
-SUPPORTED = ("simclr", "mocov2plus", "byol", "vicreg", "barlow_twins")
 FINAL = len(STAGES)
 
 
@@ -117,21 +117,15 @@ class InterLoss(Plugin):
     Config = InterLossConfig
     drives_step = True
     leaves_parameters_unused = True
-
-    @classmethod
-    def check_method(cls, method: str, family: str) -> None:
-        super().check_method(method, family)
-        if method not in SUPPORTED:
-            raise ConfigError(f"plugin 'interloss' does not support method '{method}'; supported: "
-                              f"{', '.join(SUPPORTED)} (their objectives are applied at every head's depth)")
+    supported_methods = SUPPORTED
+    method_requirement = "applies the method's own objective at every head's depth and knows these objectives"
 
     # ------------------------------------------------------------------ construction
     def setup(self, view) -> None:
         super().setup(view)
         model = view.model
         method = view.method
-        if method not in SUPPORTED:
-            raise ConfigError(f"plugin 'interloss' does not support method '{method}'; supported: {', '.join(SUPPORTED)}")
+        self.check_method(method, view.family)     # also when set up outside the solo-learn binding
         if model is not None and (getattr(model, "num_large_crops", 2) != 2 or getattr(model, "num_small_crops", 0)):
             raise ConfigError(f"plugin 'interloss' needs exactly two large crops and no multicrop (got "
                               f"{model.num_large_crops} large, {model.num_small_crops} small): hard pairs and "

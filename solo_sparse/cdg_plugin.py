@@ -47,6 +47,8 @@ class GatingConfig:
 
 class GatingPlugin(Plugin):
     families = ("momentum", "shared")
+    supported_methods = CDG_METHODS
+    method_requirement = "needs a two-view method with exactly two large crops"
     kind: str = ""
 
     def __init__(self, config):
@@ -66,13 +68,6 @@ class GatingPlugin(Plugin):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checks
-    @classmethod
-    def check_method(cls, method: str, family: str) -> None:
-        super().check_method(method, family)
-        if method not in CDG_METHODS:
-            raise ConfigError(f"plugin '{cls.name}' needs a two-view method with exactly two large crops; method "
-                              f"'{method}' is not supported (supported: {', '.join(CDG_METHODS)})")
-
     @classmethod
     def backbone_variants(cls):
         """``resnet18_<kind>`` / ``resnet50_<kind>``: torchvision ResNets built gated; ``backbone.kwargs``

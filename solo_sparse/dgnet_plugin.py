@@ -64,6 +64,8 @@ class DGNetConfig:
 
 class DGNetPlugin(Plugin):
     families = ("momentum", "shared")
+    supported_methods = TWO_VIEW_METHODS
+    method_requirement = "needs a two-view symmetric method with exactly two large crops"
     #: one gate set, shared-BN or separate-BN branches
     separate_bn: bool = False
 
@@ -79,13 +81,6 @@ class DGNetPlugin(Plugin):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checks
-    @classmethod
-    def check_method(cls, method: str, family: str) -> None:
-        super().check_method(method, family)
-        if method not in TWO_VIEW_METHODS:
-            raise ConfigError(f"plugin '{cls.name}' needs a two-view symmetric method with exactly two large crops; "
-                              f"method '{method}' is not supported (supported: {', '.join(TWO_VIEW_METHODS)})")
-
     @classmethod
     def backbone_variants(cls):
         """``resnet18_dgnet`` / ``resnet50_dgnet``: torchvision ResNets built already gated;

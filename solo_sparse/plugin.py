@@ -82,6 +82,9 @@ class Plugin:
     families: ClassVar[Tuple[str, ...]] = FAMILIES
     #: explicit method names refused (e.g. methods without two large crops)
     refused_methods: ClassVar[Tuple[str, ...]] = ()
+    #: if set, the only methods the plugin supports, and why (completes "plugin 'x' ...")
+    supported_methods: ClassVar[Tuple[str, ...]] = ()
+    method_requirement: ClassVar[str] = "supports only some methods"
     #: the plugin leaves parameters without gradient in some steps (gates, partial backprop)
     leaves_parameters_unused: ClassVar[bool] = False
     #: the plugin runs the whole training step itself (:meth:`training_step`); at most one per run
@@ -116,6 +119,9 @@ class Plugin:
                 f"it supports families: {', '.join(cls.families)}"
                 + (f"; refused methods: {', '.join(cls.refused_methods)}" if cls.refused_methods else "")
             )
+        if cls.supported_methods and method not in cls.supported_methods:
+            raise ConfigError(f"plugin '{cls.name}' {cls.method_requirement}; method '{method}' is not supported "
+                              f"(supported: {', '.join(cls.supported_methods)})")
 
     def setup(self, view: ModelView) -> None:
         """Construction hook: create masks/gates (persistent buffers/parameters) on the modules."""

@@ -151,3 +151,11 @@ def test_backprop_macs_accounting():
 def test_check_backbone_refuses_non_resnets():
     with pytest.raises(ValueError, match="lacks"):
         IL.check_backbone(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def test_unsupported_method_refused_by_the_plugin_contract():
+    from solo_sparse_plugins.interloss import InterLoss
+
+    InterLoss.check_method("byol", "momentum")
+    with pytest.raises(ConfigError, match=r"plugin 'interloss' .*method 'simsiam' is not supported \(supported: simclr"):
+        InterLoss.check_method("simsiam", "shared")

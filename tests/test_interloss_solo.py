@@ -111,7 +111,7 @@ def test_stacked_with_synccp_masks_never_leak():
 
 
 @pytest.mark.parametrize("method,extra,msg", [
-    ("simsiam", {}, "does not support method 'simsiam'"),
+    ("simsiam", {}, "method 'simsiam' is not supported"),
     ("simclr", {"num_small_crops": 2}, "exactly two large crops"),
 ])
 def test_bad_input_refused_at_construction(method, extra, msg):
