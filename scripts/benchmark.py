@@ -16,32 +16,18 @@ Runs already in results.json with the same config file content are not trained a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
 from solo_sparse.flops import count_macs, training_macs_ratio
-
-
-def solo_learn_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    try:
-        import solo
-    except ImportError:
-        sys.exit("solo-learn is not importable: install it (see README) or pass --solo-learn DIR")
-    d = Path(solo.__file__).resolve().parents[1]
-    if not (d / "main_pretrain.py").exists():
-        sys.exit(f"main_pretrain.py not found next to the solo package ({d}); pass --solo-learn DIR")
-    return d
+from solo_sparse.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
 
 
 def solo_commit(d: Path) -> str:
@@ -55,10 +41,10 @@ def solo_commit(d: Path) -> str:
 
 
 def final_checkpoint(run_dir: Path) -> Path:
-    cks = sorted(run_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not cks:
+    ck = newest_checkpoint(run_dir)
+    if ck is None:
         raise FileNotFoundError(f"no checkpoint under {run_dir}")
-    return cks[-1]
+    return ck
 
 
 def densities(ckpt: Path):
@@ -148,25 +134,22 @@ def main(argv=None) -> int:
     for cfg in args.configs:
         cfg_p = Path(cfg).resolve()
         stem = cfg_p.stem
-        digest = hashlib.sha256(cfg_p.read_bytes()).hexdigest()[:12]
+        digest = config_digest(cfg_p)
         row = results["rows"].get(stem)
         if row and row.get("config_sha") == digest and "knn20" in row and not args.eval_only:
             print(f"[{stem}] done already, skipping", flush=True)
             continue
         run_dir = out / "runs" / stem
-        cmd = [sys.executable, str(solo_dir / "main_pretrain.py"), "--config-path", str(cfg_p.parent),
-               "--config-name", cfg_p.name, f"++name={stem}", f"++checkpoint.dir={run_dir}",
-               f"++data.train_path={data / 'train'}", *args.overrides]
+        cmd = pretrain_command(cfg_p, solo_dir=solo_dir, name=stem, run_dir=run_dir, train_path=data / "train",
+                               overrides=args.overrides)
         seconds = row.get("train_seconds") if row else None
         if not args.eval_only:
             print(f"[{stem}] training: {' '.join(cmd)}", flush=True)
-            t0 = time.time()
-            with open(out / "logs" / f"{stem}.log", "w") as logf:
-                rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(out))
-            seconds = time.time() - t0
-            if rc != 0:
-                print(f"[{stem}] main_pretrain.py failed (exit {rc}); see {out / 'logs' / (stem + '.log')}", flush=True)
-                results["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": f"exit {rc}"}
+            run = run_command(cmd, run_dir, log=out / "logs" / f"{stem}.log", cwd=out)
+            seconds = run.seconds
+            if not run.ok:
+                print(f"[{stem}] main_pretrain.py failed ({run.error}); see {run.log}", flush=True)
+                results["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": run.error}
                 save()
                 continue
         ck = final_checkpoint(run_dir)

@@ -30,7 +30,7 @@ from solo_sparse import zoo
 from solo_sparse.backbones import gating_plugin
 from solo_sparse.evaluate import backbone_state, evaluate_backbone, load_images
 from solo_sparse.flops import count_macs
-from solo_sparse.imp_driver import newest_checkpoint, solo_learn_dir
+from solo_sparse.runner import newest_checkpoint, pretrain_command
 from solo_sparse.sparsifier import MASK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,9 +102,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "solo_sparse.cli", "imp", "--config", str(cfg_src), "--out", str(work),
                    *shlex.split(imp_args), "--", f"++data.train_path={data / 'train'}"]
         else:
-            cmd = [sys.executable, str(solo_learn_dir(None) / "main_pretrain.py"), "--config-path",
-                   str(cfg_src.parent), "--config-name", cfg_src.name, f"++name={args.name}",
-                   f"++checkpoint.dir={work}", f"++data.train_path={data / 'train'}"]
+            cmd = pretrain_command(cfg_src, name=args.name, run_dir=work, train_path=data / "train")
         command = " ".join(cmd)
         print(f"[{args.name}] training: {command}", flush=True)
         rc = subprocess.call(cmd, cwd=str(work))

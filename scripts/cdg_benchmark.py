@@ -15,11 +15,8 @@ network. A random-init row is always added; ``--plot`` writes accuracy vs FLOPs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +24,7 @@ import torch
 from solo_sparse.backbones import apply_gating, gating_plugin
 from solo_sparse.cdg import measure
 from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_images
-from solo_sparse.imp_driver import newest_checkpoint, solo_learn_dir
+from solo_sparse.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
 
 def load_gated(ck: Path):
     """(backbone, plugin name or None, plugin config) from a solo-learn checkpoint, strict load,
@@ -42,27 +39,15 @@ def load_gated(ck: Path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--solo-learn", default=None)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--overrides", nargs="*", default=[])
+    add_suite_arguments(ap)
     ap.add_argument("--plot", action="store_true", help="only (re)write the accuracy-vs-FLOPs PNG")
     args = ap.parse_args(argv)
 
-    out = Path(args.out).resolve()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    res_p = out / "results.json"
-    res = json.loads(res_p.read_text()) if res_p.exists() else {"rows": {}}
+    suite = SuiteResults(args.out, args.data, writers=[
+        lambda r, o: (o / "results.md").write_text(to_markdown(r)),
+        lambda r, o: plot(r, o / "cdg_accuracy_flops.png")])
+    res, out, save = suite.data, suite.out, suite.save
     data = Path(args.data).resolve()
-    res["meta"] = {"data": str(args.data), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "command": " ".join(sys.argv)}
-
-    def save():
-        res_p.write_text(json.dumps(res, indent=2))
-        (out / "results.md").write_text(to_markdown(res))
-        plot(res, out / "cdg_accuracy_flops.png")
 
     if args.plot:
         save()
@@ -75,31 +60,20 @@ def main(argv=None) -> int:
         save()
     solo_dir = solo_learn_dir(args.solo_learn)
     for cfg in args.configs:
-        cfg_p = Path(cfg).resolve()
-        stem = cfg_p.stem
-        digest = hashlib.sha256(cfg_p.read_bytes()).hexdigest()[:12]
+        stem, digest = Path(cfg).stem, config_digest(cfg)
         row = res["rows"].get(stem)
         if row and row.get("config_sha") == digest and ("acc" in row or str(row.get("error", "")).startswith("diverged")):
             print(f"[{stem}] done already", flush=True)
             continue
-        run_dir = out / "runs" / stem
-        cmd = [sys.executable, str(solo_dir / "main_pretrain.py"), "--config-path", str(cfg_p.parent),
-               "--config-name", cfg_p.name, f"++name={stem}", f"++checkpoint.dir={run_dir}",
-               f"++data.train_path={data / 'train'}", *args.overrides]
-        print(f"[{stem}] training: {' '.join(cmd)}", flush=True)
-        t0 = time.time()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "train.log", "w") as logf:
-            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(run_dir))
-        seconds = time.time() - t0
-        if rc:
-            res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": f"exit {rc}"}
+        run = run_pretrain(cfg, out / "runs" / stem, train_path=data / "train", overrides=args.overrides,
+                           solo_dir=solo_dir)
+        if not run.ok:
+            res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": run.error}
             save()
             continue
-        ck = newest_checkpoint(run_dir)
-        net, plugin, pcfg = load_gated(ck)
-        row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(ck.relative_to(out)), "plugin": plugin,
-               "plugin_config": pcfg, "train_seconds": seconds, "command": " ".join(cmd)}
+        net, plugin, pcfg = load_gated(run.checkpoint)
+        row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(run.checkpoint.relative_to(out)),
+               "plugin": plugin, "plugin_config": pcfg, "train_seconds": run.seconds, "command": run.command_line}
         bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:   # a diverged run is a result: recorded, not a crash of the whole suite
             res["rows"][stem] = {**row, "error": f"diverged: {len(bad)} non-finite backbone tensors (first {bad[0]})"}

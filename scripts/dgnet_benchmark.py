@@ -17,10 +17,8 @@ of the dense and the gated path (median of --reps runs in one process, real val 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.dgnet import convert_resnet, measure, set_mode
+from solo_sparse.dgnet import convert_resnet, gated_blocks, measure, set_mode
 from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_images
-from solo_sparse.imp_driver import newest_checkpoint, solo_learn_dir
+from solo_sparse.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
 
 PLUGINS = ("dgnet_dual", "dgnet_gated")
 
@@ -52,45 +50,46 @@ def load_gated(ck: Path):
 
 
 @torch.no_grad()
-def latency(net, X, size, mode, reps):
-    set_mode(net, mode) if hasattr(net, "ss_mode") else None
+def latency(net, X, size, reps, gated: bool):
+    """Median batch-1 ms of the dense path and (``gated``) the gated path: the two are interleaved
+    image by image (order alternating), so machine drift hits both alike; also the share of gated
+    block forwards that took the gather path (solo_sparse.dgnet.GATHER_MAX_KEEP)."""
     xs = [F.interpolate(X[i: i + 1], size=size, mode="bilinear", align_corners=False) if size != X.shape[-1]
           else X[i: i + 1] for i in range(reps)]
+    modes = ("dense", "gated") if gated else ("dense",)
+    ts = {m: [] for m in modes}
+    paths = []
     with torch.inference_mode():
         for x in xs[:5]:
-            net(x)
-        ts = []
-        for x in xs:
-            t0 = time.perf_counter()
-            net(x)
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+            for m in modes:
+                set_mode(net, m) if gated else None
+                net(x)
+        for i, x in enumerate(xs):
+            for m in (modes if i % 2 == 0 else modes[::-1]):
+                set_mode(net, m) if gated else None
+                t0 = time.perf_counter()
+                net(x)
+                ts[m].append(time.perf_counter() - t0)
+                if m == "gated":
+                    paths += [b.ss_last_path for _, b in gated_blocks(net)]
+    out = {f"{m}_ms": 1e3 * statistics.median(v) for m, v in ts.items()}
+    if gated:
+        out["speedup"] = out["dense_ms"] / out["gated_ms"]
+        out["gather_share"] = paths.count("gather") / len(paths)
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--solo-learn", default=None)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--overrides", nargs="*", default=[])
+    add_suite_arguments(ap)
     ap.add_argument("--latency", action="store_true", help="measure batch-1 latency (no training)")
     ap.add_argument("--latency-sizes", type=int, nargs="+", default=[32, 224])
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args(argv)
 
-    out = Path(args.out).resolve()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    res_p = out / "results.json"
-    res = json.loads(res_p.read_text()) if res_p.exists() else {"rows": {}}
+    suite = SuiteResults(args.out, args.data, writers=[lambda r, o: (o / "results.md").write_text(to_markdown(r))])
+    res, out, save = suite.data, suite.out, suite.save
     data = Path(args.data).resolve()
-    res["meta"] = {"data": str(args.data), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "command": " ".join(sys.argv)}
-
-    def save():
-        res_p.write_text(json.dumps(res, indent=2))
-        (out / "results.md").write_text(to_markdown(res))
 
     train = load_images(str(data / "train"), args.size)
     test = load_images(str(data / "val"), args.size)
@@ -101,11 +100,7 @@ def main(argv=None) -> int:
             net, plugin, _ = load_gated(out / row["checkpoint"])
             lat = {}
             for s in args.latency_sizes:
-                d = latency(net, test[0], s, "dense", args.reps)
-                lat[str(s)] = {"dense_ms": 1e3 * d}
-                if plugin:
-                    g = latency(net, test[0], s, "gated", args.reps)
-                    lat[str(s)].update({"gated_ms": 1e3 * g, "speedup": d / g})
+                lat[str(s)] = latency(net, test[0], s, args.reps, gated=bool(plugin))
                 print(f"[{stem}] {s}px batch 1: {lat[str(s)]}", flush=True)
             row["latency"] = lat
             save()
@@ -118,31 +113,21 @@ def main(argv=None) -> int:
         save()
     solo_dir = solo_learn_dir(args.solo_learn)
     for cfg in args.configs:
-        cfg_p = Path(cfg).resolve()
-        stem = cfg_p.stem
-        digest = hashlib.sha256(cfg_p.read_bytes()).hexdigest()[:12]
+        stem, digest = Path(cfg).stem, config_digest(cfg)
         row = res["rows"].get(stem)
         if row and row.get("config_sha") == digest and "dense" in row:
             print(f"[{stem}] done already", flush=True)
             continue
-        run_dir = out / "runs" / stem
-        cmd = [sys.executable, str(solo_dir / "main_pretrain.py"), "--config-path", str(cfg_p.parent),
-               "--config-name", cfg_p.name, f"++name={stem}", f"++checkpoint.dir={run_dir}",
-               f"++data.train_path={data / 'train'}", *args.overrides]
-        print(f"[{stem}] training: {' '.join(cmd)}", flush=True)
-        t0 = time.time()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "train.log", "w") as logf:
-            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(run_dir))
-        seconds = time.time() - t0
-        if rc:
-            res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": f"exit {rc}"}
+        run = run_pretrain(cfg, out / "runs" / stem, train_path=data / "train", overrides=args.overrides,
+                           solo_dir=solo_dir)
+        if not run.ok:
+            res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": run.error}
             save()
             continue
-        ck = newest_checkpoint(run_dir)
-        net, plugin, pcfg = load_gated(ck)
-        row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(ck.relative_to(out)), "plugin": plugin,
-               "target": pcfg.get("target"), "train_seconds": seconds, "command": " ".join(cmd)}
+        net, plugin, pcfg = load_gated(run.checkpoint)
+        row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(run.checkpoint.relative_to(out)),
+               "plugin": plugin, "target": pcfg.get("target"), "train_seconds": run.seconds,
+               "command": run.command_line}
         if plugin:
             set_mode(net, "dense")
         row["dense"] = evaluate_backbone(net, train, test)
@@ -158,6 +143,10 @@ def main(argv=None) -> int:
     save()
     print((out / "results.md").read_text())
     return 0
+
+
+def _fmt(v, spec, suffix=""):
+    return "-" if v is None else format(v, spec) + suffix
 
 
 def to_markdown(res) -> str:
@@ -178,13 +167,16 @@ def to_markdown(res) -> str:
                      f"{(r.get('train_seconds') or 0) / 60:.1f} min |")
     lat = [(n, r["latency"]) for n, r in res["rows"].items() if r.get("latency")]
     if lat:
-        lines += ["", "Batch-1 CPU latency (median ms, one process):", "",
-                  "| run | size | dense | gated | speed-up |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "Batch-1 CPU latency (median ms, dense and gated interleaved in one process; gather share = "
+                  "gated block forwards that took the gather path):", "",
+                  "| run | network MACs ratio | size | dense | gated | speed-up | gather share |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for n, L in lat:
+            r = res["rows"][n]
             for s, v in L.items():
-                lines.append(f"| {n} | {s} px | {v['dense_ms']:.2f} | "
-                             f"{'-' if 'gated_ms' not in v else format(v['gated_ms'], '.2f')} | "
-                             f"{'-' if 'speedup' not in v else format(v['speedup'], '.2f') + 'x'} |")
+                lines.append(f"| {n} | {_fmt(r.get('network_macs_ratio'), '.3f')} | {s} px | {v['dense_ms']:.2f} | "
+                             f"{_fmt(v.get('gated_ms'), '.2f')} | {_fmt(v.get('speedup'), '.2f', 'x')} | "
+                             f"{_fmt(v.get('gather_share'), '.2f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
 from solo_sparse.imp import load_masks, load_state, permuted_masks, save_masks
-from solo_sparse.imp_driver import IMPDriver, IMPRun, newest_checkpoint, solo_learn_dir
+from solo_sparse.imp_driver import IMPDriver, IMPRun
+from solo_sparse.runner import run_pretrain, solo_learn_dir
 from solo_sparse.retrain import retrain_supervised
 
 
@@ -92,19 +91,13 @@ def main(argv=None) -> int:
                 continue
             d = out / "controls" / f"{kind}_{k}"
             d.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, str(solo_dir / "main_pretrain.py"), "--config-path", str(Path(args.config).resolve().parent),
-                   "--config-name", Path(args.config).name, f"++name={kind}-{k}", f"++checkpoint.dir={d}",
-                   f"++data.train_path={data / 'train'}", f"++solo_sparse.masks='{mfile}'", f"++seed={100 + k}", *args.overrides]
-            print(f"[{kind} {k}] {' '.join(cmd)}", flush=True)
-            t0 = time.time()
-            with open(d / "train.log", "w") as logf:
-                rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(d))
-            if rc:
-                raise SystemExit(f"{kind} {k}: main_pretrain.py failed ({rc}); see {d / 'train.log'}")
-            ck = newest_checkpoint(d)
-            net, info = load_backbone(str(ck))
+            run = run_pretrain(args.config, d, name=f"{kind}-{k}", train_path=data / "train", solo_dir=solo_dir,
+                               overrides=[f"++solo_sparse.masks='{mfile}'", f"++seed={100 + k}", *args.overrides])
+            if not run.ok:
+                raise SystemExit(f"{kind} {k}: main_pretrain.py failed ({run.error}); see {run.log}")
+            net, info = load_backbone(str(run.checkpoint))
             res[kind][str(k)] = {"density": info["density"], **evaluate_backbone(net, train, test),
-                                 "train_seconds": time.time() - t0, "command": " ".join(cmd)}
+                                 "train_seconds": run.seconds, "command": run.command_line}
             print(f"[{kind} {k}] {res[kind][str(k)]}", flush=True)
             save()
 

@@ -176,7 +176,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_imp(args) -> int:
-    from .imp_driver import IMPDriver, IMPRun, solo_learn_dir
+    from .imp_driver import IMPDriver, IMPRun
+    from .runner import solo_learn_dir
 
     run = IMPRun(config=args.config, out=args.out, rounds=args.rounds, rate=args.rate, rewind=args.rewind,
                  reset=args.reset, overrides=list(args.overrides or []), seed=args.seed, eval_data=args.eval_data,

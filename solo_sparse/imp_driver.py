@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -34,6 +32,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .config import ConfigError, PREFIX, StepSpec
+from .runner import newest_checkpoint, pretrain_command, run_command
 from .imp import file_sha256, fingerprint, global_magnitude_prune, load_masks, save_masks, total_density
 
 STATE = "imp.json"
@@ -97,10 +96,6 @@ def _max_epochs(cfg_path: Path, overrides: List[str]) -> Optional[int]:
     v = OmegaConf.load(cfg_path).get("max_epochs", None)
     return int(v) if v is not None else None
 
-
-def newest_checkpoint(d: Path) -> Optional[Path]:
-    cks = sorted(d.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return cks[-1] if cks else None
 
 
 def checkpoint_masks(ckpt: Path):
@@ -188,8 +183,7 @@ class IMPDriver:
             ov.append(f"++seed={(r.seed if r.seed is not None else 5) + (k if r.reset == 'random' else 0)}")
         if resume is not None:
             ov.append(f"++resume_from_checkpoint='{resume}'")
-        return [self.python, str(self.solo_dir / "main_pretrain.py"), "--config-path", str(self.cfg_path.parent),
-                "--config-name", self.cfg_path.name, *ov, *r.overrides]
+        return pretrain_command(self.cfg_path, solo_dir=self.solo_dir, python=self.python, overrides=[*ov, *r.overrides])
 
     def train_round(self, k: int) -> Path:
         d = self.round_dir(k)
@@ -201,15 +195,11 @@ class IMPDriver:
         self._save()
         self.log(f"[imp] round {k}/{self.run.rounds}: training at density {rs.get('density', 1.0):.4f}"
                  + (f" (resuming from {resume.name})" if resume else ""))
-        t0 = time.time()
-        with open(d / "train.log", "a") as logf:
-            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(d))
-        if rc != 0:
-            raise RuntimeError(f"round {k}: main_pretrain.py exited with {rc}; see {d / 'train.log'}")
-        rs["train_seconds"] = rs.get("train_seconds", 0.0) + time.time() - t0
-        ck = newest_checkpoint(d)
-        if ck is None:
-            raise RuntimeError(f"round {k}: no checkpoint written under {d} (checkpoint.enabled must be true)")
+        res = run_command(cmd, d, append=True)
+        if not res.ok:
+            raise RuntimeError(f"round {k}: main_pretrain.py: {res.error}; see {res.log}")
+        rs["train_seconds"] = rs.get("train_seconds", 0.0) + res.seconds
+        ck = res.checkpoint
         rs["checkpoint"] = str(ck.relative_to(self.out))
         return ck
 
@@ -248,15 +238,3 @@ class IMPDriver:
             self.log(f"[imp] round {k}/{R} done: density {rs['density']:.4f}")
         return self.state
 
-
-def solo_learn_dir(arg: Optional[str] = None) -> Path:
-    if arg:
-        return Path(arg)
-    try:
-        import solo
-    except ImportError:
-        raise ConfigError("solo-learn is not importable: install it (README, 'solo-learn') or pass --solo-learn DIR")
-    d = Path(solo.__file__).resolve().parents[1]
-    if not (d / "main_pretrain.py").exists():
-        raise ConfigError(f"main_pretrain.py not found next to the solo package ({d}); pass --solo-learn DIR")
-    return d

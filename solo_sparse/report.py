@@ -69,7 +69,7 @@ def plot_layer_density(masks: Mapping[str, torch.Tensor], path: Path, title: str
 
 def plot_run(run: Path, out: Path) -> List[Path]:
     from .evaluate import backbone_state
-    from .imp_driver import newest_checkpoint
+    from .runner import newest_checkpoint
     from .sparsifier import MASK
 
     run, out = Path(run), Path(out)
