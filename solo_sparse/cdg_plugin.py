@@ -17,7 +17,7 @@ import torch
 from .cdg import (clear_cache, convert_resnet, gated_convs, is_cdg, mask_similarity, reduction_eq13, set_branch,
                   set_recording)
 from .config import ConfigError, PREFIX, check_choice, check_range, key_error
-from .plugin import Branch, Plugin, require_all_backbone_keys
+from .plugin import Branch, Plugin, convert_encoders, require_all_backbone_keys
 
 CDG_METHODS = ("simclr", "mocov2plus", "simsiam", "byol", "barlow_twins", "vicreg")
 
@@ -101,17 +101,8 @@ class GatingPlugin(Plugin):
 
     def setup(self, view) -> None:
         super().setup(view)
-        if view.num_large_crops != 2:
-            raise ConfigError(f"plugin '{self.name}' needs exactly two large crops (crop 0 -> branch a1, crop 1 -> "
-                              f"branch a2), the config has {view.num_large_crops}")
+        convert_encoders(self, view, self._convert, "crop 0 -> branch a1, crop 1 -> branch a2")
         grp = view.groups["backbone"]
-        for mod in (grp.online, grp.momentum):
-            if mod is not None:
-                self._convert(mod)
-        if grp.momentum is not None:
-            grp.momentum.load_state_dict(grp.online.state_dict())
-            for p in grp.momentum.parameters():
-                p.requires_grad = False
         set_recording(grp.online, True)
 
     def gate_params(self) -> List[torch.nn.Parameter]:

@@ -19,7 +19,7 @@ import torch
 
 from .config import ConfigError, PREFIX, StepSpec, check_choice, check_int, check_range, key_error
 from .dgnet import convert_resnet, copy_dense_bn_to_gated, flops_ratio, gated_blocks, is_gated, set_mode, start_recording
-from .plugin import Branch, Plugin, require_all_backbone_keys
+from .plugin import Branch, Plugin, convert_encoders, require_all_backbone_keys
 
 TWO_VIEW_METHODS = ("vicreg", "barlow_twins", "simclr", "simsiam", "byol")
 
@@ -126,17 +126,8 @@ class DGNetPlugin(Plugin):
 
     def setup(self, view) -> None:
         super().setup(view)
-        if view.num_large_crops != 2:
-            raise ConfigError(f"plugin '{self.name}' needs exactly two large crops (crop 0 and crop 1), the config "
-                              f"has {view.num_large_crops}")
+        convert_encoders(self, view, self._convert, "crop 0 gated, crop 1 dense")
         grp = view.groups["backbone"]
-        for mod in (grp.online, grp.momentum):
-            if mod is not None:
-                self._convert(mod)
-        if grp.momentum is not None:   # momentum twin starts equal to the online network, gates included
-            grp.momentum.load_state_dict(grp.online.state_dict())
-            for p in grp.momentum.parameters():
-                p.requires_grad = False
         self._records = start_recording(grp.online)
 
     def param_groups(self, base_lr: float) -> list:

@@ -179,6 +179,24 @@ class Plugin:
             self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
 
 
+def convert_encoders(plugin: "Plugin", view: ModelView, convert: Callable[[torch.nn.Module], None],
+                     crops_why: str) -> None:
+    """Setup shared by the backbone-rewriting (gating) plugins: exactly two large crops (``crops_why``
+    says what each is for), ``convert`` applied in place to the online backbone and its momentum
+    twin, then the twin loaded from the online network (new modules included) and frozen."""
+    if view.num_large_crops != 2:
+        raise ConfigError(f"plugin '{plugin.name}' needs exactly two large crops ({crops_why}), the config has "
+                          f"{view.num_large_crops}")
+    grp = view.groups["backbone"]
+    for mod in (grp.online, grp.momentum):
+        if mod is not None:
+            convert(mod)
+    if grp.momentum is not None:
+        grp.momentum.load_state_dict(grp.online.state_dict())
+        for p in grp.momentum.parameters():
+            p.requires_grad = False
+
+
 def require_all_backbone_keys(backbone: torch.nn.Module, plugin: str, path: str) -> None:
     """main_linear.py loads ``backbone.*`` with ``strict=False``: make a missing key (a gate, a BN
     twin) an error naming the first one, and say which path is evaluated once loaded."""

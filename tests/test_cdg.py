@@ -332,17 +332,7 @@ def test_refusals_before_training():
         host_for(CDG.from_params({"groups": 3}))
     with pytest.raises(ConfigError, match="cg=6"):
         host_for(CDG.from_params({"cg": 6}))
-    with pytest.raises(ConfigError, match="exactly two large crops"):
-        host_for(CDG.from_params({}), crops=1)
-    with pytest.raises(ConfigError, match="two-view"):
-        CDG.check_method("swav", "momentum")
-    with pytest.raises(ConfigError, match="two-view"):
-        FBS.check_method("dino", "momentum")
-    CDG.check_method("mocov2plus", "momentum")
-    view = ModelView({"backbone": ModuleGroup("backbone", nn.Sequential(nn.Conv2d(3, 8, 3)), None)}, "shared",
-                     num_large_crops=2)
-    with pytest.raises(ConfigError, match="ResNet"):
-        PluginHost([CDG.from_params({})]).setup(view)
+    # two crops, two-view methods, ResNet only: tests/test_gating_contract.py (every gating plugin)
 
 
 def test_prepare_eval_backbone_strict_round_trip():

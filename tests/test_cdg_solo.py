@@ -39,32 +39,15 @@ def test_wrapped_methods_fit_with_gates(method, plugin, params):
 
 
 def test_cdg_main_pretrain_then_main_linear(tmp_path):
-    import subprocess
-    import sys
+    from helpers import FMNIST_CONFIGS, assert_backbone_kept, config_dir, linear_config, linear_overrides, \
+        make_image_folder, run_solo
 
-    from PIL import Image
-    from test_solo_integration import _solo_dir
-
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 4), ("val", 1)):
-        for c in "abcde":
-            (tmp_path / "imgs" / split / c).mkdir(parents=True)
-            for i in range(n):
-                arr = (torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()
-                Image.fromarray(arr).save(tmp_path / "imgs" / split / c / f"{i}.png")
-    cfgs = tmp_path / "cfgs"
-    (cfgs / "augmentations").mkdir(parents=True)
-    src = ROOT / "scripts" / "configs" / "fmnist"
-    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
-    (cfgs / "pre.yaml").write_text((src / "simclr_cdg_cg8.yaml").read_text())
-    lin = (src / "linear.yaml").read_text().replace("  - _self_\n", "  - _self_\n  - solo_sparse: cdg\n", 1)
-    (cfgs / "lin.yaml").write_text(lin + "solo_sparse:\n  cg: 8\n")
-    data = tmp_path / "imgs"
+    data = make_image_folder(tmp_path / "imgs")
+    cfgs = config_dir(tmp_path, pre=(FMNIST_CONFIGS / "simclr_cdg_cg8.yaml").read_text(),
+                      lin=linear_config("cdg", "solo_sparse:\n  cg: 8\n"))
 
     def run(script, name, *over):
-        return subprocess.run([sys.executable, str(_solo_dir() / script), "--config-path", str(cfgs), "--config-name",
-                               name, "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0", *over],
-                              capture_output=True, text=True, cwd=str(tmp_path), timeout=900)
+        return run_solo(script, cfgs, name, *over, cwd=tmp_path)
 
     r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", f"++checkpoint.dir={tmp_path / 'pre'}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -73,15 +56,10 @@ def test_cdg_main_pretrain_then_main_linear(tmp_path):
     sd = state["state_dict"]
     assert "backbone.layer4.1.conv2.tau" in sd
     assert state["solo_sparse"]["cdg"]["config"]["cg"] == 8
-    r = run("main_linear.py", "lin.yaml", f"++data.train_path={data / 'train'}", f"++data.val_path={data / 'val'}",
-            "++data.augmentations.crop_size=32", f"++pretrained_feature_extractor='{ck}'",
-            f"++checkpoint.dir={tmp_path / 'lin'}")
+    r = run("main_linear.py", "lin.yaml", *linear_overrides(data, ck, tmp_path / "lin"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "evaluating the branch a1 (gated) path" in r.stderr
-    lin_sd = torch.load(next((tmp_path / "lin").rglob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
-    for k, v in sd.items():
-        if k.startswith("backbone."):
-            assert k in lin_sd and torch.equal(lin_sd[k], v), k
+    assert_backbone_kept(sd, tmp_path / "lin")
     # bad input is refused before training: G not dividing a gated layer's channels, another method
     r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", "++solo_sparse.groups=3",
             f"++checkpoint.dir={tmp_path / 'x'}")

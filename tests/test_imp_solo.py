@@ -80,37 +80,24 @@ def test_rotnet_with_imp_masks_keeps_them(tmp_path):
 
 
 def _cfg_dir(tmp_path):
-    cfgs = tmp_path / "cfgs"
-    (cfgs / "augmentations").mkdir(parents=True)
-    src = ROOT / "scripts" / "configs" / "fmnist"
-    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
-    text = (src / "mocov2plus_imp.yaml").read_text()
-    (cfgs / "imp.yaml").write_text(text)
-    (cfgs / "plain.yaml").write_text(text.replace("  - solo_sparse: imp\n", ""))   # the driver adds the group
-    return cfgs
+    from helpers import FMNIST_CONFIGS, config_dir
+
+    text = (FMNIST_CONFIGS / "mocov2plus_imp.yaml").read_text()
+    return config_dir(tmp_path, imp=text, plain=text.replace("  - solo_sparse: imp\n", ""))   # the driver adds the group
 
 
 @pytest.mark.skipif(not (ROOT / "scripts/configs/fmnist/mocov2plus_imp.yaml").exists(), reason="configs")
 def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
-    from test_solo_integration import _solo_dir
-
+    from helpers import TINY_RUN, make_image_folder, run_solo, solo_dir
     from solo_sparse.imp import load_masks, load_state
     from solo_sparse.imp_driver import IMPDriver, IMPRun
 
-    from PIL import Image
-
-    data = tmp_path / "imgs" / "train"
-    g = torch.Generator().manual_seed(0)
-    for c in "abcde":
-        (data / c).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray((torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()).save(data / c / f"{i}.png")
+    data = make_image_folder(tmp_path / "imgs") / "train"
     cfgs = _cfg_dir(tmp_path)
-    over = [f"++data.train_path={data}", "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0",
-            "++method_kwargs.queue_size=16"]
+    over = [f"++data.train_path={data}", *TINY_RUN, "++method_kwargs.queue_size=16"]
     run = IMPRun(config=str(cfgs / "plain.yaml"), out=str(tmp_path / "imp"), rounds=2, rate=0.5, rewind="2",
                  overrides=over)
-    st = IMPDriver(run, _solo_dir(), log=lambda *_: None).run_all()
+    st = IMPDriver(run, solo_dir(), log=lambda *_: None).run_all()
     assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
     assert [round(st["rounds"][k]["density"], 3) for k in "012"] == [1.0, 0.5, 0.25]
     assert "+solo_sparse=imp" in st["rounds"]["0"]["command"]
@@ -131,58 +118,36 @@ def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
     s = json.loads((tmp_path / "imp" / "imp.json").read_text())
     s["rounds"]["2"]["status"] = "training"
     (tmp_path / "imp" / "imp.json").write_text(json.dumps(s))
-    st = IMPDriver(run, _solo_dir(), log=lambda *_: None).run_all()
+    st = IMPDriver(run, solo_dir(), log=lambda *_: None).run_all()
     assert st["rounds"]["2"]["status"] == "done" and "resume_from_checkpoint" in st["rounds"]["2"]["command"]
     assert "resume_from_checkpoint" not in st["rounds"]["1"]["command"]
 
     # a different config is refused; a bad mask file for the model names the layer
     with pytest.raises(ConfigError, match="different config"):
         IMPDriver(IMPRun(config=str(cfgs / "plain.yaml"), out=str(tmp_path / "imp"), rounds=3, rate=0.5,
-                         rewind="2", overrides=over), _solo_dir())
+                         rewind="2", overrides=over), solo_dir())
     shutil.copy(tmp_path / "imp" / "round_1" / "masks.safetensors", tmp_path / "m.safetensors")
     from solo_sparse.imp import save_masks
 
     bad = dict(load_masks(tmp_path / "m.safetensors")[0])
     bad["backbone.layer1.0.conv1"] = torch.ones(64, 64, 1, 1, dtype=torch.bool)
     save_masks(tmp_path / "bad.safetensors", bad)
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, str(_solo_dir() / "main_pretrain.py"), "--config-path", str(cfgs),
-                        "--config-name", "imp.yaml", *over, f"++checkpoint.dir={tmp_path / 'bad'}",
-                        f"++solo_sparse.masks='{tmp_path / 'bad.safetensors'}'"],
-                       capture_output=True, text=True, cwd=str(tmp_path), timeout=600)
+    r = run_solo("main_pretrain.py", cfgs, "imp.yaml", *over, f"++checkpoint.dir={tmp_path / 'bad'}",
+                 f"++solo_sparse.masks='{tmp_path / 'bad.safetensors'}'", cwd=tmp_path, tiny=False)
     assert r.returncode != 0 and "'backbone.layer1.0.conv1' has mask shape" in r.stderr
 
 
 # ------------------------------------------------------------------------------ DGNet-dual with solo-learn
 def test_dgnet_dual_main_pretrain_then_main_linear(tmp_path):
-    import subprocess
-    import sys
+    from helpers import FMNIST_CONFIGS, assert_backbone_kept, config_dir, linear_config, linear_overrides, \
+        make_image_folder, run_solo
 
-    from PIL import Image
-    from test_solo_integration import _solo_dir
-
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 4), ("val", 1)):
-        for c in "abcde":
-            (tmp_path / "imgs" / split / c).mkdir(parents=True)
-            for i in range(n):
-                arr = (torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()
-                Image.fromarray(arr).save(tmp_path / "imgs" / split / c / f"{i}.png")
-    cfgs = tmp_path / "cfgs"
-    (cfgs / "augmentations").mkdir(parents=True)
-    src = ROOT / "scripts" / "configs" / "fmnist"
-    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
-    (cfgs / "pre.yaml").write_text((src / "vicreg_dgnet_dual_t30.yaml").read_text())
-    lin = (src / "linear.yaml").read_text().replace("  - _self_\n", "  - _self_\n  - solo_sparse: dgnet_dual\n", 1)
-    (cfgs / "lin.yaml").write_text(lin + "solo_sparse:\n  eval_path: dense\n")
-    data = tmp_path / "imgs"
+    data = make_image_folder(tmp_path / "imgs")
+    cfgs = config_dir(tmp_path, pre=(FMNIST_CONFIGS / "vicreg_dgnet_dual_t30.yaml").read_text(),
+                      lin=linear_config("dgnet_dual", "solo_sparse:\n  eval_path: dense\n"))
 
     def run(script, name, *over):
-        return subprocess.run([sys.executable, str(_solo_dir() / script), "--config-path", str(cfgs), "--config-name",
-                               name, "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0", *over],
-                              capture_output=True, text=True, cwd=str(tmp_path), timeout=900)
+        return run_solo(script, cfgs, name, *over, cwd=tmp_path)
 
     r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", f"++checkpoint.dir={tmp_path / 'pre'}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -191,15 +156,10 @@ def test_dgnet_dual_main_pretrain_then_main_linear(tmp_path):
     sd = state["state_dict"]
     assert "backbone.layer3.1.gate.w2" in sd and "backbone.layer3.1.bn2_g.running_var" in sd and "backbone.bn1_g.weight" in sd
     assert state["solo_sparse"]["dgnet_dual"]["config"]["target"] == 0.3
-    r = run("main_linear.py", "lin.yaml", f"++data.train_path={data / 'train'}", f"++data.val_path={data / 'val'}",
-            "++data.augmentations.crop_size=32", f"++pretrained_feature_extractor='{ck}'",
-            f"++checkpoint.dir={tmp_path / 'lin'}")
+    r = run("main_linear.py", "lin.yaml", *linear_overrides(data, ck, tmp_path / "lin"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "evaluating the dense path" in r.stderr
-    lin_sd = torch.load(next((tmp_path / "lin").rglob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
-    for k, v in sd.items():
-        if k.startswith("backbone."):
-            assert k in lin_sd and torch.equal(lin_sd[k], v), k     # no gate or BN-branch key lost
+    assert_backbone_kept(sd, tmp_path / "lin")     # no gate or BN-branch key lost
     # a method without two-view symmetry is refused before training
     r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", "method=mocov2plus",
             f"++checkpoint.dir={tmp_path / 'x'}")

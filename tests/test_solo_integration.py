@@ -6,14 +6,13 @@
   unchanged main_linear.py (same one line) loads the backbone with no missing key and keeps the zeros;
   a dense checkpoint is refused loudly by the gmp linear path.
 """
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import HAS_SOLO, needs_solo
+from helpers import FMNIST_CONFIGS, config_dir, make_image_folder, run_solo
 
 pytestmark = needs_solo
 
@@ -234,33 +233,6 @@ def test_family_refusal_and_ddp_refusal():
 
 
 # ------------------------------------------------------------------------- unchanged solo-learn scripts
-def _solo_dir():
-    import solo
-
-    return Path(solo.__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imgs")
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 4), ("val", 1)):
-        for c in ("a", "b", "c", "d", "e"):  # >= 5 classes: solo-learn's linear model reports top-5
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                arr = (torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()
-                Image.fromarray(arr).save(root / split / c / f"{i}.png")
-    return root
-
-
-def _run(script, cfg_dir, name, *overrides, cwd):
-    cmd = [sys.executable, str(_solo_dir() / script), "--config-path", str(cfg_dir), "--config-name", name,
-           *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=str(cwd), timeout=900)
-
-
 def _config(src: Path, dst: Path, plugin_line: bool, extra: str = ""):
     text = src.read_text()
     if plugin_line:
@@ -269,18 +241,16 @@ def _config(src: Path, dst: Path, plugin_line: bool, extra: str = ""):
 
 
 @pytest.mark.skipif(not (HAS_SOLO and (ROOT / "scripts/configs/fmnist/byol.yaml").exists()), reason="configs")
-def test_unchanged_main_pretrain_then_main_linear(tmp_path, image_folder):
-    cfgs = tmp_path / "cfgs"
-    (cfgs / "augmentations").mkdir(parents=True)
-    src = ROOT / "scripts" / "configs" / "fmnist"
-    (cfgs / "augmentations" / "grey.yaml").write_text((src / "augmentations" / "grey.yaml").read_text())
+def test_unchanged_main_pretrain_then_main_linear(tmp_path):
+    image_folder = make_image_folder(tmp_path / "imgs")
+    cfgs = config_dir(tmp_path)
+    src = FMNIST_CONFIGS
     _config(src / "byol.yaml", cfgs / "pre.yaml", True,
             "\nsolo_sparse:\n  final_density: 0.25\n  start: 1\n  end: 3\n  every: 1\n")
     _config(src / "byol.yaml", cfgs / "dense.yaml", False)
     _config(src / "linear.yaml", cfgs / "lin.yaml", True)
-    common = [f"++data.train_path={image_folder / 'train'}", "++optimizer.batch_size=4", "++max_epochs=1",
-              "++data.num_workers=0"]
-    r = _run("main_pretrain.py", cfgs, "pre.yaml", *common, f"++checkpoint.dir={tmp_path / 'pre'}", cwd=tmp_path)
+    common = [f"++data.train_path={image_folder / 'train'}"]
+    r = run_solo("main_pretrain.py", cfgs, "pre.yaml", *common, f"++checkpoint.dir={tmp_path / 'pre'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ck = next((tmp_path / "pre").rglob("*.ckpt"))
     state = torch.load(ck, map_location="cpu", weights_only=True)
@@ -294,10 +264,9 @@ def test_unchanged_main_pretrain_then_main_linear(tmp_path, image_folder):
     assert state["solo_sparse"]["gmp"]["step"] == 5  # 20 images / batch 4, one epoch
 
     lin_over = [f"++data.train_path={image_folder / 'train'}", f"++data.val_path={image_folder / 'val'}",
-                "++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0",
                 "++data.augmentations.crop_size=32"]
-    r = _run("main_linear.py", cfgs, "lin.yaml", *lin_over, f"++pretrained_feature_extractor='{ck}'",
-             f"++checkpoint.dir={tmp_path / 'lin'}", cwd=tmp_path)
+    r = run_solo("main_linear.py", cfgs, "lin.yaml", *lin_over, f"++pretrained_feature_extractor='{ck}'",
+                 f"++checkpoint.dir={tmp_path / 'lin'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "masked layers at density 0.2500" in r.stderr
     lin = torch.load(next((tmp_path / "lin").rglob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
@@ -307,9 +276,9 @@ def test_unchanged_main_pretrain_then_main_linear(tmp_path, image_folder):
             assert (lin[k.replace("weight_mask", "weight")][~m] == 0).all()
 
     # a dense checkpoint through the gmp linear path: missing mask keys are an error, not silence
-    r = _run("main_pretrain.py", cfgs, "dense.yaml", *common, f"++checkpoint.dir={tmp_path / 'dense'}", cwd=tmp_path)
+    r = run_solo("main_pretrain.py", cfgs, "dense.yaml", *common, f"++checkpoint.dir={tmp_path / 'dense'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     dck = next((tmp_path / "dense").rglob("*.ckpt"))
-    r = _run("main_linear.py", cfgs, "lin.yaml", *lin_over, f"++pretrained_feature_extractor='{dck}'",
-             f"++checkpoint.dir={tmp_path / 'lin2'}", cwd=tmp_path)
+    r = run_solo("main_linear.py", cfgs, "lin.yaml", *lin_over, f"++pretrained_feature_extractor='{dck}'",
+                 f"++checkpoint.dir={tmp_path / 'lin2'}", cwd=tmp_path)
     assert r.returncode != 0 and "lacks" in r.stderr and "weight_mask" in r.stderr
