@@ -21,20 +21,9 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.backbones import apply_gating, gating_plugin
 from solo_sparse.cdg import measure
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_images
+from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
 from solo_sparse.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
-
-def load_gated(ck: Path):
-    """(backbone, plugin name or None, plugin config) from a solo-learn checkpoint, strict load,
-    evaluated through branch a1 (the inference path)."""
-    state = torch.load(ck, map_location="cpu", weights_only=True)
-    sd = {k[len("backbone."):]: v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
-    plugin, cfg = gating_plugin(state.get("solo_sparse"))
-    net = apply_gating(build_resnet("resnet18"), plugin, cfg)
-    net.load_state_dict(sd, strict=True)
-    return net.eval(), plugin, cfg
 
 
 def main(argv=None) -> int:
@@ -71,7 +60,8 @@ def main(argv=None) -> int:
             res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": run.error}
             save()
             continue
-        net, plugin, pcfg = load_gated(run.checkpoint)
+        net, info = load_backbone(str(run.checkpoint))      # rebuilt gated, strict, branch a1
+        plugin, pcfg = info["gating"], info["gating_config"]
         row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(run.checkpoint.relative_to(out)),
                "plugin": plugin, "plugin_config": pcfg, "train_seconds": run.seconds, "command": run.command_line}
         bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]

@@ -7,8 +7,9 @@ ResNet with the run's plugin settings, strict load) and both paths are evaluated
 kNN k=1 (the seed's ablation metric), k=20 and a linear probe on frozen features; the gated path's
 FLOPs ratio is measured on the val images (gated blocks, exact per-sample count with the gates'
 own cost = the budget loss's quantity; and whole-network MACs); with --latency, batch-1 CPU latency
-of the dense and the gated path (median of --reps runs in one process, real val images, at each
---latency-sizes resolution). A random-init row is always added.
+of the dense and the gated path (median of --reps real val images in one process, the two paths
+interleaved image by image, at each --latency-sizes resolution; with the share of gated blocks that
+took the gather path). A random-init row is always added.
 
     python scripts/dgnet_benchmark.py --data data/fmnist5k --out results/fmnist_dgnet \\
         --configs scripts/configs/fmnist/vicreg.yaml scripts/configs/fmnist/vicreg_dgnet_dual_t10.yaml ...
@@ -26,27 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.dgnet import convert_resnet, gated_blocks, measure, set_mode
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_images
+from solo_sparse.dgnet import gated_blocks, measure, set_mode
+from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
 from solo_sparse.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
 
-PLUGINS = ("dgnet_dual", "dgnet_gated")
-
-
-def load_gated(ck: Path):
-    """(backbone, plugin name or None, plugin config) from a solo-learn checkpoint, strict load."""
-    state = torch.load(ck, map_location="cpu", weights_only=True)
-    sd = {k[len("backbone."):]: v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
-    net = build_resnet("resnet18")
-    plugin, cfg = None, {}
-    for name, st in (state.get("solo_sparse") or {}).items():
-        if name in PLUGINS:
-            plugin, cfg = name, st["config"]
-            convert_resnet(net, reduction=cfg["reduction"], temperature=cfg["temperature"],
-                           init_bias=cfg["init_bias"], separate_bn=bool(cfg.get("separate_bn", False)),
-                           stages=tuple(cfg["stages"]))
-    net.load_state_dict(sd, strict=True)
-    return net.eval(), plugin, cfg
 
 
 @torch.no_grad()
@@ -97,7 +81,8 @@ def main(argv=None) -> int:
         for stem, row in res["rows"].items():
             if stem == "random-init":
                 continue
-            net, plugin, _ = load_gated(out / row["checkpoint"])
+            net, info = load_backbone(str(out / row["checkpoint"]))
+            plugin = info["gating"]
             lat = {}
             for s in args.latency_sizes:
                 lat[str(s)] = latency(net, test[0], s, args.reps, gated=bool(plugin))
@@ -124,7 +109,8 @@ def main(argv=None) -> int:
             res["rows"][stem] = {"config": str(cfg), "config_sha": digest, "error": run.error}
             save()
             continue
-        net, plugin, pcfg = load_gated(run.checkpoint)
+        net, info = load_backbone(str(run.checkpoint))      # rebuilt gated, strict
+        plugin, pcfg = info["gating"], info["gating_config"]
         row = {"config": str(cfg), "config_sha": digest, "checkpoint": str(run.checkpoint.relative_to(out)),
                "plugin": plugin, "target": pcfg.get("target"), "train_seconds": run.seconds,
                "command": run.command_line}

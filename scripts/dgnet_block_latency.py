@@ -21,20 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.backbones import apply_gating, gating_plugin
 from solo_sparse.dgnet import gated_blocks, set_mode
-from solo_sparse.evaluate import build_resnet, load_images
-
-
-def load(ck: Path):
-    state = torch.load(ck, map_location="cpu", weights_only=True)
-    sd = {k[len("backbone."):]: v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
-    plugin, cfg = gating_plugin(state.get("solo_sparse"))
-    if plugin not in ("dgnet_dual", "dgnet_gated"):
-        raise SystemExit(f"{ck}: not a DGNet-gated checkpoint (plugin {plugin!r})")
-    net = apply_gating(build_resnet("resnet18"), plugin, cfg)
-    net.load_state_dict(sd, strict=True)
-    return net.eval()
+from solo_sparse.evaluate import load_backbone, load_images
 
 
 def main(argv=None) -> int:
@@ -48,7 +36,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    net = load(Path(args.checkpoint))
+    net, info = load_backbone(args.checkpoint)
+    if info["gating"] not in ("dgnet_dual", "dgnet_gated"):
+        raise SystemExit(f"{args.checkpoint}: not a DGNet-gated checkpoint (plugin {info['gating']!r})")
     X = load_images(str(Path(args.data) / "val"), 32)[0][: args.reps + 3]
     mods = [("stem conv", net.conv1), ("max-pool", net.maxpool)] + gated_blocks(net)
     t0s, times = {}, {m: {n: [] for n, _ in mods} for m in ("dense", "gated")}

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from .config import ConfigError, PREFIX
 
 #: batch-1 inference gathers the kept channels' weights only when at most this share is kept:
-#: above it the weight copy costs more than the skipped channels save (measured on a 2-core CPU,
-#: ResNet-18 at 224 px: at 512 channels / 7x7 the gathered pair breaks even near 0.7 kept and is
+#: above it the weight copy costs more than the skipped channels save (a one-off one-thread
+#: microbenchmark of conv pairs at ResNet-18's 224 px shapes, not kept as a script: at 512 channels / 7x7 the gathered pair breaks even near 0.7 kept and is
 #: 1.3-1.4x slower than the dense pair above 0.9; at 64 channels / 56x56 gathering wins up to 0.95).
 GATHER_MAX_KEEP = 0.8
 

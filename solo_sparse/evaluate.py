@@ -72,7 +72,8 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
             mod.weight.mul_(m.to(mod.weight.dtype))
             kept += int(m.sum())
             total += m.numel()
-    info = {"masked_layers": len(masks), "density": (kept / total) if total else 1.0, "gating": gname}
+    info = {"masked_layers": len(masks), "density": (kept / total) if total else 1.0, "gating": gname,
+            "gating_config": gcfg}
     return net.eval(), info
 
 

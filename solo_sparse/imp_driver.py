@@ -97,7 +97,6 @@ def _max_epochs(cfg_path: Path, overrides: List[str]) -> Optional[int]:
     return int(v) if v is not None else None
 
 
-
 def checkpoint_masks(ckpt: Path):
     """``({layer: weight}, {layer: mask})`` of the online masked layers of a solo-learn checkpoint."""
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -237,4 +236,3 @@ class IMPDriver:
                 self._save()
             self.log(f"[imp] round {k}/{R} done: density {rs['density']:.4f}")
         return self.state
-

@@ -1,4 +1,7 @@
-"""A Lightning-free training loop that calls the PluginHost hooks where the solo-learn binding does."""
+"""Test helpers: a Lightning-free training loop calling the PluginHost hooks where the solo-learn binding does,
+and the tiny image folder / config dir / script runner of the solo-learn integration tests."""
+from pathlib import Path
+
 import torch
 
 from solo_sparse.plugin import Branch, ModelView, PluginHost
@@ -39,7 +42,7 @@ def train(host, online, momentum, opt, steps, seed=0, batch=4):
 
 
 # ------------------------------------------------------------------ solo-learn script runs (integration tests)
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 FMNIST_CONFIGS = ROOT / "scripts" / "configs" / "fmnist"
 #: overrides that shrink any fmnist config to a seconds-long run on the tiny image folder
 TINY_RUN = ("++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0")
@@ -63,7 +66,7 @@ def make_image_folder(root, train_per_class=4, val_per_class=1, classes="abcde")
 def solo_dir():
     import solo
 
-    return __import__("pathlib").Path(solo.__file__).resolve().parents[1]
+    return Path(solo.__file__).resolve().parents[1]
 
 
 def config_dir(tmp_path, **files):

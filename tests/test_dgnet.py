@@ -91,7 +91,11 @@ def test_batch1_gather_equals_masked_computation(arch):
     net.eval()
     set_mode(net, "gated")
     xs = torch.randn(4, 1, 3, 32, 32)
-    fast = torch.cat([net(x) for x in xs])
+    fast = []
+    for x in xs:
+        fast.append(net(x))
+        assert any(b.ss_last_path == "gather" for _, b in gated_blocks(net))   # the path under test ran
+    fast = torch.cat(fast)
     for _, b in gated_blocks(net):
         b.ss_gather = False
     masked = torch.cat([net(x) for x in xs])
@@ -327,3 +331,22 @@ def test_gate_lr_scale_makes_its_own_param_group():
     names = {id(q): n for n, q in online.named_parameters()}
     assert groups[0]["params"] and all(".gate." in names[id(q)] for q in groups[0]["params"])
     assert DGNetDual.from_params({}).param_groups(0.3) == []
+
+
+def test_load_backbone_rebuilds_a_gated_checkpoint(tmp_path):
+    """solo_sparse.evaluate.load_backbone (CLI evaluate, the benchmarks) rebuilds the gated network from the
+    checkpoint's plugin state: strict, same outputs, plugin name and config reported."""
+    from solo_sparse.evaluate import load_backbone
+
+    p = DGNetDual.from_params({"target": 0.3, "reduction": 8})
+    host, online, _ = host_for(p)
+    random_gates(online)
+    online.eval()
+    set_mode(online, "gated")
+    ck = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in online.state_dict().items()},
+                "solo_sparse": host.state_dict()}, ck)
+    net, info = load_backbone(str(ck))
+    assert info["gating"] == "dgnet_dual" and info["gating_config"]["reduction"] == 8
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(net(x), online(x), atol=1e-5)
