@@ -283,6 +283,53 @@ def test_threshold_loss_pulls_tau_to_s():
     assert after < before - 30, (before, after)
 
 
+def test_ramp_follows_the_cubic_schedule_and_shifts_both_encoders():
+    p = CDG.from_params({"target": 0.75, "ramp": 8, "ramp_from": 0.0, "threshold_weight": 0.0})
+    host, online, mom, logs = host_for(p, momentum=True, method="byol")
+    # eta(t) = 0.75 - 0.75 (1 - t/8)^3, reached at step 8 and held
+    for t, eta in [(0, 0.0), (2, 0.75 - 0.75 * 0.75 ** 3), (4, 0.75 - 0.75 * 0.5 ** 3), (8, 0.75), (20, 0.75)]:
+        assert p.target_at(t) == pytest.approx(eta)
+    c, m = online.layer3[1].conv2, mom.layer3[1].conv2
+    assert float(c.tau[0]) == pytest.approx(target_threshold(0.0))        # tau starts at s(ramp_from)
+    with torch.no_grad():
+        c.tau[5] += 0.3                                                    # a learned offset is kept
+        m.tau[5] += 0.3
+    opt = torch.optim.SGD(online.parameters(), lr=0.0)
+    x = torch.randn(2, 4, 3, 32, 32)
+    sparsity = []
+    for step in range(1, 11):
+        two_view_step(host, online, opt, x, mom)
+        s = target_threshold(p.target_at(step))
+        assert float(c.tau[0]) == pytest.approx(s, abs=1e-5)
+        assert float(c.tau[5]) == pytest.approx(s + 0.3, abs=1e-5)
+        assert torch.allclose(m.tau, c.tau, atol=1e-5)                   # momentum twin shifted too
+        sparsity.append(logs["solo_sparse/sparsity/a1"])
+    assert logs["solo_sparse/target_sparsity"] == pytest.approx(0.75)
+    assert sparsity[0] < 0.5 < 0.6 < sparsity[-1]                          # the gates close along the ramp
+    # resume: the applied threshold travels with the plugin state, a fresh plugin continues exactly
+    state = host.state_dict()
+    p2 = CDG.from_params({"target": 0.75, "ramp": 8, "ramp_from": 0.0, "threshold_weight": 0.0})
+    host2 = PluginHost([p2])
+    host2.load_state_dict(state)
+    assert p2.step == 10 and p2._s_applied == pytest.approx(target_threshold(0.75))
+
+
+def test_ramp_threshold_loss_targets_the_current_s():
+    p = CDG.from_params({"target": 0.5, "ramp": "1ep", "threshold_weight": 1.0})   # 10 steps per epoch here
+    host, online, _, _ = host_for(p)
+    taus = [conv.tau for _, conv in gated_convs(online)]
+    with torch.no_grad():
+        for t in taus:
+            t.add_(0.2)                                                    # 0.2 off the schedule
+    opt = torch.optim.SGD(taus, lr=0.0)
+    x = torch.randn(2, 2, 3, 32, 32)
+    for step in range(12):
+        s = target_threshold(p.target_at(step))
+        want = sum(float(torch.linalg.vector_norm(s - t.detach())) for t in taus)
+        assert float(two_view_step(host, online, opt, x)) == pytest.approx(want, rel=1e-5)
+        assert want == pytest.approx(sum(0.2 * math.sqrt(t.numel()) for t in taus), rel=1e-4)
+
+
 def test_cgnet_reuses_crop0_mask_and_one_base_path():
     p = CGNet.from_params({})
     host, online, mom, _ = host_for(p, momentum=True, method="byol")
@@ -320,7 +367,8 @@ def test_masks_follow_momentum_and_gate_params_group():
 @pytest.mark.parametrize("cls,params,match", [
     (CDG, {"target": 1.0}, "target"), (CDG, {"target": -0.1}, "target"), (CDG, {"groups": 0}, "groups"),
     (CDG, {"cg": 0}, "cg"), (CDG, {"alpha": 0}, "alpha"), (CDG, {"convs": "all"}, "convs"),
-    (CDG, {"stages": [5]}, "stages"), (FBS, {"density": 0.0}, "density"), (CGNet, {"init_threshold": "x"}, "init"),
+    (CDG, {"stages": [5]}, "stages"),
+    (CDG, {"ramp": "x"}, "ramp"), (CDG, {"target": 0.5, "ramp_from": 0.6}, "ramp_from"), (FBS, {"density": 0.0}, "density"), (CGNet, {"init_threshold": "x"}, "init"),
 ])
 def test_config_errors_name_the_key(cls, params, match):
     with pytest.raises(ConfigError, match=match):

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("simclr", "cdg", {"cg": 8}),
     ("byol", "cgnet", {}),
     ("mocov2plus", "fbs", {"density": 0.5}),
+    ("mocov2plus", "cdg", {"ramp": "100%"}),
 ])
 def test_wrapped_methods_fit_with_gates(method, plugin, params):
     import solo.methods as sm
@@ -32,6 +33,10 @@ def test_wrapped_methods_fit_with_gates(method, plugin, params):
     tr = fit(model, epochs=1)
     m = tr.logged_metrics
     assert "solo_sparse/sparsity/a1" in m and "solo_sparse/mask_similarity" in m
+    if "ramp" in params:     # the ramp resolved '100%' from the trainer and moved the target off 0
+        assert 0.0 < float(m["solo_sparse/target_sparsity"]) <= 0.75
+        plugin_obj = model.solo_sparse.plugins[0]
+        assert plugin_obj._s_applied == pytest.approx(plugin_obj.s_at(plugin_obj.step))
     moved = [n for n, p in model.backbone.named_parameters() if n in tau0 and not torch.equal(p, tau0[n])]
     assert moved, "gate parameters did not train"
     if hasattr(model, "momentum_backbone"):
