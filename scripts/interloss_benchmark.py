@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.skip_train:
         rc = subprocess.call([sys.executable, str(HERE / "benchmark.py"), "--data", args.data, "--out", str(out),
-                              "--configs", *args.configs])
+                              "--size", str(args.size), "--configs", *args.configs])
         if rc:
             return rc
     res = json.loads((out / "results.json").read_text())
@@ -140,7 +140,9 @@ def main(argv=None) -> int:
                  + " | ".join(f"{100 * rnd[f'stage{j}']:.2f}" for j in (1, 2, 3, 4)) + " |")
     base = {}
     for t in table:
-        fam = t["run"].split("_il_")[0].replace("10", "")
+        px = re.search(r"_\d+px$", t["run"])              # simclr_il_pbhp_64px is compared with simclr_64px
+        stem_run = t["run"][: px.start()] if px else t["run"]
+        fam = stem_run.split("_il_")[0].replace("10", "") + (px.group(0) if px else "")
         if not t["interloss"]:
             base[fam] = t
         b = base.get(fam, t)
