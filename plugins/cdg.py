@@ -23,6 +23,7 @@ seed's schedule starts training from broken features; the ramp starts it from de
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
@@ -90,6 +91,13 @@ class CDG(GatingPlugin):
         super().__init__(config)
         self._ramp_steps: Optional[int] = None
         self._s_applied: Optional[float] = None   # threshold the taus were last shifted to (ramp)
+
+    def setup(self, view) -> None:
+        super().setup(view)
+        if view.method == "mocov2plus" and self.kind in ("cdg", "cgnet"):
+            warnings.warn(f"solo-sparse: '{self.name}' with mocov2plus collapsed in our 10-epoch benchmarks (linear "
+                          "probe 31-39 vs 80 dense, with or without ramp/warm-up; README, CDG benchmark); "
+                          "simclr is the tested pairing", stacklevel=2)
 
     def target_at(self, step: int) -> float:
         """Target conditional sparsity after ``step`` optimizer steps (the cubic ramp, or the target)."""

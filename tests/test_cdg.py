@@ -330,6 +330,11 @@ def test_ramp_threshold_loss_targets_the_current_s():
         assert want == pytest.approx(sum(0.2 * math.sqrt(t.numel()) for t in taus), rel=1e-4)
 
 
+def test_cdg_with_moco_warns_with_the_measured_collapse():
+    with pytest.warns(UserWarning, match="mocov2plus collapsed"):
+        host_for(CDG.from_params({}), momentum=True, method="mocov2plus")
+
+
 def test_cgnet_reuses_crop0_mask_and_one_base_path():
     p = CGNet.from_params({})
     host, online, mom, _ = host_for(p, momentum=True, method="byol")
