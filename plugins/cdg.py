@@ -17,7 +17,7 @@ every optimizer step the thresholds of both encoders are shifted by s(eta(t+1)) 
 learned offsets from the target are kept; the momentum twin stays its EMA), and the threshold loss
 pulls tau to the current s. Why: per-position gating at a fixed sparsity makes the features of a
 freshly initialised network much worse than dense or base-path-only ones (linear probe on Fashion-MNIST
-at random init: dense 77.4, base path only 79.1, 10% conditional sparsity 72.6, 50% 58.9), so the
+at random init: dense 77.6, base path only 79.1, 10% conditional sparsity 72.6, 50% 58.9), so the
 seed's schedule starts training from broken features; the ramp starts it from dense ones. Engine:
 ``solo_sparse.cdg``, ``solo_sparse.cdg_plugin``.
 """
@@ -94,7 +94,7 @@ class CDG(GatingPlugin):
 
     def setup(self, view) -> None:
         super().setup(view)
-        if view.method == "mocov2plus" and self.kind in ("cdg", "cgnet"):
+        if view.method == "mocov2plus" and self.kind == "cdg":
             warnings.warn(f"solo-sparse: '{self.name}' with mocov2plus collapsed in our 10-epoch benchmarks (linear "
                           "probe 31-39 vs 80 dense, with or without ramp/warm-up; README, CDG benchmark); "
                           "simclr is the tested pairing", stacklevel=2)

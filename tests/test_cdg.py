@@ -1,6 +1,7 @@
 """CDG / CGNet / FBS channel gating: engine equations, base paths, branches, FLOPs, plugins."""
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -333,6 +334,9 @@ def test_ramp_threshold_loss_targets_the_current_s():
 def test_cdg_with_moco_warns_with_the_measured_collapse():
     with pytest.warns(UserWarning, match="mocov2plus collapsed"):
         host_for(CDG.from_params({}), momentum=True, method="mocov2plus")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        host_for(CDG.from_params({}), momentum=True, method="byol")        # only the measured pairing warns
 
 
 def test_cgnet_reuses_crop0_mask_and_one_base_path():
