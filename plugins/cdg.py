@@ -90,7 +90,8 @@ class CDG(GatingPlugin):
     def __init__(self, config):
         super().__init__(config)
         self._ramp_steps: Optional[int] = None
-        self._s_applied: Optional[float] = None   # threshold the taus were last shifted to (ramp)
+        # the threshold the taus were last shifted to (ramp); saved with the plugin state
+        self._s_applied = target_threshold(config.ramp_from) if config.ramping else None
 
     def setup(self, view) -> None:
         super().setup(view)
@@ -117,18 +118,11 @@ class CDG(GatingPlugin):
         tau0 = s0 if c.init_threshold == "target" else c.init_threshold
         return {"groups": c.groups, "cg": c.cg, "alpha": c.alpha, "init_tau": tau0, "density": 1.0}
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if self.config.ramping and self._s_applied is None:
-            self._s_applied = target_threshold(self.config.ramp_from)
-
     def after_optimizer_step(self, optimizer) -> None:
         super().after_optimizer_step(optimizer)
         if not self.config.ramping:
             return
         s_now = self.s_at(self.step)
-        if self._s_applied is None:
-            self._s_applied = target_threshold(self.config.ramp_from)
         delta = s_now - self._s_applied
         if delta != 0.0:
             grp = self.view.groups["backbone"]
@@ -144,7 +138,7 @@ class CDG(GatingPlugin):
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         if self.config.ramping:
-            self._s_applied = state.get("s_applied")
+            self._s_applied = float(state["s_applied"])
 
     def route(self, branch: Branch) -> str:
         return "a2" if branch.crop == 1 else "a1"

@@ -307,12 +307,22 @@ def test_ramp_follows_the_cubic_schedule_and_shifts_both_encoders():
         sparsity.append(logs["solo_sparse/sparsity/a1"])
     assert logs["solo_sparse/target_sparsity"] == pytest.approx(0.75)
     assert sparsity[0] < 0.5 < 0.6 < sparsity[-1]                          # the gates close along the ramp
-    # resume: the applied threshold travels with the plugin state, a fresh plugin continues exactly
-    state = host.state_dict()
-    p2 = CDG.from_params({"target": 0.75, "ramp": 8, "ramp_from": 0.0, "threshold_weight": 0.0})
-    host2 = PluginHost([p2])
-    host2.load_state_dict(state)
-    assert p2.step == 10 and p2._s_applied == pytest.approx(target_threshold(0.75))
+    # resume mid-ramp: a fresh plugin on the restored weights continues exactly like the running one
+    p = CDG.from_params({"target": 0.75, "ramp": 8, "threshold_weight": 0.0})
+    host, online, mom, _ = host_for(p, momentum=True, method="byol")
+    for _ in range(3):
+        two_view_step(host, online, opt, x, mom)
+    p2 = CDG.from_params({"target": 0.75, "ramp": 8, "threshold_weight": 0.0})
+    host2, online2, mom2, _ = host_for(p2, momentum=True, method="byol")
+    online2.load_state_dict(online.state_dict())
+    mom2.load_state_dict(mom.state_dict())
+    host2.load_state_dict(host.state_dict())
+    assert p2.step == 3 and p2._s_applied == pytest.approx(target_threshold(p.target_at(3)))
+    for _ in range(2):
+        two_view_step(host, online, opt, x, mom)
+        two_view_step(host2, online2, torch.optim.SGD(online2.parameters(), lr=0.0), x, mom2)
+    for (_, a), (_, b) in zip(gated_convs(online), gated_convs(online2)):
+        assert torch.equal(a.tau, b.tau)
 
 
 def test_ramp_threshold_loss_targets_the_current_s():
@@ -376,8 +386,8 @@ def test_masks_follow_momentum_and_gate_params_group():
 @pytest.mark.parametrize("cls,params,match", [
     (CDG, {"target": 1.0}, "target"), (CDG, {"target": -0.1}, "target"), (CDG, {"groups": 0}, "groups"),
     (CDG, {"cg": 0}, "cg"), (CDG, {"alpha": 0}, "alpha"), (CDG, {"convs": "all"}, "convs"),
-    (CDG, {"stages": [5]}, "stages"),
-    (CDG, {"ramp": "x"}, "ramp"), (CDG, {"target": 0.5, "ramp_from": 0.6}, "ramp_from"), (FBS, {"density": 0.0}, "density"), (CGNet, {"init_threshold": "x"}, "init"),
+    (CDG, {"stages": [5]}, "stages"), (CDG, {"ramp": "x"}, "ramp"), (CDG, {"target": 0.5, "ramp_from": 0.6}, "ramp_from"),
+    (FBS, {"density": 0.0}, "density"), (CGNet, {"init_threshold": "x"}, "init"),
 ])
 def test_config_errors_name_the_key(cls, params, match):
     with pytest.raises(ConfigError, match=match):
