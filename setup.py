@@ -16,12 +16,16 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["solo_sparse", "solo_sparse.*"], exclude=["solo_sparse._hydra"])
-    + ["solo_sparse_plugins", "solo_sparse_zoo", "hydra_plugins.solo_sparse_searchpath"],
+    # solo_sparse/ is the library; plugins/ installs as solo_sparse_plugins (never a bare `plugins`
+    # package) and zoo/ as solo_sparse_zoo (manifest + weights as package data); hydra_plugins/ is a
+    # real folder because Hydra discovers search-path plugins by scanning that namespace package.
+    packages=find_packages(include=["solo_sparse", "solo_sparse.*"])
+    # "hydra_plugins" itself is listed (a namespace package, no __init__.py) so that setuptools' default
+    # editable mode maps the namespace to the real folder, where Hydra's pkgutil scan finds the plugin
+    + ["solo_sparse_plugins", "solo_sparse_zoo", "hydra_plugins", "hydra_plugins.solo_sparse_searchpath"],
     package_dir={
         "solo_sparse_plugins": "plugins",
         "solo_sparse_zoo": "zoo",
-        "hydra_plugins.solo_sparse_searchpath": "solo_sparse/_hydra",
     },
     package_data={"solo_sparse": ["configs/solo_sparse/*.yaml"],
                   "solo_sparse_zoo": ["manifest.json", "weights/*.safetensors", "configs/*.yaml",
@@ -34,7 +38,7 @@ setup(
         "test": ["pytest"],
     },
     entry_points={
-        "console_scripts": ["solo-sparse=solo_sparse.cli:main"],
+        "console_scripts": ["solo-sparse=solo_sparse.tools.cli:main"],
         "solo_sparse.plugins": [
             "gmp = solo_sparse_plugins.gmp:GMP",
             "synccp = solo_sparse_plugins.synccp:SyncCP",

@@ -7,16 +7,16 @@ setting) each branch has its own BatchNorm. The budget loss
 ``budget_weight * (Σ F^R / Σ F^O - target) ** 2`` (λ = 5) pulls the gated branch's FLOPs ratio to
 ``target`` (t_d). After one run both sub-networks are usable: ``eval_path: gated|dense`` picks the
 one that validation and solo-learn's ``main_linear.py`` evaluate. A momentum encoder (BYOL) follows
-the same crop policy. Engine: ``solo_sparse.dgnet`` (gates, FLOPs, batch-1 gather path) and
-``solo_sparse.dgnet_plugin``.
+the same crop policy. Engine: ``solo_sparse.gating.dgnet`` (gates, FLOPs, batch-1 gather path) and
+``solo_sparse.families.dgnet``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from solo_sparse.config import key_error
-from solo_sparse.dgnet_plugin import DGNetConfig, DGNetPlugin
-from solo_sparse.plugin import Branch
+from solo_sparse.core.config import key_error
+from solo_sparse.core.plugin import Branch
+from solo_sparse.families.dgnet import DGNetConfig, DGNetPlugin
 
 
 @dataclass

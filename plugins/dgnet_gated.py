@@ -1,9 +1,9 @@
 """``dgnet_gated`` — the gated-only baseline (Krishna et al. 2022): both crops run the DGNet-gated
-network (one BN set) under the same budget loss as ``dgnet_dual``. Engine: ``solo_sparse.dgnet``."""
+network (one BN set) under the same budget loss as ``dgnet_dual``. Engine: ``solo_sparse.gating.dgnet``."""
 from __future__ import annotations
 
-from solo_sparse.dgnet_plugin import DGNetConfig, DGNetPlugin
-from solo_sparse.plugin import Branch
+from solo_sparse.core.plugin import Branch
+from solo_sparse.families.dgnet import DGNetConfig, DGNetPlugin
 
 
 class DGNetGated(DGNetPlugin):

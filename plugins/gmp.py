@@ -4,7 +4,7 @@ Masks start at ``init_density`` and shrink by magnitude on the cubic schedule
 
     d_t = d_f + (d_i - d_f) * (1 - (t - t0) / (end - t0)) ** 3
 
-at ``start``, ``start + every``, ... and at ``end`` (``solo_sparse.schedule``). Pruning is
+at ``start``, ``start + every``, ... and at ``end`` (``solo_sparse.engine.schedule``). Pruning is
 monotone: a pruned weight never returns. The momentum encoder, where the method has one, uses the
 online masks (re-applied after every EMA update). The per-layer split of each density follows
 ``distribution`` (uniform | global | erk); at ``granularity: nm`` the share of N:M groups grows until
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
-import warnings
 
-from solo_sparse.config import MaskSpec, PREFIX, ScheduleSpec, check_density_pair
-from solo_sparse.density import allocate_masks
-from solo_sparse.schedule import cubic_density, is_update_step
-from solo_sparse.weight_plugin import WeightSparsityPlugin
+from solo_sparse.core.config import MaskSpec, ScheduleSpec, check_density_pair
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.schedule import cubic_density, is_update_step
+from solo_sparse.families.weight import WeightSparsityPlugin
 
 
 @dataclass
@@ -57,9 +56,7 @@ class GMP(WeightSparsityPlugin):
 
     def on_train_start(self) -> None:
         start, end, every = self.config.resolve(self.steps_per_epoch, self.total_steps)
-        if self.total_steps and end > self.total_steps:
-            warnings.warn(f"solo-sparse gmp: {PREFIX}.end={self.config.end} (step {end}) is after the last "
-                          f"training step ({self.total_steps}); the final density will not be reached")
+        self.config.check_fits(start, end, self.total_steps)
         self._resolved = (start, end, every)
         self.log({"schedule/start_step": start, "schedule/end_step": end})
 

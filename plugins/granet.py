@@ -4,16 +4,25 @@ Both encoders on their own cubic schedules (online ``init_density`` -> ``final_d
 ``momentum_init_density`` -> ``momentum_final_density``), from an explicit ``start``; after each
 schedule step the online encoder prunes-and-regrows ``regrow_fraction`` of its units by the *instant*
 gradient magnitude. The momentum encoder prunes by its own weight magnitude: no gap synchronization,
-no CSI. Engine: ``solo_sparse.dynamic``.
+no CSI. Engine: ``solo_sparse.families.dynamic``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from solo_sparse.config import ConfigError, MaskSpec, PREFIX, ScheduleSpec, check_density, check_density_pair, check_range, key_error
-from solo_sparse.dynamic import DynamicSparsityPlugin, parse_start
-from solo_sparse.schedule import cubic_density
+from solo_sparse.core.config import (
+    PREFIX,
+    ConfigError,
+    MaskSpec,
+    ScheduleSpec,
+    check_density,
+    check_density_pair,
+    check_range,
+    key_error,
+)
+from solo_sparse.engine.schedule import cubic_density
+from solo_sparse.families.dynamic import DynamicSparsityPlugin, parse_start
 
 
 @dataclass
@@ -52,12 +61,14 @@ class GraNet(DynamicSparsityPlugin):
                    "on the online encoder, no gap synchronization, no CSI")
     families = ("momentum", "shared")
     Config = GraNetConfig
-    momentum_policy = "independent"
+    dense_gradients = "updates"   # the instant gradient of the step before each mask update
+
+    def momentum_policy(self) -> str:
+        return "own"
 
     def momentum_density(self, online_density: float, step: int) -> float:
         c = self.config
-        if self.trigger_step is None:
+        w = self.window()
+        if w is None:
             return c.momentum_init_density
-        _, end, _ = self.schedule()
-        return cubic_density(step, self.trigger_step, max(end, self.trigger_step), c.momentum_init_density,
-                             c.momentum_final_density)
+        return cubic_density(step, w[0], w[1], c.momentum_init_density, c.momentum_final_density)

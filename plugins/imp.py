@@ -1,11 +1,11 @@
 """``imp`` — training under fixed masks from a mask file, with rewind capture (one IMP round).
 
 One round of iterative magnitude pruning with self-supervision (Caron et al. 2020), usable alone
-or driven round by round by ``solo-sparse imp`` (``solo_sparse.imp_driver``):
+or driven round by round by ``solo-sparse imp`` (``solo_sparse.tools.imp_driver``):
 
-- ``masks``: a solo-sparse mask file (``solo_sparse.imp.save_masks``); its layers must match the
+- ``masks``: a solo-sparse mask file (``solo_sparse.engine.maskio.save_masks``); its layers must match the
   model's maskable layers exactly (the first mismatching layer is named). No file = dense (round 0).
-- ``init``: a state file (``solo_sparse.imp.save_state``) loaded into the encoders before step 0:
+- ``init``: a state file (``solo_sparse.engine.imp.save_state``) loaded into the encoders before step 0:
   the rewind point of round 0 (winning ticket / late resetting). No file = the method's fresh init
   (the random re-initialisation control of Liu et al. 2019).
 - ``rewind`` / ``rewind_out``: when ``rewind_out`` is set, the encoders' state (online and
@@ -30,9 +30,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.config import ConfigError, MaskSpec, PREFIX, StepSpec, check_range, key_error
-from solo_sparse.imp import apply_state, check_masks_match, load_masks, load_state, save_state
-from solo_sparse.weight_plugin import WeightSparsityPlugin
+from solo_sparse.core.config import PREFIX, ConfigError, MaskSpec, StepSpec, check_range, key_error
+from solo_sparse.engine.imp import apply_state, load_state, save_state
+from solo_sparse.engine.maskio import check_masks_match, load_masks
+from solo_sparse.families.weight import WeightSparsityPlugin
 
 
 @dataclass
@@ -83,6 +84,12 @@ class IMP(WeightSparsityPlugin):
         self._feats = None
         self.mask_meta = {}
 
+    @classmethod
+    def commands(cls):
+        from solo_sparse.tools.imp_cli import commands
+
+        return commands(cls.name)
+
     # ------------------------------------------------------------------ construction
     def setup(self, view) -> None:
         super().setup(view)            # builds the sparsifier, calls init_masks, applies masks
@@ -107,6 +114,8 @@ class IMP(WeightSparsityPlugin):
 
     def init_masks(self) -> None:
         if not self.config.masks:
+            print(f"solo-sparse {self.name}: no {PREFIX}.masks given: this run trains dense (IMP round 0); "
+                  f"`solo-sparse {self.name}` drives the rounds and writes the mask files", file=sys.stderr, flush=True)
             return
         masks, meta = load_masks(self.config.masks)
         check_masks_match(masks, self.sparsifier.shapes(), f"{PREFIX}.masks={self.config.masks!r}")
@@ -132,7 +141,8 @@ class IMP(WeightSparsityPlugin):
             self._capture()
 
     def _capture(self) -> None:
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if rank == 0:
             state = {}
             for g, grp in self.view.groups.items():

@@ -8,11 +8,14 @@ depth; VICReg / Barlow Twins with an expander per depth). The final loss is the 
 * ``partial_backprop: true``: each step draws ONE depth d from {heads..., final} (``weights``,
   uniform by default); the forward of both views (online and momentum encoders) stops after block d,
   so only blocks 1..d and head d get gradients — that is where the time goes.
-  ``false``: every step runs the whole network and the loss is Σ_d w_d L_d (w normalised to sum 1:
-  the expectation of the partial-back-prop loss).
+  ``false``: every step runs the whole network and the loss is Σ_d w_d L_d with ``loss_weights`` w
+  (default 1 for every depth, so the final loss keeps the method's own weight; a drawn depth under
+  partial back-prop is weighted the same way).
 * ``hard_pairs: true``: after each of ``hard_blocks`` (≤ the depth reached), M = ``num_crops`` random
-  crops of ``crop_fraction`` of each view's map; per image the hardest of the M×M positive pairs
-  (lowest cosine similarity of head embeddings, no gradient) goes on; the resolution shrinks.
+  crops of ``crop_fraction`` of each view's map; per image the hardest of the M×M positive pairs goes
+  on — by default the pair with the largest contrastive loss, negatives included (the paper's eq. 4;
+  ``hard_by: cosine`` keeps the lowest positive cosine instead), scored with head embeddings, no
+  gradient; the resolution shrinks.
 
 Steps the plugin runs itself (every step when ``hard_pairs`` or ``partial_backprop: false``; the
 intermediate-depth steps otherwise): solo-learn's online linear classifier is trained on the detached
@@ -32,11 +35,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from solo_sparse.config import ConfigError, check_int, check_range, key_error
-from solo_sparse.interloss import (STAGES, adapt_head, check_backbone, draw_depth, ema_, forward_maps,
-                                   fresh_copy, frozen_copy, pool, stage_channels, two_view_forward)
-from solo_sparse.plugin import Branch, Plugin
-from solo_sparse.solo_objectives import SUPPORTED
+from solo_sparse.binding.objectives import SUPPORTED
+from solo_sparse.core.config import ConfigError, check_choice, check_int, check_range, key_error
+from solo_sparse.core.plugin import Branch, Plugin
+from solo_sparse.engine.interloss import (
+    STAGES,
+    adapt_head,
+    check_backbone,
+    draw_depth,
+    ema_,
+    forward_maps,
+    fresh_copy,
+    frozen_copy,
+    pool,
+    stage_channels,
+    two_view_forward,
+)
 
 FINAL = len(STAGES)
 
@@ -54,8 +68,11 @@ def _blocks(key: str, v: Any, allow_empty: bool) -> List[int]:
 class InterLossConfig:
     #: stages with an auxiliary head (1-based; the final stage is the method's own loss)
     heads: List[int] = field(default_factory=lambda: [1, 2, 3])
-    #: sampling weights of [heads..., final] (null: uniform)
+    #: partial back-propagation: sampling weights of [heads..., final] (null: uniform)
     weights: Optional[List[float]] = None
+    #: loss weights of [heads..., final]: partial_backprop false trains Σ_d w_d L_d, true trains the drawn
+    #: depth's w_d L_d (null: 1 for every depth — the final loss at the method's own weight)
+    loss_weights: Optional[List[float]] = None
     partial_backprop: bool = True
     hard_pairs: bool = True
     #: blocks after which hard pairs are selected (each needs a head)
@@ -64,6 +81,11 @@ class InterLossConfig:
     num_crops: int = 4
     #: crop side as a fraction of the feature map's
     crop_fraction: float = 0.75
+    #: hard pair = the largest contrastive loss, negatives included (loss; the paper) or the lowest
+    #: positive cosine (cosine)
+    hard_by: str = "loss"
+    #: temperature of the hard-pair scores (null: the method's method_kwargs.temperature, else 0.2)
+    hard_temperature: Optional[float] = None
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +97,10 @@ class InterLossConfig:
             raise key_error("hard_pairs", self.hard_pairs, "true or false")
         self.num_crops = check_int("num_crops", self.num_crops, 1)
         self.crop_fraction = check_range("crop_fraction", self.crop_fraction, 0.0, 1.0, lo_open=True)
+        check_choice("hard_by", self.hard_by, ("loss", "cosine"))
+        if self.hard_temperature is not None:
+            self.hard_temperature = check_range("hard_temperature", self.hard_temperature, 0.0, float("inf"),
+                                                lo_open=True)
         self.seed = check_int("seed", self.seed, 0)
         if self.hard_pairs:
             if not self.hard_blocks:
@@ -90,6 +116,15 @@ class InterLossConfig:
                 raise key_error("weights", self.weights, f"{len(self.heads) + 1} non-negative numbers (one per head "
                                 f"{self.heads} and one for the final loss), not all 0")
             self.weights = [float(x) for x in w]
+        if self.loss_weights is not None:
+            w = self.loss_weights
+            if not isinstance(w, (list, tuple)) or len(w) != len(self.heads) + 1 or any(
+                    isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 for x in w):
+                raise key_error("loss_weights", w, f"{len(self.heads) + 1} non-negative numbers, one per head "
+                                f"{self.heads} and one for the final loss")
+            if w[-1] == 0:
+                raise key_error("loss_weights", w, "the final loss needs a positive weight")
+            self.loss_weights = [float(x) for x in w]
 
     @property
     def depths(self) -> List[int]:
@@ -99,6 +134,10 @@ class InterLossConfig:
     def probs(self) -> List[float]:
         w = self.weights or [1.0] * len(self.depths)
         return [x / sum(w) for x in w]
+
+    @property
+    def depth_weights(self) -> List[float]:
+        return self.loss_weights or [1.0] * len(self.depths)
 
 
 class _Modules(nn.Module):
@@ -173,14 +212,15 @@ class InterLoss(Plugin):
         return enqueue
 
     def parts(self, model, d: int):
-        from solo_sparse.solo_objectives import Parts, final_parts
+        from solo_sparse.binding.objectives import Parts, final_parts
 
         if d == FINAL:
             return final_parts(model)
         key = str(d)
         return Parts(self.mods.heads[key], self.mods.predictors[key] if key in self.mods.predictors else None,
                      self.mods.momentum_heads[key] if key in self.mods.momentum_heads else None,
-                     getattr(self.mods, f"queue_{d}", None), self._enqueue(d) if hasattr(self.mods, f"queue_{d}") else None,
+                     getattr(self.mods, f"queue_{d}", None),
+                     self._enqueue(d) if hasattr(self.mods, f"queue_{d}") else None,
                      pooled=False)
 
     # ------------------------------------------------------------------ the step
@@ -190,7 +230,7 @@ class InterLoss(Plugin):
         self._tau = float(upd.cur_tau) if upd is not None else None
 
     def training_step(self, model, batch, batch_idx: int):
-        from solo_sparse.solo_objectives import MOMENTUM, classifier_loss, objective
+        from solo_sparse.binding.objectives import MOMENTUM, classifier_loss, objective
 
         c = self.config
         depth = draw_depth(c.depths, c.probs, c.seed, self.step) if c.partial_backprop else FINAL
@@ -206,9 +246,10 @@ class InterLoss(Plugin):
         gen = torch.Generator().manual_seed(c.seed * 7919 + self.step)
         host = model.solo_sparse
         host.on_crop(Branch(crop=0, encoder="online"))
+        temp = c.hard_temperature or float(self.view.method_kwargs.get("temperature", 0.2) or 0.2)
         maps1, maps2, crops1, crops2, sims = two_view_forward(
             model.backbone, x1, x2, depth, hard, lambda j: self.parts(model, j).embed, c.num_crops,
-            c.crop_fraction, gen)
+            c.crop_fraction, gen, c.hard_by, temp)
         method = self.view.method
         g1 = g2 = None
         if method in MOMENTUM:
@@ -218,12 +259,12 @@ class InterLoss(Plugin):
                 g2 = forward_maps(model.momentum_backbone, x2, depth, crops2)
         total = 0.0
         metrics = {}
-        probs = dict(zip(c.depths, c.probs))
+        weights = dict(zip(c.depths, c.depth_weights))
         for d in depths:
             loss, _ = objective(method, model, self.parts(model, d), maps1[d], maps2[d],
                                 None if g1 is None else g1[d], None if g2 is None else g2[d], indexes)
             metrics[f"interloss/loss_d{d}"] = float(loss.detach())
-            total = total + (loss if c.partial_backprop else probs[d] * loss)
+            total = total + weights[d] * loss
         for j, s in sims.items():
             metrics[f"interloss/hard_pair_sim_b{j}"] = float(s.mean())
         if depth == FINAL:

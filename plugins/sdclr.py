@@ -1,52 +1,77 @@
 """``sdclr`` — self-damaging contrastive learning (Jiang et al. 2021) as the SyncCP seed uses it.
 
-One encoder is "damaged": its forward uses its weights masked at a fixed high sparsity (``density``
-kept), the masks re-derived by weight magnitude at the start of every epoch, while its stored weights
-stay dense (soft masking, ``solo_sparse.sparsifier.SoftMaskedConv2d``) — so a weight pruned in one
-epoch can return in the next, as in SDCLR's on-the-fly pruned branch. ``damage: online`` (the seed's
-Table 1: sparse online, dense momentum) or ``damage: momentum`` (its Appendix D). For linear
-evaluation with the plugin line the online backbone gets its masks applied; without the line it loads
-its dense weights.
+A "damaged" network is the same weights pruned on the fly: its forward uses the weights masked at a
+fixed high sparsity (``density`` kept), the masks re-derived by weight magnitude at the start of every
+epoch, while the stored weights stay dense (soft masking, ``solo_sparse.engine.sparsifier.SoftMaskedConv2d``)
+— a weight pruned in one epoch can return in the next, as in SDCLR's on-the-fly pruned branch.
+
+* Momentum methods (the SyncCP seed's use): ``damage: online`` (its Table 1: sparse online, dense
+  momentum encoder) or ``damage: momentum`` (its Appendix D).
+* Shared-encoder methods (simclr, barlow_twins, vicreg, ...), as in SDCLR itself: crop 0 goes through the
+  dense weights, crop 1 through the pruned view of the *same* weights (``damage: branch``, the default
+  there); gradients of both branches reach the shared dense weights; validation and linear evaluation
+  use the dense network.
+
+For linear evaluation with the plugin line the masks of the damaged *online* encoder are applied;
+without the line (or for ``branch`` / ``momentum`` damage, whose evaluated network is dense) the backbone
+loads its dense weights.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
-from solo_sparse.config import ConfigError, MaskSpec, PREFIX, check_choice, check_density
-from solo_sparse.density import allocate_masks
-from solo_sparse.weight_plugin import WeightSparsityPlugin
+from solo_sparse.core.config import PREFIX, ConfigError, MaskSpec, check_choice, check_density
+from solo_sparse.core.plugin import Branch
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.sparsifier import set_damaged
+from solo_sparse.families.weight import WeightSparsityPlugin
 
 
 @dataclass
 class SDCLRConfig(MaskSpec):
     density: float = 0.1
-    damage: str = "online"
+    #: online | momentum (momentum methods) | branch (shared-encoder methods: crop 1 damaged); None = the
+    #: method's natural choice (online for momentum methods, branch for shared-encoder ones)
+    damage: Optional[str] = None
 
     def __post_init__(self):
         MaskSpec.__post_init__(self)
         self.density = check_density("density", self.density)
-        check_choice("damage", self.damage, ("online", "momentum"))
+        if self.damage is not None:
+            check_choice("damage", self.damage, ("online", "momentum", "branch"))
         if self.granularity == "nm" and abs(self.density - self.nm_density) > 1e-9:
             raise ConfigError(f"{PREFIX}.density={self.density}: granularity 'nm' fixes it at n/m = {self.nm_density}")
 
 
 class SDCLR(WeightSparsityPlugin):
     name = "sdclr"
-    description = ("self-damaging: one encoder's forward masked at a fixed sparsity, masks re-derived by magnitude "
-                   "every epoch, weights kept dense (online by default; damage: momentum for the EMA encoder)")
+    description = ("self-damaging: the same weights pruned on the fly at a fixed sparsity (masks re-derived by "
+                   "magnitude every epoch, weights kept dense) — the online encoder (momentum methods) or crop 1's "
+                   "branch (shared-encoder methods)")
     families = ("momentum", "shared")
     Config = SDCLRConfig
     momentum_follows_online = False
+    #: the damaged branch depends on the crop for shared-encoder methods
+    branch_independent = False
 
     def setup(self, view) -> None:
-        if self.config.damage == "momentum" and view.family != "momentum":
+        damage = self.config.damage or ("online" if view.family == "momentum" else "branch")
+        if damage == "momentum" and view.family != "momentum":
             raise ConfigError(f"{PREFIX}.damage=momentum but method '{view.method}' has no momentum encoder; "
-                              "use damage: online")
-        self.soft_encoders = (self.config.damage,)
+                              "use damage: branch (crop 1 through the pruned view of the shared weights)")
+        if damage == "branch" and view.family == "momentum":
+            raise ConfigError(f"{PREFIX}.damage=branch is for shared-encoder methods; '{view.method}' has a "
+                              "momentum encoder: use damage: online or momentum")
+        self.damage = self.config.damage = damage      # resolved, so checkpoints record it
+        self.soft_encoders = ("online" if damage == "branch" else damage,)
         super().setup(view)
 
+    def _encoder(self) -> str:
+        return "online" if self.damage == "branch" else self.damage
+
     def _rederive(self) -> None:
-        enc = self.config.damage
+        enc = self._encoder()
         c = self.config
         w = self.sparsifier.weights(enc)
         masks = allocate_masks({k: v.abs().float() for k, v in w.items()}, c.density, c.distribution, c.granularity,
@@ -56,7 +81,24 @@ class SDCLR(WeightSparsityPlugin):
     def init_masks(self) -> None:
         self._rederive()
 
+    def on_crop(self, branch: Branch) -> None:
+        if self.damage != "branch" or branch.encoder != "online":
+            return
+        damaged = branch.phase == "train" and branch.crop == 1
+        for grp in self.view.groups.values():
+            set_damaged(grp.online, damaged)
+
     def on_epoch_start(self, epoch: int) -> None:
         self._rederive()
         self.sparsifier.broadcast_masks()
         self.log(self.density_metrics())
+
+    @classmethod
+    def evaluates_masked(cls, config) -> bool:
+        return config.get("damage") != "branch"
+
+    def prepare_eval_backbone(self, backbone) -> None:
+        """main_linear.py: the damaged online encoder is evaluated masked; with ``damage: branch`` (crop 1
+        damaged) the result is the dense network and no mask is applied."""
+        if self.config.damage != "branch":
+            super().prepare_eval_backbone(backbone)

@@ -6,7 +6,7 @@ For every config (a plain solo-learn YAML, optionally with '- solo_sparse: <plug
    checkpoint dir, name and data path overridden (wall-clock measured, log kept);
 2. load the final checkpoint's online backbone (weights_only; masks applied) and evaluate it on the
    val split: weighted cosine kNN (k = 20 and k = 1) and a linear probe on frozen features
-   (``solo_sparse.evaluate``); densities of both encoders and MACs vs dense (``solo_sparse.flops``).
+   (``solo_sparse.tools.evaluate``); densities of both encoders and MACs vs dense (``solo_sparse.engine.flops``).
 A random-init backbone row is always added. Results: ``<out>/results.json`` and ``<out>/results.md``.
 Runs already in results.json with the same config file content are not trained again.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
-from solo_sparse.flops import count_macs, training_macs_ratio
-from solo_sparse.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
+from solo_sparse.engine.flops import count_macs, training_macs_ratio
+from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
 
 
 def solo_commit(d: Path) -> str:
@@ -58,7 +58,7 @@ def densities(ckpt: Path):
 
 def dense_weight_grad_share(cfg_path: Path) -> tuple:
     """(plugin name, share of steps needing the dense weight gradient) from the composed config."""
-    from solo_sparse.cli import compose_config
+    from solo_sparse.tools.cli import compose_config
 
     cfg = compose_config(cfg_path)
     ss = cfg.get("solo_sparse", None)

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from solo_sparse import zoo
-from solo_sparse.backbones import gating_plugin
-from solo_sparse.evaluate import backbone_state, evaluate_backbone, load_images
-from solo_sparse.flops import count_macs
-from solo_sparse.runner import newest_checkpoint, pretrain_command
-from solo_sparse.sparsifier import MASK
+from solo_sparse.core.registry import backbone_plugin, get_plugin
+from solo_sparse.engine.flops import count_macs
+from solo_sparse.engine.maskio import split_state
+from solo_sparse.tools.evaluate import backbone_state, evaluate_backbone, load_images
+from solo_sparse.tools.runner import newest_checkpoint, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def pack_checkpoint(ck: Path, out: Path, fp16: bool) -> dict:
     state_all = torch.load(ck, map_location="cpu", weights_only=True)
     state = backbone_state(state_all)
-    masks = {k[: -len(MASK) - 1] + ".weight": v for k, v in state.items() if k.endswith("." + MASK)}
-    weights = {k: v for k, v in state.items() if not k.endswith("." + MASK)}
+    weights, layer_masks = split_state(state)
+    masks = {f"{layer}.weight": m for layer, m in layer_masks.items()}
     plugin_state = state_all.get("solo_sparse") or {}
-    gname, gcfg = gating_plugin(plugin_state)
+    gname, gcfg = backbone_plugin(plugin_state)
     zoo.save_backbone(out, weights, masks, arch="resnet18", fp16=fp16,
                       gating={"plugin": gname, "config": gcfg} if gname else None)
     # local file paths in a plugin config (IMP's masks/init) mean nothing to users: keep the file name
@@ -52,16 +52,9 @@ def pack_checkpoint(ck: Path, out: Path, fp16: bool) -> dict:
 
 
 def flops_of(net, gname, X) -> dict:
-    if gname in ("cdg", "cgnet", "fbs"):
-        from solo_sparse.cdg import measure
-
-        m = measure(net, X)
-        return {"flops_ratio": 1.0 / m["network_reduction"], "conditional_sparsity": m["mean_sparsity"]}
-    if gname in ("dgnet_dual", "dgnet_gated"):
-        from solo_sparse.dgnet import measure
-
-        m = measure(net, X)
-        return {"flops_ratio": m["network_macs_ratio"], "gated_blocks_flops_ratio": m["gated_blocks_flops_ratio"]}
+    m = get_plugin(gname).measure_backbone(net, X) if gname else None
+    if m is not None:
+        return {"flops_ratio": m["network_macs_ratio"], "gate_sparsity": m["gate_sparsity"]}
     rep = count_macs(net, X[:1])
     return {"flops_ratio": rep.effective / rep.dense}
 
@@ -99,7 +92,7 @@ def main(argv=None) -> int:
         work = Path(args.work or zroot / "build" / args.name).resolve()
         work.mkdir(parents=True, exist_ok=True)
         if imp_args:
-            cmd = [sys.executable, "-m", "solo_sparse.cli", "imp", "--config", str(cfg_src), "--out", str(work),
+            cmd = [sys.executable, "-m", "solo_sparse.tools.cli", "imp", "--config", str(cfg_src), "--out", str(work),
                    *shlex.split(imp_args), "--", f"++data.train_path={data / 'train'}"]
         else:
             cmd = pretrain_command(cfg_src, name=args.name, run_dir=work, train_path=data / "train")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.cdg import measure
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
-from solo_sparse.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
+from solo_sparse.gating.channel import measure
+from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
 
 
 def main(argv=None) -> int:

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.cdg import clear_cache, convert_resnet, set_branch, target_threshold
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.gating.cgnet import convert_resnet, target_threshold
+from solo_sparse.gating.channel import clear_cache, set_branch
+from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
 
 TARGETS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.999)
 
@@ -54,7 +55,7 @@ def run_init(args) -> dict:
         torch.manual_seed(args.seed)
         net = build_resnet("resnet18")
         if t is not None:
-            convert_resnet(net, kind="cdg", groups=4, init_tau=target_threshold(t))
+            convert_resnet(net, groups=4, init_tau=target_threshold(t))
             set_branch(net, "a1")
         name = "dense" if t is None else f"cdg target {t}"
         rows[name] = evaluate_backbone(net.eval(), train, test)

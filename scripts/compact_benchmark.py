@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.compact import bench_entry
+from solo_sparse.tools.zoo_bench import bench_entry
 
 
 def main(argv=None) -> int:

@@ -27,17 +27,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.dgnet import gated_blocks, measure, set_mode
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
-from solo_sparse.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
-
+from solo_sparse.gating.dgnet import gated_blocks, measure, set_mode
+from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.runner import SuiteResults, add_suite_arguments, config_digest, run_pretrain, solo_learn_dir
 
 
 @torch.no_grad()
 def latency(net, X, size, reps, gated: bool):
     """Median batch-1 ms of the dense path and (``gated``) the gated path: the two are interleaved
     image by image (order alternating), so machine drift hits both alike; also the share of gated
-    block forwards that took the gather path (solo_sparse.dgnet.GATHER_MAX_KEEP)."""
+    block forwards that took the gather path (solo_sparse.gating.dgnet.GATHER_MAX_KEEP)."""
     xs = [F.interpolate(X[i: i + 1], size=size, mode="bilinear", align_corners=False) if size != X.shape[-1]
           else X[i: i + 1] for i in range(reps)]
     modes = ("dense", "gated") if gated else ("dense",)

@@ -3,7 +3,7 @@
 
 For every gated block (and the ungated stem conv and max-pool) the median time of the dense path and
 of the gated path on the same images, interleaved image by image, with the block's kept share and
-which path it took (gather or masked, see solo_sparse.dgnet.GATHER_MAX_KEEP). Forward hooks time
+which path it took (gather or masked, see solo_sparse.gating.dgnet.GATHER_MAX_KEEP). Forward hooks time
 each module; the sum is close to, not equal to, the whole forward.
 
     python scripts/dgnet_block_latency.py --checkpoint results/.../ep=9.ckpt --data data/fmnist5k \\
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.dgnet import gated_blocks, set_mode
-from solo_sparse.evaluate import load_backbone, load_images
+from solo_sparse.gating.dgnet import gated_blocks, set_mode
+from solo_sparse.tools.evaluate import load_backbone, load_images
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@
 2. for every pruned round k: the same masks trained from a fresh random init (*random re-init*)
    and layer-wise permuted masks from a fresh init (*random masks*), each one main_pretrain.py run
    with the ``imp`` plugin, evaluated the same way;
-3. label re-training (``solo_sparse.retrain``): SSL masks with their rewind init vs random masks
+3. label re-training (``solo_sparse.tools.retrain``): SSL masks with their rewind init vs random masks
    with a fresh init, at every density;
 4. a random-init row; results.json, results.md and imp_curves.png in --out.
 Finished parts are skipped when re-run (the IMP driver resumes its own rounds).
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
-from solo_sparse.imp import load_masks, load_state, permuted_masks, save_masks
-from solo_sparse.imp_driver import IMPDriver, IMPRun
-from solo_sparse.runner import run_pretrain, solo_learn_dir
-from solo_sparse.retrain import retrain_supervised
+from solo_sparse.engine.imp import load_state
+from solo_sparse.engine.maskio import load_masks, permuted_masks, save_masks
+from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+from solo_sparse.tools.retrain import retrain_supervised
+from solo_sparse.tools.runner import run_pretrain, solo_learn_dir
 
 
 def main(argv=None) -> int:
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     imp_out = out / "imp"
     run = IMPRun(config=args.config, out=str(imp_out), rounds=args.rounds, rate=args.rate, rewind=args.rewind,
                  overrides=[f"++data.train_path={data / 'train'}", *args.overrides], eval_data=str(data), eval_size=args.size)
-    drv = IMPDriver(run, solo_dir)
+    drv = IMPDriver(run, solo_dir, "imp")
     drv.evaluate = lambda ck: evaluate_backbone(load_backbone(str(ck))[0], train, test)  # reuse loaded data
     st = drv.run_all()
     for k, r in st["rounds"].items():

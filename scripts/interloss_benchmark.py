@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from solo_sparse.evaluate import (build_resnet, extract_features, linear_probe, load_backbone,
-                                  load_images)
-from solo_sparse.interloss import STAGES, backward_macs, stem
+from solo_sparse.engine.interloss import STAGES, backward_macs, stem
+from solo_sparse.tools.evaluate import build_resnet, extract_features, linear_probe, load_backbone, load_images
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,9 +49,9 @@ def interloss_section(cfg_path: Path) -> dict:
     cfg = yaml.safe_load(cfg_path.read_text())
     if not any(isinstance(d, dict) and d.get("solo_sparse") == "interloss" for d in cfg.get("defaults", [])):
         return {}
-    from solo_sparse_plugins.interloss import InterLossConfig
-
     import dataclasses
+
+    from solo_sparse_plugins.interloss import InterLossConfig
     c = InterLossConfig(**(cfg.get("solo_sparse") or {}))
     return {**dataclasses.asdict(c), "depths": c.depths, "probs": c.probs}
 

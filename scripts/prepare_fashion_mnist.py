@@ -17,10 +17,10 @@ from pathlib import Path
 
 # the engine's reader is the single implementation; this script is its command-line front
 try:
-    from solo_sparse.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder
+    from solo_sparse.tools.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from solo_sparse.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder
+    from solo_sparse.tools.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder
 
 
 def main(argv=None) -> int:

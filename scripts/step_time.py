@@ -26,7 +26,7 @@ def build(cfg_path: Path, wrap: bool):
     from solo.args.pretrain import parse_cfg
     from solo.methods import METHODS
 
-    from solo_sparse.cli import compose_config
+    from solo_sparse.tools.cli import compose_config
 
     cfg = compose_config(cfg_path)
     OmegaConf.set_struct(cfg, False)

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt
+rm -rf build   # setuptools reuses build/lib: a stale module from an older layout would be installed
 python -m pip install -q --no-build-isolation .
+python -m ruff check .   # lint rules: ruff.toml
 # run from tests/ so the installed package (not the source folder) is what gets imported
 cd tests && exec python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning "$@"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from solo_sparse.plugin import Branch, ModelView, PluginHost
-from solo_sparse.sparsifier import ModuleGroup
+from solo_sparse.core.plugin import Branch, ModelView, PluginHost
+from solo_sparse.engine.sparsifier import ModuleGroup
 
 
 def ema_like_solo(online, momentum, tau=0.9):

@@ -9,12 +9,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from solo_sparse.cdg import (GatedConv2d, _GateMix, base_assignment, convert_resnet, gated_convs, mask_similarity,
-                             measure, per_sample_normal, reduction_eq13, set_branch, set_recording, smooth_step,
-                             target_threshold)
-from solo_sparse.config import ConfigError
-from solo_sparse.plugin import Branch, ModelView, PluginHost
-from solo_sparse.sparsifier import ModuleGroup
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, PluginHost
+from solo_sparse.gating import fbs as fbs_gates
+from solo_sparse.gating.cgnet import (
+    NORM_DIMS,
+    CGNetConv2d,
+    _GateMix,
+    base_assignment,
+    convert_resnet,
+    normalise,
+    per_sample_normal,
+    smooth_step,
+    target_threshold,
+)
+from solo_sparse.gating.channel import gated_convs, mask_similarity, measure, reduction_eq13, set_branch, set_recording
 from solo_sparse_plugins.cdg import CDG
 from solo_sparse_plugins.cgnet import CGNet
 from solo_sparse_plugins.fbs import FBS
@@ -25,13 +34,13 @@ def resnet(arch="resnet18", seed=0):
     return getattr(torchvision.models, arch)()
 
 
-def one_conv(kind="cdg", groups=4, cg=1, tau=0.0, cin=16, cout=16):
+def one_conv(unified=False, groups=4, cg=1, tau=0.0, cin=16, cout=16, norm="channel"):
     torch.manual_seed(0)
     blk = torchvision.models.resnet.BasicBlock(cin, cout)
     net = nn.Sequential()
     conv = blk.conv1
-    conv.__class__ = GatedConv2d
-    conv._gate_init(kind, groups, cg, 2.0, tau, 0.5)
+    conv.__class__ = CGNetConv2d
+    conv._gate_init(groups, cg, 2.0, tau, unified, norm)
     return conv, net
 
 
@@ -45,9 +54,10 @@ def test_base_paths_are_disjoint_unbiased_permutations():
     assert base_assignment(3, "a2") == [1, 2, 0]
 
 
+@pytest.mark.parametrize("norm", ["channel", "sample"])
 @pytest.mark.parametrize("branch", ["a1", "a2"])
-def test_gated_conv_equals_base_plus_masked_conditional_path(branch):
-    conv, _ = one_conv(tau=0.3)
+def test_gated_conv_equals_base_plus_masked_conditional_path(branch, norm):
+    conv, _ = one_conv(tau=0.3, norm=norm)
     conv.ss_branch = branch
     x = torch.randn(3, 16, 6, 6)
     a = base_assignment(4, branch)
@@ -57,7 +67,7 @@ def test_gated_conv_equals_base_plus_masked_conditional_path(branch):
         Wb[o * 4:(o + 1) * 4, a[o] * 4:(a[o] + 1) * 4] = W[o * 4:(o + 1) * 4, a[o] * 4:(a[o] + 1) * 4]
     yb = F.conv2d(x, Wb, padding=1)
     yf = F.conv2d(x, W, padding=1)
-    m = ((per_sample_normal(yb) - 0.3) > 0).float()
+    m = ((normalise(yb, norm) - 0.3) > 0).float()
     ref = yb + m * (yf - yb)
     with torch.no_grad():
         assert torch.allclose(conv(x), ref, atol=1e-5)
@@ -68,17 +78,18 @@ def test_gated_conv_equals_base_plus_masked_conditional_path(branch):
     assert torch.allclose(conv(x), yb, atol=1e-5)
 
 
-def test_fused_gate_matches_composition_in_value_and_gradient():
+@pytest.mark.parametrize("norm", ["channel", "sample"])
+def test_fused_gate_matches_composition_in_value_and_gradient(norm):
     torch.manual_seed(1)
     full, base = (torch.randn(3, 8, 4, 4, dtype=torch.double, requires_grad=True) for _ in range(2))
     tau = torch.randn(8, dtype=torch.double, requires_grad=True)
     w = torch.randn(3, 8, 4, 4, dtype=torch.double)
-    out, m = _GateMix.apply(full, base, tau, 2.0, 1e-5)
+    out, m = _GateMix.apply(full, base, tau, 2.0, 1e-5, NORM_DIMS[norm])
     (out * w).sum().backward()
     g = [t.grad.clone() for t in (full, base, tau)]
     for t in (full, base, tau):
         t.grad = None
-    m2 = smooth_step(per_sample_normal(base) - tau[None, :, None, None], 2.0)
+    m2 = smooth_step(normalise(base, norm) - tau[None, :, None, None], 2.0)
     (((base + m2 * (full - base))) * w).sum().backward()
     assert torch.equal(m, m2)
     for a, t in zip(g, (full, base, tau)):
@@ -95,11 +106,16 @@ def test_straight_through_gradient_is_the_alpha_sigmoid():
     assert torch.allclose(z.grad, 3 * s * (1 - s))
 
 
-def test_normalisation_is_per_sample_and_defined_on_1x1_maps():
-    y = torch.randn(4, 16, 1, 1) * torch.tensor([1.0, 10.0, 100.0, 1000.0])[:, None, None, None]
+def test_normalisations_per_channel_and_per_sample():
+    y = torch.randn(4, 16, 5, 5) * torch.tensor([1.0, 10.0, 100.0, 1000.0])[:, None, None, None]
+    n = normalise(y, "channel")                                     # CGNet's instance norm over (H, W)
+    assert torch.allclose(n.mean((2, 3)), torch.zeros(4, 16), atol=1e-5)
+    assert torch.allclose(n.var((2, 3), unbiased=False), torch.ones(4, 16), atol=1e-3)
     n = per_sample_normal(y)
     assert torch.allclose(n.mean((1, 2, 3)), torch.zeros(4), atol=1e-5)
     assert torch.allclose(n.var((1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+    # on a 1x1 map the per-channel statistic is degenerate: every value normalises to 0
+    assert torch.equal(normalise(torch.randn(2, 8, 1, 1), "channel"), torch.zeros(2, 8, 1, 1))
     # a sample's mask does not depend on the other samples in the batch (the two views never mix)
     conv, _ = one_conv()
     conv.ss_record = True
@@ -116,7 +132,7 @@ def test_target_threshold_gives_the_target_sparsity():
     assert abs(target_threshold(0.75) - 0.6745) < 1e-3
     net = resnet()
     convert_resnet(net, groups=4, init_tau=target_threshold(0.75))
-    r = measure(net, torch.randn(32, 3, 32, 32))
+    r = measure(net, torch.randn(32, 3, 64, 64))                   # 64 px: layer4 keeps 2x2 maps
     assert 0.68 < r["mean_sparsity"] < 0.82, r["mean_sparsity"]
 
 
@@ -186,9 +202,9 @@ def test_measure_reports_both_reductions():
     assert set(r["sparsity"]) == {n for n, _ in gated_convs(net)}
 
 
-def test_fbs_winner_take_all_and_post_bn_zeros():
+def test_fbs_winner_take_all_and_saliency_in_place_of_gamma():
     net = resnet()
-    convert_resnet(net, kind="fbs", density=0.25)
+    fbs_gates.convert_resnet(net, density=0.25)
     set_recording(net, True)
     net.eval()
     blk = net.layer1[0]
@@ -196,8 +212,17 @@ def test_fbs_winner_take_all_and_post_bn_zeros():
     with torch.no_grad():
         pi = blk.conv1.saliency(x)
         assert ((pi > 0).sum(1) <= 16).all()
-        h = F.relu(blk.conv1.post_bn(blk.bn1(blk.conv1(x))))   # forward stores the kept saliencies
-        assert torch.equal((h.abs().sum((2, 3)) == 0), pi == 0)
+        y = blk.conv1(x)                                        # the forward stores the kept saliencies
+        pi = blk.conv1._ss_pi.clone()
+        bn = blk.bn1
+        h = blk.conv1.gated_bn(bn, y)
+        x_hat = (y - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var + bn.eps)[None, :, None, None]
+        # pi replaces gamma: pi * (x_hat + beta), so a suppressed channel is exactly 0
+        assert torch.allclose(h, pi[:, :, None, None] * (x_hat + bn.bias[None, :, None, None]), atol=1e-5)
+        assert bool(((h.abs().sum((2, 3)) == 0) == (pi == 0)).all())
+        bn.weight.data.mul_(7.0)                                # gamma no longer matters on the gated path
+        blk.conv1._ss_pi = pi
+        assert torch.allclose(blk.conv1.gated_bn(bn, y), h)
         out = blk(x)
         assert out.shape == x.shape
         # conv2 saw conv1's kept channels: its exact cost scales with both shares
@@ -241,7 +266,7 @@ def two_view_step(host, online, opt, x, mom=None):
 
 
 def test_cdg_routes_crops_to_disjoint_branches_and_logs():
-    p = CDG.from_params({"target": 0.75})
+    p = CDG.from_params({"target": 0.75, "ramp": 0})
     host, online, _, logs = host_for(p)
     seen = []
     orig = online.layer1[0].conv1.forward
@@ -269,7 +294,7 @@ def test_cdg_routes_crops_to_disjoint_branches_and_logs():
 
 
 def test_threshold_loss_pulls_tau_to_s():
-    p = CDG.from_params({"target": 0.5, "init_threshold": -1.0, "threshold_weight": 1.0})
+    p = CDG.from_params({"target": 0.5, "init_threshold": -1.0, "threshold_weight": 1.0, "ramp": 0})
     host, online, _, _ = host_for(p)
     taus = [c.tau for _, c in gated_convs(online)]
     opt = torch.optim.SGD(taus, lr=0.5)
@@ -341,12 +366,62 @@ def test_ramp_threshold_loss_targets_the_current_s():
         assert want == pytest.approx(sum(0.2 * math.sqrt(t.numel()) for t in taus), rel=1e-4)
 
 
-def test_cdg_with_moco_warns_with_the_measured_collapse():
-    with pytest.warns(UserWarning, match="mocov2plus collapsed"):
-        host_for(CDG.from_params({}), momentum=True, method="mocov2plus")
+def test_cdg_refuses_a_moco_queue_smaller_than_a_batch():
+    online = resnet()
+    view = ModelView({"backbone": ModuleGroup("backbone", online, copy.deepcopy(online))}, "momentum",
+                     method="mocov2plus", num_large_crops=2, method_kwargs={"queue_size": 64}, batch_size=128)
+    with pytest.raises(ConfigError, match=r"queue_size=64 is smaller than one batch \(128\)"):
+        PluginHost([CDG.from_params({})]).setup(view)
+
+
+def test_small_maps_refused_at_1x1_and_warned_at_2x2():
+    def view(size):
+        return ModelView({"backbone": ModuleGroup("backbone", resnet(), None)}, "shared", method="simclr",
+                         num_large_crops=2, input_size=size)
+
+    with pytest.raises(ConfigError, match=r"at 32 px the gated convs of layer4 see 1x1 maps.*norm=sample"):
+        PluginHost([CDG.from_params({})]).setup(view(32))
+    with pytest.warns(UserWarning, match=r"at 64 px the gated convs of layer4 see 2x2 maps"):
+        PluginHost([CDG.from_params({})]).setup(view(64))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        host_for(CDG.from_params({}), momentum=True, method="byol")        # only the measured pairing warns
+        PluginHost([CDG.from_params({"stages": [1, 2]})]).setup(view(64))        # 16x16 and 8x8: no warning
+    PluginHost([CDG.from_params({"norm": "sample", "stages": [4]})]).setup(view(32))   # allowed, it warns
+
+
+def test_collapse_is_logged_and_reported_once(capsys):
+    from solo_sparse.families.gating import PairMonitor
+
+    class P:
+        name = "cdg"
+
+    mon = PairMonitor(P())
+    net = nn.Linear(4, 4).train()
+    torch.manual_seed(0)
+    a = torch.randn(256, 64)
+
+    def step(f0, f1):
+        for crop, f in ((0, f0), (1, f1)):
+            mon.on_crop(crop)
+            mon._hook(net, None, f)
+        mon.step_end()
+
+    step(a, a + 0.05 * torch.randn_like(a))                       # two views of the same images
+    m0 = mon.epoch_end(0)
+    assert m0["pair/pos_cos"] > 0.95 and abs(m0["pair/neg_cos"]) < 0.5 and m0["pair/margin"] > 0.5
+    step(a, a.roll(3, 0))                                         # "view 1" is another image: collapsed pairing
+    with pytest.warns(UserWarning, match="collapse: at epoch 1"):
+        m1 = mon.epoch_end(1)
+    assert m1["pair/margin"] < 0.05
+    step(a, a.roll(3, 0))
+    mon.epoch_end(2)                                               # reported once
+    assert capsys.readouterr().err.count("collapse") == 1
+    # through a plugin: the metrics are logged at every epoch end
+    p = CDG.from_params({"stages": [1]})
+    host, online, _, logs = host_for(p)
+    two_view_step(host, online, torch.optim.SGD(online.parameters(), lr=0.0), torch.randn(2, 4, 3, 32, 32))
+    host.on_epoch_end(0)
+    assert {"solo_sparse/pair/pos_cos", "solo_sparse/pair/neg_cos", "solo_sparse/pair/margin"} <= set(logs)
 
 
 def test_cgnet_reuses_crop0_mask_and_one_base_path():
@@ -362,8 +437,20 @@ def test_cgnet_reuses_crop0_mask_and_one_base_path():
     assert m._ss_cache is not None and m.ss_branch == "follow"      # the momentum twin follows its own crop 0
 
 
+def test_fbs_warmup_keeps_every_channel_then_winner_take_all():
+    p = FBS.from_params({"density": 0.25, "warmup": 2})
+    host, online, _, logs = host_for(p)
+    opt = torch.optim.SGD(online.parameters(), lr=0.0)
+    x = torch.randn(2, 4, 3, 32, 32)
+    two_view_step(host, online, opt, x)
+    assert logs["solo_sparse/sparsity/a1"] < 0.05                  # warm-up: every channel kept (ReLU zeros aside)
+    two_view_step(host, online, opt, x)
+    two_view_step(host, online, opt, x)
+    assert logs["solo_sparse/sparsity/a1"] == pytest.approx(0.75, abs=0.02)
+
+
 def test_fbs_plugin_l1_loss_and_density():
-    p = FBS.from_params({"density": 0.25, "l1_weight": 1e-3})
+    p = FBS.from_params({"density": 0.25, "l1_weight": 1e-3, "warmup": 0})
     host, online, _, logs = host_for(p)
     opt = torch.optim.SGD(online.parameters(), lr=0.01)
     x = torch.randn(2, 4, 3, 32, 32)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import needs_solo
 
 pytestmark = needs_solo
@@ -19,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_wrapped_methods_fit_with_gates(method, plugin, params):
     import solo.methods as sm
-    import solo_sparse
-    from solo_sparse.cdg import gated_convs
     from test_solo_integration import fit, tiny_cfg
+
+    import solo_sparse
+    from solo_sparse.gating.cgnet import gated_convs
 
     model = solo_sparse.wrap(sm.METHODS[method], plugin, **params)(tiny_cfg(method))
     tau0 = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if n.endswith((".tau", ".phi"))}
@@ -44,8 +44,15 @@ def test_wrapped_methods_fit_with_gates(method, plugin, params):
 
 
 def test_cdg_main_pretrain_then_main_linear(tmp_path):
-    from helpers import FMNIST_CONFIGS, assert_backbone_kept, config_dir, linear_config, linear_overrides, \
-        make_image_folder, run_solo
+    from helpers import (
+        FMNIST_CONFIGS,
+        assert_backbone_kept,
+        config_dir,
+        linear_config,
+        linear_overrides,
+        make_image_folder,
+        run_solo,
+    )
 
     data = make_image_folder(tmp_path / "imgs")
     cfgs = config_dir(tmp_path, pre=(FMNIST_CONFIGS / "simclr_cdg_cg8.yaml").read_text(),

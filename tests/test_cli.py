@@ -5,10 +5,10 @@ import pytest
 import torch
 import torchvision
 
-from solo_sparse.cli import main
-from solo_sparse.config import MaskSpec
-from solo_sparse.density import allocate_masks
-from solo_sparse.sparsifier import ModuleGroup, WeightSparsifier
+from solo_sparse.core.config import MaskSpec
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.sparsifier import ModuleGroup, WeightSparsifier
+from solo_sparse.tools.cli import main
 
 
 def test_plugins_lists_description_families_and_keys(capsys):

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torchvision
 
-from solo_sparse import compact as C
 from solo_sparse import zoo
-from solo_sparse.evaluate import build_resnet
-from solo_sparse.sparsifier import MASK
+from solo_sparse.engine import compact as C
+from solo_sparse.engine.sparsifier import MASK
+from solo_sparse.tools.evaluate import build_resnet
+from solo_sparse.tools.zoo_bench import bench_entry
 
 
 def _randomise_bn(net, seed=0):
@@ -26,7 +27,7 @@ def test_channel_prune_then_compact_is_exact_and_smaller(arch):
     torch.manual_seed(0)
     net = _randomise_bn(build_resnet(arch))
     keep = C.channel_prune(net, 0.5)
-    for key, ca, bn, cb in C.pairs(net):
+    for key, ca, _bn, cb in C.pairs(net):
         assert int(keep[key].sum()) == round(0.5 * ca.out_channels)
         assert torch.equal(getattr(cb, MASK)[:, ~keep[key]].any(), torch.tensor(False))
     small = C.compact(net)
@@ -90,7 +91,7 @@ def test_compact_zoo_round_trip(tmp_path):
     f = root / "weights" / "toy.safetensors"
     zoo.save_backbone(f, net.state_dict(), masks)
     zoo.add_entry(root, {"name": "toy", "file": "weights/toy.safetensors", "sha256": zoo.sha256(f),
-                         "backbone": "resnet18"})
+                         "size_bytes": f.stat().st_size, "backbone": "resnet18"})
     rep = zoo.export_compact("toy", tmp_path / "toy_c.safetensors", channel_density=0.5, root=root)
     assert rep["internal_channels"][0] * 2 == rep["internal_channels"][1]
     assert rep["max_abs_diff"] < 1e-4
@@ -103,12 +104,12 @@ def test_compact_zoo_round_trip(tmp_path):
     assert small.layer3[0].conv1.out_channels == 128
     # the element masks survive compaction (sliced with the weights)
     assert getattr(small.layer3[0].conv2, MASK).shape == small.layer3[0].conv2.weight.shape
-    res = C.bench_entry("toy", 0.5, sizes=(32,), batches=(1,), reps=3, root=root, progress=False)
+    res = bench_entry("toy", 0.5, sizes=(32,), batches=(1,), reps=3, root=root, progress=False)
     assert res["rows"][0]["dense_ms"] > 0 and res["rows"][0]["fast_ms"] > 0 and res["max_abs_diff"] < 1e-4
 
 
 def test_gated_backbones_refused():
-    from solo_sparse.dgnet import convert_resnet
+    from solo_sparse.gating.dgnet import convert_resnet
 
     net = build_resnet("resnet18")
     convert_resnet(net)

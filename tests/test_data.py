@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solo_sparse.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder, load_fashion_mnist
+from solo_sparse.tools.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 

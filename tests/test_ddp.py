@@ -15,9 +15,10 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
     sys.path.insert(0, HERE)
     from conftest import TinyNet
     from helpers import ema_like_solo
+
     from solo_sparse import get_plugin
-    from solo_sparse.plugin import Branch, ModelView, PluginHost
-    from solo_sparse.sparsifier import ModuleGroup
+    from solo_sparse.core.plugin import Branch, ModelView, PluginHost
+    from solo_sparse.engine.sparsifier import ModuleGroup
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

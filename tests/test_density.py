@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from solo_sparse.density import allocate_masks, erk_densities
-from solo_sparse.masks import n_keep
+from solo_sparse.engine.density import allocate_masks, erk_densities
+from solo_sparse.engine.masks import n_keep
 
 SHAPES = {"a": (64, 3, 3, 3), "b": (64, 64, 3, 3), "c": (128, 64, 3, 3), "d": (128, 128, 3, 3), "e": (10, 128)}
 
@@ -14,7 +14,7 @@ def scores(seed=0):
 
 def test_uniform_exact_per_layer():
     masks = allocate_masks(scores(), 0.2, "uniform")
-    for k, m in masks.items():
+    for _k, m in masks.items():
         assert int(m.sum()) == n_keep(m.numel(), 0.2)
 
 

@@ -6,11 +6,19 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from solo_sparse.config import ConfigError
-from solo_sparse.dgnet import (ChannelGate, convert_resnet, copy_dense_bn_to_gated, flops_ratio, gated_blocks,
-                               measure, set_mode, start_recording)
-from solo_sparse.plugin import Branch, ModelView, PluginHost
-from solo_sparse.sparsifier import ModuleGroup
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.plugin import Branch, ModelView, PluginHost
+from solo_sparse.engine.sparsifier import ModuleGroup
+from solo_sparse.gating.dgnet import (
+    ChannelGate,
+    convert_resnet,
+    copy_dense_bn_to_gated,
+    flops_ratio,
+    gated_blocks,
+    measure,
+    set_mode,
+    start_recording,
+)
 from solo_sparse_plugins.dgnet_dual import DGNetDual
 from solo_sparse_plugins.dgnet_gated import DGNetGated
 
@@ -334,9 +342,9 @@ def test_gate_lr_scale_makes_its_own_param_group():
 
 
 def test_load_backbone_rebuilds_a_gated_checkpoint(tmp_path):
-    """solo_sparse.evaluate.load_backbone (CLI evaluate, the benchmarks) rebuilds the gated network from the
+    """solo_sparse.tools.evaluate.load_backbone (CLI evaluate, the benchmarks) rebuilds the gated network from the
     checkpoint's plugin state: strict, same outputs, plugin name and config reported."""
-    from solo_sparse.evaluate import load_backbone
+    from solo_sparse.tools.evaluate import load_backbone
 
     p = DGNetDual.from_params({"target": 0.3, "reduction": 8})
     host, online, _ = host_for(p)

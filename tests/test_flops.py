@@ -3,10 +3,10 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from solo_sparse.config import MaskSpec
-from solo_sparse.density import allocate_masks
-from solo_sparse.flops import count_macs
-from solo_sparse.sparsifier import ModuleGroup, WeightSparsifier
+from solo_sparse.core.config import MaskSpec
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.flops import count_macs
+from solo_sparse.engine.sparsifier import ModuleGroup, WeightSparsifier
 
 
 @pytest.mark.parametrize("name,size", [("resnet18", 32), ("resnet50", 64), ("resnet18", 224)])

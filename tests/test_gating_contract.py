@@ -1,5 +1,5 @@
 """What every backbone-rewriting (gating) plugin shares — cdg, cgnet, fbs, dgnet_dual, dgnet_gated:
-the refusals before training and the online/momentum conversion of solo_sparse.plugin.convert_encoders."""
+the refusals before training and the online/momentum conversion of solo_sparse.core.plugin.convert_encoders."""
 import copy
 
 import pytest
@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from solo_sparse.config import ConfigError
-from solo_sparse.plugin import ModelView, PluginHost
-from solo_sparse.registry import get_plugin
-from solo_sparse.sparsifier import ModuleGroup
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.plugin import ModelView, PluginHost
+from solo_sparse.core.registry import get_plugin
+from solo_sparse.engine.sparsifier import ModuleGroup
 
 GATING = ("cdg", "cgnet", "fbs", "dgnet_dual", "dgnet_gated")
 

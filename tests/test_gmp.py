@@ -2,12 +2,12 @@ import copy
 
 import pytest
 import torch
+from helpers import make_host, train
 
 from solo_sparse import get_plugin
-from solo_sparse.config import ConfigError
-from solo_sparse.masks import nm_group_mask_is_valid
-from solo_sparse.schedule import cubic_density
-from helpers import make_host, train
+from solo_sparse.core.config import ConfigError
+from solo_sparse.engine.masks import nm_group_mask_is_valid
+from solo_sparse.engine.schedule import cubic_density
 
 
 def gmp(**params):

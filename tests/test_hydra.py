@@ -30,7 +30,7 @@ def test_group_is_discovered_and_user_keys_survive(cfg_dir):
         cfg = compose("app", return_hydra_config=True)
     assert cfg.solo_sparse.plugin == "gmp"
     assert cfg.solo_sparse.final_density == 0.3 and cfg.solo_sparse.every == 5  # not overridden by the group
-    assert cfg.hydra.callbacks.solo_sparse._target_ == "solo_sparse.hydra_callback.SoloSparseCallback"
+    assert cfg.hydra.callbacks.solo_sparse._target_ == "solo_sparse.binding.hydra_callback.SoloSparseCallback"
     GlobalHydra.instance().clear()
 
 
@@ -95,7 +95,7 @@ def test_callback_validates_before_the_job(cfg_dir):
 @pytest.mark.parametrize("group,expect", [("imp", "imp"), ("dgnet_dual", "dgnet_dual"), ("dgnet_gated", "dgnet_gated"),
                                           ("methods", None)])
 def test_every_group_file_composes_and_validates(tmp_path, group, expect):
-    from solo_sparse.registry import build_plugins
+    from solo_sparse.core.registry import build_plugins
 
     (tmp_path / "app.yaml").write_text(PRIMARY.replace("solo_sparse: gmp", f"solo_sparse: {group}")
                                        .replace("  final_density: 0.3\n  every: 5\n", "  {}\n"))
@@ -103,13 +103,13 @@ def test_every_group_file_composes_and_validates(tmp_path, group, expect):
     with initialize_config_dir(str(tmp_path), version_base="1.2"):
         cfg = compose("app", return_hydra_config=True)
     GlobalHydra.instance().clear()
-    assert cfg.hydra.callbacks.solo_sparse._target_ == "solo_sparse.hydra_callback.SoloSparseCallback"
+    assert cfg.hydra.callbacks.solo_sparse._target_ == "solo_sparse.binding.hydra_callback.SoloSparseCallback"
     assert [p.name for p in build_plugins(cfg.solo_sparse)] == ([expect] if expect else [])
 
 
 def test_stacked_plugins_compose_and_build(tmp_path):
     """The README's stacking example: '- solo_sparse: synccp' plus 'plugins: [synccp, interloss]'."""
-    from solo_sparse.registry import build_plugins
+    from solo_sparse.core.registry import build_plugins
 
     (tmp_path / "stack.yaml").write_text(textwrap.dedent("""
         defaults:

@@ -3,12 +3,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import TinyNet
 from helpers import make_host, train
-from solo_sparse.config import ConfigError
-from solo_sparse.imp import (check_masks_match, global_magnitude_prune, load_masks, load_state, permuted_masks,
-                             save_masks, save_state, total_density)
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.engine.imp import global_magnitude_prune, load_state, save_state
+from solo_sparse.engine.maskio import check_masks_match, load_masks, permuted_masks, save_masks
+from solo_sparse.engine.maskio import density as total_density
 from solo_sparse_plugins.imp import IMP, labelled
 
 
@@ -92,7 +93,7 @@ def test_check_masks_match_names_first_mismatch():
 
 # ------------------------------------------------------------------------------ plugin
 def _mask_file(tmp_path, net, density_rate=0.6, exclude_stem=False):
-    from solo_sparse.sparsifier import select_layers
+    from solo_sparse.engine.sparsifier import select_layers
 
     layers = {f"backbone.{n}": mod for n, mod in select_layers(net, exclude_stem=exclude_stem)}
     masks = global_magnitude_prune({k: m.weight for k, m in layers.items()},
@@ -194,8 +195,8 @@ def test_labelled_subset_is_fixed_and_sized():
 
 
 def test_semi_supervised_loss_reaches_backbone(tiny_pair):
-    from solo_sparse.plugin import Branch, ModelView, PluginHost
-    from solo_sparse.sparsifier import ModuleGroup
+    from solo_sparse.core.plugin import Branch, ModelView, PluginHost
+    from solo_sparse.engine.sparsifier import ModuleGroup
 
     online, momentum = tiny_pair
     clf = torch.nn.Linear(64, 3)
@@ -218,8 +219,8 @@ def test_semi_supervised_loss_reaches_backbone(tiny_pair):
 
 
 def test_retrain_keeps_masks_and_learns(tmp_path):
-    from solo_sparse.retrain import masked_resnet, retrain_supervised
-    from solo_sparse.sparsifier import select_layers
+    from solo_sparse.engine.sparsifier import select_layers
+    from solo_sparse.tools.retrain import masked_resnet, retrain_supervised
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(64) % 2
@@ -234,23 +235,23 @@ def test_retrain_keeps_masks_and_learns(tmp_path):
 
 
 def test_imp_driver_refuses_changed_config_and_long_rewind(tmp_path):
-    from solo_sparse.imp_driver import IMPDriver, IMPRun
+    from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("defaults:\n  - _self_\nmax_epochs: 2\nmethod: byol\n")
-    IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rounds=2), solo_dir=tmp_path)
+    IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rounds=2), solo_dir=tmp_path, plugin="imp")
     st = json.loads((tmp_path / "o" / "imp.json").read_text())
     assert st["run"]["rate"] == 0.2
     with pytest.raises(ConfigError, match="different config.*rate: was 0.2, now 0.3"):
-        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rounds=2, rate=0.3), solo_dir=tmp_path)
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rounds=2, rate=0.3), solo_dir=tmp_path, plugin="imp")
     cfg.write_text("defaults:\n  - _self_\nmax_epochs: 3\nmethod: byol\n")
     with pytest.raises(ConfigError, match="config_sha256"):
-        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rounds=2), solo_dir=tmp_path)
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rounds=2), solo_dir=tmp_path, plugin="imp")
     with pytest.raises(ConfigError, match="beyond the first round"):
-        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o2"), rewind="5ep"), solo_dir=tmp_path)
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o2"), rewind="5ep"), solo_dir=tmp_path, plugin="imp")
     for bad in (0.0, 1.0):
         with pytest.raises(ConfigError, match="rate"):
-            IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o3"), rate=bad), solo_dir=tmp_path)
+            IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o3"), rate=bad), solo_dir=tmp_path, plugin="imp")
     cfg.write_text("defaults:\n  - _self_\n  - solo_sparse: gmp\nmax_epochs: 3\n")
     with pytest.raises(ConfigError, match="needs the 'imp' plugin|IMP rounds need"):
-        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o4")), solo_dir=tmp_path)
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o4")), solo_dir=tmp_path, plugin="imp")

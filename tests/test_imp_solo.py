@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import needs_solo
-from solo_sparse.config import ConfigError
+
+from solo_sparse.core.config import ConfigError
 
 pytestmark = needs_solo
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ def _fit1(model, epochs=1):
 def test_rotnet_registered_only_on_request_and_trains():
     import solo.methods as sm
 
-    from solo_sparse.binding import install_from_config
-    from solo_sparse.solo_methods import RotNet
+    from solo_sparse.binding.install import install_from_config
+    from solo_sparse.binding.methods import RotNet
 
     sm.METHODS.pop("rotnet", None)
     from omegaconf import OmegaConf
@@ -52,7 +52,7 @@ def test_rotnet_registered_only_on_request_and_trains():
 
 
 def test_rotnet_refuses_multicrop():
-    from solo_sparse.solo_methods import RotNet
+    from solo_sparse.binding.methods import RotNet
 
     cfg = _rotnet_cfg()
     cfg.data.num_small_crops = 2
@@ -62,10 +62,11 @@ def test_rotnet_refuses_multicrop():
 
 def test_rotnet_with_imp_masks_keeps_them(tmp_path):
     import solo_sparse
-    from solo_sparse.evaluate import build_resnet
-    from solo_sparse.imp import global_magnitude_prune, save_masks
-    from solo_sparse.solo_methods import RotNet
-    from solo_sparse.sparsifier import select_layers
+    from solo_sparse.binding.methods import RotNet
+    from solo_sparse.engine.imp import global_magnitude_prune
+    from solo_sparse.engine.maskio import save_masks
+    from solo_sparse.engine.sparsifier import select_layers
+    from solo_sparse.tools.evaluate import build_resnet
 
     net = build_resnet()
     layers = {f"backbone.{n}": m for n, m in select_layers(net, exclude_stem=False)}
@@ -89,15 +90,17 @@ def _cfg_dir(tmp_path):
 @pytest.mark.skipif(not (ROOT / "scripts/configs/fmnist/mocov2plus_imp.yaml").exists(), reason="configs")
 def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
     from helpers import TINY_RUN, make_image_folder, run_solo, solo_dir
-    from solo_sparse.imp import load_masks, load_state
-    from solo_sparse.imp_driver import IMPDriver, IMPRun
+
+    from solo_sparse.engine.imp import load_state
+    from solo_sparse.engine.maskio import load_masks
+    from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
 
     data = make_image_folder(tmp_path / "imgs") / "train"
     cfgs = _cfg_dir(tmp_path)
     over = [f"++data.train_path={data}", *TINY_RUN, "++method_kwargs.queue_size=16"]
     run = IMPRun(config=str(cfgs / "plain.yaml"), out=str(tmp_path / "imp"), rounds=2, rate=0.5, rewind="2",
                  overrides=over)
-    st = IMPDriver(run, solo_dir(), log=lambda *_: None).run_all()
+    st = IMPDriver(run, solo_dir(), "imp", log=lambda *_: None).run_all()
     assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
     assert [round(st["rounds"][k]["density"], 3) for k in "012"] == [1.0, 0.5, 0.25]
     assert "+solo_sparse=imp" in st["rounds"]["0"]["command"]
@@ -118,16 +121,16 @@ def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
     s = json.loads((tmp_path / "imp" / "imp.json").read_text())
     s["rounds"]["2"]["status"] = "training"
     (tmp_path / "imp" / "imp.json").write_text(json.dumps(s))
-    st = IMPDriver(run, solo_dir(), log=lambda *_: None).run_all()
+    st = IMPDriver(run, solo_dir(), "imp", log=lambda *_: None).run_all()
     assert st["rounds"]["2"]["status"] == "done" and "resume_from_checkpoint" in st["rounds"]["2"]["command"]
     assert "resume_from_checkpoint" not in st["rounds"]["1"]["command"]
 
     # a different config is refused; a bad mask file for the model names the layer
     with pytest.raises(ConfigError, match="different config"):
         IMPDriver(IMPRun(config=str(cfgs / "plain.yaml"), out=str(tmp_path / "imp"), rounds=3, rate=0.5,
-                         rewind="2", overrides=over), solo_dir())
+                         rewind="2", overrides=over), solo_dir(), "imp")
     shutil.copy(tmp_path / "imp" / "round_1" / "masks.safetensors", tmp_path / "m.safetensors")
-    from solo_sparse.imp import save_masks
+    from solo_sparse.engine.maskio import save_masks
 
     bad = dict(load_masks(tmp_path / "m.safetensors")[0])
     bad["backbone.layer1.0.conv1"] = torch.ones(64, 64, 1, 1, dtype=torch.bool)
@@ -139,8 +142,15 @@ def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
 
 # ------------------------------------------------------------------------------ DGNet-dual with solo-learn
 def test_dgnet_dual_main_pretrain_then_main_linear(tmp_path):
-    from helpers import FMNIST_CONFIGS, assert_backbone_kept, config_dir, linear_config, linear_overrides, \
-        make_image_folder, run_solo
+    from helpers import (
+        FMNIST_CONFIGS,
+        assert_backbone_kept,
+        config_dir,
+        linear_config,
+        linear_overrides,
+        make_image_folder,
+        run_solo,
+    )
 
     data = make_image_folder(tmp_path / "imgs")
     cfgs = config_dir(tmp_path, pre=(FMNIST_CONFIGS / "vicreg_dgnet_dual_t30.yaml").read_text(),

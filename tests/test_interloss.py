@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from solo_sparse import interloss as IL
-from solo_sparse.config import ConfigError
-from solo_sparse.evaluate import build_resnet
+from solo_sparse.core.config import ConfigError
+from solo_sparse.engine import interloss as IL
+from solo_sparse.tools.evaluate import build_resnet
 
 
 def test_take_crops_matches_slicing_and_keeps_channels_last():
@@ -15,11 +15,44 @@ def test_take_crops_matches_slicing_and_keeps_channels_last():
     off = torch.tensor([[0, 0], [2, 1], [3, 3]])
     got = IL.take_crops(x, off, 5, 4)
     for b in range(3):
-        t, l = off[b].tolist()
-        assert torch.equal(got[b], x[b, :, t:t + 5, l:l + 4])
+        t, le = off[b].tolist()
+        assert torch.equal(got[b], x[b, :, t:t + 5, le:le + 4])
     cl = IL.take_crops(x.to(memory_format=torch.channels_last), off, 5, 4)
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, got)
     assert IL.crop_size(8, 8, 0.75) == (6, 6) and IL.crop_size(1, 1, 0.75) == (1, 1)
+
+
+def test_hard_pair_by_loss_is_the_largest_infonce_with_negatives():
+    torch.manual_seed(0)
+    b, m, T = 4, 3, 0.2
+    x1, x2 = torch.randn(b, 6, 8, 8), torch.randn(b, 6, 8, 8)
+    embed = nn.Sequential(nn.Flatten(1), nn.LazyLinear(5))
+    embed(torch.zeros(1, 6, 6, 6))
+    o1, o2, size, _ = IL.select_hard_pair(x1, x2, embed, m, 0.75, torch.Generator().manual_seed(7), by="loss",
+                                          temperature=T)
+    g = torch.Generator().manual_seed(7)
+    a1 = IL.random_offsets(b, m, 8, 8, 6, 6, g)
+    a2 = IL.random_offsets(b, m, 8, 8, 6, 6, g)
+    with torch.no_grad():
+        e1 = torch.stack([torch.stack([F.normalize(embed(x1[k:k + 1, :, a1[i, k, 0]:a1[i, k, 0] + 6,
+                                                             a1[i, k, 1]:a1[i, k, 1] + 6]), dim=1)[0]
+                                        for k in range(b)]) for i in range(m)])           # (M, B, D)
+        e2 = torch.stack([torch.stack([F.normalize(embed(x2[k:k + 1, :, a2[i, k, 0]:a2[i, k, 0] + 6,
+                                                             a2[i, k, 1]:a2[i, k, 1] + 6]), dim=1)[0]
+                                        for k in range(b)]) for i in range(m)])
+    for k in range(b):
+        best = None
+        for i in range(m):
+            for j in range(m):
+                pos = float(e1[i, k] @ e2[j, k]) / T
+                negs = [float(e1[i, k] @ e2[c, n]) / T for c in range(m) for n in range(b) if n != k]
+                loss = -pos + float(torch.logsumexp(torch.tensor([pos, *negs]), 0))
+                if best is None or loss > best[0]:
+                    best = (loss, a1[i, k].tolist(), a2[j, k].tolist())
+        assert o1[k].tolist() == best[1] and o2[k].tolist() == best[2], k
+    # the two rules can choose differently: negatives matter
+    c1, c2, _, _ = IL.select_hard_pair(x1, x2, embed, m, 0.75, torch.Generator().manual_seed(7), by="cosine")
+    assert size == (6, 6) and (c1.tolist() != o1.tolist() or c2.tolist() != o2.tolist())
 
 
 def test_hard_pair_is_the_least_similar_of_the_m_by_m_pairs():
@@ -28,7 +61,7 @@ def test_hard_pair_is_the_least_similar_of_the_m_by_m_pairs():
     embed = nn.Sequential(nn.Flatten(1), nn.LazyLinear(5))
     embed(torch.zeros(1, 6, 6, 6))
     m = 3
-    o1, o2, size, sim = IL.select_hard_pair(x1, x2, embed, m, 0.75, torch.Generator().manual_seed(7))
+    o1, o2, size, sim = IL.select_hard_pair(x1, x2, embed, m, 0.75, torch.Generator().manual_seed(7), by="cosine")
     # brute force with the same random offsets
     g = torch.Generator().manual_seed(7)
     a1 = IL.random_offsets(4, m, 8, 8, 6, 6, g)
@@ -108,6 +141,9 @@ def _cfg(**kw):
     ({"num_crops": 0}, "num_crops"), ({"crop_fraction": 0.0}, "crop_fraction"),
     ({"crop_fraction": 1.5}, "crop_fraction"), ({"heads": [1, 2], "hard_blocks": [3]}, "hard_blocks"),
     ({"weights": [1, 1]}, "weights"), ({"weights": [0, 0, 0, 0]}, "weights"), ({"hard_pairs": "yes"}, "hard_pairs"),
+    ({"loss_weights": [1, 1]}, r"loss_weights=\[1, 1\]: 4 non-negative numbers"),
+    ({"loss_weights": [1, -1, 1, 1]}, "loss_weights"), ({"loss_weights": [1, 1, 1, 0]}, "final loss needs a positive"),
+    ({"hard_by": "random"}, "hard_by='random': allowed: loss, cosine"), ({"hard_temperature": 0}, "hard_temperature"),
 ])
 def test_config_errors_name_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
@@ -118,12 +154,14 @@ def test_config_defaults_and_probabilities():
     c = _cfg()
     assert c.depths == [1, 2, 3, 4] and c.probs == [0.25] * 4 and c.hard_blocks == [1, 2]
     assert _cfg(weights=[1, 1, 2, 4]).probs == [0.125, 0.125, 0.25, 0.5]
+    assert c.depth_weights == [1.0] * 4 and c.hard_by == "loss"                  # the final loss at weight 1
+    assert _cfg(loss_weights=[0.5, 0.5, 0.5, 1]).depth_weights == [0.5, 0.5, 0.5, 1.0]
     assert _cfg(hard_pairs=False, hard_blocks=[]).hard_blocks == []
 
 
 def test_stacking_rule():
-    from solo_sparse.plugin import Plugin, PluginHost, check_stack
-    from solo_sparse.registry import build_plugins
+    from solo_sparse.core.plugin import Plugin, PluginHost, check_stack
+    from solo_sparse.core.registry import build_plugins
 
     ok = build_plugins({"plugins": ["synccp", "interloss"], "synccp": {"final_density": 0.2}, "interloss": {}})
     assert [p.name for p in ok] == ["synccp", "interloss"]

@@ -3,7 +3,6 @@ without gradient; the final-depth objective equals the method's own loss; stacki
 heads are checkpointed; bad input is refused at construction."""
 import pytest
 import torch
-
 from conftest import needs_solo
 
 pytestmark = needs_solo
@@ -12,8 +11,9 @@ METHODS = ["simclr", "mocov2plus", "byol", "vicreg", "barlow_twins"]
 
 def _model(method, **params):
     import solo.methods as sm
-    import solo_sparse
     from test_solo_integration import tiny_cfg
+
+    import solo_sparse
 
     return solo_sparse.wrap(sm.METHODS[method], "interloss", **params)(tiny_cfg(method))
 
@@ -68,8 +68,8 @@ def test_truncated_step_only_reaches_blocks_up_to_the_drawn_depth(method):
 def test_final_depth_objective_equals_the_methods_own_loss(method):
     import solo.methods as sm
 
-    from solo_sparse.interloss import forward_maps, pool
-    from solo_sparse.solo_objectives import classifier_loss, final_parts, objective
+    from solo_sparse.binding.objectives import classifier_loss, final_parts, objective
+    from solo_sparse.engine.interloss import forward_maps, pool
 
     torch.manual_seed(0)
     model = _quiet(_model(method, hard_pairs=False)).train()
@@ -93,8 +93,9 @@ def test_final_depth_objective_equals_the_methods_own_loss(method):
 
 def test_stacked_with_synccp_masks_never_leak():
     import solo.methods as sm
-    import solo_sparse
     from test_solo_integration import fit, tiny_cfg
+
+    import solo_sparse
 
     cfg = tiny_cfg("byol", plugins=["synccp", "interloss"],
                    synccp={"final_density": 0.3, "init_density": 0.6, "start": 0, "end": 6, "every": 2,
@@ -116,9 +117,10 @@ def test_stacked_with_synccp_masks_never_leak():
 ])
 def test_bad_input_refused_at_construction(method, extra, msg):
     import solo.methods as sm
-    import solo_sparse
-    from solo_sparse.config import ConfigError
     from test_solo_integration import tiny_cfg
+
+    import solo_sparse
+    from solo_sparse.core.config import ConfigError
 
     cfg = tiny_cfg(method)
     for k, v in extra.items():
@@ -133,8 +135,9 @@ def test_channels_last_and_mixed_precision(precision, hard_pairs):
     32 px images crop layer3's output to 1x1 and we saw rare non-finite bf16 conv outputs on CPU, see README)."""
     import lightning.pytorch as pl
     import solo.methods as sm
-    import solo_sparse
     from test_solo_integration import loader, tiny_cfg
+
+    import solo_sparse
 
     torch.manual_seed(0)
     cfg = tiny_cfg("mocov2plus")

@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from solo_sparse.config import ConfigError
-from solo_sparse.masks import (check_layer_shape, compute_mask, mask_density, n_keep, nm_group_mask_is_valid,
-                               xor_share)
+from solo_sparse.core.config import ConfigError
+from solo_sparse.engine.masks import (
+    check_layer_shape,
+    compute_mask,
+    mask_density,
+    n_keep,
+    nm_group_mask_is_valid,
+    xor_share,
+)
 
 
 def test_element_mask_keeps_exactly_the_largest():

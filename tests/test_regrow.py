@@ -1,12 +1,13 @@
 import pytest
 import torch
-
-from solo_sparse.masks import compute_mask, nm_group_mask_is_valid
-from solo_sparse.regrow import nested_mask, nm_prune_and_regrow, prune_and_regrow
-from solo_sparse.scores import GradientScore
-from solo_sparse.config import MaskSpec
-from solo_sparse.sparsifier import ModuleGroup, WeightSparsifier
 from conftest import TinyNet
+
+from solo_sparse.core.config import MaskSpec
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.masks import compute_mask, nm_group_mask_is_valid
+from solo_sparse.engine.regrow import nested_masks, nm_prune_and_regrow, prune_and_regrow
+from solo_sparse.engine.scores import GradientScore
+from solo_sparse.engine.sparsifier import ModuleGroup, WeightSparsifier
 
 
 def test_element_prune_and_regrow():
@@ -45,13 +46,16 @@ def test_nm_prune_and_regrow_groups():
     assert torch.equal(nm_prune_and_regrow(full, w.abs(), torch.rand_like(w), 0.5, 2, 4).mask, full)
 
 
-def test_nested_mask_contains_inner():
+def test_nested_masks_contain_inner_and_take_the_best_others():
     torch.manual_seed(3)
-    s = torch.rand(64, 32)
-    inner = compute_mask(torch.rand(64, 32), 0.1)
-    outer = nested_mask(inner, s, 0.4)
-    assert not (inner & ~outer).any()
-    assert outer.float().mean().item() == pytest.approx(0.4, abs=1e-3)
+    s = {"a": torch.rand(64, 32), "b": torch.rand(16, 8)}
+    inner = {k: compute_mask(torch.rand_like(v), 0.1) for k, v in s.items()}
+    outer = nested_masks(inner, s, 0.4, lambda sc, d: allocate_masks(sc, d, "uniform"))
+    for k in s:
+        assert not (inner[k] & ~outer[k]).any()
+        assert outer[k].float().mean().item() == pytest.approx(0.4, abs=1e-2)
+        extra = outer[k] & ~inner[k]                       # the added units are the best-scoring outside inner
+        assert s[k][extra].min() >= s[k][~outer[k]].max()
 
 
 def test_gradient_score_ema_convention():
@@ -59,7 +63,7 @@ def test_gradient_score_ema_convention():
     sp = WeightSparsifier({"backbone": ModuleGroup("backbone", net)}, MaskSpec())
     ema, inst = GradientScore(sp.layers, 0.1), GradientScore(sp.layers, None)
     grads = []
-    for i in range(3):
+    for _i in range(3):
         net.zero_grad()
         net(torch.randn(2, 3, 8, 8)).pow(2).sum().backward()
         grads.append(net.layer1[0].weight.grad.abs().clone())
@@ -67,10 +71,12 @@ def test_gradient_score_ema_convention():
         inst.update()
     want = grads[0]
     for gi in grads[1:]:
-        want = 0.1 * want + 0.9 * gi                                  # s = m * s_old + (1 - m) * |g|
+        want = 0.9 * want + 0.1 * gi                                  # s = (1 - e) s_old + e |g|, e = 0.1
     assert torch.allclose(ema.scores["backbone.layer1.0"], want)
     assert torch.equal(inst.scores["backbone.layer1.0"], grads[-1])
-    zero = GradientScore(sp.layers, 0.0)                              # m = 0 is the instant gradient
-    zero.scores = {k: v * 7 for k, v in ema.scores.items()}
-    zero.update()
-    assert torch.allclose(zero.scores["backbone.layer1.0"], grads[-1])
+    one = GradientScore(sp.layers, 1.0)                               # e = 1 is the instant gradient
+    one.scores = {k: v * 7 for k, v in ema.scores.items()}
+    one.update()
+    assert torch.allclose(one.scores["backbone.layer1.0"], grads[-1])
+    with pytest.raises(ValueError, match=r"ema must be in \(0, 1\]"):
+        GradientScore(sp.layers, 0.0)

@@ -1,12 +1,18 @@
-"""solo_sparse.runner: the one helper that runs solo-learn's main_pretrain.py for benchmarks, zoo and IMP."""
+"""solo_sparse.tools.runner: the one helper that runs solo-learn's main_pretrain.py for benchmarks, zoo and IMP."""
 import sys
 from pathlib import Path
 
 import pytest
 
-from solo_sparse.config import ConfigError
-from solo_sparse.runner import (config_digest, newest_checkpoint, pretrain_command, run_command, run_pretrain,
-                                solo_learn_dir)
+from solo_sparse.core.config import ConfigError
+from solo_sparse.tools.runner import (
+    config_digest,
+    newest_checkpoint,
+    pretrain_command,
+    run_command,
+    run_pretrain,
+    solo_learn_dir,
+)
 
 
 def fake_solo(tmp_path: Path, body: str) -> Path:
@@ -78,7 +84,7 @@ def test_solo_learn_dir_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_suite_results_keep_rows_across_runs_and_write_views(tmp_path):
-    from solo_sparse.runner import SuiteResults
+    from solo_sparse.tools.runner import SuiteResults
 
     seen = []
     s = SuiteResults(tmp_path / "out", "data/x", writers=[lambda d, o: seen.append((dict(d["rows"]), o))])

@@ -1,7 +1,7 @@
 import pytest
 
-from solo_sparse.config import ConfigError, ScheduleSpec, StepSpec
-from solo_sparse.schedule import cubic_density, is_update_step
+from solo_sparse.core.config import ConfigError, ScheduleSpec, StepSpec
+from solo_sparse.engine.schedule import cubic_density, is_update_step
 
 
 def test_cubic_known_values():

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import HAS_SOLO, needs_solo
 from helpers import FMNIST_CONFIGS, config_dir, make_image_folder, run_solo
 
@@ -61,12 +60,13 @@ def test_import_changes_nothing_in_solo():
 
     before = dict(sm.METHODS), dict(BaseMethod._BACKBONES)
     import solo_sparse  # noqa: F401
-    import solo_sparse.binding  # noqa: F401
+    import solo_sparse.binding.wrap  # noqa: F401
     assert dict(sm.METHODS) == before[0] and dict(BaseMethod._BACKBONES) == before[1]
 
 
 def test_wrapped_byol_fits_and_keeps_masks():
     from solo.methods import BYOL
+
     import solo_sparse
 
     cls = solo_sparse.wrap(BYOL, "gmp", final_density=0.2, start=1, end=6, every=1)
@@ -85,6 +85,7 @@ def test_wrapped_byol_fits_and_keeps_masks():
 
 def test_wrapped_shared_encoder_method_fits():
     from solo.methods import SimCLR
+
     import solo_sparse
 
     model = solo_sparse.wrap(SimCLR, "gmp", final_density=0.5, start=0, end=4, every=2)(tiny_cfg("simclr"))
@@ -95,14 +96,15 @@ def test_wrapped_shared_encoder_method_fits():
 
 @pytest.mark.parametrize("method,plugin,params", [
     ("byol", "synccp", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "distribution": "uniform"}),
-    ("mocov2plus", "synccp", {"final_density": 0.2, "end": 6, "every": 1, "csi_timeout": 2}),
-    ("simclr", "synccp", {"final_density": 0.2, "end": 6, "every": 1, "csi_tau": 0.5}),
+    ("mocov2plus", "synccp", {"final_density": 0.2, "every": 1, "csi_warmup": 0, "csi_timeout": 2, "csi_ramp": 4}),
+    ("simclr", "synccp", {"final_density": 0.2, "every": 1, "csi_tau": 0.5, "csi_warmup": 0, "csi_ramp": 4}),
     ("byol", "granet", {"final_density": 0.2, "start": 1, "end": 6, "every": 1}),
     ("byol", "sdclr", {"density": 0.2}),
     ("simclr", "sdclr", {"density": 0.2}),
 ])
 def test_weight_sparsity_plugins_fit_with_solo_methods(method, plugin, params):
     import solo.methods as sm
+
     import solo_sparse
 
     model = solo_sparse.wrap(sm.METHODS[method], plugin, **params)(tiny_cfg(method))
@@ -123,6 +125,7 @@ def test_hooks_once_per_optimizer_step_under_gradient_accumulation():
     """Scores/gradient masking see the accumulated gradient once per optimizer step, never a partial one."""
     import lightning.pytorch as pl
     from solo.methods import BYOL
+
     import solo_sparse
     from solo_sparse import register_plugin
 
@@ -153,8 +156,9 @@ def test_hooks_once_per_optimizer_step_under_gradient_accumulation():
 
 def test_sdclr_damage_momentum_refused_for_shared_encoder_method():
     from solo.methods import SimCLR
+
     import solo_sparse
-    from solo_sparse.config import ConfigError
+    from solo_sparse.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="damage=momentum but method 'simclr' has no momentum encoder"):
         solo_sparse.wrap(SimCLR, "sdclr", damage="momentum")(tiny_cfg("simclr"))
@@ -162,6 +166,7 @@ def test_sdclr_damage_momentum_refused_for_shared_encoder_method():
 
 def test_checkpoint_carries_plugin_state_weights_only(tmp_path):
     from solo.methods import BYOL
+
     import solo_sparse
 
     cls = solo_sparse.wrap(BYOL, "gmp", final_density=0.3, start=1, end=4, every=1)
@@ -187,8 +192,10 @@ def test_checkpoint_carries_plugin_state_weights_only(tmp_path):
 def test_install_from_config_patches_in_place_and_validates():
     import solo.methods as sm
     from solo.methods.base import BaseMethod
-    from solo_sparse.binding import install_from_config, unwrap
-    from solo_sparse.config import ConfigError
+
+    from solo_sparse.binding.install import install_from_config
+    from solo_sparse.binding.wrap import unwrap
+    from solo_sparse.core.config import ConfigError
 
     methods, backbones = sm.METHODS, BaseMethod._BACKBONES
     orig = methods["byol"]
@@ -207,10 +214,11 @@ def test_install_from_config_patches_in_place_and_validates():
 
 
 def test_family_refusal_and_ddp_refusal():
-    from solo.methods import SimCLR, BYOL
+    from solo.methods import BYOL, SimCLR
+
     import solo_sparse
     from solo_sparse import register_plugin
-    from solo_sparse.config import ConfigError
+    from solo_sparse.core.config import ConfigError
 
     gmp_cls = solo_sparse.get_plugin("gmp")
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
-
-from solo_sparse.config import ConfigError, MaskSpec
-from solo_sparse.density import allocate_masks
-from solo_sparse.sparsifier import MASK, ModuleGroup, WeightSparsifier, select_layers
 from helpers import ema_like_solo
+
+from solo_sparse.core.config import ConfigError, MaskSpec
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.sparsifier import MASK, ModuleGroup, WeightSparsifier, select_layers
 
 
 def test_selector_skips_stem_and_classifier(tiny_pair):
@@ -35,7 +35,7 @@ def test_no_pruned_weight_returns_after_steps_with_momentum_and_weight_decay(tin
         opt = torch.optim.SGD(online.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     else:
         opt = torch.optim.AdamW(online.parameters(), lr=0.01, weight_decay=0.1)
-    for i in range(5):
+    for _i in range(5):
         x = torch.randn(4, 3, 8, 8)
         online(x).pow(2).mean().backward()
         sp.mask_gradients()

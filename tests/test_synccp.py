@@ -2,12 +2,12 @@ import copy
 
 import pytest
 import torch
-
-from solo_sparse import get_plugin
-from solo_sparse.config import ConfigError
-from solo_sparse.masks import nm_group_mask_is_valid
 from conftest import TinyNet
 from helpers import make_host, train
+
+from solo_sparse import get_plugin
+from solo_sparse.core.config import ConfigError
+from solo_sparse.engine.masks import nm_group_mask_is_valid
 
 
 def plugin(name, **params):
@@ -71,19 +71,24 @@ def test_regrown_weights_start_at_zero_and_are_gradient_chosen():
     assert "solo_sparse/regrow/oscillation" in logs
 
 
-def test_csi_arms_on_divergence_then_fires():
+def test_csi_arms_on_divergence_then_fires_and_logs_its_scale():
     logs = {}
-    p = plugin("synccp", final_density=0.2, density_gap=0.3, every=1, end=30, distribution="uniform")
+    p = plugin("synccp", final_density=0.2, density_gap=0.3, every=1, distribution="uniform", csi_warmup=0)
     on, mo = pair()
     host, on, mo, opt = run(p, 1, on, mo, logs=logs)
-    assert p.trigger_step is None and logs["solo_sparse/csi/I"] == pytest.approx(0.3, abs=1e-3)  # copies: nested
+    # copies: the pseudo masks are nested, I = the gap, r = 0 (the literal rule would fire here)
+    assert p.trigger_step is None and logs["solo_sparse/csi/I"] == pytest.approx(0.3, abs=1e-3)
+    assert logs["solo_sparse/csi/r"] == 0.0 and logs["solo_sparse/csi/gap"] == pytest.approx(0.3)
     with torch.no_grad():                                             # make the encoders disagree
         for m in mo.modules():
             if isinstance(m, torch.nn.Conv2d):
                 m.weight.copy_(torch.randn_like(m.weight))
     opt.param_groups[0]["lr"] = 0.0
     train(host, on, mo, opt, 1)
-    assert p._csi_armed and p.trigger_step is None and logs["solo_sparse/csi/I"] > 0.32
+    r = logs["solo_sparse/csi/r"]
+    assert p._csi_armed and p.trigger_step is None and r > 0.05
+    # I and r are one measurement on two scales: I = gap + 2 r d_online
+    assert logs["solo_sparse/csi/I"] == pytest.approx(0.3 + 2 * r * 0.2, abs=2e-3)
     with torch.no_grad():                                             # re-synchronize them
         for a, b in zip(on.modules(), mo.modules()):
             if isinstance(a, torch.nn.Conv2d):
@@ -92,16 +97,58 @@ def test_csi_arms_on_divergence_then_fires():
     assert p.trigger_step == 3 and logs["solo_sparse/csi/trigger_step"] == 3
 
 
+def test_csi_hysteresis_does_not_fire_between_the_thresholds():
+    p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=0, csi_arm=0.3,
+               csi_fire=0.01)
+    host, on, mo, opt = run(p, 1)
+    p._csi_armed = True
+    seen = []
+    orig = p.indicator
+    for r in (0.2, 0.05, 0.02, 0.005):                # inside the band: armed, no trigger; below: fires
+        p.indicator = lambda r=r: (0.3, r)
+        p.step += 1
+        p._csi_momentum()
+        seen.append(p.trigger_step)
+    p.indicator = orig
+    assert seen[:3] == [None, None, None] and seen[3] is not None
+
+
+def test_csi_literal_rule_fires_at_the_first_check_on_copies():
+    p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=0, csi_rule="literal")
+    run(p, 1)
+    assert p.trigger_step == 1
+
+
+def test_csi_waits_for_its_warmup_and_keeps_the_ramp_length_when_late():
+    logs = {}
+    p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=6, csi_rule="literal",
+               csi_ramp=10)
+    host, on, mo, opt = run(p, 5, logs=logs)
+    assert p.trigger_step is None and "solo_sparse/csi/I" not in logs          # no check before the warm-up
+    train(host, on, mo, opt, 2, seed=5)
+    assert p.trigger_step == 6 and p.window() == (6, 16)                      # the ramp keeps its 10 steps
+    # a trigger so late that the ramp would pass the end of training: capped there, with a warning
+    q = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=35, csi_rule="literal",
+               csi_ramp=10, csi_timeout=36)
+    host, on, mo, opt = run(q, 34)
+    with pytest.warns(UserWarning, match="ramp is cut to 5 steps"):
+        train(host, on, mo, opt, 1, seed=34)
+    assert q.window() == (35, 40)
+    train(host, on, mo, opt, 5, seed=36)
+    assert q.sparsifier.density("online") == pytest.approx(0.2, abs=3e-3)   # the final density is reached
+
+
 def test_csi_timeout_starts_the_schedule():
     logs = {}
-    p = plugin("synccp", final_density=0.2, every=1, end=30, csi_timeout=5, distribution="uniform")
-    run(p, 6, logs=logs)
+    p = plugin("synccp", final_density=0.2, every=1, csi_timeout=5, csi_warmup=0, distribution="uniform")
+    with pytest.warns(UserWarning, match="CSI did not fire by"):
+        run(p, 6, logs=logs)
     assert p.trigger_step == 5 and logs["solo_sparse/csi/timed_out"] == 1.0
 
 
 def test_csi_shared_encoder_compares_consecutive_epochs():
     logs = {}
-    p = plugin("synccp", final_density=0.2, every=1, end=30, distribution="uniform", csi_tau=0.1)
+    p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_tau=0.1, csi_warmup=0)
     on, _ = pair()
     host = make_host(p, on, None, log=logs.update)
     opt = torch.optim.SGD(on.parameters(), lr=0.0)
@@ -112,15 +159,27 @@ def test_csi_shared_encoder_compares_consecutive_epochs():
     assert p.trigger_step == 2 and logs["solo_sparse/csi/I"] == 0.0
 
 
-def test_synccp_nm_keeps_valid_groups_and_ends_all_nm():
-    p = plugin("synccp", granularity="nm", n=2, m=4, init_density=0.8, density_gap=0.2, start=1, end=6, every=1)
-    host, on, mo, opt = run(p, 3)
+def _nm_share(mask, m=4):
+    """Share of N:M groups (rows of m input channels with fewer than m kept)."""
+    rows = mask.permute(0, 2, 3, 1).reshape(-1, m)
+    return float((rows.sum(1) < m).float().mean())
+
+
+def test_synccp_nm_gap_is_in_units_of_groups():
+    # the paper's 2:4 setting: 30% of the online groups N:M at the start, 0% of the momentum ones, Δs = 30%
+    p = plugin("synccp", granularity="nm", n=2, m=4, init_density=0.85, density_gap=0.3, start=1, end=6, every=1)
+    host, on, mo, opt = run(p, 1)
+    share = lambda enc: sum(_nm_share(m) * m.numel() for m in p.sparsifier.masks(enc).values()) / sum(  # noqa: E731
+        m.numel() for m in p.sparsifier.masks(enc).values())
+    assert share("online") == pytest.approx(0.3, abs=0.01) and share("momentum") == pytest.approx(0.0, abs=0.01)
+    train(host, on, mo, opt, 2, seed=3)
     for m in p.sparsifier.masks().values():
         assert nm_group_mask_is_valid(m, 2, 4).all()
     train(host, on, mo, opt, 5, seed=10)
     for m in p.sparsifier.masks().values():
-        assert (m.permute(0, 2, 3, 1).reshape(-1, 4).sum(1) == 2).all()
-    assert p.sparsifier.density("momentum") == pytest.approx(0.7, abs=5e-3)
+        assert (m.permute(0, 2, 3, 1).reshape(-1, 4).sum(1) == 2).all()      # online: every group 2:4
+    assert share("momentum") == pytest.approx(0.7, abs=0.01)                  # momentum: 70% of its groups
+    assert p.sparsifier.density("momentum") == pytest.approx(0.65, abs=5e-3)  # = density 1 - 0.7 * 0.5
 
 
 def test_synccp_blocks():
@@ -138,7 +197,7 @@ def test_granet_independent_schedules_instant_gradient():
     p = plugin("granet", final_density=0.2, momentum_final_density=0.4, start=1, end=6, every=1,
                distribution="uniform")
     run(p, 7)
-    assert p.scores.momentum is None
+    assert p.scores.ema is None
     assert p.sparsifier.density("online") == pytest.approx(0.2, abs=3e-3)
     assert p.sparsifier.density("momentum") == pytest.approx(0.4, abs=3e-3)
     assert p.sparsifier.leaked("momentum") == 0
@@ -166,6 +225,46 @@ def test_sdclr_soft_masks_rederived_each_epoch():
     assert changed > 0 and sp.density() == pytest.approx(0.2, abs=3e-3)
 
 
+def test_sdclr_on_a_shared_encoder_damages_crop_1_only():
+    from solo_sparse.core.plugin import Branch
+
+    p = plugin("sdclr", density=0.2)
+    on, _ = pair()
+    host = make_host(p, on, None)
+    assert p.config.damage == "branch" and not p.branch_independent
+    from solo_sparse.engine.sparsifier import set_damaged
+
+    dense = copy.deepcopy(on)                                  # the same weights, no mask
+    set_damaged(dense, False)
+    pruned = copy.deepcopy(on)
+    set_damaged(pruned, False)
+    with torch.no_grad():
+        for m in pruned.modules():
+            if hasattr(m, "weight_mask"):
+                m.weight.mul_(m.weight_mask)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        host.on_crop(Branch(crop=0))
+        y0 = on(x)
+        host.on_crop(Branch(crop=1))
+        y1 = on(x)
+        host.on_crop(Branch(crop=0, phase="eval"))
+        ye = on(x)
+    assert torch.equal(y0, dense(x)) and torch.equal(ye, dense(x))      # crop 0 and evaluation: dense weights
+    assert torch.allclose(y1, pruned(x), atol=1e-6) and not torch.allclose(y1, y0)   # crop 1: weight * mask
+    # the branches differ by exactly the mask: gradients of crop 1 never reach pruned positions
+    on.zero_grad()
+    host.on_crop(Branch(crop=1))
+    on(x).pow(2).sum().backward()
+    for m in on.modules():
+        if hasattr(m, "weight_mask"):
+            assert (m.weight.grad[~m.weight_mask] == 0).all()
+    assert float((on.layer1[0].weight != 0).float().mean()) == 1.0     # stored weights stay dense
+    from solo_sparse import get_plugin as gp
+
+    assert not gp("sdclr").evaluates_masked({"damage": "branch"}) and gp("sdclr").evaluates_masked({"damage": "online"})
+
+
 def test_sdclr_damage_momentum_needs_a_momentum_encoder():
     on, _ = pair()
     with pytest.raises(ConfigError, match="damage=momentum but method 'toy' has no momentum encoder"):
@@ -174,6 +273,64 @@ def test_sdclr_damage_momentum_needs_a_momentum_encoder():
     p = plugin("sdclr", damage="momentum", density=0.3)
     make_host(p, on, mo)
     assert p.sparsifier.density("online") == 1.0 and p.sparsifier.density("momentum") == pytest.approx(0.3, abs=3e-3)
+
+
+def test_score_ema_spike_decays_with_the_half_life_the_key_implies():
+    from solo_sparse.engine.scores import GradientScore
+
+    class L:  # one "layer" whose gradient we set by hand
+        name = "w"
+
+        def __init__(self):
+            self.online = torch.nn.Linear(1, 1, bias=False)
+
+    layer = L()
+    sc = GradientScore([layer], ema=0.1)
+    grads = [0.0] * 3 + [1.0] + [0.0] * 20
+    for g in grads:
+        layer.online.weight.grad = torch.full((1, 1), g)
+        sc.update()
+    # a spike of 1 seen k steps ago weighs 0.1 * 0.9^k: half of its first value after ln 2 / -ln 0.9 = 6.6 steps
+    s_after = [0.1 * 0.9 ** k for k in range(21)]
+    assert float(sc.scores["w"]) == pytest.approx(s_after[20], rel=1e-5)
+    half = next(k for k, v in enumerate(s_after) if v <= s_after[0] / 2)
+    assert half == 7
+    inst = GradientScore([layer], ema=1.0)                   # 1.0 is the instant gradient
+    for g in (5.0, 2.0):
+        layer.online.weight.grad = torch.full((1, 1), g)
+        inst.update()
+    assert float(inst.scores["w"]) == 2.0
+
+
+def test_momentum_mask_own_is_its_own_magnitude_mask():
+    p = plugin("synccp", final_density=0.2, density_gap=0.3, start=1, end=6, every=1, distribution="uniform",
+               momentum_mask="own")
+    host, on, mo, opt = run(p, 8)
+    sp = p.sparsifier
+    assert sp.density("momentum") == pytest.approx(0.5, abs=5e-3)
+    assert sp.leaked("momentum") == 0
+    # not forced to contain the online mask: with separately trained encoders the two disagree somewhere
+    outside = sum(int((m & ~sp.masks("momentum")[k]).sum()) for k, m in sp.masks("online").items())
+    nested = plugin("synccp", final_density=0.2, density_gap=0.3, start=1, end=6, every=1, distribution="uniform")
+    run(nested, 8)
+    assert outside > 0
+    assert sum(int((m & ~nested.sparsifier.masks("momentum")[k]).sum())
+               for k, m in nested.sparsifier.masks("online").items()) == 0
+
+
+def test_csi_on_a_shared_encoder_needs_csi_tau():
+    on, _ = pair()
+    with pytest.raises(ConfigError, match=r"start=csi on 'toy', which has no momentum encoder.*csi_tau"):
+        make_host(plugin("synccp"), on, None)
+
+
+def test_csi_warmup_or_ramp_longer_than_training_is_refused():
+    on, mo = pair()
+    with pytest.raises(ConfigError, match=r"csi_warmup=50 is step 50, at or after the last training step \(40\)"):
+        make_host(plugin("synccp", csi_warmup=50), on, mo)
+    on, mo = pair()
+    with pytest.raises(ConfigError, match=r"csi_ramp=60 is 60 steps, longer than training \(40\)"):
+        make_host(plugin("synccp", csi_ramp=60), on, mo)
 
 
 def test_synccp_resume_is_exact():
@@ -211,13 +368,20 @@ def test_synccp_resume_is_exact():
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"density_gap": -0.1}, r"solo_sparse.density_gap=-0.1: must be a number >= 0"),
+    ({"density_gap": -0.1}, r"solo_sparse.density_gap=-0.1: must be a number in \[0, 1\]"),
     ({"final_density": 0.8, "init_density": 0.9}, r"final_density \+ solo_sparse.density_gap = 0.8 \+ 0.3 > 1"),
     ({"csi_tau": 1.0}, r"solo_sparse.csi_tau=1.0: must be in \(0.0, 1.0\)"),
     ({"csi_tau": 0}, r"csi_tau=0: must be in \(0.0, 1.0\)"),
-    ({"score_momentum": 1.0}, r"score_momentum=1.0: must be in \[0.0, 1.0\)"),
-    ({"score_momentum": -0.1}, r"score_momentum=-0.1"),
-    ({"start": "soon"}, r"solo_sparse.start='soon'"),
+    ({"score_momentum": 0.1}, r"score_momentum=0.1: removed: .*Write score_ema.*score_ema: 1 - m"),
+    ({"csi_tolerance": 0.02}, r"csi_tolerance=0.02: removed: .*csi_arm, csi_fire"),
+    ({"score_ema": 0.0}, r"score_ema=0.0: must be in \(0.0, 1.0\]"),
+    ({"score_ema": 1.5}, r"score_ema=1.5: must be in \(0.0, 1.0\]"),
+    ({"momentum_mask": "shared"}, r"momentum_mask='shared': allowed: nested, own"),
+    ({"csi_rule": "sometimes"}, r"csi_rule='sometimes': allowed: resync, literal"),
+    ({"csi_arm": 0.02, "csi_fire": 0.05}, r"csi_fire=0.05: must be below solo_sparse.csi_arm=0.02"),
+    ({"csi_ramp": 0}, r"csi_ramp='0': must be > 0"),
+    ({"csi_warmup": "soon"}, r"solo_sparse.csi_warmup='soon'"),
+    ({"start": "soon"}, r"solo_sparse.start='soon': expected 'csi'"),
 ])
 def test_synccp_bad_config(params, match):
     with pytest.raises(ConfigError, match=match):
@@ -234,9 +398,9 @@ def test_nm_indivisible_layer_error_or_skip():
             self.mid = torch.nn.Conv2d(6, 6, 1)
 
     with pytest.raises(ConfigError, match=r"layer 'backbone.mid' has 6 input channels .* m=4"):
-        make_host(plugin("synccp", granularity="nm"), Odd(), None)
+        make_host(plugin("synccp", granularity="nm", csi_tau=0.1), Odd(), None)
     with pytest.warns(UserWarning, match="backbone.mid"):
-        p = plugin("synccp", granularity="nm", on_indivisible="skip")
+        p = plugin("synccp", granularity="nm", on_indivisible="skip", csi_tau=0.1)
         make_host(p, Odd(), None)
     assert p.sparsifier.skipped == ["backbone.mid"]
 

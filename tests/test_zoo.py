@@ -1,17 +1,19 @@
 """Model zoo: compressed safetensors storage, manifest, verification, loading, export, bad input, and
 the committed entries themselves."""
-import dataclasses
 import io
 import json
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 from solo_sparse import zoo
-from solo_sparse.evaluate import build_resnet
-from solo_sparse.sparsifier import MASK
+from solo_sparse.engine.sparsifier import MASK
+from solo_sparse.tools.evaluate import build_resnet
+from solo_sparse.zoo import format as zoo_format
+from solo_sparse.zoo import manifest as zoo_manifest
 
 
 def _sparse_resnet(density=0.1, seed=0):
@@ -39,7 +41,8 @@ def _zoo_with(tmp_path, name, net, masks, gating=None, fp16=False, **extra):
     zoo.save_backbone(f, net.state_dict(), masks, gating=gating, fp16=fp16)
     kept = sum(int(m.sum()) for m in masks.values())
     tot = sum(m.numel() for m in masks.values()) or 1
-    rec = {"name": name, "algorithm": "test", "file": str(f.relative_to(root)), "sha256": zoo.sha256(f),
+    rec = {"name": name, "algorithm": "test", "backbone": "resnet18", "file": str(f.relative_to(root)),
+           "sha256": zoo.sha256(f),
            "size_bytes": f.stat().st_size, "density": kept / tot if masks else None,
            "accuracy": {"knn20": 50.0, "linear": 60.0}, "flops_ratio": 0.3, **extra}
     zoo.add_entry(root, rec)
@@ -49,9 +52,9 @@ def _zoo_with(tmp_path, name, net, masks, gating=None, fp16=False, **extra):
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 4609])
 def test_bitmask_pack_round_trip(n):
     m = torch.rand(n) < 0.3
-    packed = zoo._pack(m)
+    packed = zoo_format._pack(m)
     assert packed.dtype == torch.uint8 and packed.numel() == (n + 7) // 8
-    assert torch.equal(zoo._unpack(packed, n), m)
+    assert torch.equal(zoo_format._unpack(packed, n), m)
 
 
 def test_compress_round_trip_is_exact_and_fp16_is_close():
@@ -157,10 +160,10 @@ def test_foreign_safetensors_file_refused(tmp_path):
         zoo.read_backbone(f)
 
 
-def _remote_root(tmp_path, payload_sha):
+def _remote_root(tmp_path, payload_sha, size=1000):
     root = tmp_path / "zoo"
     zoo.add_entry(root, {"name": "remote", "file": "https://example.invalid/x/remote.safetensors",
-                         "sha256": payload_sha})
+                         "sha256": payload_sha, "size_bytes": size, "backbone": "resnet18"})
     return root
 
 
@@ -170,7 +173,7 @@ def test_remote_entry_offline_error_and_no_partial_file(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(zoo.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(zoo_manifest, "_open", offline)
     root = _remote_root(tmp_path, "0" * 64)
     with pytest.raises(zoo.ZooError, match="is remote .* could not be downloaded.*Offline"):
         zoo.load("remote", root=root)
@@ -191,8 +194,8 @@ def test_remote_entry_downloads_verifies_and_removes_a_bad_file(tmp_path, monkey
         def __exit__(self, *a):
             return False
 
-    monkeypatch.setattr(zoo.urllib.request, "urlopen", lambda *a, **k: Resp(payload))
-    root = _remote_root(tmp_path, zoo.sha256(good))
+    monkeypatch.setattr(zoo_manifest, "_open", lambda *a, **k: Resp(payload))
+    root = _remote_root(tmp_path, zoo.sha256(good), len(payload))
     got = zoo.load("remote", root=root)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -200,7 +203,7 @@ def test_remote_entry_downloads_verifies_and_removes_a_bad_file(tmp_path, monkey
     # a different payload under the same sha: refused and removed from the cache
     for p in (tmp_path / "cache").rglob("*.safetensors"):
         p.unlink()
-    monkeypatch.setattr(zoo.urllib.request, "urlopen", lambda *a, **k: Resp(payload[:-10] + b"0123456789"))
+    monkeypatch.setattr(zoo_manifest, "_open", lambda *a, **k: Resp(payload[:-10] + b"0123456789"))
     with pytest.raises(zoo.ZooError, match="sha256 mismatch.*removed"):
         zoo.load("remote", root=root)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
@@ -222,15 +225,13 @@ def test_export_solo_and_torchvision(tmp_path):
 
 
 def _gated(kind):
-    from solo_sparse.backbones import apply_gating
+    from solo_sparse import get_plugin
+    from solo_sparse.core.config import config_to_state
+    from solo_sparse.core.registry import rebuild_backbone
 
-    if kind == "cdg":
-        from solo_sparse_plugins.cdg import CDGConfig as C
-    else:
-        from solo_sparse_plugins.dgnet_dual import DGNetDualConfig as C
-    cfg = json.loads(json.dumps(dataclasses.asdict(C())))
+    cfg = json.loads(json.dumps(config_to_state(get_plugin(kind).Config())))
     torch.manual_seed(1)
-    net = apply_gating(build_resnet("resnet18"), kind, cfg).eval()
+    net = rebuild_backbone(build_resnet("resnet18"), {kind: {"config": cfg}})[0].eval()
     with torch.no_grad():   # make gate parameters differ from their initial values
         for n, p in net.named_parameters():
             if "gate" in n or n.endswith("tau"):
@@ -241,7 +242,8 @@ def _gated(kind):
 @pytest.mark.parametrize("kind", ["cdg", "dgnet_dual"])
 def test_gated_entry_keeps_its_gates(tmp_path, kind):
     net, cfg = _gated(kind)
-    root, _ = _zoo_with(tmp_path, "g", net, {}, gating={"plugin": kind, "config": cfg}, fp16=False)
+    root, _ = _zoo_with(tmp_path, "g", net, {}, gating={"plugin": kind, "config": cfg}, fp16=False,
+                        plugins={kind: cfg})
     got = zoo.load("g", root=root)
     assert set(got.state_dict()) == set(net.state_dict())
     x = torch.randn(2, 3, 32, 32)
@@ -271,7 +273,7 @@ def test_committed_zoo_entries_are_complete_and_verify():
 
 def test_report_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    from solo_sparse import report
+    from solo_sparse.tools import report
 
     net, masks = _sparse_resnet(0.3)
     root, _ = _zoo_with(tmp_path, "a", net, masks)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import needs_solo
 from helpers import assert_backbone_kept, config_dir, linear_config, linear_overrides, make_image_folder, run_solo
+
 from solo_sparse import zoo
 
 pytestmark = needs_solo
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_exported_entry_loads_in_main_linear_with_every_key(tmp_path, kind, plugin_line):
     name = next(e["name"] for e in zoo.list() if e["algorithm"] == kind)
     ck = tmp_path / "entry.ckpt"
-    r = subprocess.run([sys.executable, "-m", "solo_sparse.cli", "zoo", "export", name, "--out", str(ck)],
+    r = subprocess.run([sys.executable, "-m", "solo_sparse.tools.cli", "zoo", "export", name, "--out", str(ck)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     sd = torch.load(ck, map_location="cpu", weights_only=True)["state_dict"]

@@ -1,0 +1,369 @@
+"""The plugin contract: a config dataclass, capability attributes and hooks, driven by :class:`PluginHost`.
+
+A plugin never imports solo-learn. It sees the method through a :class:`ModelView` (module groups
+such as ``backbone``/``projector``/``predictor`` with their momentum twins, the method family and a
+``log`` function). The solo-learn binding (``solo_sparse.binding.wrap``) builds the view from a
+solo-learn method and calls the host's hooks at these points of every training step::
+
+    training_step start   host.on_step_start()
+    each crop's forward   host.on_crop(Branch(crop=i, encoder="online"|"momentum", large=...))
+    after the method loss host.extra_loss() -> added to the loss
+    after backward        host.after_backward()   (once per optimizer step: the accumulated, unscaled
+                                                   gradient, before clipping — Lightning's on_before_optimizer_step)
+    after optimizer step  host.after_optimizer_step(optimizer)   (host.step += 1 first)
+    after the EMA update  host.after_momentum_update()
+    epoch start / end     host.on_epoch_start(e) / host.on_epoch_end(e)
+    checkpoint save/load  host.state_dict() / host.load_state_dict(d)   (tensors + plain values)
+
+Plugins describe themselves (class attributes and classmethods below), so that the CLI, checkpoint
+loading, the zoo, compact export and the benchmarks ask the registry instead of naming plugins:
+``rewrites_backbone`` + :meth:`Plugin.rebuild_backbone` / :meth:`Plugin.measure_backbone` (gated
+backbones), ``dense_gradients`` (training-cost accounting), ``compactable``, :meth:`Plugin.commands`
+(CLI verbs a plugin contributes).
+
+Several plugins may be stacked on one host (``PluginHost([a, b])``): hooks run in list order
+(the order of the ``solo_sparse.plugins`` list), extra losses are summed, each plugin keeps its own
+state under its own name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from solo_sparse.core.config import PREFIX, ConfigError, build_config, config_to_state
+
+FAMILIES = ("momentum", "shared")
+#: values of :attr:`Plugin.dense_gradients`
+DENSE_GRADIENTS = ("never", "updates", "every")
+
+
+@dataclass
+class ModuleGroup:
+    """A group of modules of a method: ``online`` and its EMA twin ``momentum`` (or None)."""
+
+    name: str
+    online: torch.nn.Module
+    momentum: Optional[torch.nn.Module] = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Which forward is running: the crop index in solo-learn's order and the encoder.
+
+    ``crop`` counts large crops first (0, 1, ...), then small multicrop crops; ``large`` says which.
+    ``encoder`` is ``online`` or ``momentum``; ``phase`` is ``train`` or ``eval``.
+    """
+
+    crop: int = 0
+    encoder: str = "online"
+    large: bool = True
+    phase: str = "train"
+
+
+class ModelView:
+    """What a plugin may touch of a method: module groups, family, logging, current branch."""
+
+    def __init__(self, groups: Mapping[str, ModuleGroup], family: str, method: str = "",
+                 log: Optional[Callable[[Dict[str, float]], None]] = None, num_large_crops: int = 2,
+                 classifier: Optional[torch.nn.Module] = None, input_size: Optional[int] = None,
+                 method_kwargs: Optional[Mapping[str, Any]] = None, batch_size: Optional[int] = None):
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}")
+        self.groups = dict(groups)
+        self.family = family
+        self.method = method
+        self.num_large_crops = num_large_crops
+        self._log = log
+        self.branch = Branch()
+        #: the method's online linear classifier (solo-learn trains it on detached features)
+        self.classifier = classifier
+        #: ``(indexes (B,), targets (B,))`` of the training batch in progress, or None
+        self.batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        #: the method module itself (solo-learn binding only; None in plain-torch use), for plugins that
+        #: drive the whole step and need its hyper-parameters and loss state
+        self.model: Optional[torch.nn.Module] = None
+        #: side of the large training crops in pixels, when known (map-size checks of per-position gates)
+        self.input_size = input_size
+        #: the method's own keys (solo-learn's ``method_kwargs``: queue_size, temperature, ...) and batch size
+        self.method_kwargs = dict(method_kwargs or {})
+        self.batch_size = batch_size
+
+    def log(self, metrics: Dict[str, float]) -> None:
+        if self._log is not None and metrics:
+            self._log(metrics)
+
+
+class Plugin:
+    """Base class. Subclasses set the class attributes and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: method families the plugin supports: "momentum" (online + EMA encoder), "shared" (one encoder)
+    families: ClassVar[Tuple[str, ...]] = FAMILIES
+    #: explicit method names refused (e.g. methods without two large crops)
+    refused_methods: ClassVar[Tuple[str, ...]] = ()
+    #: if set, the only methods the plugin supports, and why (completes "plugin 'x' ...")
+    supported_methods: ClassVar[Tuple[str, ...]] = ()
+    method_requirement: ClassVar[str] = "supports only some methods"
+    #: the plugin leaves parameters without gradient in some steps (gates, partial backprop)
+    leaves_parameters_unused: ClassVar[bool] = False
+    #: the plugin runs the whole training step itself (:meth:`training_step`); at most one per run
+    drives_step: ClassVar[bool] = False
+    #: the plugin's behaviour does not depend on which crop/branch is being forwarded (weight
+    #: sparsity): only such plugins may be stacked with a step-driving plugin, whose forward may
+    #: interleave the two views
+    branch_independent: ClassVar[bool] = False
+    #: the plugin rewrites the backbone's modules (gates, branch BNs): a checkpoint's backbone is
+    #: rebuilt with :meth:`rebuild_backbone` before a strict load, and ``main_linear.py`` needs the
+    #: plugin line to evaluate it as trained
+    rewrites_backbone: ClassVar[bool] = False
+    #: the plugin stores weight masks in the backbone (``*.weight_mask`` buffers)
+    masks_weights: ClassVar[bool] = False
+    #: which optimizer steps need the dense weight gradient of masked layers (training-cost
+    #: accounting): "never" (masked gradients suffice), "updates" (mask-update steps only), "every"
+    dense_gradients: ClassVar[str] = "never"
+    #: the trained sparsity is static, so dead channels can be removed by compact export
+    compactable: ClassVar[bool] = True
+    #: ``(fast, dense)`` evaluation paths whose CPU latency is worth comparing (a path that skips
+    #: computation at batch 1, e.g. DGNet's channel gather); empty when none does
+    speed_paths: ClassVar[Tuple[str, ...]] = ()
+    Config: ClassVar[type]
+
+    def __init__(self, config):
+        self.config = config
+        self.view: Optional[ModelView] = None
+        self.step = 0          # optimizer steps done
+        self.epoch = 0
+        self.steps_per_epoch: Optional[int] = None
+        self.total_steps: Optional[int] = None
+
+    # --------------------------------------------------------------- construction
+    @classmethod
+    def from_params(cls, params: Optional[Mapping[str, Any]] = None) -> "Plugin":
+        return cls(build_config(cls.Config, params, cls.name))
+
+    @classmethod
+    def check_method(cls, method: str, family: str) -> None:
+        """Refuse methods the plugin does not support, naming the supported families."""
+        if method == "linear":
+            raise ConfigError(f"plugin '{cls.name}' applies to pre-training methods, not to 'linear'")
+        if method in cls.refused_methods or family not in cls.families:
+            raise ConfigError(
+                f"plugin '{cls.name}' does not support method '{method}' (family '{family}'); "
+                f"it supports families: {', '.join(cls.families)}"
+                + (f"; refused methods: {', '.join(cls.refused_methods)}" if cls.refused_methods else "")
+            )
+        if cls.supported_methods and method not in cls.supported_methods:
+            raise ConfigError(f"plugin '{cls.name}' {cls.method_requirement}; method '{method}' is not supported "
+                              f"(supported: {', '.join(cls.supported_methods)})")
+
+    def setup(self, view: ModelView) -> None:
+        """Construction hook: create masks/gates (persistent buffers/parameters) on the modules."""
+        self.view = view
+
+    def modules(self) -> Optional[torch.nn.Module]:
+        """Modules the plugin owns (e.g. auxiliary heads): the binding registers them on the method
+        as ``solo_sparse_modules.<plugin>`` so they train, move to the device and are checkpointed."""
+        return None
+
+    def training_step(self, model, batch, batch_idx: int):
+        """Step drivers (``drives_step``): return the step's loss, or None to let the method run its
+        own ``training_step``. Called after ``on_step_start``."""
+        return None
+
+    @classmethod
+    def check_stack(cls, others: Sequence["Plugin"]) -> None:
+        """Refuse combinations with the other plugins of a ``plugins: [...]`` list."""
+
+    # --------------------------------------------------------------- training hooks
+    def on_train_start(self) -> None: ...
+    def on_step_start(self) -> None: ...
+    def on_crop(self, branch: Branch) -> None: ...
+    def extra_loss(self) -> Optional[torch.Tensor]:
+        return None
+    def after_backward(self) -> None: ...
+    def after_optimizer_step(self, optimizer) -> None: ...
+    def after_momentum_update(self) -> None: ...
+    def on_epoch_start(self, epoch: int) -> None: ...
+    def on_epoch_end(self, epoch: int) -> None: ...
+
+    # --------------------------------------------------------------- state
+    def extra_state(self) -> Dict[str, Any]:
+        """Plugin state beyond module buffers (tensors and plain values only)."""
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None: ...
+
+    # --------------------------------------------------------------- describing itself
+    @classmethod
+    def eval_paths(cls) -> Tuple[str, ...]:
+        """Evaluation paths of a rebuilt backbone (e.g. ``gated``/``dense``); the first is the default."""
+        return ()
+
+    @classmethod
+    def rebuild_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any],
+                         path: Optional[str] = None) -> torch.nn.Module:
+        """Convert a fresh backbone ``net`` in place as training did, from the plugin's saved config
+        (``checkpoint["solo_sparse"][name]["config"]`` or a zoo entry's), routed to ``path`` (default:
+        the plugin's evaluation path). Identity for plugins that do not rewrite the backbone."""
+        return net
+
+    @classmethod
+    def measure_backbone(cls, net: torch.nn.Module, X: torch.Tensor) -> Optional[Dict[str, Any]]:
+        """Input-dependent cost of a rebuilt backbone on images ``X`` (N, 3, H, W), or None where the
+        cost is static (weight masks: count it from the weights). At least ``network_macs_ratio``
+        (exact effective / dense MACs of the whole network, gates' own cost included) and
+        ``gate_sparsity`` (mean share of gated work skipped); plugins add their own detail."""
+        return None
+
+    @classmethod
+    def evaluates_masked(cls, config: Mapping[str, Any]) -> bool:
+        """Whether a run's online backbone is evaluated with its mask buffers applied (weight sparsity: yes;
+        a plugin whose masks only damage a training branch evaluates the dense weights)."""
+        return True
+
+    @classmethod
+    def commands(cls) -> Dict[str, Tuple[Callable, Callable]]:
+        """CLI verbs the plugin contributes: ``{verb: (add_arguments(parser), run(args) -> int)}``."""
+        return {}
+
+    # --------------------------------------------------------------- evaluation (main_linear)
+    @classmethod
+    def backbone_variants(cls) -> Dict[str, Callable]:
+        """Backbone builders to register in solo-learn's ``BaseMethod._BACKBONES``."""
+        return {}
+
+    def prepare_eval_backbone(self, backbone: torch.nn.Module) -> None:
+        """Called by ``main_linear.py`` (with the plugin line) on the freshly built backbone."""
+
+    def param_groups(self, base_lr: float) -> list:
+        """Extra optimizer groups ``[{"name", "params": [...], "lr", ...}]``; their parameters are
+        taken out of the method's own groups (e.g. gates with their own learning rate)."""
+        return []
+
+    def log(self, metrics: Dict[str, float]) -> None:
+        if self.view is not None:
+            self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
+
+
+def check_stack(plugins: Sequence[Plugin]) -> None:
+    """The stacking rule: at most one step-driving plugin, and only with branch-independent ones."""
+    drivers = [p.name for p in plugins if p.drives_step]
+    if len(drivers) > 1:
+        raise ConfigError(f"{PREFIX}.plugins: {drivers} each run the whole training step; combine at most one")
+    if drivers:
+        bad = [p.name for p in plugins if not p.drives_step and not p.branch_independent]
+        if bad:
+            raise ConfigError(f"{PREFIX}.plugins: '{drivers[0]}' forwards both views itself and cannot be combined "
+                              f"with branch-dependent plugin(s) {bad}; only branch-independent (weight-sparsity) "
+                              f"plugins stack with it (`solo-sparse plugins` marks them)")
+    for p in plugins:
+        p.check_stack([q for q in plugins if q is not p])
+
+
+class PluginHost:
+    """Drives one or more plugins through the hooks, counts steps, and owns their saved state."""
+
+    def __init__(self, plugins: Sequence[Plugin]):
+        if not plugins:
+            raise ValueError("PluginHost needs at least one plugin")
+        names = [p.name for p in plugins]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{PREFIX}.plugins lists a plugin twice: {names}")
+        check_stack(plugins)
+        self.plugins = list(plugins)
+        self.view: Optional[ModelView] = None
+
+    def setup(self, view: ModelView) -> None:
+        self.view = view
+        for p in self.plugins:
+            p.setup(view)
+
+    def set_schedule_info(self, steps_per_epoch: Optional[int], total_steps: Optional[int]) -> None:
+        for p in self.plugins:
+            p.steps_per_epoch, p.total_steps = steps_per_epoch, total_steps
+
+    def on_train_start(self) -> None:
+        for p in self.plugins:
+            p.on_train_start()
+
+    def on_step_start(self) -> None:
+        for p in self.plugins:
+            p.on_step_start()
+
+    def on_crop(self, branch: Branch) -> None:
+        if self.view is not None:
+            self.view.branch = branch
+        for p in self.plugins:
+            p.on_crop(branch)
+
+    def training_step(self, model, batch, batch_idx: int):
+        """The loss of the one step-driving plugin, or None (the method's own step)."""
+        for p in self.plugins:
+            if p.drives_step:
+                return p.training_step(model, batch, batch_idx)
+        return None
+
+    def extra_loss(self) -> Optional[torch.Tensor]:
+        total = None
+        for p in self.plugins:
+            x = p.extra_loss()
+            if x is not None:
+                total = x if total is None else total + x
+        return total
+
+    def after_backward(self) -> None:
+        for p in self.plugins:
+            p.after_backward()
+
+    def after_optimizer_step(self, optimizer) -> None:
+        for p in self.plugins:
+            p.step += 1
+            p.after_optimizer_step(optimizer)
+
+    def after_momentum_update(self) -> None:
+        for p in self.plugins:
+            p.after_momentum_update()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for p in self.plugins:
+            p.epoch = epoch
+            p.on_epoch_start(epoch)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for p in self.plugins:
+            p.on_epoch_end(epoch)
+
+    def param_groups(self, base_lr: float) -> list:
+        out = []
+        for p in self.plugins:
+            out += p.param_groups(base_lr)
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            p.name: {"config": config_to_state(p.config), "step": p.step, "epoch": p.epoch,
+                     "extra": p.extra_state()}
+            for p in self.plugins
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = set(state)
+        mine = {p.name for p in self.plugins}
+        if saved != mine:
+            raise ConfigError(
+                f"checkpoint holds solo-sparse state for plugin(s) {sorted(saved)} but this run uses {sorted(mine)}"
+            )
+        for p in self.plugins:
+            s = state[p.name]
+            now = config_to_state(p.config)
+            if s.get("config") != now:
+                diff = sorted(k for k in now if s.get("config", {}).get(k) != now[k])
+                was = s.get("config", {})
+                detail = ", ".join(f"{k}: saved {was.get(k)!r}, now {now[k]!r}" for k in diff)
+                raise ConfigError(f"resuming plugin '{p.name}' with a different config ({detail})")
+            p.step, p.epoch = int(s["step"]), int(s["epoch"])
+            p.load_extra_state(s.get("extra", {}))

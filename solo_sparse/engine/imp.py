@@ -1,0 +1,138 @@
+"""Iterative magnitude pruning (IMP) engine: global pruning of the remaining weights, mask files,
+rewind states and the random-mask control. Plain PyTorch + safetensors; nothing is ever unpickled.
+
+Caron et al. (2020), "Pruning convolutional neural networks with self-supervision", follow
+Frankle & Carbin's IMP: each round trains under fixed masks, then removes ``rate`` (0.2) of the
+*remaining* weights with the smallest magnitude, one threshold over all pruned layers (global),
+the last FC / classifier and every BatchNorm excluded; survivors are reset to their values at an
+early point of the first round ("late resetting", the winning ticket) or to a fresh random init.
+
+Files (all safetensors, loadable without pickle):
+
+- mask file: :mod:`solo_sparse.engine.maskio` (one bool tensor per layer).
+- state file: tensors of a whole method (``state_dict`` of the LightningModule without mask
+  buffers) at the rewind point; metadata ``{"format": "solo-sparse-state/1", "step", ...}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+
+from solo_sparse.core.config import PREFIX, ConfigError
+from solo_sparse.engine.maskio import _meta, is_mask_key
+
+STATE_FORMAT = "solo-sparse-state/1"
+
+
+# ----------------------------------------------------------------------------------------- pruning
+@torch.no_grad()
+def global_magnitude_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                           rate: float) -> Dict[str, torch.Tensor]:
+    """New masks with ``rate`` of the currently kept weights removed, smallest |w| first, globally.
+
+    ``weights``/``masks``: ``{layer: tensor}`` with equal keys and shapes (masks bool). Exactly
+    ``round(rate * kept)`` weights are removed (ties broken by position, deterministically);
+    already pruned weights stay pruned. Returns ``{layer: bool tensor}`` on the masks' devices.
+    """
+    if not 0.0 < rate < 1.0:
+        raise ConfigError(f"{PREFIX}.rate={rate!r}: must be in (0, 1) "
+                          "(share of the remaining weights pruned per round)")
+    names = list(masks)
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise KeyError(f"no weight for masked layer {missing[0]!r}")
+    scores, sizes = [], []
+    for n in names:
+        w, m = weights[n], masks[n].bool()
+        if w.shape != m.shape:
+            raise ValueError(f"layer {n!r}: weight shape {tuple(w.shape)} != mask shape {tuple(m.shape)}")
+        s = w.detach().abs().float().flatten().cpu()
+        s[~m.flatten().cpu()] = float("inf")   # pruned weights are never counted as candidates
+        scores.append(s)
+        sizes.append(s.numel())
+    flat = torch.cat(scores)
+    kept = int(torch.isfinite(flat).sum())
+    n_prune = int(round(rate * kept))
+    new_flat = torch.isfinite(flat)
+    if n_prune > 0:
+        # stable sort: equal magnitudes are pruned in layer/position order, reproducibly
+        order = torch.sort(flat, stable=True).indices[:n_prune]
+        new_flat[order] = False
+    out, i = {}, 0
+    for n, size in zip(names, sizes):
+        out[n] = new_flat[i: i + size].view(masks[n].shape).to(masks[n].device)
+        i += size
+    return out
+
+
+def save_state(path, state: Mapping[str, torch.Tensor], **meta) -> Path:
+    """Write a module state (tensors only; mask buffers dropped) to safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, v in state.items():
+        if not torch.is_tensor(v) or is_mask_key(k):
+            continue
+        tensors[k] = v.detach().to("cpu").clone().contiguous()   # clone: no shared storage in the file
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=_meta({"format": STATE_FORMAT, **meta}))
+    tmp.replace(path)
+    return path
+
+
+def load_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{PREFIX}.init={str(path)!r}: no such file")
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        if meta.get("format") != STATE_FORMAT:
+            raise ConfigError(f"{PREFIX}.init={str(path)!r}: not a solo-sparse state file "
+                              f"(format {meta.get('format')!r})")
+        return {k: f.get_tensor(k) for k in f.keys()}, meta
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def fingerprint(obj) -> str:
+    """A stable short hash of a JSON-able object (IMP run configs)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def apply_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                strict_prefixes: Optional[Tuple[str, ...]] = ("backbone.",)) -> None:
+    """Copy ``state`` into ``module`` (in place). Keys under ``strict_prefixes`` must all be present.
+
+    Keys of the module missing from the file under those prefixes (mask buffers aside) are an error
+    naming the first one; so is any shape mismatch. Other keys (classifier, queues) load when present.
+    """
+    own = module.state_dict()
+    for k in own:
+        if is_mask_key(k):
+            continue
+        if strict_prefixes and k.startswith(strict_prefixes) and k not in state:
+            raise ConfigError(f"{source} does not match the model: key {k!r} missing")
+    with torch.no_grad():
+        for k, v in state.items():
+            if k not in own:
+                if strict_prefixes and k.startswith(strict_prefixes):
+                    raise ConfigError(f"{source} does not match the model: unexpected key {k!r}")
+                continue
+            if own[k].shape != v.shape:
+                raise ConfigError(f"{source} does not match the model: {k!r} has shape {tuple(v.shape)}, "
+                                  f"the model's is {tuple(own[k].shape)}")
+            own[k].copy_(v.to(own[k].device, own[k].dtype))

@@ -1,0 +1,174 @@
+"""Masks outside the model: in checkpoints and state dicts, and in mask files — the one module that knows
+the key convention. Plain torch + safetensors; nothing is ever unpickled.
+
+* In a module's ``state_dict`` a masked layer ``<path>`` carries ``<path>.weight`` and the bool buffer
+  ``<path>.weight_mask`` (:data:`MASK`); a solo-learn method holds the online encoder under
+  ``backbone.`` / ``projector.`` / ``predictor.`` and its EMA twin under ``momentum_<group>.``.
+  :func:`split_state` separates masks from weights, :func:`encoder_masks` splits a method's masks per
+  encoder, :func:`density` / :func:`layer_densities` count them, :func:`apply_masks` puts them on a module.
+* A mask file (IMP rounds, the random-mask controls) holds one bool tensor per layer keyed
+  ``<group>.<module path>`` (e.g. ``backbone.layer1.0.conv1``, as
+  :class:`~solo_sparse.engine.sparsifier.WeightSparsifier` names layers), metadata (strings)
+  ``{"format": "solo-sparse-masks/1", "density", "round", ...}``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
+import torch
+
+from solo_sparse.core.config import PREFIX, ConfigError
+
+#: name of the persistent bool buffer next to a masked layer's ``weight``
+MASK = "weight_mask"
+SUFFIX = "." + MASK
+MASKS_FORMAT = "solo-sparse-masks/1"
+MOMENTUM_PREFIX = "momentum_"
+
+
+# ----------------------------------------------------------------------------------------- state dicts
+def is_mask_key(key: str) -> bool:
+    return key.endswith(SUFFIX)
+
+
+def split_state(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """``(weights, masks)`` of a state dict: ``masks`` keyed by layer path (``layer1.0.conv1``), ``weights``
+    every other key unchanged."""
+    weights = {k: v for k, v in state.items() if not is_mask_key(k)}
+    masks = {k[: -len(SUFFIX)]: v for k, v in state.items() if is_mask_key(k)}
+    return weights, masks
+
+
+def encoder_masks(state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """A method's masks per encoder: ``{"online": {layer: mask}, "momentum": {layer: mask}}`` with layer
+    keys as the online encoder names them (``backbone.layer1.0.conv1``); an encoder without masks is absent."""
+    out: Dict[str, Dict[str, torch.Tensor]] = {}
+    for layer, m in split_state(state)[1].items():
+        if layer.startswith(MOMENTUM_PREFIX):
+            out.setdefault("momentum", {})[layer[len(MOMENTUM_PREFIX):]] = m
+        else:
+            out.setdefault("online", {})[layer] = m
+    return out
+
+
+def counts(masks: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
+    """``(kept, total)`` over all masks."""
+    return sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+
+
+def density(masks: Mapping[str, torch.Tensor]) -> float:
+    """Share of kept weights over all masks (1.0 when there are none)."""
+    kept, total = counts(masks)
+    return kept / total if total else 1.0
+
+
+def layer_densities(masks: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+    return {k: float(m.sum()) / m.numel() for k, m in masks.items()}
+
+
+@torch.no_grad()
+def apply_masks(module: torch.nn.Module, masks: Mapping[str, torch.Tensor], register: bool = False) -> None:
+    """``weight *= mask`` for each ``{layer path: mask}`` of ``module``; ``register`` also keeps the masks
+    as persistent :data:`MASK` buffers (for modules that are saved or fine-tuned later)."""
+    for layer, m in masks.items():
+        mod = module.get_submodule(layer)
+        if tuple(m.shape) != tuple(mod.weight.shape):
+            raise ValueError(f"mask of {layer!r} has shape {tuple(m.shape)}, weight {tuple(mod.weight.shape)}")
+        mod.weight.mul_(m.to(device=mod.weight.device, dtype=mod.weight.dtype))
+        if register:
+            mod.register_buffer(MASK, m.to(device=mod.weight.device, dtype=torch.bool).clone(), persistent=True)
+
+
+# ----------------------------------------------------------------------------------------- mask files
+def _meta(d: Mapping[str, object]) -> Dict[str, str]:
+    return {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in d.items()}
+
+
+@torch.no_grad()
+def permuted_masks(masks: Mapping[str, torch.Tensor], seed: int = 0) -> Dict[str, torch.Tensor]:
+    """The random-mask control: each layer's mask shuffled within the layer (same per-layer density)."""
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for n, m in masks.items():
+        flat = m.flatten().cpu()
+        out[n] = flat[torch.randperm(flat.numel(), generator=g)].view(m.shape).to(m.device)
+    return out
+
+
+
+
+@torch.no_grad()
+def global_random_masks(masks: Mapping[str, torch.Tensor], seed: int = 0) -> Dict[str, torch.Tensor]:
+    """The global random control: as many kept weights as ``masks`` in total, chosen uniformly at random
+    over every weight of every layer (per-layer densities are not kept; each layer keeps at least one)."""
+    g = torch.Generator().manual_seed(int(seed))
+    names = list(masks)
+    sizes = [masks[n].numel() for n in names]
+    kept, total = counts(masks)
+    keep = torch.zeros(total, dtype=torch.bool)
+    keep[torch.randperm(total, generator=g)[:kept]] = True
+    out, i = {}, 0
+    for n, size in zip(names, sizes):
+        m = keep[i: i + size].clone()
+        if not m.any():
+            m[int(torch.randint(size, (1,), generator=g))] = True
+        out[n] = m.view(masks[n].shape).to(masks[n].device)
+        i += size
+    return out
+
+
+def save_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
+    """Write ``{layer: bool mask}`` to a safetensors file (atomically: temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.bool).contiguous() for k, v in masks.items()}
+    md = _meta({"format": MASKS_FORMAT, "density": density(tensors), **meta})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=md)
+    tmp.replace(path)
+    return path
+
+
+def load_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Read a mask file; raises ConfigError if it is missing or not a solo-sparse mask file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{PREFIX}.masks={str(path)!r}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
+        raise ConfigError(f"{PREFIX}.masks={str(path)!r}: not a readable safetensors file ({e})") from e
+    if meta.get("format") != MASKS_FORMAT:
+        raise ConfigError(f"{PREFIX}.masks={str(path)!r}: not a solo-sparse mask file "
+                          f"(format {meta.get('format')!r}, expected {MASKS_FORMAT!r})")
+    bad = [k for k, v in tensors.items() if v.dtype != torch.bool]
+    if bad:
+        raise ConfigError(f"{PREFIX}.masks={str(path)!r}: mask {bad[0]!r} is {tensors[bad[0]].dtype}, expected bool")
+    return tensors, meta
+
+
+def check_masks_match(masks: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size],
+                      source: str = "mask file") -> None:
+    """Refuse a mask set that does not fit the model, naming the first mismatching layer.
+
+    ``shapes``: the model's maskable layers ``{layer: weight shape}`` in model order.
+    """
+    for name, shape in shapes.items():
+        if name not in masks:
+            raise ConfigError(f"{source} does not match the model: no mask for layer {name!r} "
+                              f"(the file has {len(masks)} layers, the model {len(shapes)})")
+        if tuple(masks[name].shape) != tuple(shape):
+            raise ConfigError(f"{source} does not match the model: layer {name!r} has mask shape "
+                              f"{tuple(masks[name].shape)}, the model's weight is {tuple(shape)}")
+    extra = [k for k in masks if k not in shapes]
+    if extra:
+        raise ConfigError(f"{source} does not match the model: layer {extra[0]!r} is not a masked layer of this model "
+                          f"(check include / exclude_stem and the backbone)")

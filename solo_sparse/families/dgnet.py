@@ -1,0 +1,206 @@
+"""Shared plugin machinery for DGNet-gated two-view training (``dgnet_dual``, ``dgnet_gated``).
+
+The backbone (and a momentum twin, if the method has one) is converted in place to a gated ResNet
+(:mod:`solo_sparse.gating.dgnet`) at construction. Each crop's forward is routed by :meth:`branch_mode`;
+the budget loss
+
+    L_G = budget_weight * (Σ_l F_l^R / Σ_l F_l^O - target) ** 2
+
+is computed on the online encoder's gated forwards of the step (per sample, batch mean, averaged
+over the gated crops) and added to the method loss. During ``warmup`` the gated branch runs with
+every gate open and no budget loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+
+from solo_sparse.core.config import PREFIX, ConfigError, StepSpec, check_choice, check_int, check_range, key_error
+from solo_sparse.core.plugin import Branch
+from solo_sparse.engine.resnet import parse_stages
+from solo_sparse.families.gating import GatedBackbonePlugin, check_path
+from solo_sparse.gating.dgnet import (
+    convert_resnet,
+    copy_dense_bn_to_gated,
+    flops_ratio,
+    gated_blocks,
+    is_gated,
+    measure,
+    set_mode,
+    start_recording,
+)
+
+TWO_VIEW_METHODS = ("vicreg", "barlow_twins", "simclr", "simsiam", "byol")
+
+
+@dataclass
+class DGNetConfig:
+    target: float = 0.5
+    budget_weight: float = 5.0
+    reduction: int = 4
+    temperature: float = 1.0
+    init_bias: float = 3.0
+    stages: Tuple[int, ...] = (1, 2, 3, 4)
+    warmup: Any = 0
+    eval_path: str = "gated"
+    gather: bool = True
+    #: gate learning rate = gate_lr_scale * the method's lr (1 = the seed's single lr). The budget
+    #: gradient reaching one gate is ~1/(number of gated channels) of dL_G/dratio, so on short
+    #: schedules (hundreds of steps) the gates barely move at scale 1; see README, DGNet-dual.
+    gate_lr_scale: float = 1.0
+
+    def __post_init__(self):
+        t = self.target
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
+            raise key_error("target", t, "the FLOPs budget t_d must be in (0, 1]")
+        self.target = float(t)
+        self.budget_weight = check_range("budget_weight", self.budget_weight, 0.0, float("inf"))
+        self.reduction = check_int("reduction", self.reduction, 1)
+        self.temperature = check_range("temperature", self.temperature, 0.0, float("inf"), lo_open=True)
+        self.init_bias = check_range("init_bias", self.init_bias, -float("inf"), float("inf"))
+        self.stages = parse_stages("stages", self.stages)
+        self.warmup = StepSpec.parse("warmup", self.warmup)
+        if self.warmup.unit == "percent":
+            raise key_error("warmup", str(self.warmup), "give steps or epochs ('2ep')")
+        check_choice("eval_path", self.eval_path, ("gated", "dense"))
+        self.gate_lr_scale = check_range("gate_lr_scale", self.gate_lr_scale, 0.0, float("inf"), lo_open=True)
+        if not isinstance(self.gather, bool):
+            raise key_error("gather", self.gather, "expected true or false")
+
+
+class DGNetPlugin(GatedBackbonePlugin):
+    supported_methods = TWO_VIEW_METHODS
+    method_requirement = "needs a two-view symmetric method with exactly two large crops"
+    crops_why = "crop 0 gated, crop 1 dense"
+    speed_paths = ("gated", "dense")
+    #: one gate set, shared-BN or separate-BN branches
+    separate_bn: bool = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._records: List = []
+        self._warm_end: Optional[int] = None
+        # gates and gated BNs get no gradient during warm-up steps (they are not used)
+        self.leaves_parameters_unused = config.warmup.value > 0
+
+    # ------------------------------------------------------------------ policy (subclasses)
+    def branch_mode(self, branch: Branch) -> str:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+    @classmethod
+    def backbone_variants(cls):
+        """``resnet18_dgnet`` / ``resnet50_dgnet``: torchvision ResNets built already gated;
+        ``backbone.kwargs`` may set reduction, temperature, init_bias, separate_bn, stages."""
+        def make(arch):
+            def build(method=None, *args, reduction=4, temperature=1.0, init_bias=3.0, separate_bn=True,
+                      stages=(1, 2, 3, 4), **kwargs):
+                import torchvision
+
+                net = getattr(torchvision.models, arch)(*args, **kwargs)
+                convert_resnet(net, reduction=reduction, temperature=temperature, init_bias=init_bias,
+                               separate_bn=separate_bn, stages=tuple(stages))
+                if separate_bn:
+                    copy_dense_bn_to_gated(net)
+                return net
+            return build
+        return {"resnet18_dgnet": make("resnet18"), "resnet50_dgnet": make("resnet50")}
+
+    def _check_gated(self, backbone) -> None:
+        """A backbone built gated (``resnet18_dgnet``) must agree with this plugin's settings."""
+        c = self.config
+        blocks = gated_blocks(backbone)
+        red = {blk.gate.in_channels // blk.gate.hidden for _, blk in blocks}
+        if red != {c.reduction}:
+            raise ConfigError(f"backbone built with gate reduction {sorted(red)} but {PREFIX}.reduction={c.reduction}")
+        if backbone.ss_separate_bn != self.separate_bn:
+            raise ConfigError(f"backbone built with separate_bn={backbone.ss_separate_bn} but plugin '{self.name}' "
+                              f"uses separate_bn={self.separate_bn}")
+
+    @classmethod
+    def eval_paths(cls) -> Tuple[str, ...]:
+        return ("gated", "dense")
+
+    def route_eval(self, backbone, path: Optional[str] = None) -> str:
+        check_path(self.name, path, self.eval_paths())
+        path = path or self.config.eval_path
+        set_mode(backbone, path)
+        return path
+
+    @classmethod
+    def measure_backbone(cls, net, X):
+        m = measure(net, X)
+        kept = list(m["kept_channels"].values())
+        return {**m, "gate_sparsity": 1.0 - sum(kept) / len(kept) if kept else 0.0}
+
+    def convert(self, backbone) -> None:
+        c = self.config
+        if is_gated(backbone):
+            self._check_gated(backbone)
+            for _, blk in gated_blocks(backbone):
+                blk.ss_gather = c.gather
+            return
+        convert_resnet(backbone, reduction=c.reduction, temperature=c.temperature, init_bias=c.init_bias,
+                       separate_bn=self.separate_bn, stages=c.stages)
+        if self.separate_bn:
+            copy_dense_bn_to_gated(backbone)
+        for _, blk in gated_blocks(backbone):
+            blk.ss_gather = c.gather
+
+    def setup(self, view) -> None:
+        super().setup(view)
+        grp = view.groups["backbone"]
+        self._records = start_recording(grp.online)
+
+    def param_groups(self, base_lr: float) -> list:
+        if self.config.gate_lr_scale == 1.0:
+            return []
+        gates = [p for n, p in self.view.groups["backbone"].online.named_parameters() if ".gate." in n]
+        return [{"name": f"solo_sparse_{self.name}_gates", "params": gates, "lr": base_lr * self.config.gate_lr_scale}]
+
+    # ------------------------------------------------------------------ hooks
+    def _warm(self) -> bool:
+        return self._warm_end is not None and self.step < self._warm_end
+
+    def on_train_start(self) -> None:
+        self._warm_end = self.config.warmup.resolve(self.steps_per_epoch, self.total_steps)
+
+    def on_step_start(self) -> None:
+        self._records.clear()
+        self._n_gated = 0
+
+    def on_crop(self, branch: Branch) -> None:
+        self.monitor_crop(branch)
+        grp = self.view.groups["backbone"]
+        mod = grp.online if branch.encoder == "online" else grp.momentum
+        if mod is None:
+            return
+        if branch.phase == "eval":
+            set_mode(mod, self.config.eval_path)
+            return
+        mode = self.branch_mode(branch)
+        set_mode(mod, mode, gates_open=self._warm())
+        if mode == "gated" and branch.encoder == "online":
+            self._n_gated += 1
+
+    def extra_loss(self) -> Optional[torch.Tensor]:
+        self.pairs.step_end()
+        if not self._records:
+            return None
+        n = max(1, self._n_gated)
+        blocks = len(gated_blocks(self.view.groups["backbone"].online))
+        ratios = [flops_ratio(self._records[i * blocks:(i + 1) * blocks]) for i in range(n)]
+        ratio = sum(r for r in ratios if r is not None) / n
+        self._records.clear()
+        self.log({"flops_ratio": float(ratio.detach()), "target": self.config.target})
+        if self._warm():
+            return None
+        loss = self.config.budget_weight * (ratio - self.config.target) ** 2
+        self.log({"budget_loss": float(loss.detach())})
+        return loss
+
+    def on_epoch_end(self, epoch: int) -> None:
+        dens = {f"gate_density/{n}": blk._ss_rho for n, blk in gated_blocks(self.view.groups["backbone"].online)}
+        self.log({**dens, **self.monitor_epoch(epoch)})

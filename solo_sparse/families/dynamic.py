@@ -1,0 +1,334 @@
+"""Dynamic sparsity with prune-and-regrow for two encoders (the family of ``synccp`` and ``granet``).
+
+Per schedule step (cubic, from the start step t0 to the end every ``every``):
+
+1. online encoder: magnitude pruning to the scheduled density d_t (pruned weights stay pruned), then
+   prune-and-regrow: ``regrow_fraction`` of the active units with the smallest magnitude die and as many
+   inactive units with the largest gradient score grow back (at zero: masked weights are exact zeros).
+   Score: the instant |gradient| (GraNet) or its EMA (SyncCP; :mod:`solo_sparse.engine.scores`).
+2. momentum encoder, by policy:
+
+   - ``nested`` (SyncCP's SyncS as we read it): the online mask plus the momentum weights of largest
+     magnitude outside it, at the momentum density — the online mask always lies inside the momentum
+     mask and the gap is exactly Δs (:func:`solo_sparse.engine.regrow.nested_masks`);
+   - ``own``: the momentum encoder's own magnitude mask at its scheduled density (monotone), no
+     coupling — GraNet in SSL, and SyncCP's ``momentum_mask: own``.
+
+**Start.** An explicit step (``start``; the schedule then ends at ``end``), or the contrastive
+sparsification indicator (``start: csi``), checked every ``every`` steps after ``csi_warmup``:
+
+- momentum methods: pseudo masks by magnitude at the *final* densities of both encoders (not applied);
+  I = mean(M_online ⊕ M_momentum) (the paper's indicator) and r = |M_online \\ M_momentum| / |M_online|,
+  the share of the online pseudo mask that left the momentum one — I on the scale of the masks
+  (I = gap + 2 r d_online). ``csi_rule: resync`` (default, our choice): the indicator *arms* once
+  r ≥ ``csi_arm`` (the encoders have diverged) and *fires* when r ≤ ``csi_fire`` again (they
+  re-synchronised; hysteresis between the two). ``csi_rule: literal`` (the paper's "starts when I
+  equals Δs"): fires at the first check with r ≤ ``csi_fire``. solo-learn builds the momentum encoder
+  as a copy of the online one, so at step 0 r = 0 and the literal rule fires at its first check.
+- shared-encoder methods: I between the online pseudo masks of two consecutive epochs; fires when
+  I < ``csi_tau``.
+- ``csi_timeout``: start anyway at that step (logged, one warning line).
+
+Once started by CSI the cubic schedule runs for ``csi_ramp`` steps; a late trigger keeps that length,
+capped by the end of training with a warning (never a silent compression).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from solo_sparse.core.config import PREFIX, ConfigError, StepSpec, key_error
+from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.regrow import nested_masks, nm_prune_and_regrow, prune_and_regrow
+from solo_sparse.engine.schedule import cubic_density, is_update_step
+from solo_sparse.engine.scores import GradientScore
+from solo_sparse.families.weight import WeightSparsityPlugin
+
+MOMENTUM_POLICIES = ("nested", "own")
+CSI_RULES = ("resync", "literal")
+
+
+class DynamicSparsityPlugin(WeightSparsityPlugin):
+    momentum_follows_online = False
+
+    # ------------------------------------------------------------------ policy (subclasses)
+    def momentum_policy(self) -> str:
+        return "own"
+
+    def score_ema(self) -> Optional[float]:
+        """Weight of the newest gradient in the score EMA; None = instant gradient before updates."""
+        return None
+
+    def momentum_density(self, online_density: float, step: int) -> float:
+        raise NotImplementedError
+
+    def uses_csi(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, view) -> None:
+        self.trigger_step: Optional[int] = None
+        self._csi_armed = False
+        self._prev_pseudo: Optional[Dict[str, torch.Tensor]] = None
+        self._resolved: Optional[Tuple[int, int, int]] = None
+        self._csi: Dict[str, Optional[int]] = {}
+        super().setup(view)
+        self.scores = GradientScore(self.sparsifier.layers, self.score_ema())
+
+    def _alloc(self, scores, density):
+        c = self.config
+        return allocate_masks(scores, density, c.distribution, c.granularity, n=c.n, m=c.m, block=c.block)
+
+    def init_masks(self) -> None:
+        c = self.config
+        if c.init_density < 1.0:
+            self.sparsifier.set_masks(self._alloc(self.magnitude_scores(), c.init_density))
+        if self.sparsifier.has_momentum:
+            self._set_momentum_masks(self.momentum_density(c.init_density, 0))
+
+    # ------------------------------------------------------------------ schedule
+    def _lr_warmup_steps(self) -> int:
+        """solo-learn's learning-rate warm-up (``scheduler.warmup_epochs``) in optimizer steps, 0 if unknown."""
+        model = getattr(self.view, "model", None)
+        try:
+            ep = float(model.cfg.scheduler.warmup_epochs) if model is not None else 0.0
+        except AttributeError:
+            ep = 0.0
+        return int(round(ep * (self.steps_per_epoch or 0)))
+
+    def on_train_start(self) -> None:
+        c = self.config
+        start, end, every = c.resolve(self.steps_per_epoch, self.total_steps)
+        if self.uses_csi():
+            spe, tot = self.steps_per_epoch, self.total_steps
+            warm = self._lr_warmup_steps() if c.csi_warmup == "lr" else c.csi_warmup.resolve(spe, tot)
+            ramp = max(1, c.csi_ramp.resolve(spe, tot))
+            timeout = c.csi_timeout.resolve(spe, tot)
+            if tot and warm >= tot:
+                raise ConfigError(f"{PREFIX}.csi_warmup={c.csi_warmup} is step {warm}, at or after the last training "
+                                  f"step ({tot}): CSI would never be checked")
+            if tot and ramp > tot:
+                raise ConfigError(f"{PREFIX}.csi_ramp={c.csi_ramp} is {ramp} steps, longer than training ({tot})")
+            if timeout < warm:
+                raise ConfigError(f"{PREFIX}.csi_timeout={c.csi_timeout} (step {timeout}) is before the end of "
+                                  f"{PREFIX}.csi_warmup (step {warm})")
+            self._csi = {"warmup": warm, "ramp": ramp, "timeout": timeout}
+            self.log({"csi/warmup_step": warm, "csi/ramp_steps": ramp, "csi/timeout_step": timeout})
+        else:
+            c.check_fits(start, end, self.total_steps)
+            if self.trigger_step is None:
+                self.trigger_step = start
+        self._resolved = (start, end, every)
+        self.log({"schedule/end_step": end})
+
+    def schedule(self) -> Tuple[int, int, int]:
+        if self._resolved is None:
+            self.on_train_start()
+        return self._resolved
+
+    def window(self) -> Optional[Tuple[int, int]]:
+        """(t0, t_end) of the cubic schedule, or None before it started."""
+        if self.trigger_step is None:
+            return None
+        t0 = self.trigger_step
+        if self.uses_csi():
+            end = t0 + self._csi["ramp"]
+            if self.total_steps:
+                end = min(end, self.total_steps)
+            return t0, max(end, t0)
+        return t0, max(self.schedule()[1], t0)
+
+    def online_density_at(self, step: int) -> float:
+        c = self.config
+        w = self.window()
+        if w is None:
+            return c.init_density
+        return cubic_density(step, w[0], w[1], c.init_density, c.final_density)
+
+    # ------------------------------------------------------------------ hooks
+    def after_backward(self) -> None:
+        if self.score_ema() is not None:
+            self.scores.update()
+        else:
+            w = self.window()
+            if w is not None and is_update_step(self.step + 1, w[0], w[1], self.schedule()[2]):
+                self.scores.update()  # instant gradient, captured for the coming update step
+        super().after_backward()
+
+    def update_masks(self, optimizer) -> bool:
+        _, _, every = self.schedule()
+        if self.trigger_step is None:
+            if self.uses_csi() and self.step >= self._csi["warmup"]:
+                if self.sparsifier.has_momentum and (self.step - self._csi["warmup"]) % every == 0:
+                    self._csi_momentum()
+                if self.trigger_step is None and self.step >= self._csi["timeout"]:
+                    self._fire(timed_out=True)
+            if self.trigger_step is None:
+                return False
+        t0, t_end = self.window()
+        if not is_update_step(self.step, t0, t_end, every):
+            return False
+        d = self.online_density_at(self.step)
+        sp = self.sparsifier
+        masks = self._alloc(self.magnitude_scores(prune_only=True), d)
+        died = grown = 0
+        osc = []
+        frac = self.config.regrow_fraction
+        if frac > 0:
+            weights = sp.weights("online")
+            for k in list(masks):
+                mag = torch.where(masks[k], weights[k].abs().float(), torch.zeros_like(weights[k], dtype=torch.float32))
+                g = self.scores.get(k, weights[k])
+                if self.config.granularity == "nm":
+                    res = nm_prune_and_regrow(masks[k], mag, g, frac, self.config.n, self.config.m)
+                else:
+                    res = prune_and_regrow(masks[k], mag, g, frac, self.config.granularity, self.config.block)
+                masks[k] = res.mask
+                died += res.n_died
+                grown += int(res.grown.sum())
+                osc.append((res.n_died, res.oscillation, res.xor_share))
+        sp.set_masks(masks)
+        if sp.has_momentum:
+            self._set_momentum_masks(self.momentum_density(d, self.step))
+        tot = sum(o[0] for o in osc)
+        self.log({
+            "target_density": d, "regrow/died": died, "regrow/grown": grown,
+            "regrow/oscillation": (sum(o[0] * o[1] for o in osc) / tot) if tot else 0.0,
+            "regrow/xor_share": (sum(o[2] for o in osc) / len(osc)) if osc else 0.0,
+        })
+        return True
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.uses_csi() and self.trigger_step is None and not self.sparsifier.has_momentum \
+                and self.step >= self._csi.get("warmup", 0):
+            self._csi_shared()
+        super().on_epoch_end(epoch)
+
+    def broadcast_state(self) -> None:
+        super().broadcast_state()
+        self.scores.broadcast()          # ranks that diverged continue from rank 0's scores too
+
+    # ------------------------------------------------------------------ momentum masks
+    def _set_momentum_masks(self, density: float) -> None:
+        sp = self.sparsifier
+        density = min(1.0, density)
+        if density >= 1.0:
+            sp.set_masks({L.name: torch.ones_like(L.mask("momentum")) for L in sp if L.momentum is not None},
+                         "momentum")
+            return
+        mom_w = sp.weights("momentum")
+        if self.momentum_policy() == "nested":
+            masks = nested_masks(sp.masks("online"), {k: w.abs() for k, w in mom_w.items()}, density, self._alloc)
+        else:
+            current = sp.masks("momentum")
+            prune_only = {k: torch.where(current[k], w.abs().float(),
+                                         torch.full_like(w, float("-inf"), dtype=torch.float32))
+                          for k, w in mom_w.items()}
+            masks = self._alloc(prune_only, density)
+        sp.set_masks(masks, "momentum")
+
+    # ------------------------------------------------------------------ CSI
+    def _pseudo(self, encoder: str, density: float) -> Dict[str, torch.Tensor]:
+        w = self.sparsifier.weights(encoder)
+        return self._alloc({k: v.abs().float() for k, v in w.items()}, min(1.0, density))
+
+    @staticmethod
+    def _xor_total(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
+        diff = sum(int((a[k] ^ b[k]).sum()) for k in a)
+        return diff / max(1, sum(a[k].numel() for k in a))
+
+    def indicator(self) -> Tuple[float, float]:
+        """(I, r) of the current weights: I = mean(M_online ⊕ M_momentum) of the pseudo masks at the final
+        densities, r = share of the online pseudo mask outside the momentum one."""
+        c = self.config
+        on = self._pseudo("online", c.final_density)
+        mo = self._pseudo("momentum", self.momentum_density(c.final_density, self.step))
+        outside = sum(int((on[k] & ~mo[k]).sum()) for k in on)
+        return self._xor_total(on, mo), outside / max(1, sum(int(on[k].sum()) for k in on))
+
+    def _csi_momentum(self) -> None:
+        c = self.config
+        i, r = self.indicator()
+        if c.csi_rule == "literal":
+            fire = r <= c.csi_fire
+        else:
+            if r >= c.csi_arm:
+                self._csi_armed = True
+            fire = self._csi_armed and r <= c.csi_fire
+        self.log({"csi/I": i, "csi/r": r, "csi/armed": float(self._csi_armed),
+                  "csi/gap": self.momentum_density(c.final_density, self.step) - c.final_density})
+        self._report(f"CSI I={i:.4f} r={r:.4f} (rule {c.csi_rule}: "
+                     + (f"arms at r >= {c.csi_arm}, fires at r <= {c.csi_fire}; armed={self._csi_armed})"
+                        if c.csi_rule == "resync" else f"fires at r <= {c.csi_fire})"))
+        if fire:
+            self._fire()
+
+    def _csi_shared(self) -> None:
+        c = self.config
+        cur = self._pseudo("online", c.final_density)
+        if self._prev_pseudo is not None:
+            i = self._xor_total(cur, self._prev_pseudo)
+            self.log({"csi/I": i})
+            self._report(f"CSI I={i:.4f} between consecutive epochs (fires at < {c.csi_tau})")
+            if i < c.csi_tau:
+                self._fire()
+        self._prev_pseudo = cur
+
+    def _report(self, msg: str) -> None:
+        """One line on stderr (rank 0): CSI is visible even when solo-learn runs without a logger."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            print(f"solo-sparse {self.name} step {self.step}: {msg}", file=sys.stderr, flush=True)
+
+    def _fire(self, timed_out: bool = False) -> None:
+        self.trigger_step = self.step
+        self._prev_pseudo = None
+        t0, t_end = self.window()
+        ramp = self._csi["ramp"]
+        capped = (t_end - t0) < ramp
+        self._report(("schedule starts (csi_timeout reached)" if timed_out else "schedule starts (CSI fired)")
+                     + f"; cubic ramp to the final density over steps {t0}..{t_end}")
+        self.log({"csi/trigger_step": self.step, "csi/timed_out": float(timed_out),
+                  "csi/ramp_end_step": t_end, "csi/ramp_capped": float(capped)})
+        if timed_out:
+            warnings.warn(f"solo-sparse {self.name}: CSI did not fire by {PREFIX}.csi_timeout="
+                          f"{self.config.csi_timeout} (step {self.step}); the schedule starts there", stacklevel=2)
+        if capped:
+            warnings.warn(f"solo-sparse {self.name}: the schedule starts at step {t0}; {PREFIX}.csi_ramp={ramp} "
+                          f"steps would end after training, so the ramp is cut to {t_end - t0} steps "
+                          f"(ends at the last step {t_end})", stacklevel=2)
+
+    # ------------------------------------------------------------------ state
+    def extra_state(self):
+        st = {"trigger_step": self.trigger_step, "csi_armed": self._csi_armed, "scores": self.scores.state_dict()}
+        if self._prev_pseudo is not None:
+            st["prev_pseudo"] = {k: v.clone() for k, v in self._prev_pseudo.items()}
+        return st
+
+    def load_extra_state(self, state) -> None:
+        self.trigger_step = state.get("trigger_step")
+        self._csi_armed = bool(state.get("csi_armed", False))
+        self.scores.load_state_dict(state.get("scores", {}))
+        pp = state.get("prev_pseudo")
+        self._prev_pseudo = {k: v.clone() for k, v in pp.items()} if pp else None
+
+
+def parse_start(cfg, allow_csi: bool) -> None:
+    """``start: csi`` or a StepSpec; sets ``cfg.use_csi``."""
+    if isinstance(cfg.start, str) and cfg.start.strip().lower() == "csi":
+        if not allow_csi:
+            raise key_error("start", cfg.start, "this plugin needs an explicit start (steps, 'Nep' or 'P%')")
+        cfg.use_csi = True
+        cfg.start = 0
+        return
+    cfg.use_csi = False
+    if allow_csi:
+        try:
+            StepSpec.parse("start", cfg.start)
+        except ConfigError:
+            allowed = ("expected 'csi' (the contrastive sparsification indicator), an int (optimizer steps), "
+                       "'Nep' (epochs) or 'P%' (share of training)")
+            raise key_error("start", cfg.start, allowed) from None

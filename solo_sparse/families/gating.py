@@ -1,0 +1,183 @@
+"""The base of every plugin that rewrites the backbone with gates (``cdg``, ``cgnet``, ``fbs``,
+``dgnet_dual``, ``dgnet_gated``): what they share, once.
+
+* Construction: exactly two large crops; the online backbone and its momentum twin converted in
+  place (:meth:`GatedBackbonePlugin.convert`), the twin then loaded from the online network (new
+  modules included) and frozen — :func:`convert_encoders`.
+* Checkpoints and the zoo: :meth:`rebuild_backbone` converts a fresh backbone from a run's saved
+  plugin config before a strict load (keys a saved config lacks take :attr:`legacy_defaults`, the
+  values older versions trained with), then routes it to an evaluation path.
+* ``main_linear.py`` (with the plugin line): the fresh backbone is converted, routed, and any missing
+  key is an error naming the first one (:func:`require_all_backbone_keys`; solo-learn loads with
+  ``strict=False``).
+
+Subclasses implement :meth:`convert` (gate a backbone in place, or check one built gated),
+:meth:`route_eval` (select an evaluation path) and :meth:`eval_paths`.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+
+from solo_sparse.core.config import PREFIX, ConfigError
+from solo_sparse.core.plugin import ModelView, Plugin
+
+
+def convert_encoders(plugin: Plugin, view: ModelView, convert: Callable[[torch.nn.Module], None],
+                     crops_why: str) -> None:
+    """Exactly two large crops (``crops_why`` says what each is for); ``convert`` applied in place to
+    the online backbone and its momentum twin, then the twin loaded from the online network (new
+    modules included) and frozen."""
+    if view.num_large_crops != 2:
+        raise ConfigError(f"plugin '{plugin.name}' needs exactly two large crops ({crops_why}), the config has "
+                          f"{view.num_large_crops}")
+    grp = view.groups["backbone"]
+    for mod in (grp.online, grp.momentum):
+        if mod is not None:
+            convert(mod)
+    if grp.momentum is not None:
+        grp.momentum.load_state_dict(grp.online.state_dict())
+        for p in grp.momentum.parameters():
+            p.requires_grad = False
+
+
+def require_all_backbone_keys(backbone: torch.nn.Module, plugin: str, path: str) -> None:
+    """main_linear.py loads ``backbone.*`` with ``strict=False``: make a missing key (a gate, a BN
+    twin) an error naming the first one, and say which path is evaluated once loaded."""
+
+    def post_hook(module, incompatible):
+        if incompatible.missing_keys:
+            raise RuntimeError(f"solo-sparse ({plugin}): the checkpoint lacks {len(incompatible.missing_keys)} "
+                               f"backbone key(s), first: {incompatible.missing_keys[0]!r}. Was it pre-trained "
+                               f"with '- solo_sparse: {plugin}' and the same stages/backbone?")
+        print(f"solo-sparse: loaded {plugin} backbone, evaluating the {path} path", file=sys.stderr, flush=True)
+
+    backbone.register_load_state_dict_post_hook(post_hook)
+
+
+class PairMonitor:
+    """Is the run collapsing? During training, the online backbone's pooled features of crop 0 and crop 1
+    of each step give the mean cosine similarity of positive pairs (the two views of an image) and of
+    random pairs (view 0 of one image, view 1 of another). Logged per epoch as ``pair/pos_cos``,
+    ``pair/neg_cos`` and ``pair/margin``; when the margin falls below ``margin`` after the first epoch,
+    one warning line says the positives are no more alike than random pairs."""
+
+    def __init__(self, plugin: Plugin, margin: float = 0.05):
+        self.plugin, self.margin = plugin, margin
+        self.feats: Dict[int, torch.Tensor] = {}
+        self.crop: Optional[int] = None
+        self.sums = [0.0, 0.0]
+        self.n = 0
+        self.warned = False
+
+    def attach(self, backbone: torch.nn.Module) -> None:
+        backbone.register_forward_hook(self._hook)
+
+    def _hook(self, module, inp, out) -> None:
+        if module.training and self.crop in (0, 1) and torch.is_tensor(out) and out.dim() == 2:
+            self.feats[self.crop] = out.detach()
+
+    def on_crop(self, crop: Optional[int]) -> None:
+        self.crop = crop
+
+    def step_end(self) -> None:
+        a, b = self.feats.get(0), self.feats.get(1)
+        self.feats, self.crop = {}, None
+        if a is None or b is None or a.shape != b.shape or len(a) < 2:
+            return
+        a, b = F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1)
+        pos = float((a * b).sum(1).mean())
+        neg = float((a * b.roll(1, 0)).sum(1).mean())
+        self.sums[0] += pos
+        self.sums[1] += neg
+        self.n += 1
+
+    def epoch_end(self, epoch: int) -> Dict[str, float]:
+        if not self.n:
+            return {}
+        pos, neg = self.sums[0] / self.n, self.sums[1] / self.n
+        self.sums, self.n = [0.0, 0.0], 0
+        if epoch >= 1 and pos - neg < self.margin and not self.warned:
+            self.warned = True
+            msg = (f"solo-sparse {self.plugin.name}: collapse: at epoch {epoch} the two views of an image are no more "
+                   f"alike than two random images (positive-pair cosine {pos:.3f}, random pairs {neg:.3f}); the "
+                   f"representation is collapsing — see the plugin's docs for the known causes")
+            print(msg, file=sys.stderr, flush=True)
+            warnings.warn(msg, stacklevel=2)
+        return {"pair/pos_cos": pos, "pair/neg_cos": neg, "pair/margin": pos - neg}
+
+
+class GatedBackbonePlugin(Plugin):
+    """Shared by the gating plugins; see the module docstring."""
+
+    rewrites_backbone = True
+    compactable = False
+    families = ("momentum", "shared")
+    #: what each of the two large crops is for (error message of :func:`convert_encoders`)
+    crops_why: ClassVar[str] = "one per branch"
+    #: config values of runs saved before a key existed (rebuilding old checkpoints as they trained)
+    legacy_defaults: ClassVar[Dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ subclass policy
+    def convert(self, backbone: torch.nn.Module) -> None:
+        """Gate ``backbone`` in place with this config (or check one that was built gated)."""
+        raise NotImplementedError
+
+    def route_eval(self, backbone: torch.nn.Module, path: Optional[str] = None) -> str:
+        """Route ``backbone`` to evaluation path ``path`` (None: the configured one); returns its name."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ construction
+    def setup(self, view: ModelView) -> None:
+        super().setup(view)
+        convert_encoders(self, view, self.convert, self.crops_why)
+        self.pairs = PairMonitor(self)
+        self.pairs.attach(view.groups["backbone"].online)
+
+    def monitor_crop(self, branch) -> None:
+        """Tell the pair monitor which crop the online encoder is about to forward (subclasses' on_crop)."""
+        if branch.encoder == "online":
+            self.pairs.on_crop(branch.crop if branch.phase == "train" and branch.large else None)
+
+    def monitor_epoch(self, epoch: int) -> Dict[str, float]:
+        return self.pairs.epoch_end(epoch)
+
+    # ------------------------------------------------------------------ checkpoints / zoo
+    @classmethod
+    def from_saved(cls, config: Mapping[str, Any]) -> "GatedBackbonePlugin":
+        """The plugin as a run's saved config describes it (unknown keys refused, missing ones legacy)."""
+        params = {**cls.legacy_defaults, **dict(config)}
+        return cls.from_params(params)
+
+    @classmethod
+    def rebuild_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any],
+                         path: Optional[str] = None) -> torch.nn.Module:
+        plugin = cls.from_saved(config)
+        plugin.convert(net)
+        plugin.route_eval(net, path)
+        return net
+
+    # ------------------------------------------------------------------ main_linear.py
+    def prepare_eval_backbone(self, backbone: torch.nn.Module) -> None:
+        self.convert(backbone)
+        path = self.route_eval(backbone)
+        require_all_backbone_keys(backbone, self.name, path)
+
+
+def small_maps(backbone: torch.nn.Module, input_size: Optional[int], stages) -> List[tuple]:
+    """``[(stage, (H, W)), ...]`` of the gated stages whose maps have at most 2x2 positions at this input size."""
+    if not input_size:
+        return []
+    from solo_sparse.engine.resnet import stage_sizes
+
+    sizes = stage_sizes(backbone, input_size)
+    return [(s, sizes[f"layer{s}"]) for s in stages if sizes[f"layer{s}"][0] * sizes[f"layer{s}"][1] <= 4]
+
+
+def check_path(plugin: str, path: Optional[str], allowed) -> None:
+    if path is not None and path not in allowed:
+        raise ConfigError(f"{PREFIX}: plugin '{plugin}' has evaluation paths {', '.join(allowed)}; got {path!r}")

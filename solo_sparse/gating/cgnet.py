@@ -1,0 +1,284 @@
+"""CGNet / CDG channel gating for torchvision ResNets: a conditional path per output position.
+
+Convolutions are class-swapped in place to :class:`CGNetConv2d` (a ``nn.Conv2d``: the ``weight``
+keeps its torchvision name; blocks are untouched). Stem and downsample convs stay dense. Routing,
+recording and measurement: :mod:`solo_sparse.gating.channel`.
+
+**CGNet / CDG gated convolution** (Hua et al. 2019; CDG seed eq. 1-3, 7-12). A conv W: C_in -> C_out
+(k x k) with G groups of input and output channels. Output group o's *base path* reads input group
+b(o) only; the *conditional path* is every other input group::
+
+    Y_base = conv(x_{b(o)}, W[o, b(o)])            (B, C_out, H, W)  -- grouped conv, 1/G of the MACs
+    Y_cond = conv(x, W) - Y_base                   the off-base weights
+    z      = normal(Y_base) - tau                  tau: learnable, shape (C_out,)
+    M      = step(z)                               forward exactly 0/1
+    Y      = Y_base + M * Y_cond
+
+* ``normal``: ``norm="channel"`` (default) normalises each sample's channel over (H, W) — instance
+  normalisation, no affine, eps 1e-5, as the CGNet authors' code does (``Conv2d_CG``:
+  ``cg_bn = instance_norm``); the seed does not pin it. ``norm="sample"`` (our earlier choice, kept as
+  an option) normalises per sample over (C, H, W). No statistic crosses samples either way. On a 1x1
+  map the per-channel statistic is degenerate (every value normalises to 0, so M = [tau < 0] for a whole
+  channel): the plugins refuse it and warn on 2x2 maps. Normalised values are ~N(0, 1), so a threshold
+  tau gives a conditional sparsity ~Phi(tau); the plugins take the seed's target threshold s as a
+  target sparsity eta* and use s = Phi^-1(eta*).
+* **Gradient smoothing**: straight-through past the step, through an alpha-scaled sigmoid:
+  dM/dz = alpha * sigmoid(alpha z) * (1 - sigmoid(alpha z)) (``alpha`` default 2).
+* **Structured** (seed §structured CDG): with ``cg`` > 1 the mask is decided per group of cg
+  consecutive output channels at each position (z averaged over the cg channels, repeated back).
+* **Base paths**: branch ``a1`` uses the diagonal, b(o) = o; branch ``a2`` the inverse diagonal,
+  b(o) = G - 1 - o (disjoint from a1 for even G, the seed's assignment); for odd G, where the
+  inverse diagonal meets the diagonal in the middle group, a2 uses the cyclic shift
+  b(o) = (o + G // 2) mod G. Both are permutations: every input group is the base of exactly one
+  output group (unbiased), and a1 and a2 never share a (o, b(o)) block (disjoint).
+* ``follow`` (CGNet's unified gating, ``unified=True``): reuse the last mask computed on branch a1 by
+  the same module (same shape), with a1's base path.
+
+**FLOPs**, per sample, MACs. D(conv) = H_out W_out C_out C_in k^2.
+
+* CDG / CGNet:  exact = D/G + (1 - 1/G) D * mean(M) + gate, gate = 6 C_out H W (per-sample mean and
+  variance: 2, normalise: 1, subtract tau and compare: 2, mask-multiply-add of Y_cond: 1;
+  + C_out H W for the group average when cg > 1). The seed's eq. 13, D_red = 1 / (1/G + (1 - eta)(1 - 1/G))
+  with eta = 1 - mean(M) over all gated layers, counts conv MACs only and weighs every layer
+  equally per output element; the exact count weighs layers by their MACs and adds the gates'
+  own cost.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from solo_sparse.core.config import PREFIX, ConfigError
+from solo_sparse.engine.resnet import check_resnet
+from solo_sparse.gating.channel import GatedConvBase, gated_convs
+
+
+class _SmoothStep(torch.autograd.Function):
+    """Forward: [z > 0] exactly; backward: d sigmoid(alpha z) / dz."""
+
+    @staticmethod
+    def forward(ctx, z, alpha):
+        ctx.save_for_backward(z)
+        ctx.alpha = alpha
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        s = torch.sigmoid(ctx.alpha * z)
+        return grad * ctx.alpha * s * (1 - s), None
+
+
+def smooth_step(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    return _SmoothStep.apply(z, float(alpha))
+
+
+#: normalisation of the base-path output before the threshold: statistics over these dims of (B, C, H, W)
+NORM_DIMS = {"channel": (2, 3), "sample": (1, 2, 3)}
+
+
+class _GateMix(torch.autograd.Function):
+    """Fused unstructured CDG gate: Y = Y_base + M (Y_full - Y_base), M = step(normal(Y_base) - tau).
+
+    Same values and gradients as the composition of :func:`normalise`, the tau shift,
+    :func:`smooth_step` and the mix (tested against it), in fewer passes over the (B, C, H, W)
+    maps. ``dims``: the normalisation's dims (:data:`NORM_DIMS`). Returns (Y, M).
+    """
+
+    @staticmethod
+    def forward(ctx, full, base, tau, alpha, eps, dims=(2, 3)):
+        mu = base.mean(dims, keepdim=True)
+        rstd = torch.rsqrt(base.var(dims, keepdim=True, unbiased=False) + eps)
+        n = (base - mu) * rstd
+        z = n - tau[None, :, None, None]
+        m = (z > 0).to(base.dtype)
+        diff = full - base
+        out = torch.addcmul(base, m, diff)
+        ctx.save_for_backward(n, z, m, diff, rstd)
+        ctx.alpha = alpha
+        ctx.dims = tuple(dims)
+        return out, m
+
+    @staticmethod
+    def backward(ctx, g, _gm):
+        n, z, m, diff, rstd = ctx.saved_tensors
+        a = ctx.alpha
+        g_full = g * m
+        s = torch.sigmoid(z.mul_(a))                 # z is not needed afterwards
+        g_z = g * diff * s * (1 - s) * a
+        g_tau = -g_z.sum((0, 2, 3))
+        # normalisation backward over its dims: rstd * (g_n - mean(g_n) - n * mean(g_n * n))
+        dims = ctx.dims
+        k = 1
+        for d in dims:
+            k *= n.shape[d]
+        mean_g = g_z.sum(dims, keepdim=True) / k
+        mean_gn = (g_z * n).sum(dims, keepdim=True) / k
+        g_base = (g_z - mean_g - n * mean_gn) * rstd + (g - g_full)
+        return g_full, g_base, g_tau, None, None, None
+
+
+def base_assignment(groups: int, branch: str) -> List[int]:
+    """b(o) for o in 0..G-1: the input group read by output group o's base path."""
+    if branch in ("a1", "follow") or groups == 1:
+        return list(range(groups))
+    if groups % 2 == 0:
+        return [groups - 1 - o for o in range(groups)]
+    return [(o + groups // 2) % groups for o in range(groups)]
+
+
+def normalise(y: torch.Tensor, norm: str = "channel", eps: float = 1e-5) -> torch.Tensor:
+    """(B, C, H, W) normalised without affine: ``channel`` per sample and channel over (H, W) (instance
+    norm, as CGNet's code), ``sample`` per sample over (C, H, W)."""
+    dims = NORM_DIMS[norm]
+    mu = y.mean(dims, keepdim=True)
+    var = y.var(dims, keepdim=True, unbiased=False)
+    return (y - mu) * torch.rsqrt(var + eps)
+
+
+def per_sample_normal(y: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(B, C, H, W) normalised per sample over (C, H, W), no affine (``normalise(y, "sample")``)."""
+    return normalise(y, "sample", eps)
+
+
+def target_threshold(target_sparsity: float) -> float:
+    """s = Phi^-1(eta*), clamped to Phi^-1(1e-3) for eta* = 0 (normalised values ~N(0, 1))."""
+    p = min(max(float(target_sparsity), 1e-3), 1 - 1e-3)
+    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(p)))
+
+
+class CGNetConv2d(GatedConvBase):
+    """A ``nn.Conv2d`` (same ``weight``) with a CGNet/CDG conditional path and a learnable threshold
+    ``tau`` (C_out,). Created by class swap (:func:`convert_resnet`); ``ss_mode`` ``dense`` runs the
+    plain conv. Records per forward (see :mod:`solo_sparse.gating.channel`) the mask (B, C_out, H, W)."""
+
+    def _gate_init(self, groups: int, cg: int, alpha: float, init_tau: float, unified: bool = False,
+                   norm: str = "channel") -> None:
+        self._gate_base_init()
+        self.ss_G, self.ss_cg, self.ss_alpha = int(groups), int(cg), float(alpha)
+        self.ss_unified = bool(unified)
+        if norm not in NORM_DIMS:
+            raise ValueError(f"norm must be one of {tuple(NORM_DIMS)}")
+        self.ss_norm = norm
+        self.eq13_groups = self.ss_G
+        self._ss_cache: Optional[torch.Tensor] = None      # unified gating: a1's last mask
+        c_out = self.weight.shape[0]
+        self.tau = nn.Parameter(torch.full((c_out,), float(init_tau)))
+
+    def clear(self) -> None:
+        super().clear()
+        self._ss_cache = None
+
+    def _base_weight(self, assign: List[int]) -> torch.Tensor:
+        G = self.ss_G
+        c_out, c_in, kh, kw = self.weight.shape
+        w = self.weight.view(G, c_out // G, G, c_in // G, kh, kw)
+        idx = torch.tensor(assign, device=w.device)
+        # block (o, b(o)) for every output group o
+        wb = w[torch.arange(G, device=w.device), :, idx]          # (G, C_out/G, C_in/G, kh, kw)
+        return wb.reshape(c_out, c_in // G, kh, kw)
+
+    def _base(self, x: torch.Tensor, assign: List[int]) -> torch.Tensor:
+        G = self.ss_G
+        b, c_in, h, w = x.shape
+        xs = x
+        if assign != list(range(G)):
+            xs = x.view(b, G, c_in // G, h, w)[:, torch.tensor(assign, device=x.device)].reshape(b, c_in, h, w)
+        return F.conv2d(xs, self._base_weight(assign), None, self.stride, self.padding, self.dilation, G)
+
+    def _mask(self, y_base: torch.Tensor) -> torch.Tensor:
+        z = normalise(y_base, self.ss_norm) - self.tau[None, :, None, None]
+        if self.ss_cg > 1:
+            b, c, h, w = z.shape
+            z = z.view(b, c // self.ss_cg, self.ss_cg, h, w).mean(2).repeat_interleave(self.ss_cg, 1)
+        return smooth_step(z, self.ss_alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._ss_stats = None
+        if self.ss_mode == "dense":
+            return self._conv_forward(x, self.weight, self.bias)
+        branch = self.ss_branch
+        assign = base_assignment(self.ss_G, "a2" if branch == "a2" else "a1")
+        full = self._conv_forward(x, self.weight, self.bias)
+        y_base = self._base(x, assign)
+        cached = self._ss_cache
+        if branch == "follow" and cached is not None and cached.shape == y_base.shape:
+            m = cached
+            out = y_base + m * (full - y_base)
+        elif self.ss_cg == 1 and not self.ss_unified:   # unified: crop 1 reuses m, keep its graph
+            out, m = _GateMix.apply(full, y_base, self.tau, self.ss_alpha, 1e-5, NORM_DIMS[self.ss_norm])
+        else:
+            m = self._mask(y_base)
+            out = y_base + m * (full - y_base)
+        if branch == "a1" and self.ss_unified:
+            self._ss_cache = m
+        if self.ss_record:
+            self._ss_last[branch] = m.detach() > 0
+            self._ss_stats = self._stats(m.detach(), y_base.shape)
+        return out
+
+    def _stats(self, m: torch.Tensor, shape) -> Dict:
+        b, c_out, h, w = shape
+        dense = float(h * w * self.weight.numel())
+        kept = m.flatten(1).mean(1)
+        gate = (6 + (1 if self.ss_cg > 1 else 0)) * c_out * h * w
+        cost = dense / self.ss_G + (1 - 1 / self.ss_G) * dense * kept + gate
+        return {"kept": kept, "cost": cost, "dense": dense}
+
+
+def _selected(block: nn.Module, convs: str) -> List[str]:
+    names = ["conv1", "conv2"] + (["conv3"] if hasattr(block, "conv3") else [])
+    if convs == "block":
+        return names
+    return [n for n in names if getattr(block, n).kernel_size == (3, 3)]
+
+
+def block_convs(backbone: nn.Module, stages: Tuple[int, ...], convs: str) -> List[Tuple[str, nn.Module, nn.Conv2d]]:
+    """(name, block, conv) of the convs to gate: ``convs`` "3x3" (the 3x3 convs of each block) or
+    "block" (every conv of each block) in ``stages``; stem and downsample never."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    check_resnet(backbone, "channel gating", needs=("conv1", "bn1", "layer1", "layer4"))
+    out = []
+    for s in stages:
+        for i, blk in enumerate(getattr(backbone, f"layer{s}")):
+            if not isinstance(blk, (BasicBlock, Bottleneck)):
+                raise ConfigError(f"{PREFIX}: layer{s}.{i} is a {type(blk).__name__}, not a torchvision ResNet block")
+            for cname in _selected(blk, convs):
+                out.append((f"layer{s}.{i}.{cname}", blk, getattr(blk, cname)))
+    return out
+
+
+def convert_resnet(backbone: nn.Module, *, groups: int = 4, cg: int = 1, alpha: float = 2.0, init_tau: float = 0.0,
+                   stages: Tuple[int, ...] = (1, 2, 3, 4), convs: str = "3x3", unified: bool = False,
+                   norm: str = "channel") -> nn.Module:
+    """Gate a torchvision ResNet in place (see the module docstring). Refuses, naming the key and the
+    layer, a group count G or a structure size cg that does not divide a gated conv's channels."""
+    if getattr(backbone, "ss_gating", None) is not None:
+        raise ValueError("backbone is already gated")
+    todo = block_convs(backbone, stages, convs)
+    for name, _, conv in todo:
+        c_out, c_in = conv.weight.shape[:2]
+        if conv.groups != 1:
+            raise ConfigError(f"{PREFIX}: {name} is a grouped conv; CDG gates dense convs only")
+        if c_in % groups or c_out % groups:
+            raise ConfigError(f"{PREFIX}.groups={groups}: does not divide the channels of gated conv "
+                              f"{name} (in {c_in}, out {c_out})")
+        if c_out % cg:
+            raise ConfigError(f"{PREFIX}.cg={cg}: does not divide the output channels of gated conv {name} ({c_out})")
+    for _, _, conv in todo:
+        conv.__class__ = CGNetConv2d
+        conv._gate_init(groups, cg, alpha, init_tau, unified, norm)
+    backbone.ss_gating = "cgnet"
+    return backbone
+
+
+def threshold_loss(backbone: nn.Module, s: float) -> Optional[torch.Tensor]:
+    """CDG/CGNet: Σ_l ||s - tau_l||_2 (seed eq. 11, without lambda)."""
+    taus = [c.tau for _, c in gated_convs(backbone) if isinstance(c, CGNetConv2d)]
+    if not taus:
+        return None
+    return sum(torch.linalg.vector_norm(s - t) for t in taus)

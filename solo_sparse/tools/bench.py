@@ -1,0 +1,548 @@
+"""``solo-sparse bench SUITE.yaml``: the one benchmark harness.
+
+A suite is data (``scripts/suites/*.yaml``)::
+
+    suite: synccp                      # results go to results/<suite>/ unless --out
+    description: BYOL dense vs ...     # one line for the tables
+    data: fmnist5k                     # image folder under --data-root (train/ val/), made by
+                                       # scripts/prepare_fashion_mnist.py; its meta.json is recorded
+    size: 64                           # evaluation images, pixels (the training crop is the config's
+                                       # augmentation file: set it in overrides, e.g. augmentations=grey64.yaml)
+    seeds: 3                           # seeds 0..n-1 (``--seeds`` overrides)
+    overrides: ["max_epochs=15"]       # Hydra overrides of every run
+    random_init: true                  # a random-init row per seed (the floor every table needs)
+    runs:
+      - id: dense
+        config: scripts/configs/fmnist/byol.yaml
+      - id: synccp
+        config: scripts/configs/fmnist/byol_synccp10.yaml
+        overrides: ["++solo_sparse.momentum_mask=own"]
+        eval_paths: [gated, dense]     # backbone-rewriting plugins: one row per evaluation path
+      - id: imp
+        kind: rounds                   # IMP rounds (``solo-sparse imp``) + the random controls
+        plugin: imp                    # the fixed-mask plugin the rounds train with
+        config: scripts/configs/fmnist/mocov2plus_imp.yaml
+        rounds: 3
+        rate: 0.55
+
+Every run trains through solo-learn's unchanged ``main_pretrain.py`` (``solo_sparse.tools.runner``),
+then the final checkpoint's online backbone is evaluated on the val split: weighted kNN (k=20, k=1) and
+a linear probe on frozen features (``solo_sparse.tools.evaluate``). One row schema for every suite
+(:data:`ROW_KEYS`). Rows are keyed ``<id>/seed<k>``; a row whose fingerprint (config file content +
+overrides + seed + size) is already in ``results.json`` is skipped, a trained run whose evaluation is
+missing is only evaluated — re-running a suite after an interruption continues where it stopped.
+
+Outputs in the suite's folder: ``results.json`` (rows + meta), ``results.md`` (mean ± std over seeds per
+id, with the random-init and dense margins), ``<suite>.png`` (linear probe vs inference MACs, error bars,
+random-init and dense lines). No machine path is written: configs are repository-relative, data is
+named by its folder, commands use ``<repo>``, ``<solo-learn>``, ``<data>`` and ``<out>`` placeholders.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.registry import get_plugin
+from solo_sparse.engine.flops import count_macs, training_macs_ratio
+from solo_sparse.engine.maskio import counts, encoder_masks, split_state
+from solo_sparse.engine.resnet import build_resnet
+from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.inputs import read_checkpoint
+from solo_sparse.tools.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
+
+REPO = Path(__file__).resolve().parents[2]
+#: the columns of every row (absent values are None)
+ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
+            "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
+            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "status", "error", "command")
+KINDS = ("pretrain", "rounds")
+
+
+# ------------------------------------------------------------------------------------------ suites
+@dataclass
+class RunSpec:
+    id: str
+    config: Optional[str] = None
+    kind: str = "pretrain"
+    plugin: Optional[str] = None
+    overrides: List[str] = field(default_factory=list)
+    eval_paths: List[Optional[str]] = field(default_factory=lambda: [None])
+    rounds: int = 3
+    rate: float = 0.2
+    rewind: str = "1ep"
+    controls: List[str] = field(default_factory=lambda: ["random_reinit", "permuted", "global_random"])
+
+
+@dataclass
+class Suite:
+    suite: str
+    runs: List[RunSpec]
+    description: str = ""
+    data: str = "fmnist5k"
+    size: int = 32
+    seeds: int = 1
+    overrides: List[str] = field(default_factory=list)
+    random_init: bool = True
+    path: Optional[Path] = None
+
+    @classmethod
+    def load(cls, path) -> "Suite":
+        from omegaconf import OmegaConf
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such suite file")
+        raw = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        if not isinstance(raw, dict) or not raw.get("runs"):
+            raise ConfigError(f"{p}: a suite needs 'suite' and a non-empty 'runs' list")
+        known = set(cls.__dataclass_fields__) - {"path", "runs"}
+        bad = sorted(set(raw) - known - {"runs"})
+        if bad:
+            raise ConfigError(f"{p}: unknown suite key(s) {', '.join(bad)}; allowed: {', '.join(sorted(known))}, runs")
+        runs = []
+        for r in raw["runs"]:
+            rk = set(RunSpec.__dataclass_fields__)
+            extra = sorted(set(r) - rk)
+            if extra:
+                raise ConfigError(f"{p}: run {r.get('id')!r} has unknown key(s) {', '.join(extra)}; "
+                                  f"allowed: {', '.join(sorted(rk))}")
+            spec = RunSpec(**r)
+            if spec.kind not in KINDS:
+                raise ConfigError(f"{p}: run {spec.id!r} kind={spec.kind!r}; allowed: {', '.join(KINDS)}")
+            if spec.kind == "rounds" and not spec.plugin:
+                raise ConfigError(f"{p}: run {spec.id!r} (kind rounds) needs 'plugin', the fixed-mask plugin "
+                                  "of the rounds")
+            if spec.config and not (REPO / spec.config).is_file():
+                raise ConfigError(f"{p}: run {spec.id!r} config {spec.config!r} not found (paths are relative to "
+                                  "the repository)")
+            runs.append(spec)
+        ids = [r.id for r in runs]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{p}: run ids must be unique, got {ids}")
+        return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+class _Paths:
+    """Placeholders for machine paths in what is written to results."""
+
+    def __init__(self, **roots: Path):
+        self.roots = sorted(((k, str(Path(v).resolve())) for k, v in roots.items()), key=lambda kv: -len(kv[1]))
+
+    def __call__(self, s: str) -> str:
+        for k, v in self.roots:
+            s = s.replace(v, f"<{k}>")
+        return s.replace(sys.executable, "python")
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _mean_std(vals: Sequence[float]):
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], net: torch.nn.Module,
+                     path: Optional[str]) -> Dict[str, Any]:
+    """Densities, inference/training MACs, trigger step and gate statistics of a trained checkpoint, asked
+    of the plugins that trained it (no plugin is named here)."""
+    state = ck.get("state_dict", ck)
+    per = encoder_masks(state)
+    on, mo = per.get("online", {}), per.get("momentum", {})
+    on_bb = {k: v for k, v in on.items() if k.startswith("backbone.")}
+    mo_bb = {k: v for k, v in mo.items() if k.startswith("backbone.")}
+    out: Dict[str, Any] = {
+        "density_online": (counts(on_bb)[0] / counts(on_bb)[1]) if on_bb else 1.0,
+        "density_momentum": (counts(mo_bb)[0] / counts(mo_bb)[1]) if mo_bb else (1.0 if any(
+            k.startswith("momentum_backbone.") for k in state) else None),
+    }
+    plugin_state = ck.get("solo_sparse") or {}
+    out["plugins"] = sorted(plugin_state)
+    g = 0.0
+    for name, st in plugin_state.items():
+        cls = get_plugin(name)
+        if cls.dense_gradients == "every":
+            g = 1.0
+        elif cls.dense_gradients == "updates":
+            every = (st.get("config") or {}).get("every", 100)
+            g = max(g, 1.0 / float(every) if str(every).isdigit() else 0.0)
+        trig = (st.get("extra") or {}).get("trigger_step")
+        if trig is not None:
+            out["trigger_step"] = trig
+        if cls.rewrites_backbone and X is not None:
+            m = cls.measure_backbone(net, X)
+            if m is not None:
+                out["inference_macs_ratio"] = m["network_macs_ratio"]
+                out["gate_sparsity"] = m["gate_sparsity"]
+    if "inference_macs_ratio" not in out:
+        out["inference_macs_ratio"] = count_macs(net, (1, 3, size, size), from_weights=True).ratio
+    reports = []
+    for prefix in ("backbone.", "momentum_backbone."):
+        st = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not st or any(k.endswith((".tau", ".gate.w1.weight")) for k in st):
+            reports.append(None)      # gated backbones: their cost is input-dependent (inference column)
+            continue
+        weights, masks = split_state(st)
+        rnet = build_resnet("resnet18")
+        rnet.load_state_dict(weights, strict=False)
+        for layer, m in masks.items():
+            rnet.get_submodule(layer).register_buffer("weight_mask", m)
+        reports.append(count_macs(rnet, (1, 3, size, size)))
+    if reports[0] is not None:
+        out["training_macs_ratio"] = training_macs_ratio(reports[0], reports[1], g)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the harness
+class Bench:
+    def __init__(self, suite: Suite, *, data_root: Path, out: Optional[Path] = None, seeds: Optional[int] = None,
+                 solo_dir: Optional[Path] = None, only: Sequence[str] = (), eval_only: bool = False,
+                 extra_overrides: Sequence[str] = (), log=print):
+        self.suite = suite
+        self.data = Path(data_root) / suite.data
+        if not (self.data / "train").is_dir() or not (self.data / "val").is_dir():
+            raise ConfigError(f"data folder {self.data} lacks train/ and val/: run scripts/prepare_fashion_mnist.py "
+                              f"--out {self.data} (see the suite's header)")
+        self.out = Path(out) if out else REPO / "results" / suite.suite
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.seeds = list(range(seeds if seeds is not None else suite.seeds))
+        self.only = set(only)
+        self.eval_only = eval_only
+        self.extra = list(extra_overrides)
+        self.log = log
+        self.solo_dir = solo_dir
+        self.path = self.out / "results.json"
+        self.results = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
+        self._eval = None
+        self.paths = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def save(self) -> None:
+        meta = {"suite": self.suite.suite, "description": self.suite.description,
+                "suite_file": str(self.suite.path.resolve().relative_to(REPO)) if self.suite.path else None,
+                "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__,
+                "threads": torch.get_num_threads()}
+        if (self.data / "meta.json").exists():
+            meta["data_meta"] = json.loads((self.data / "meta.json").read_text())
+        self.results["meta"] = meta
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.results, indent=2))
+        tmp.replace(self.path)
+        (self.out / "results.md").write_text(to_markdown(self.results))
+        try:
+            plot(self.results, self.out / f"{self.suite.suite}.png")
+        except ImportError:   # matplotlib is an extra
+            pass
+
+    def eval_data(self):
+        if self._eval is None:
+            self.log(f"[bench {self.suite.suite}] loading {self.suite.data} at {self.suite.size} px ...")
+            self._eval = (load_images(str(self.data / "train"), self.suite.size),
+                          load_images(str(self.data / "val"), self.suite.size))
+        return self._eval
+
+    def fingerprint(self, spec: RunSpec, seed: int) -> str:
+        cfg = config_digest(REPO / spec.config) if spec.config else "-"
+        return json.dumps([cfg, self.suite.overrides, spec.overrides, self.extra, seed, self.suite.size,
+                           spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds"
+                           else None])
+
+    def plan(self) -> List[tuple]:
+        todo = []
+        for spec in self.suite.runs:
+            if self.only and spec.id not in self.only:
+                continue
+            for seed in self.seeds:
+                key = f"{spec.id}/seed{seed}"
+                row = self.results["rows"].get(key)
+                fp = self.fingerprint(spec, seed)
+                if row and row.get("fingerprint") == fp and row.get("status") == "ok":
+                    continue
+                todo.append((spec, seed))
+        return todo
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> Dict[str, Any]:
+        if self.suite.random_init:
+            self.random_init_rows()
+        todo = self.plan()
+        total = len(todo)
+        done_s: List[float] = []
+        t0 = time.time()
+        if not total:
+            self.log(f"[bench {self.suite.suite}] every row is done already ({len(self.results['rows'])} rows)")
+        for i, (spec, seed) in enumerate(todo):
+            eta = (statistics.fmean(done_s) * (total - i)) if done_s else None
+            self.log(f"[bench {self.suite.suite}] run {i + 1}/{total}: {spec.id} seed {seed} — elapsed "
+                     f"{_fmt_time(time.time() - t0)}" + (f", ETA {_fmt_time(eta)}" if eta is not None else ""))
+            t1 = time.time()
+            if spec.kind == "rounds":
+                self.run_imp(spec, seed)
+            else:
+                self.run_pretrain(spec, seed)
+            done_s.append(time.time() - t1)
+            self.save()
+        self.save()
+        return self.results
+
+    def _overrides(self, spec: RunSpec, seed: int) -> List[str]:
+        return [*self.suite.overrides, *spec.overrides, f"++seed={seed}", *self.extra]
+
+    def run_pretrain(self, spec: RunSpec, seed: int) -> None:
+        key = f"{spec.id}/seed{seed}"
+        run_dir = self.out / "runs" / spec.id / f"seed{seed}"
+        solo = solo_learn_dir(self.solo_dir)
+        self.paths = _Paths(repo=REPO, **{"solo-learn": solo}, data=self.data, out=self.out)
+        cmd = pretrain_command(REPO / spec.config, solo_dir=solo, name=f"{self.suite.suite}-{spec.id}-s{seed}",
+                               run_dir=run_dir, train_path=self.data / "train", overrides=self._overrides(spec, seed))
+        prev = self.results["rows"].get(key) or {}
+        base = {"id": spec.id, "seed": seed, "kind": spec.kind, "config": spec.config,
+                "overrides": [*self.suite.overrides, *spec.overrides, *self.extra], "image_size": self.suite.size,
+                "fingerprint": self.fingerprint(spec, seed),
+                "command": self.paths(shlex.join(cmd))}
+        ck_path = None
+        if prev.get("fingerprint") == base["fingerprint"] and prev.get("trained") and newest_checkpoint(run_dir):
+            ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
+        elif self.eval_only:
+            ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
+            if ck_path is None:
+                self.log(f"[bench] {key}: --eval-only but no checkpoint in {run_dir}; skipped")
+                return
+        if ck_path is None:
+            run = run_command(cmd, run_dir, log=run_dir / "train.log", cwd=run_dir)
+            seconds = run.seconds
+            if not run.ok:
+                tail = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
+                self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
+                                             "error": self.paths(f"{run.error}: {tail[0][:300] if tail else ''}")}
+                self.log(f"[bench] {key}: main_pretrain.py failed ({run.error}); log: {run.log}")
+                return
+            ck_path = run.checkpoint
+            self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "status": "trained"}
+            self.save()
+        ck = read_checkpoint(ck_path)
+        args_json = next(Path(ck_path).parent.glob("args.json"), None)
+        method = json.loads(args_json.read_text()).get("method") if args_json else None
+        train, test = self.eval_data()
+        for path in spec.eval_paths:
+            rkey = key if path is None else f"{spec.id}:{path}/seed{seed}"
+            net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
+            acc = evaluate_backbone(net, train, test)
+            stats = checkpoint_stats(ck, self.suite.size, test[0][:2000], net, path)
+            row = {**base, "id": spec.id if path is None else f"{spec.id}:{path}", "path": path, "trained": True,
+                   "epochs": int(ck.get("epoch", -1)) + 1, "method": method,
+                   **stats, **acc, "wall_clock_s": seconds, "status": "ok",
+                   "checkpoint": str(Path(ck_path).resolve().relative_to(self.out.resolve()))}
+            self.results["rows"][rkey] = row
+            self.log(f"[bench] {rkey}: linear {100 * acc['linear']:.2f}  kNN20 {100 * acc['knn20']:.2f}  "
+                     f"kNN1 {100 * acc['knn1']:.2f}  density {row['density_online']:.3f}  "
+                     f"MACs x{row['inference_macs_ratio']:.3f}  ({_fmt_time(seconds or 0)})")
+        if spec.eval_paths != [None] and key in self.results["rows"]:
+            del self.results["rows"][key]      # the per-path rows replace the training row
+
+    def random_init_rows(self) -> None:
+        train, test = None, None
+        for seed in self.seeds:
+            key = f"random-init/seed{seed}"
+            fp = json.dumps(["random-init", seed, self.suite.size])
+            if (self.results["rows"].get(key) or {}).get("fingerprint") == fp:
+                continue
+            if train is None:
+                train, test = self.eval_data()
+            torch.manual_seed(seed)
+            net = build_resnet("resnet18").eval()
+            acc = evaluate_backbone(net, train, test)
+            self.results["rows"][key] = {"id": "random-init", "seed": seed, "kind": "random-init", "fingerprint": fp,
+                                         "image_size": self.suite.size, "density_online": 1.0,
+                                         "inference_macs_ratio": 1.0, **acc, "status": "ok", "wall_clock_s": 0.0}
+            self.log(f"[bench] random-init seed {seed}: linear {100 * acc['linear']:.2f}  kNN20 "
+                     f"{100 * acc['knn20']:.2f}")
+            self.save()
+
+    def run_imp(self, spec: RunSpec, seed: int) -> None:
+        """IMP rounds through ``solo-sparse imp`` (its driver), each round's ticket evaluated, then the
+        controls at every pruned round's density: random re-initialisation of the same mask, the mask
+        permuted within each layer, and a global random mask (the paper's control)."""
+        from solo_sparse.engine.maskio import global_random_masks, load_masks, permuted_masks, save_masks
+        from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+
+        plugin = spec.plugin
+        d = self.out / "runs" / spec.id / f"seed{seed}"
+        over = [*self._overrides(spec, seed), f"++data.train_path={self.data / 'train'}"]
+        run = IMPRun(config=str(REPO / spec.config), out=str(d / "rounds"), rounds=spec.rounds, rate=spec.rate,
+                     rewind=spec.rewind, overrides=over, seed=seed)
+        drv = IMPDriver(run, solo_learn_dir(self.solo_dir), plugin, log=self.log)
+        train, test = self.eval_data()
+        drv.evaluate = lambda ck: evaluate_backbone(load_backbone(str(ck))[0], train, test)
+        t0 = time.time()
+        st = drv.run_all()
+        self.paths = _Paths(repo=REPO, **{"solo-learn": solo_learn_dir(self.solo_dir)}, data=self.data, out=self.out)
+        base = {"kind": "rounds", "config": spec.config, "seed": seed, "image_size": self.suite.size,
+                "fingerprint": self.fingerprint(spec, seed), "status": "ok"}
+        for k, r in st["rounds"].items():
+            self.results["rows"][f"{spec.id}:ticket-r{k}/seed{seed}"] = {
+                **base, "id": f"{spec.id}:ticket-r{k}", "density_online": r["density"],
+                "inference_macs_ratio": None, **r.get("eval", {}), "wall_clock_s": r.get("seconds"),
+                "command": self.paths(" ".join(r.get("command", []))) if isinstance(r.get("command"), list)
+                else self.paths(str(r.get("command", "")))}
+        self.save()
+        for k in range(1, spec.rounds + 1):
+            masks = load_masks(drv.masks_path(k))[0]
+            for control in spec.controls:
+                rid = f"{spec.id}:{control}-r{k}"
+                if (self.results["rows"].get(f"{rid}/seed{seed}") or {}).get("fingerprint") == base["fingerprint"]:
+                    continue
+                cd = d / "controls" / f"{control}_{k}"
+                if control == "random_reinit":
+                    mfile = drv.masks_path(k)
+                else:
+                    mfile = cd / "masks.safetensors"
+                    m = permuted_masks(masks, seed=seed * 100 + k) if control == "permuted" else \
+                        global_random_masks(masks, seed=seed * 100 + k)
+                    save_masks(mfile, m, control=control, round=k)
+                cmd = pretrain_command(REPO / spec.config, solo_dir=solo_learn_dir(self.solo_dir),
+                                       name=f"{rid}-s{seed}", run_dir=cd, train_path=self.data / "train",
+                                       overrides=[*self._overrides(spec, seed), f"++solo_sparse.masks='{mfile}'"])
+                run = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
+                if not run.ok:
+                    self.results["rows"][f"{rid}/seed{seed}"] = {**base, "id": rid, "status": "failed",
+                                                                 "error": run.error}
+                    continue
+                net, info = load_backbone(str(run.checkpoint))
+                self.results["rows"][f"{rid}/seed{seed}"] = {
+                    **base, "id": rid, "density_online": info["density"], **evaluate_backbone(net, train, test),
+                    "wall_clock_s": run.seconds, "command": self.paths(shlex.join(cmd))}
+                self.save()
+        self.log(f"[bench] {spec.id} seed {seed}: IMP and controls done in {_fmt_time(time.time() - t0)}")
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def aggregate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per id (in first-seen order): n, mean ± std of the accuracies, mean of the rest."""
+    groups: Dict[str, List[Dict]] = {}
+    for r in results["rows"].values():
+        if r.get("status") == "ok":
+            groups.setdefault(r["id"], []).append(r)
+    out = []
+    for rid, rows in groups.items():
+        agg = {"id": rid, "n": len(rows), "seeds": sorted(r.get("seed") for r in rows)}
+        for k in ("linear", "knn20", "knn1"):
+            m, s, _ = _mean_std([r.get(k) for r in rows])
+            agg[k] = None if m is None else 100 * m
+            agg[k + "_std"] = None if s is None else 100 * s
+        for k in ("density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio",
+                  "gate_sparsity", "wall_clock_s"):
+            m, _, _ = _mean_std([r.get(k) for r in rows])
+            agg[k] = m
+        trig = [r.get("trigger_step") for r in rows if r.get("trigger_step") is not None]
+        agg["trigger_step"] = trig or None
+        out.append(agg)
+    return out
+
+
+def _f(v, fmt=".3f", dash="-"):
+    return dash if v is None else format(v, fmt)
+
+
+def to_markdown(results: Dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    agg = aggregate(results)
+    by = {a["id"]: a for a in agg}
+    lines = [f"Suite `{meta.get('suite')}` ({meta.get('suite_file')}): {meta.get('description', '')}",
+             f"Data `{meta.get('data')}` {json.dumps(meta.get('data_meta', {}))}, {meta.get('image_size')} px; "
+             f"torch {meta.get('torch')}, {meta.get('threads')} threads. Mean ± std over seeds.", "",
+             "| run | seeds | linear probe | kNN k=20 | kNN k=1 | online density | momentum density | inference MACs "
+             "| training MACs | gate sparsity | trigger step | train wall-clock |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for a in agg:
+        acc = [f"{a[k]:.2f} ± {a[k + '_std']:.2f}" if a[k] is not None else "-" for k in ("linear", "knn20", "knn1")]
+        trig = "-" if not a["trigger_step"] else ", ".join(str(t) for t in a["trigger_step"])
+        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {acc[1]} | {acc[2]} | {_f(a['density_online'])} | "
+                     f"{_f(a['density_momentum'])} | {_f(a['inference_macs_ratio'])} | "
+                     f"{_f(a['training_macs_ratio'])} | "
+                     f"{_f(a['gate_sparsity'])} | {trig} | "
+                     f"{'-' if not a['wall_clock_s'] else format(a['wall_clock_s'] / 60, '.1f') + ' min'} |")
+    ri, dense = by.get("random-init"), by.get("dense")
+    if ri and dense and ri["linear"] is not None and dense["linear"] is not None:
+        lines += ["", f"Regime: dense − random-init linear probe = {dense['linear'] - ri['linear']:+.2f} pt "
+                      f"(dense spread ±{dense['linear_std']:.2f}, random-init ±{ri['linear_std']:.2f} over "
+                      f"{dense['n']}/{ri['n']} seeds)."]
+    failed = [r for r in results["rows"].values() if r.get("status") == "failed"]
+    for r in failed:
+        lines.append(f"- failed: {r['id']} seed {r.get('seed')}: {r.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    """Linear probe vs inference MACs (error bars: std over seeds), random-init and dense lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = [a for a in aggregate(results) if a["linear"] is not None]
+    if not agg:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for a in agg:
+        if a["id"] in ("random-init", "dense"):
+            continue
+        x = a["inference_macs_ratio"] if a["inference_macs_ratio"] is not None else a.get("density_online") or 1.0
+        ax.errorbar([x], [a["linear"]], yerr=[a["linear_std"] or 0], fmt="o", capsize=3, label=a["id"])
+    for rid, style in (("dense", "-"), ("random-init", "--")):
+        a = next((b for b in agg if b["id"] == rid), None)
+        if a:
+            ax.axhline(a["linear"], ls=style, color="k" if rid == "dense" else "gray", lw=1,
+                       label=f"{rid} ({a['linear']:.1f})")
+            if a["linear_std"]:
+                ax.axhspan(a["linear"] - a["linear_std"], a["linear"] + a["linear_std"],
+                           color="k" if rid == "dense" else "gray", alpha=0.08)
+    meta = results.get("meta", {})
+    ax.set_xlabel("inference MACs vs dense")
+    ax.set_ylabel("linear probe top-1 (%)")
+    ax.set_title(f"{meta.get('suite')}: {meta.get('data')} at {meta.get('image_size')} px, mean ± std over seeds",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:
+    """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
+    the suites' results.json (the README's result tables are generated, never typed)."""
+    tables = {}
+    for p in results_paths:
+        res = json.loads(Path(p).read_text())
+        tables[res["meta"]["suite"]] = to_markdown(res)
+    changed = []
+    for d in docs:
+        text = Path(d).read_text()
+        new = text
+        for name, table in tables.items():
+            start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+            i, j = new.find(start), new.find(end)
+            if i >= 0 and j > i:
+                new = new[:i + len(start)] + "\n" + table + new[j:]
+        if new != text:
+            Path(d).write_text(new)
+            changed.append(Path(d))
+    return changed

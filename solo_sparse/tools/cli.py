@@ -1,0 +1,392 @@
+"""``solo-sparse`` command line.
+
+    solo-sparse plugins [--json]                 plugins, families, config keys with defaults
+    solo-sparse flops CONFIG.yaml|CKPT [...]     dense vs effective MACs of a backbone
+    solo-sparse sparsity CKPT                    per-layer densities of both encoders
+    solo-sparse evaluate --data DIR [CKPT ...]   kNN + linear probe of backbones (no solo-learn needed)
+    solo-sparse imp --config YAML --out DIR      iterative magnitude pruning over main_pretrain.py rounds
+    solo-sparse permute-masks IN OUT             the random-mask control (layer-wise shuffled masks)
+    solo-sparse retrain --data DIR --masks F     label re-training of a mask (+ init) on an image folder
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.tools.inputs import compose_config, read_checkpoint
+from solo_sparse.zoo.format import ZooError
+
+
+def _cmd_plugins(args) -> int:
+    from solo_sparse.core.registry import describe_plugins
+
+    info = describe_plugins()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for p in info:
+        print(f"{p['name']}: {p['description']}")
+        print(f"  method families: {', '.join(p['families'])}"
+              + (f" (refused: {', '.join(p['refused_methods'])})" if p["refused_methods"] else ""))
+        print("  keys (solo_sparse.<key>, default):")
+        for k, v in p["keys"].items():
+            print(f"    {k}: {v!r}")
+    return 0
+
+
+def _backbone_from_config(path: Path):
+    from omegaconf import OmegaConf
+
+    from solo_sparse.tools.evaluate import build_resnet
+
+    cfg = compose_config(path)
+    name = OmegaConf.select(cfg, "backbone.name", default="resnet18")
+    if not str(name).startswith("resnet"):
+        raise ConfigError(f"backbone.name={name!r}: solo-sparse flops builds torchvision ResNets only")
+    cifar = OmegaConf.select(cfg, "data.dataset", default="") in ("cifar10", "cifar100")
+    return cfg, build_resnet(str(name), cifar_stem=cifar)
+
+
+def _cmd_flops(args) -> int:
+    from solo_sparse.engine.flops import count_macs
+
+    path = Path(args.source)
+    size = (1, 3, args.input_size, args.input_size)
+    if path.suffix in (".yaml", ".yml"):
+        from omegaconf import OmegaConf
+
+        from solo_sparse.core.plugin import ModelView, ModuleGroup
+        from solo_sparse.core.registry import build_plugins
+        from solo_sparse.engine.density import allocate_masks
+
+        cfg, net = _backbone_from_config(path)
+        section = OmegaConf.to_container(cfg.get("solo_sparse", {}) or {}, resolve=True)
+        what = "dense (no solo_sparse section)"
+        for plugin in (build_plugins(section) if section else []):
+            c = plugin.config
+            final = getattr(c, "final_density", getattr(c, "density", None))
+            if plugin.masks_weights and final is not None:
+                plugin.setup(ModelView({"backbone": ModuleGroup("backbone", net)}, "shared"))
+                sp = plugin.sparsifier
+                sp.set_masks(allocate_masks({k: w.abs() for k, w in sp.weights().items()}, final, c.distribution,
+                                            c.granularity, n=c.n, m=c.m, block=c.block))
+                what = (f"{plugin.name} at final density {final} ({c.distribution}, {c.granularity}; "
+                        "masks from random-init magnitudes)")
+            elif plugin.rewrites_backbone:
+                what = (f"dense: '{plugin.name}' gates per input, so its cost needs data — run "
+                        "`solo-sparse flops CKPT` on a trained checkpoint, or the benchmark's gate measurement")
+        rep = count_macs(net, size)
+    else:
+        from solo_sparse.tools.evaluate import load_backbone
+
+        net, info = load_backbone(str(path), args.backbone, cifar_stem=args.cifar_stem)
+        rep = count_macs(net, size, from_weights=True)
+        what = f"checkpoint, masked layers at density {info['density']:.4f}"
+    if args.per_layer:
+        print(rep.to_markdown())
+    print(f"{path.name}: {what}")
+    print(f"input {tuple(size)}: dense {rep.dense / 1e6:.2f} MMACs, effective {rep.effective / 1e6:.2f} MMACs, "
+          f"ratio {rep.ratio:.4f} ({1 / max(rep.ratio, 1e-12):.2f}x fewer)")
+    return 0
+
+
+def _cmd_sparsity(args) -> int:
+    from solo_sparse.core.registry import linear_lines
+    from solo_sparse.engine.maskio import counts, encoder_masks
+
+    ck = read_checkpoint(args.checkpoint)
+    per_enc = encoder_masks(ck.get("state_dict", ck))
+    online, momentum = per_enc.get("online", {}), per_enc.get("momentum", {})
+    if not online and not momentum:
+        print(f"{args.checkpoint}: no weight masks (dense checkpoint)")
+    else:
+        print("| layer | params | online density | momentum density |\n|---|---:|---:|---:|")
+        for layer in dict.fromkeys([*online, *momentum]):
+            m = online.get(layer, momentum.get(layer))
+            cells = [f"{float(d[layer].sum()) / d[layer].numel():.4f}" if layer in d else "-"
+                     for d in (online, momentum)]
+            print(f"| {layer} | {m.numel()} | {cells[0]} | {cells[1]} |")
+        tot = [counts(d) for d in (online, momentum)]
+        cells = [f"{k / n:.4f}" if n else "-" for k, n in tot]
+        print(f"| **total** | {max(n for _, n in tot)} | {cells[0]} | {cells[1]} |")
+    state = ck.get("solo_sparse")
+    if state:
+        for name, st in state.items():
+            print(f"plugin {name}: step {st['step']}, epoch {st['epoch']}, config {st['config']}")
+        lines = linear_lines(state)
+        if lines:
+            print("main_linear.py: add " + " and ".join(f"'- solo_sparse: {n}'" for n in lines)
+                  + " (with the same keys) to the linear YAML to load this backbone as trained")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from solo_sparse.engine.density import allocate_masks
+    from solo_sparse.engine.flops import count_macs
+    from solo_sparse.engine.sparsifier import select_layers
+    from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+
+    data = Path(args.data)
+    print(f"loading {data}/train and {data}/val ...", flush=True)
+    train = load_images(str(data / "train"), args.input_size)
+    test = load_images(str(data / "val"), args.input_size)
+    rows = []
+    for d in args.random_init_densities or []:
+        torch.manual_seed(args.seed)
+        net = build_resnet(args.backbone).eval()
+        if d < 1.0:  # one-shot magnitude pruning of a random-init backbone (a reference, not a method)
+            layers = dict(select_layers(net))
+            masks = allocate_masks({k: m.weight.detach().abs() for k, m in layers.items()}, d, "uniform")
+            with torch.no_grad():
+                for k, m in layers.items():
+                    m.weight.mul_(masks[k])
+        rows.append((f"random-init, magnitude-pruned to {d}", net))
+    for ck in args.checkpoints:
+        net, info = load_backbone(ck, args.backbone, cifar_stem=args.cifar_stem)
+        rows.append((f"{ck} (density {info['density']:.3f})", net))
+    results = []
+    for name, net in rows:
+        acc = evaluate_backbone(net, train, test, progress=True)
+        macs = count_macs(net, (1, 3, args.input_size, args.input_size), from_weights=True)
+        results.append({"backbone": name, **acc, "macs_ratio": macs.ratio})
+        print(f"{name}: kNN20 {100 * acc['knn20']:.2f}  kNN1 {100 * acc['knn1']:.2f}  "
+              f"linear {100 * acc['linear']:.2f}  MACs x{macs.ratio:.3f}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_zoo(args) -> int:
+    from solo_sparse import zoo
+
+    root = Path(args.zoo) if args.zoo else None
+    if args.zoo_cmd == "list":
+        rows = zoo.list_entries(root)
+        if args.names:
+            print("\n".join(e["name"] for e in rows))
+            return 0
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'name':44s} {'algorithm':12s} {'method':11s} {'density':>8s} {'FLOPs':>6s} {'kNN20':>6s} "
+              f"{'linear':>6s} {'MB':>6s}")
+        for e in rows:
+            acc = e.get("accuracy") or {}
+            dens = "-" if e.get("density") is None else f"{e['density']:.3f}"
+            print(f"{e['name']:44s} {e['algorithm']:12s} {str(e.get('method')):11s} {dens:>8s} "
+                  f"{e.get('flops_ratio', 1.0):6.3f} {acc.get('knn20', float('nan')):6.2f} "
+                  f"{acc.get('linear', float('nan')):6.2f} {e['size_bytes'] / 1e6:6.1f}")
+        return 0
+    if args.zoo_cmd == "show":
+        print(json.dumps(zoo.entry(args.name, root), indent=2))
+        return 0
+    if args.zoo_cmd == "verify":
+        res = zoo.verify(args.name, root)
+        for n, r in res.items():
+            print(f"{n}: {r}")
+        return 0 if all(r == "ok" for r in res.values()) else 1
+    if args.zoo_cmd == "export" and args.format == "compact":
+        rep = zoo.export_compact(args.name, Path(args.out), args.channel_density, root, fp16=args.fp16)
+        kept, full = rep["internal_channels"]
+        print(f"wrote {rep['path']} (compact): internal channels {kept}/{full}, MACs at 32 px "
+              f"{rep['macs'][0] / 1e6:.1f}M vs {rep['macs'][1] / 1e6:.1f}M, "
+              f"max |output diff| {rep['max_abs_diff']:.2e}, "
+              f"{rep['size_bytes'] / 1e6:.2f} MB; load it with solo_sparse.zoo.load_file()")
+        return 0
+    if args.zoo_cmd == "bench":
+        from solo_sparse.tools.zoo_bench import bench_entry
+
+        res = bench_entry(args.name, args.channel_density, tuple(args.sizes), tuple(args.batches), args.reps, root)
+        print(res["kind"] + (f"; max |output diff| {res['max_abs_diff']:.2e}" if "max_abs_diff" in res else ""))
+        for r in res["rows"]:
+            print(f"batch {r['batch']:3d} {r['size']:4d} px: dense {r['dense_ms']:8.2f} ms  fast {r['fast_ms']:8.2f} ms"
+                  f"  speed-up {r['speedup']:.2f}x")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        return 0
+    if args.zoo_cmd == "export":
+        if args.channel_density is not None:
+            raise SystemExit("--channel-density applies to --format compact only")
+        out = zoo.export(args.name, Path(args.out), args.format, root)
+        e = zoo.entry(args.name, root)
+        print(f"wrote {out} ({args.format})")
+        if args.format == "solo":
+            from solo_sparse.core.registry import get_plugin
+
+            gated = [p for p in sorted(e.get("plugins") or {}) if get_plugin(p).rewrites_backbone]
+            line = f" with '- solo_sparse: {gated[0]}' (and its keys) in the linear YAML" if gated else ""
+            print(f"main_linear.py: ++pretrained_feature_extractor='{out}'{line}")
+        return 0
+    raise AssertionError(args.zoo_cmd)
+
+
+def _cmd_report(args) -> int:
+    from solo_sparse import zoo
+    from solo_sparse.tools import report
+
+    out = Path(args.out)
+    src = args.source
+    if src == "zoo":
+        print(report.plot_zoo(out, Path(args.zoo) if args.zoo else None, args.reference))
+        return 0
+    if Path(src).is_dir():
+        for p in report.plot_run(Path(src), out):
+            print(p)
+        return 0
+    if Path(src).exists():
+        raise ConfigError(f"{src}: is a file; report takes a run directory (holding metrics.csv / checkpoints), "
+                          "a zoo entry name, or 'zoo'")
+    names = [e["name"] for e in zoo.list_entries(Path(args.zoo) if args.zoo else None)]
+    if src not in names:
+        raise ConfigError(f"{src}: no such run directory, and not a zoo entry (entries: {', '.join(names)})")
+    e = zoo.entry(src, Path(args.zoo) if args.zoo else None)
+    _, masks, _ = zoo.read_backbone(zoo.fetch(e, Path(args.zoo) if args.zoo else None))
+    p = report.plot_layer_density(masks, out / f"{src}_layer_density.png", src)
+    if p is None:
+        raise RuntimeError(f"zoo entry {src!r} has no weight masks (a gated backbone: its sparsity is dynamic; "
+                           f"run `solo-sparse report <its training run dir>` for the logged gate sparsity)")
+    print(p)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from solo_sparse.tools.bench import Bench, Suite, to_markdown, update_docs
+
+    if args.update_docs:
+        changed = update_docs([Path(p) for p in args.suite], [Path(d) for d in args.update_docs])
+        print("updated: " + (", ".join(map(str, changed)) or "nothing (no <!-- bench:SUITE --> block changed)"))
+        return 0
+    suite = Suite.load(args.suite[0])
+    bench = Bench(suite, data_root=Path(args.data_root), out=Path(args.out) if args.out else None, seeds=args.seeds,
+                  solo_dir=args.solo_learn, only=args.only or (), eval_only=args.eval_only,
+                  extra_overrides=args.overrides or ())
+    if args.dry_run:
+        for spec, seed in bench.plan():
+            print(f"would run {spec.id} seed {seed} ({spec.kind}, {spec.config})")
+        return 0
+    results = bench.run()
+    print(to_markdown(results))
+    print(f"results: {bench.out / 'results.json'}, {bench.out / 'results.md'}, {bench.out / (suite.suite + '.png')}")
+    return 0
+
+
+def _plugin_commands() -> Dict[str, Tuple]:
+    """``{verb: (add_arguments, run, help)}`` of every installed plugin's :meth:`Plugin.commands`."""
+    from solo_sparse.core.registry import available_plugins, get_plugin
+
+    out: Dict[str, Tuple] = {}
+    for name in available_plugins():
+        for verb, spec in get_plugin(name).commands().items():
+            out[verb] = spec
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="solo-sparse", description="Sparse and gated SSL plugins for solo-learn")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("plugins", help="list plugins with families and config keys")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=_cmd_plugins)
+    a = sub.add_parser("flops", help="dense vs effective MACs of a config's or checkpoint's backbone")
+    a.add_argument("source", help="a solo-learn YAML (with an optional solo_sparse section) or a .ckpt")
+    a.add_argument("--backbone", default="resnet18")
+    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--cifar-stem", action="store_true", help="checkpoint was trained on cifar10/100")
+    a.add_argument("--per-layer", action="store_true")
+    a.set_defaults(fn=_cmd_flops)
+    a = sub.add_parser("sparsity", help="per-layer mask densities of a checkpoint")
+    a.add_argument("checkpoint")
+    a.set_defaults(fn=_cmd_sparsity)
+    a = sub.add_parser("evaluate", help="kNN and linear probe of backbones on an image folder (train/ val/)")
+    a.add_argument("checkpoints", nargs="*")
+    a.add_argument("--data", required=True)
+    a.add_argument("--backbone", default="resnet18")
+    a.add_argument("--cifar-stem", action="store_true")
+    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--random-init-densities", type=float, nargs="*", default=None)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default=None, help="write results JSON here")
+    a.set_defaults(fn=_cmd_evaluate)
+    a = sub.add_parser("zoo", help="model zoo: list | show | verify | export | bench")
+    a.add_argument("--zoo", default=None, help="zoo directory (default: the package's zoo/ or $SOLO_SPARSE_ZOO)")
+    zs = a.add_subparsers(dest="zoo_cmd", required=True)
+    z = zs.add_parser("list", help="entries with accuracy, density, FLOPs, size")
+    z.add_argument("--json", action="store_true")
+    z.add_argument("--names", action="store_true", help="entry names only, one per line")
+    z = zs.add_parser("show", help="one entry's full manifest record")
+    z.add_argument("name")
+    z = zs.add_parser("verify", help="sha256, format and a strict build of one or every entry")
+    z.add_argument("name", nargs="?")
+    z = zs.add_parser("export", help="write a solo-learn checkpoint (main_linear.py) or a torchvision state dict")
+    z.add_argument("name")
+    z.add_argument("--out", required=True)
+    z.add_argument("--format", choices=("solo", "torchvision", "compact"), default="solo",
+                   help="compact: a smaller dense ResNet with dead internal channels removed (zoo format)")
+    z.add_argument("--channel-density", type=float, default=None,
+                   help="compact: first prune the block-internal channels to this fraction")
+    z.add_argument("--fp16", action="store_true", help="compact: store floats as fp16")
+    z = zs.add_parser("bench", help="CPU latency: compact export vs dense (DGNet entries: gated vs dense path)")
+    z.add_argument("name")
+    z.add_argument("--channel-density", type=float, default=None)
+    z.add_argument("--sizes", type=int, nargs="+", default=[32])
+    z.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    z.add_argument("--reps", type=int, default=30)
+    z.add_argument("--out", default=None, help="write the full result as JSON")
+    a.set_defaults(fn=_cmd_zoo)
+    a = sub.add_parser("bench", help="run a benchmark suite (scripts/suites/*.yaml) through main_pretrain.py")
+    a.add_argument("suite", nargs="+", help="suite YAML (with --update-docs: results.json files)")
+    a.add_argument("--data-root", default="data", help="folder holding the suite's data folder (default: data)")
+    a.add_argument("--out", default=None, help="results folder (default: results/<suite>)")
+    a.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the suite's)")
+    a.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
+    a.add_argument("--eval-only", action="store_true", help="evaluate existing runs, train nothing")
+    a.add_argument("--dry-run", action="store_true", help="list the runs still to do")
+    a.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the solo package)")
+    a.add_argument("--update-docs", nargs="*", default=None, metavar="MD",
+                   help="rewrite the <!-- bench:SUITE --> blocks of these markdown files from the given results.json")
+    a.add_argument("--override", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
+                   help="an extra Hydra override for every run (repeatable)")
+    a.set_defaults(fn=_cmd_bench)
+    for verb, (add_args, run, helptext) in _plugin_commands().items():   # verbs contributed by plugins
+        a = sub.add_parser(verb, help=helptext)
+        add_args(a)
+        a.set_defaults(fn=run)
+    a = sub.add_parser("report", help="PNG plots of a run directory, a zoo entry, or 'zoo' (accuracy vs FLOPs)")
+    a.add_argument("source", help="run directory | zoo entry name | zoo")
+    a.add_argument("--out", default="report")
+    a.add_argument("--zoo", default=None)
+    a.add_argument("--reference", type=float, default=None,
+                   help="zoo plot: random-init linear accuracy (%%) drawn as a dashed line")
+    a.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command. Every failure is one line on stderr and exit code 2 (``--debug``: the traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("solo-sparse: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one handler of the CLI
+        if args.debug:
+            raise
+        expected = isinstance(e, (ConfigError, ZooError, OSError))
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"solo-sparse: error: {msg}" if expected else
+              f"solo-sparse: error: {type(e).__name__}: {msg} (unexpected: rerun with --debug for the traceback "
+              "and report it)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Backbone evaluation without solo-learn: load a checkpoint's backbone, extract frozen features,
+weighted kNN (cosine) and a linear probe.
+
+kNN follows solo-learn's ``WeightedKNNClassifier`` with cosine similarity: the k nearest training
+features vote with weight exp(sim / T), T = 0.07; k = 1 is plain nearest neighbour. The linear probe
+is multinomial logistic regression on standardised frozen features, trained full-batch with L-BFGS
+(deterministic; no augmentation) — a cheap stand-in for solo-learn's ``main_linear.py``, which on
+the ``custom`` dataset resizes to 224 px and costs hours on a CPU.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.registry import evaluates_masked, rebuild_backbone
+from solo_sparse.engine.maskio import apply_masks, counts, split_state
+from solo_sparse.engine.resnet import build_resnet
+from solo_sparse.tools.inputs import read_checkpoint
+
+__all__ = ["backbone_state", "build_resnet", "evaluate_backbone", "extract_features", "knn_accuracy", "linear_probe",
+           "load_backbone", "load_images"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, torch.Tensor]:
+    """``backbone.*`` tensors of a solo-learn checkpoint (prefix stripped)."""
+    sd = checkpoint.get("state_dict", checkpoint)
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
+                  gated_path: Optional[str] = None) -> Tuple[nn.Module, Dict]:
+    """Build ``name`` and load a solo-learn checkpoint's online backbone; masks are applied.
+
+    Loads with ``weights_only=True``. A checkpoint trained with a plugin that rewrites the backbone
+    (gates; read from its ``solo_sparse`` entry) is rebuilt by that plugin first and evaluated
+    through the plugin's path (``gated_path`` overrides). Raises on any missing key and on
+    any unexpected key (naming the first); mask buffers (``*.weight_mask``) are applied to their
+    weights. Returns the module and ``{"masked_layers", "density", "gating"}``.
+    """
+    ck = read_checkpoint(path)
+    state = backbone_state(ck)
+    if not state:
+        raise ConfigError(f"{path}: no 'backbone.*' tensors — not a solo-learn pre-training checkpoint")
+    net = build_resnet(name, cifar_stem)
+    _, gname, gcfg = rebuild_backbone(net, ck.get("solo_sparse"), gated_path)
+    weights, masks = split_state(state)
+    own = net.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing:
+        raise ConfigError(f"{path}: backbone key missing from checkpoint: {missing[0]!r} "
+                          f"({len(missing)} missing) — wrong --backbone ({name})?")
+    if unexpected:
+        raise ConfigError(f"{path}: backbone key not in the rebuilt model: {unexpected[0]!r} "
+                          f"({len(unexpected)} unexpected) — wrong --backbone ({name}) or --cifar-stem?")
+    wrong = next((k for k in weights if tuple(weights[k].shape) != tuple(own[k].shape)), None)
+    if wrong is not None:
+        raise ConfigError(f"{path}: {wrong!r} has shape {tuple(weights[wrong].shape)} in the checkpoint, "
+                          f"{tuple(own[wrong].shape)} in a {name} — wrong --backbone or --cifar-stem?")
+    net.load_state_dict(weights, strict=True)
+    if not evaluates_masked(ck.get("solo_sparse")):
+        masks = {}                       # the masks damaged a training branch only: the result is dense
+    apply_masks(net, masks)
+    kept, total = counts(masks)
+    info = {"masked_layers": len(masks), "density": (kept / total) if total else 1.0, "gating": gname,
+            "gating_config": gcfg}
+    return net.eval(), info
+
+
+def image_folder(path: str, size: int = 32):
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return ImageFolder(path, tf)
+
+
+def load_images(path: str, size: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A whole image folder as ``(X (N, 3, size, size), y (N,))`` tensors (small data sets only)."""
+    ds = image_folder(path, size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=512, num_workers=0)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def extract_features(net: nn.Module, X: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, D) features of ``net`` in eval mode."""
+    net.eval()
+    out = []
+    rng = range(0, len(X), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        rng = tqdm(rng, desc="features", leave=False)
+    for i in rng:
+        out.append(net(X[i: i + batch_size]).flatten(1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 20, T: float = 0.07, chunk: int = 1024) -> float:
+    """Weighted cosine kNN top-1 accuracy (solo-learn's rule); k = 1 is nearest neighbour."""
+    k = min(k, len(train_f))
+    tr = F.normalize(train_f.float(), dim=1)
+    te = F.normalize(test_f.float(), dim=1)
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    correct = 0
+    for i in range(0, len(te), chunk):
+        sim = te[i: i + chunk] @ tr.T
+        s, idx = sim.topk(k, dim=1)
+        lab = train_y[idx]
+        w = (s / T).exp()
+        votes = torch.zeros(len(s), n_cls).scatter_add_(1, lab, w)
+        correct += int((votes.argmax(1) == test_y[i: i + chunk]).sum())
+    return correct / len(te)
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 weight_decay: float = 1e-4, max_iter: int = 300, seed: int = 0) -> float:
+    """Logistic regression on standardised frozen features (L-BFGS, full batch); test top-1."""
+    torch.manual_seed(seed)
+    mu, sd = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    xtr, xte = (train_f - mu) / sd, (test_f - mu) / sd
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    lin = nn.Linear(xtr.shape[1], n_cls)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(xtr), train_y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(xte).argmax(1) == test_y).float().mean())
+
+
+def evaluate_backbone(net: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[torch.Tensor, torch.Tensor],
+                      progress: bool = False) -> Dict[str, float]:
+    """kNN (k = 20 and k = 1) and linear-probe accuracy of ``net`` on (X, y) splits."""
+    ftr = extract_features(net, train[0], progress=progress)
+    fte = extract_features(net, test[0], progress=progress)
+    return {
+        "knn20": knn_accuracy(ftr, train[1], fte, test[1], k=20),
+        "knn1": knn_accuracy(ftr, train[1], fte, test[1], k=1),
+        "linear": linear_probe(ftr, train[1], fte, test[1]),
+    }

@@ -1,0 +1,244 @@
+"""``solo-sparse imp``: iterative magnitude pruning over solo-learn's unchanged ``main_pretrain.py``.
+
+Round ``k`` (0 … R) trains under the masks of density ``(1 - rate) ** k`` with the ``imp`` plugin
+(one ``main_pretrain.py`` process per round), then — for k < R — prunes ``rate`` of the remaining
+weights globally by magnitude (:func:`solo_sparse.engine.imp.global_magnitude_prune`) and writes the next
+round's masks. ``--rounds R`` counts pruning steps, so R + 1 trainings; the last one trains the
+ticket at the final density. Survivors restart each round from
+
+- ``--reset rewind`` (default): the state captured after ``--rewind`` of round 0 (late resetting,
+  the winning ticket; default one epoch as in the seed's CIFAR setting), or
+- ``--reset random``: a fresh random init (round k uses seed ``seed + k``; Liu et al. 2019).
+
+Layout of ``--out``::
+
+    imp.json                 run config, its fingerprint, per-round status/density/accuracy
+    rewind.safetensors       the rewind point (reset=rewind)
+    round_<k>/masks.safetensors   masks trained in round k (none for round 0)
+    round_<k>/ …             solo-learn checkpoints and the round's log (train.log)
+
+A crash at any point resumes at the round it was in (from the round's newest solo-learn checkpoint
+when there is one); re-running with a different config is refused, naming the differing keys.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from solo_sparse.core.config import PREFIX, ConfigError, StepSpec
+from solo_sparse.engine.imp import file_sha256, fingerprint, global_magnitude_prune
+from solo_sparse.engine.maskio import density as total_density
+from solo_sparse.engine.maskio import encoder_masks, load_masks, save_masks
+from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command
+
+STATE = "imp.json"
+
+
+@dataclass
+class IMPRun:
+    config: str
+    out: str
+    rounds: int = 5
+    rate: float = 0.2
+    rewind: str = "1ep"
+    reset: str = "rewind"
+    overrides: List[str] = field(default_factory=list)
+    seed: Optional[int] = None
+    eval_data: Optional[str] = None
+    eval_size: int = 32
+
+    def validate(self) -> None:
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0.0 < self.rate < 1.0:
+            raise ConfigError(f"imp --rate={self.rate!r}: must be in (0, 1) (share of the remaining weights "
+                              "pruned per round; the seed uses 0.2)")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
+            raise ConfigError(f"imp --rounds={self.rounds!r}: expected an integer >= 0")
+        if self.reset not in ("rewind", "random"):
+            raise ConfigError(f"imp --reset={self.reset!r}: allowed: rewind, random")
+        spec = StepSpec.parse("rewind", self.rewind)
+        if spec.unit == "percent":
+            raise ConfigError(f"imp --rewind={self.rewind!r}: give steps (e.g. 200) or epochs ('1ep')")
+        if not Path(self.config).is_file():
+            raise ConfigError(f"imp --config={self.config!r}: no such file")
+
+    def fingerprint_fields(self) -> Dict:
+        d = asdict(self)
+        d.pop("out")
+        d.pop("eval_data")
+        d.pop("eval_size")
+        d["config_sha256"] = file_sha256(self.config)
+        d["config"] = str(Path(self.config).resolve())
+        return d
+
+
+def _defaults_plugin(cfg_path: Path) -> Optional[str]:
+    """The ``solo_sparse`` entry of the YAML's defaults list ('imp', another plugin, or None)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(OmegaConf.load(cfg_path))
+    for entry in raw.get("defaults", []) or []:
+        if isinstance(entry, dict) and "solo_sparse" in entry:
+            return str(entry["solo_sparse"])
+    return None
+
+
+def _max_epochs(cfg_path: Path, overrides: List[str]) -> Optional[int]:
+    from omegaconf import OmegaConf
+
+    for o in overrides:
+        k, _, v = o.lstrip("+").partition("=")
+        if k == "max_epochs":
+            return int(v)
+    v = OmegaConf.load(cfg_path).get("max_epochs", None)
+    return int(v) if v is not None else None
+
+
+def checkpoint_masks(ckpt: Path):
+    """``({layer: weight}, {layer: mask})`` of the online masked layers of a solo-learn checkpoint."""
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    masks = encoder_masks(sd).get("online", {})
+    if not masks:
+        raise RuntimeError(f"{ckpt}: no weight masks — was it trained with '- solo_sparse: imp'?")
+    weights = {k: sd[k + ".weight"] for k in masks}
+    return weights, masks
+
+
+class IMPDriver:
+    """Runs the rounds of ``run`` with ``plugin`` (the name of the fixed-mask plugin whose line each
+    round trains with; the ``imp`` plugin passes its own name)."""
+
+    def __init__(self, run: IMPRun, solo_dir: Path, plugin: str, python: str = sys.executable, log=print):
+        run.validate()
+        self.run = run
+        self.plugin = plugin
+        self.out = Path(run.out).resolve()
+        self.solo_dir = Path(solo_dir)
+        self.python = python
+        self.log = log
+        self.cfg_path = Path(run.config).resolve()
+        line = _defaults_plugin(self.cfg_path)
+        if line not in (None, plugin):
+            raise ConfigError(f"imp --config={run.config!r} selects '- solo_sparse: {line}' in its defaults; "
+                              f"IMP rounds need the '{plugin}' plugin (remove that line or use {plugin})")
+        self.add_group = line is None
+        ep = _max_epochs(self.cfg_path, run.overrides)
+        spec = StepSpec.parse("rewind", run.rewind)
+        if run.reset == "rewind" and spec.unit == "epoch" and ep is not None and spec.value > ep:
+            raise ConfigError(f"imp --rewind={run.rewind!r} is beyond the first round's length ({ep} epochs)")
+        self.state = self._load_or_init_state()
+
+    # ------------------------------------------------------------------ state
+    def _load_or_init_state(self) -> Dict:
+        p = self.out / STATE
+        fp_fields = self.run.fingerprint_fields()
+        fp = fingerprint(fp_fields)
+        if p.exists():
+            st = json.loads(p.read_text())
+            if st.get("fingerprint") != fp:
+                old = st.get("run", {})
+                diff = sorted(k for k in set(old) | set(fp_fields) if old.get(k) != fp_fields.get(k))
+                detail = "; ".join(f"{k}: was {old.get(k)!r}, now {fp_fields.get(k)!r}" for k in diff)
+                raise ConfigError(f"{p} belongs to an IMP run with a different config ({detail}); "
+                                  "use another --out or restore the original settings")
+            return st
+        self.out.mkdir(parents=True, exist_ok=True)
+        st = {"fingerprint": fp, "run": fp_fields, "rounds": {}}
+        self._save(st)
+        return st
+
+    def _save(self, st=None) -> None:
+        p = self.out / STATE
+        tmp = p.with_name(STATE + ".tmp")
+        tmp.write_text(json.dumps(st or self.state, indent=2))
+        tmp.replace(p)
+
+    # ------------------------------------------------------------------ paths
+    def round_dir(self, k: int) -> Path:
+        return self.out / f"round_{k}"
+
+    def masks_path(self, k: int) -> Path:
+        return self.round_dir(k) / "masks.safetensors"
+
+    @property
+    def rewind_path(self) -> Path:
+        return self.out / "rewind.safetensors"
+
+    # ------------------------------------------------------------------ one round
+    def command(self, k: int, resume: Optional[Path]) -> List[str]:
+        r = self.run
+        d = self.round_dir(k)
+        ov = [f"+solo_sparse={self.plugin}"] if self.add_group else []
+        ov += [f"++name=imp-r{k}", f"++checkpoint.dir={d}", "++auto_resume.enabled=False",
+               f"++{PREFIX}.rewind={r.rewind}"]
+        if k > 0:
+            ov.append(f"++{PREFIX}.masks='{self.masks_path(k)}'")
+        if r.reset == "rewind":
+            if k == 0:
+                ov.append(f"++{PREFIX}.rewind_out='{self.rewind_path}'")
+            else:
+                ov.append(f"++{PREFIX}.init='{self.rewind_path}'")
+        if r.seed is not None or r.reset == "random":
+            ov.append(f"++seed={(r.seed if r.seed is not None else 5) + (k if r.reset == 'random' else 0)}")
+        if resume is not None:
+            ov.append(f"++resume_from_checkpoint='{resume}'")
+        return pretrain_command(self.cfg_path, solo_dir=self.solo_dir, python=self.python,
+                                overrides=[*ov, *r.overrides])
+
+    def train_round(self, k: int) -> Path:
+        d = self.round_dir(k)
+        d.mkdir(parents=True, exist_ok=True)
+        resume = newest_checkpoint(d)
+        cmd = self.command(k, resume)
+        rs = self.state["rounds"].setdefault(str(k), {})
+        rs.update({"status": "training", "command": shlex.join(cmd)})
+        self._save()
+        self.log(f"[imp] round {k}/{self.run.rounds}: training at density {rs.get('density', 1.0):.4f}"
+                 + (f" (resuming from {resume.name})" if resume else ""))
+        res = run_command(cmd, d, append=True)
+        if not res.ok:
+            raise RuntimeError(f"round {k}: main_pretrain.py: {res.error}; see {res.log}")
+        rs["train_seconds"] = rs.get("train_seconds", 0.0) + res.seconds
+        ck = res.checkpoint
+        rs["checkpoint"] = str(ck.relative_to(self.out))
+        return ck
+
+    def evaluate(self, ck: Path) -> Dict[str, float]:
+        from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_images
+
+        if not hasattr(self, "_eval"):
+            root = Path(self.run.eval_data)
+            self._eval = (load_images(str(root / "train"), self.run.eval_size),
+                          load_images(str(root / "val"), self.run.eval_size))
+        net, _ = load_backbone(str(ck))
+        return evaluate_backbone(net, *self._eval)
+
+    def run_all(self) -> Dict:
+        R, rate = self.run.rounds, self.run.rate
+        for k in range(R + 1):
+            rs = self.state["rounds"].setdefault(str(k), {})
+            rs.setdefault("density", 1.0 if k == 0 else total_density(load_masks(self.masks_path(k))[0]))
+            if rs.get("status") != "done":
+                if k > 0 and not self.masks_path(k).exists():
+                    raise RuntimeError(f"round {k}: masks missing at {self.masks_path(k)}")
+                if k > 0 and self.run.reset == "rewind" and not self.rewind_path.exists():
+                    raise RuntimeError(f"rewind point {self.rewind_path} missing: round 0 did not reach "
+                                       f"--rewind={self.run.rewind}")
+                ck = self.train_round(k)
+                if self.run.eval_data:
+                    rs["eval"] = self.evaluate(ck)
+                    self.log(f"[imp] round {k}: " + ", ".join(f"{a} {v:.4f}" for a, v in rs["eval"].items()))
+                if k < R:
+                    weights, masks = checkpoint_masks(ck)
+                    new = global_magnitude_prune(weights, masks, rate)
+                    save_masks(self.masks_path(k + 1), new, round=k + 1, rate=rate,
+                               parent=str(ck.relative_to(self.out)), reset=self.run.reset)
+                rs["status"] = "done"
+                self._save()
+            self.log(f"[imp] round {k}/{R} done: density {rs['density']:.4f}")
+        return self.state

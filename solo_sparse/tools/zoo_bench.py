@@ -1,0 +1,54 @@
+"""``solo-sparse zoo bench``: CPU latency of a zoo entry's compact export vs the uncompacted network, or of a
+gated entry's fast evaluation path vs its dense path (plugins that declare ``speed_paths``)."""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional
+
+import torch
+
+from solo_sparse import zoo
+from solo_sparse.core.registry import get_plugin
+from solo_sparse.engine.compact import channel_prune, compact, latency, macs, widths
+
+
+def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,), batches=(1, 64), reps: int = 30,
+                root=None, progress: bool = True) -> Dict[str, object]:
+    """Latency of a zoo entry's compact export vs the same network uncompacted (dense kernels), at
+    each batch × size; DGNet entries: the gated path (batch-1 gather) vs the dense path instead.
+    Also checks the outputs agree and reports MACs."""
+    e = zoo.entry(name, root)
+    net = zoo.load(name, "solo", root)
+    plugin = next((n for n in (e.get("plugins") or {}) if get_plugin(n).rewrites_backbone), None)
+    res: Dict[str, object] = {"entry": name, "channel_density": channel_density, "reps": reps,
+                              "threads": torch.get_num_threads(), "rows": []}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cls = get_plugin(plugin) if plugin else None
+    if cls is not None and cls.speed_paths:
+        fast_path, dense_path = cls.speed_paths
+        pcfg = e["plugins"][plugin]
+        dense = copy.deepcopy(net)
+        cls.from_saved(pcfg).route_eval(dense, dense_path)
+        cls.from_saved(pcfg).route_eval(net, fast_path)
+        nets, batches = {"dense": dense, "fast": net}, (1,)
+        res["kind"] = f"{plugin} {fast_path} path (batch 1) vs {dense_path} path"
+    elif cls is not None:
+        raise ValueError(f"zoo entry {name!r} is {plugin}-gated: its gates choose per input what to compute, which "
+                         f"dense CPU kernels cannot skip; no latency comparison is meaningful")
+    else:
+        if channel_density is not None:
+            channel_prune(net, channel_density)
+        small = compact(net)
+        with torch.no_grad():
+            res["max_abs_diff"] = float((small(x) - net(x)).abs().max())
+        res["internal_channels"] = [sum(widths(small).values()), sum(widths(net).values())]
+        res["macs_32px"] = [macs(small), macs(net)]
+        nets = {"dense": net, "fast": small}
+        res["kind"] = "compact export vs uncompacted network"
+    for size in sizes:
+        for b in batches:
+            lat = latency(nets, b, size, reps, progress=progress)
+            res["rows"].append({"batch": b, "size": size, "dense_ms": lat["dense"]["median_ms"],
+                                "fast_ms": lat["fast"]["median_ms"],
+                                "speedup": lat["dense"]["median_ms"] / lat["fast"]["median_ms"], "detail": lat})
+    return res

@@ -1,0 +1,112 @@
+"""The layer rules of ARCHITECTURE.md, enforced on the source tree (AST, no imports executed):
+
+* ``core``, ``engine``, ``gating`` never import solo-learn, Lightning or Hydra (not even lazily);
+* nothing outside ``solo_sparse/binding`` imports solo-learn at module level, and only ``binding``
+  and ``tools`` may import it at all (tools run solo-learn's scripts in subprocesses);
+* each layer imports only the layers below it;
+* no module outside ``plugins/`` names a plugin: no imports of ``solo_sparse_plugins`` and no plugin
+  name as a string in the layers that consume plugins (core, binding, zoo, tools);
+* every plugin entry point has a config-group YAML and vice versa.
+"""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "solo_sparse"
+#: allowed solo_sparse sub-packages per layer (a layer may always import itself)
+ALLOWED = {
+    "core": {"core"},
+    "engine": {"core", "engine"},
+    "gating": {"core", "engine", "gating"},
+    "families": {"core", "engine", "gating", "families"},
+    "zoo": {"core", "engine", "gating", "zoo"},
+    "binding": {"core", "engine", "gating", "families", "binding"},
+    "tools": {"core", "engine", "gating", "families", "zoo", "tools"},
+    "plugins": {"core", "engine", "gating", "families", "tools", "binding.objectives"},
+}
+FORBIDDEN_EVERYWHERE_BELOW_BINDING = ("solo", "lightning", "pytorch_lightning", "hydra")
+
+
+def _layer(path: Path) -> str:
+    if path.parts[len(ROOT.parts)] == "plugins":
+        return "plugins"
+    rel = path.relative_to(PKG).parts
+    return rel[0] if len(rel) > 1 else "root"
+
+
+def _imports(tree: ast.AST):
+    """(module name, top-level?) of every import in the file."""
+    top = set(id(n) for n in getattr(tree, "body", []))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, id(node) in top
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "solo_sparse":     # from solo_sparse import zoo -> solo_sparse.zoo
+                for a in node.names:
+                    yield f"solo_sparse.{a.name}", id(node) in top
+            else:
+                yield node.module, id(node) in top
+
+
+def _sources():
+    for p in sorted([*PKG.rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]):
+        yield p, ast.parse(p.read_text(), str(p))
+
+
+@pytest.mark.parametrize("path,tree", list(_sources()), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else "")
+def test_layer_imports(path, tree):
+    layer = _layer(path)
+    for mod, top in _imports(tree):
+        root = mod.split(".")[0]
+        if layer in ("core", "engine", "gating", "families", "zoo", "plugins"):
+            assert root not in FORBIDDEN_EVERYWHERE_BELOW_BINDING, f"{path}: imports {mod} ({layer} must not)"
+        if layer == "tools" and root in ("solo", "lightning"):
+            assert not top, f"{path}: imports {mod} at module level (tools run solo-learn lazily)"
+        if root == "solo_sparse_plugins":
+            assert layer == "plugins", f"{path}: imports the plugins package ({mod}); ask the registry instead"
+        if root == "solo_sparse" and layer not in ("root", "binding"):
+            sub = mod.split(".")[1] if mod.count(".") >= 1 else ""
+            allowed = ALLOWED[layer]
+            ok = sub in allowed or ".".join(mod.split(".")[1:3]) in allowed
+            assert ok, f"{path}: {layer} imports {mod} (allowed: {sorted(allowed)})"
+
+
+def _plugin_names():
+    setup = (ROOT / "setup.py").read_text()
+    return set(re.findall(r'"([a-z_]+) = solo_sparse_plugins\.', setup))
+
+
+def _strings(tree):
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            yield node.value
+
+
+def test_no_consumer_module_names_a_plugin():
+    names = _plugin_names()
+    assert {"gmp", "synccp", "cdg", "dgnet_dual", "imp"} <= names
+    for path, tree in _sources():
+        if _layer(path) not in ("core", "binding", "zoo", "tools", "root"):
+            continue
+        for s in _strings(tree):
+            assert s not in names, f"{path}: names plugin {s!r}; use a capability of the Plugin class"
+
+
+def test_every_entry_point_has_a_group_yaml_and_vice_versa():
+    names = _plugin_names()
+    groups = {p.stem for p in (PKG / "configs" / "solo_sparse").glob("*.yaml")} - {"methods"}
+    assert names == groups, f"entry points without YAML: {names - groups}; YAML without entry point: {groups - names}"
+    for n in names:
+        text = (PKG / "configs" / "solo_sparse" / f"{n}.yaml").read_text()
+        assert f"plugin: {n}\n" in text and "solo_sparse.binding.hydra_callback.SoloSparseCallback" in text
+        assert "init_density" not in text and "final_density" not in text   # keys live in the config class only
