@@ -415,3 +415,17 @@ def test_nm_indivisible_layer_error_or_skip():
 def test_granet_bad_config(params, match):
     with pytest.raises(ConfigError, match=match):
         plugin("granet", **params)
+
+
+def test_csi_curve_is_read_from_the_run_log_and_drawn(tmp_path, capsys):
+    from solo_sparse.tools.report import plot_csi, read_csi
+
+    p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=0, csi_rule="literal")
+    run(p, 2)
+    (tmp_path / "train.log").write_text("noise\n" + capsys.readouterr().err)   # what the runner keeps
+    curve = read_csi(tmp_path)
+    assert curve["steps"] == [1] and curve["I"] == [pytest.approx(0.3, abs=1e-3)] and curve["r"] == [0.0]
+    assert curve["gap"] == pytest.approx(0.3) and curve["trigger_step"] == 1 and not curve["timed_out"]
+    png = plot_csi(curve, tmp_path / "csi.png", "test")
+    assert png.exists() and png.stat().st_size > 1000
+    assert read_csi(tmp_path / "nothing-here") == {}

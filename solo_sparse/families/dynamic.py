@@ -258,9 +258,9 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
             if r >= c.csi_arm:
                 self._csi_armed = True
             fire = self._csi_armed and r <= c.csi_fire
-        self.log({"csi/I": i, "csi/r": r, "csi/armed": float(self._csi_armed),
-                  "csi/gap": self.momentum_density(c.final_density, self.step) - c.final_density})
-        self._report(f"CSI I={i:.4f} r={r:.4f} (rule {c.csi_rule}: "
+        gap = self.momentum_density(c.final_density, self.step) - c.final_density
+        self.log({"csi/I": i, "csi/r": r, "csi/armed": float(self._csi_armed), "csi/gap": gap})
+        self._report(f"CSI I={i:.4f} r={r:.4f} gap={gap:.4f} (rule {c.csi_rule}: "
                      + (f"arms at r >= {c.csi_arm}, fires at r <= {c.csi_fire}; armed={self._csi_armed})"
                         if c.csi_rule == "resync" else f"fires at r <= {c.csi_fire})"))
         if fire:

@@ -18,6 +18,7 @@ A suite is data (``scripts/suites/*.yaml``)::
         config: scripts/configs/fmnist/byol_synccp10.yaml
         overrides: ["++solo_sparse.momentum_mask=own"]
         eval_paths: [gated, dense]     # backbone-rewriting plugins: one row per evaluation path
+        seeds: 1                       # at most one seed for this run
       - id: imp
         kind: rounds                   # IMP rounds (``solo-sparse imp``) + the random controls
         plugin: imp                    # the fixed-mask plugin the rounds train with
@@ -75,6 +76,8 @@ class RunSpec:
     config: Optional[str] = None
     kind: str = "pretrain"
     plugin: Optional[str] = None
+    #: at most this many seeds for this run (a costly row or a diagnostic), None = the suite's
+    seeds: Optional[int] = None
     overrides: List[str] = field(default_factory=list)
     eval_paths: List[Optional[str]] = field(default_factory=lambda: [None])
     rounds: int = 3
@@ -267,7 +270,7 @@ class Bench:
         for spec in self.suite.runs:
             if self.only and spec.id not in self.only:
                 continue
-            for seed in self.seeds:
+            for seed in self.seeds[: spec.seeds] if spec.seeds else self.seeds:
                 key = f"{spec.id}/seed{seed}"
                 row = self.results["rows"].get(key)
                 fp = self.fingerprint(spec, seed)
@@ -335,6 +338,9 @@ class Bench:
             ck_path = run.checkpoint
             self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "status": "trained"}
             self.save()
+        from solo_sparse.tools.report import read_csi
+
+        csi = read_csi(run_dir)
         ck = read_checkpoint(ck_path)
         args_json = next(Path(ck_path).parent.glob("args.json"), None)
         method = json.loads(args_json.read_text()).get("method") if args_json else None
@@ -347,6 +353,8 @@ class Bench:
             row = {**base, "id": spec.id if path is None else f"{spec.id}:{path}", "path": path, "trained": True,
                    "epochs": int(ck.get("epoch", -1)) + 1, "method": method,
                    **stats, **acc, "wall_clock_s": seconds, "status": "ok",
+                   "csi": ({"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
+                           if csi else None),
                    "checkpoint": str(Path(ck_path).resolve().relative_to(self.out.resolve()))}
             self.results["rows"][rkey] = row
             self.log(f"[bench] {rkey}: linear {100 * acc['linear']:.2f}  kNN20 {100 * acc['knn20']:.2f}  "

@@ -5,12 +5,15 @@
   indicator on a second axis when logged), ``layer_density.png`` (per-layer density of the newest
   checkpoint's masks), ``gate_sparsity.png`` (per-layer gate / conditional sparsity logged at epoch
   ends by the gating plugins).
+  ``csi.png`` (the CSI indicator over steps with the Δs line and the trigger step, from ``metrics.csv`` or
+  the plugin's stderr lines in ``train.log``).
 * zoo entry: ``<entry>_layer_density.png`` (masks) — gated entries have no static masks.
 * ``zoo``: ``zoo_accuracy_flops.png``, linear-probe accuracy vs FLOPs ratio of every entry.
 """
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -43,6 +46,79 @@ def read_metrics(run: Path) -> Dict[str, List[tuple]]:
                     except ValueError:
                         continue
     return out
+
+
+_CSI_LINE = re.compile(r"solo-sparse (\S+) step (\d+): CSI I=([0-9.]+) r=([0-9.]+)(?: gap=([0-9.]+))?")
+_START_LINE = re.compile(r"solo-sparse (\S+) step (\d+): schedule starts \((CSI fired|csi_timeout reached)\)")
+
+
+def read_csi(run: Path) -> Dict[str, object]:
+    """The CSI curve of a run: ``{"steps", "I", "r", "gap", "trigger_step", "timed_out"}`` from Lightning's
+    ``metrics.csv`` when a logger wrote one, else from the one-line CSI reports the plugin prints on stderr
+    (solo-learn runs without W&B have no logger; :mod:`solo_sparse.tools.runner` keeps that output in
+    ``train.log``). Empty when the run has no CSI."""
+    run = Path(run)
+    if not run.exists():
+        return {}
+    m = read_metrics(run)
+    if "solo_sparse/csi/I" in m:
+        pts = sorted(m["solo_sparse/csi/I"])
+        r = dict(sorted(m.get("solo_sparse/csi/r", [])))
+        gap = [v for _, v in sorted(m.get("solo_sparse/csi/gap", []))]
+        trig = m.get("solo_sparse/csi/trigger_step")
+        return {"steps": [s for s, _ in pts], "I": [v for _, v in pts], "r": [r.get(s) for s, _ in pts],
+                "gap": gap[-1] if gap else None, "trigger_step": int(trig[-1][1]) if trig else None,
+                "timed_out": bool(m.get("solo_sparse/csi/timed_out", [(0, 0.0)])[-1][1])}
+    out: Dict[str, object] = {"steps": [], "I": [], "r": [], "gap": None, "trigger_step": None, "timed_out": False}
+    logs = sorted(run.rglob("*.log")) if run.is_dir() else [run]
+    for f in logs:
+        for line in Path(f).read_text(errors="replace").splitlines():
+            mm = _CSI_LINE.search(line)
+            if mm:
+                out["steps"].append(int(mm.group(2)))
+                out["I"].append(float(mm.group(3)))
+                out["r"].append(float(mm.group(4)))
+                if mm.group(5):
+                    out["gap"] = float(mm.group(5))
+                continue
+            mm = _START_LINE.search(line)
+            if mm:
+                out["trigger_step"] = int(mm.group(2))
+                out["timed_out"] = mm.group(3) != "CSI fired"
+    return out if out["steps"] or out["trigger_step"] is not None else {}
+
+
+def plot_csi(curve: Mapping[str, object], path: Path, title: str, gap: Optional[float] = None) -> Optional[Path]:
+    """CSI indicator I (and r) over optimizer steps, the Δs line I would reach when the pseudo masks are
+    nested, and the trigger step."""
+    if not curve or not curve.get("steps"):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(curve["steps"], curve["I"], "k.-", label="I = mean(M_online xor M_momentum)")
+    g = gap if gap is not None else curve.get("gap")
+    if g is not None:
+        ax.axhline(g, color="tab:blue", ls="--", lw=1, label=f"Δs = {g:.3f} (nested pseudo masks)")
+    if curve.get("trigger_step") is not None:
+        ax.axvline(curve["trigger_step"], color="tab:red", lw=1,
+                   label=f"schedule starts, step {curve['trigger_step']}"
+                   + (" (timeout)" if curve.get("timed_out") else " (CSI)"))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("CSI indicator I")
+    if any(v is not None for v in curve.get("r", [])):
+        ax2 = ax.twinx()
+        ax2.plot(curve["steps"], [v if v is not None else float("nan") for v in curve["r"]], color="tab:orange",
+                 lw=1, alpha=0.8, label="r = share of the online pseudo mask outside the momentum one")
+        ax2.set_ylabel("r", color="tab:orange")
+        ax2.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_layer_density(masks: Mapping[str, torch.Tensor], path: Path, title: str) -> Optional[Path]:
@@ -101,6 +177,9 @@ def plot_run(run: Path, out: Path) -> List[Path]:
         p = out / "density_schedule.png"
         fig.savefig(p, dpi=120)
         plt.close(fig)
+        written.append(p)
+    p = plot_csi(read_csi(run), out / "csi.png", f"contrastive sparsification indicator — {run.name}")
+    if p:
         written.append(p)
     gate = {k: v for k, v in m.items() if k.startswith(("solo_sparse/gate_density/", "solo_sparse/sparsity/a1/",
                                                         "solo_sparse/sparsity/a2/"))}
