@@ -389,6 +389,23 @@ def test_small_maps_refused_at_1x1_and_warned_at_2x2():
     PluginHost([CDG.from_params({"norm": "sample", "stages": [4]})]).setup(view(32))   # allowed, it warns
 
 
+def test_momentum_probe_measures_query_key_agreement_and_key_drift(capsys):
+    p = CDG.from_params({"stages": [1], "ramp": 0})
+    host, online, mom, logs = host_for(p, momentum=True, method="byol")
+    p.pairs.probe_every = 1
+    opt = torch.optim.SGD(online.parameters(), lr=0.0)
+    x = torch.randn(2, 4, 3, 32, 32)
+    two_view_step(host, online, opt, x, mom)
+    assert logs["solo_sparse/diag/online_momentum_cos"] == pytest.approx(1.0, abs=1e-5)   # twins: same function
+    assert "solo_sparse/diag/key_drift_cos" not in logs
+    with torch.no_grad():                                         # the momentum encoder drifts away
+        for prm in mom.parameters():
+            prm.add_(0.5 * torch.randn_like(prm))
+    two_view_step(host, online, opt, x, mom)
+    assert logs["solo_sparse/diag/online_momentum_cos"] < 0.99 and logs["solo_sparse/diag/key_drift_cos"] < 0.99
+    assert online.training and mom.training and "probe 2: online_momentum_cos=" in capsys.readouterr().err
+
+
 def test_collapse_is_logged_and_reported_once(capsys):
     from solo_sparse.families.gating import PairMonitor
 

@@ -28,6 +28,40 @@ from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, Plugin, Plug
 from solo_sparse.core.registry import build_plugins, plugin_names
 
 CKPT_KEY = "solo_sparse"
+#: the random state at the checkpoint (torch, CUDA, numpy, python): restored on resume, so a resumed run draws the
+#: same data order, worker seeds and augmentations as the uninterrupted one (Lightning 2.1 saves none of it)
+RNG_KEY = "solo_sparse_rng"
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every global random state, as tensors and plain values (loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                           "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                                     "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def method_family(method_cls: type) -> str:
@@ -227,6 +261,7 @@ class _SoloSparseMixin:
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
         checkpoint[CKPT_KEY] = self.solo_sparse.state_dict()
+        checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint):
         super().on_load_checkpoint(checkpoint)
@@ -236,6 +271,8 @@ class _SoloSparseMixin:
                 "trained with this plugin; start a new run instead"
             )
         self.solo_sparse.load_state_dict(checkpoint[CKPT_KEY])
+        if RNG_KEY in checkpoint:   # resume where the interrupted run was: same data order and augmentations
+            set_rng_state(checkpoint[RNG_KEY])
 
 
 def unwrap(method_cls: type) -> type:

@@ -60,26 +60,41 @@ def require_all_backbone_keys(backbone: torch.nn.Module, plugin: str, path: str)
 
 
 class PairMonitor:
-    """Is the run collapsing? During training, the online backbone's pooled features of crop 0 and crop 1
-    of each step give the mean cosine similarity of positive pairs (the two views of an image) and of
-    random pairs (view 0 of one image, view 1 of another). Logged per epoch as ``pair/pos_cos``,
-    ``pair/neg_cos`` and ``pair/margin``; when the margin falls below ``margin`` after the first epoch,
-    one warning line says the positives are no more alike than random pairs."""
+    """Is the run collapsing, and does the momentum encoder still compute the same function?
 
-    def __init__(self, plugin: Plugin, margin: float = 0.05):
-        self.plugin, self.margin = plugin, margin
+    * During training, the online backbone's pooled features of crop 0 and crop 1 of each step give the mean
+      cosine similarity of positive pairs (the two views of an image) and of random pairs (view 0 of one image,
+      view 1 of another). Logged per epoch as ``pair/pos_cos``, ``pair/neg_cos``, ``pair/margin`` (and one
+      line on stderr); when the margin falls below ``margin`` after the first epoch, one warning line says the
+      positives are no more alike than random pairs.
+    * Methods with a momentum encoder: every ``probe_every`` steps, a fixed batch (the first 16 images of the
+      run's first crop 0) goes through the online and the momentum encoder in eval mode on their evaluation
+      path: ``diag/online_momentum_cos`` (query vs key of the same images — the two encoders should agree) and
+      ``diag/key_drift_cos`` (the key now vs ``probe_every`` steps ago — MoCo's queue holds keys that old).
+    """
+
+    def __init__(self, plugin: Plugin, margin: float = 0.05, probe_every: int = 32):
+        self.plugin, self.margin, self.probe_every = plugin, margin, probe_every
         self.feats: Dict[int, torch.Tensor] = {}
         self.crop: Optional[int] = None
         self.sums = [0.0, 0.0]
         self.n = 0
         self.warned = False
+        self.online: Optional[torch.nn.Module] = None
+        self.momentum: Optional[torch.nn.Module] = None
+        self.fixed: Optional[torch.Tensor] = None
+        self.prev_key: Optional[torch.Tensor] = None
+        self.steps = 0
 
-    def attach(self, backbone: torch.nn.Module) -> None:
-        backbone.register_forward_hook(self._hook)
+    def attach(self, online: torch.nn.Module, momentum: Optional[torch.nn.Module] = None) -> None:
+        self.online, self.momentum = online, momentum
+        online.register_forward_hook(self._hook)
 
     def _hook(self, module, inp, out) -> None:
         if module.training and self.crop in (0, 1) and torch.is_tensor(out) and out.dim() == 2:
             self.feats[self.crop] = out.detach()
+            if self.fixed is None and self.crop == 0 and inp and torch.is_tensor(inp[0]):
+                self.fixed = inp[0][:16].detach().clone()
 
     def on_crop(self, crop: Optional[int]) -> None:
         self.crop = crop
@@ -87,6 +102,9 @@ class PairMonitor:
     def step_end(self) -> None:
         a, b = self.feats.get(0), self.feats.get(1)
         self.feats, self.crop = {}, None
+        self.steps += 1
+        if self.momentum is not None and self.fixed is not None and self.steps % self.probe_every == 0:
+            self.probe()
         if a is None or b is None or a.shape != b.shape or len(a) < 2:
             return
         a, b = F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1)
@@ -96,11 +114,35 @@ class PairMonitor:
         self.sums[1] += neg
         self.n += 1
 
+    @torch.no_grad()
+    def probe(self) -> Dict[str, float]:
+        was = (self.online.training, self.momentum.training)
+        try:
+            self.online.eval()
+            self.momentum.eval()
+            self.plugin.route_eval(self.online)
+            self.plugin.route_eval(self.momentum)
+            q = F.normalize(self.online(self.fixed).float(), dim=1)
+            k = F.normalize(self.momentum(self.fixed).float(), dim=1)
+        finally:
+            self.online.train(was[0])
+            self.momentum.train(was[1])
+        out = {"diag/online_momentum_cos": float((q * k).sum(1).mean())}
+        if self.prev_key is not None:
+            out["diag/key_drift_cos"] = float((k * self.prev_key).sum(1).mean())
+        self.prev_key = k
+        self.plugin.log(out)
+        print(f"solo-sparse {self.plugin.name} probe {self.steps}: " + " ".join(
+            f"{k.split('/')[1]}={v:.4f}" for k, v in out.items()), file=sys.stderr, flush=True)
+        return out
+
     def epoch_end(self, epoch: int) -> Dict[str, float]:
         if not self.n:
             return {}
         pos, neg = self.sums[0] / self.n, self.sums[1] / self.n
         self.sums, self.n = [0.0, 0.0], 0
+        print(f"solo-sparse {self.plugin.name} epoch {epoch}: pair cosine positives={pos:.4f} random={neg:.4f}",
+              file=sys.stderr, flush=True)
         if epoch >= 1 and pos - neg < self.margin and not self.warned:
             self.warned = True
             msg = (f"solo-sparse {self.plugin.name}: collapse: at epoch {epoch} the two views of an image are no more "
@@ -136,7 +178,7 @@ class GatedBackbonePlugin(Plugin):
         super().setup(view)
         convert_encoders(self, view, self.convert, self.crops_why)
         self.pairs = PairMonitor(self)
-        self.pairs.attach(view.groups["backbone"].online)
+        self.pairs.attach(view.groups["backbone"].online, view.groups["backbone"].momentum)
 
     def monitor_crop(self, branch) -> None:
         """Tell the pair monitor which crop the online encoder is about to forward (subclasses' on_crop)."""

@@ -61,7 +61,14 @@ from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_im
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
 
-REPO = Path(__file__).resolve().parents[2]
+
+def suite_root(suite_file: Path) -> Path:
+    """The folder that a suite's config paths are relative to: the repository holding ``scripts/suites/``
+    (the suite file's grandparent's parent), else the current directory."""
+    p = Path(suite_file).resolve()
+    if p.parent.name == "suites" and p.parent.parent.name == "scripts":
+        return p.parents[2]
+    return Path.cwd()
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
@@ -97,6 +104,8 @@ class Suite:
     overrides: List[str] = field(default_factory=list)
     random_init: bool = True
     path: Optional[Path] = None
+    #: config paths are relative to this folder (:func:`suite_root`)
+    root: Path = field(default_factory=Path.cwd)
 
     @classmethod
     def load(cls, path) -> "Suite":
@@ -108,7 +117,8 @@ class Suite:
         raw = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
         if not isinstance(raw, dict) or not raw.get("runs"):
             raise ConfigError(f"{p}: a suite needs 'suite' and a non-empty 'runs' list")
-        known = set(cls.__dataclass_fields__) - {"path", "runs"}
+        known = set(cls.__dataclass_fields__) - {"path", "runs", "root"}
+        root = suite_root(p)
         bad = sorted(set(raw) - known - {"runs"})
         if bad:
             raise ConfigError(f"{p}: unknown suite key(s) {', '.join(bad)}; allowed: {', '.join(sorted(known))}, runs")
@@ -125,14 +135,14 @@ class Suite:
             if spec.kind == "rounds" and not spec.plugin:
                 raise ConfigError(f"{p}: run {spec.id!r} (kind rounds) needs 'plugin', the fixed-mask plugin "
                                   "of the rounds")
-            if spec.config and not (REPO / spec.config).is_file():
-                raise ConfigError(f"{p}: run {spec.id!r} config {spec.config!r} not found (paths are relative to "
-                                  "the repository)")
+            if spec.config and not (root / spec.config).is_file():
+                raise ConfigError(f"{p}: run {spec.id!r} config {spec.config!r} not found under {root} (paths are "
+                                  "relative to the repository holding scripts/suites/)")
             runs.append(spec)
         ids = [r.id for r in runs]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{p}: run ids must be unique, got {ids}")
-        return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p)
+        return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p, root=root)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -221,7 +231,7 @@ class Bench:
         if not (self.data / "train").is_dir() or not (self.data / "val").is_dir():
             raise ConfigError(f"data folder {self.data} lacks train/ and val/: run scripts/prepare_fashion_mnist.py "
                               f"--out {self.data} (see the suite's header)")
-        self.out = Path(out) if out else REPO / "results" / suite.suite
+        self.out = Path(out) if out else suite.root / "results" / suite.suite
         self.out.mkdir(parents=True, exist_ok=True)
         self.seeds = list(range(seeds if seeds is not None else suite.seeds))
         self.only = set(only)
@@ -233,11 +243,21 @@ class Bench:
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
         self._eval = None
         self.paths = None
+        import warnings
+
+        with warnings.catch_warnings():       # import solo-learn once, quietly (timm registry warnings)
+            warnings.simplefilter("ignore")
+            try:
+                import solo  # noqa: F401
+            except ImportError:
+                pass
 
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:
         meta = {"suite": self.suite.suite, "description": self.suite.description,
-                "suite_file": str(self.suite.path.resolve().relative_to(REPO)) if self.suite.path else None,
+                "suite_file": (str(self.suite.path.resolve().relative_to(self.suite.root))
+                               if self.suite.path and self.suite.path.resolve().is_relative_to(self.suite.root)
+                               else (self.suite.path.name if self.suite.path else None)),
                 "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__,
                 "threads": torch.get_num_threads()}
         if (self.data / "meta.json").exists():
@@ -260,7 +280,7 @@ class Bench:
         return self._eval
 
     def fingerprint(self, spec: RunSpec, seed: int) -> str:
-        cfg = config_digest(REPO / spec.config) if spec.config else "-"
+        cfg = config_digest(self.suite.root / spec.config) if spec.config else "-"
         return json.dumps([cfg, self.suite.overrides, spec.overrides, self.extra, seed, self.suite.size,
                            spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds"
                            else None])
@@ -310,9 +330,10 @@ class Bench:
         key = f"{spec.id}/seed{seed}"
         run_dir = self.out / "runs" / spec.id / f"seed{seed}"
         solo = solo_learn_dir(self.solo_dir)
-        self.paths = _Paths(repo=REPO, **{"solo-learn": solo}, data=self.data, out=self.out)
-        cmd = pretrain_command(REPO / spec.config, solo_dir=solo, name=f"{self.suite.suite}-{spec.id}-s{seed}",
-                               run_dir=run_dir, train_path=self.data / "train", overrides=self._overrides(spec, seed))
+        self.paths = _Paths(repo=self.suite.root, **{"solo-learn": solo}, data=self.data, out=self.out)
+        cmd = pretrain_command(self.suite.root / spec.config, solo_dir=solo,
+                               name=f"{self.suite.suite}-{spec.id}-s{seed}", run_dir=run_dir,
+                               train_path=self.data / "train", overrides=self._overrides(spec, seed))
         prev = self.results["rows"].get(key) or {}
         base = {"id": spec.id, "seed": seed, "kind": spec.kind, "config": spec.config,
                 "overrides": [*self.suite.overrides, *spec.overrides, *self.extra], "image_size": self.suite.size,
@@ -392,14 +413,15 @@ class Bench:
         plugin = spec.plugin
         d = self.out / "runs" / spec.id / f"seed{seed}"
         over = [*self._overrides(spec, seed), f"++data.train_path={self.data / 'train'}"]
-        run = IMPRun(config=str(REPO / spec.config), out=str(d / "rounds"), rounds=spec.rounds, rate=spec.rate,
-                     rewind=spec.rewind, overrides=over, seed=seed)
+        run = IMPRun(config=str(self.suite.root / spec.config), out=str(d / "rounds"), rounds=spec.rounds,
+                     rate=spec.rate, rewind=spec.rewind, overrides=over, seed=seed)
         drv = IMPDriver(run, solo_learn_dir(self.solo_dir), plugin, log=self.log)
         train, test = self.eval_data()
         drv.evaluate = lambda ck: evaluate_backbone(load_backbone(str(ck))[0], train, test)
         t0 = time.time()
         st = drv.run_all()
-        self.paths = _Paths(repo=REPO, **{"solo-learn": solo_learn_dir(self.solo_dir)}, data=self.data, out=self.out)
+        self.paths = _Paths(repo=self.suite.root, **{"solo-learn": solo_learn_dir(self.solo_dir)}, data=self.data,
+                            out=self.out)
         base = {"kind": "rounds", "config": spec.config, "seed": seed, "image_size": self.suite.size,
                 "fingerprint": self.fingerprint(spec, seed), "status": "ok"}
         for k, r in st["rounds"].items():
@@ -423,7 +445,7 @@ class Bench:
                     m = permuted_masks(masks, seed=seed * 100 + k) if control == "permuted" else \
                         global_random_masks(masks, seed=seed * 100 + k)
                     save_masks(mfile, m, control=control, round=k)
-                cmd = pretrain_command(REPO / spec.config, solo_dir=solo_learn_dir(self.solo_dir),
+                cmd = pretrain_command(self.suite.root / spec.config, solo_dir=solo_learn_dir(self.solo_dir),
                                        name=f"{rid}-s{seed}", run_dir=cd, train_path=self.data / "train",
                                        overrides=[*self._overrides(spec, seed), f"++solo_sparse.masks='{mfile}'"])
                 run = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
@@ -478,7 +500,8 @@ def to_markdown(results: Dict[str, Any]) -> str:
              "| training MACs | gate sparsity | trigger step | train wall-clock |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for a in agg:
-        acc = [f"{a[k]:.2f} ± {a[k + '_std']:.2f}" if a[k] is not None else "-" for k in ("linear", "knn20", "knn1")]
+        acc = [("-" if a[k] is None else f"{a[k]:.2f}" if a["n"] == 1 else f"{a[k]:.2f} ± {a[k + '_std']:.2f}")
+               for k in ("linear", "knn20", "knn1")]
         trig = "-" if not a["trigger_step"] else ", ".join(str(t) for t in a["trigger_step"])
         lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {acc[1]} | {acc[2]} | {_f(a['density_online'])} | "
                      f"{_f(a['density_momentum'])} | {_f(a['inference_macs_ratio'])} | "
@@ -493,6 +516,29 @@ def to_markdown(results: Dict[str, Any]) -> str:
     failed = [r for r in results["rows"].values() if r.get("status") == "failed"]
     for r in failed:
         lines.append(f"- failed: {r['id']} seed {r.get('seed')}: {r.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def regime_markdown(results: Dict[str, Any]) -> str:
+    """The random-init and dense rows of a suite (every id starting with ``dense`` or ending in ``-dense``), per seed
+    and mean ± std, with the margin: what docs/regime.md shows."""
+    rows = [r for r in results["rows"].values() if r.get("status") == "ok" and (
+        r["id"] == "random-init" or r["id"] == "dense" or r["id"].endswith("-dense"))]
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    lines = ["| run | linear probe per seed | mean ± std | kNN k=20 mean |", "|---|---|---:|---:|"]
+    stats = {}
+    for rid in ids:
+        rs = sorted((r for r in rows if r["id"] == rid), key=lambda r: r.get("seed", 0))
+        lin = [100 * r["linear"] for r in rs]
+        m, sd, _ = _mean_std(lin)
+        k, _, _ = _mean_std([100 * r["knn20"] for r in rs])
+        stats[rid] = (m, sd)
+        lines.append(f"| {rid} | {', '.join(f'{v:.2f}' for v in lin)} | {m:.2f} ± {sd:.2f} | {k:.2f} |")
+    if "random-init" in stats:
+        for rid, (m, sd) in stats.items():
+            if rid != "random-init":
+                lines.append(f"\n{rid}: {m - stats['random-init'][0]:+.2f} pt over random-init features "
+                             f"(seed-to-seed spread ±{sd:.2f}).")
     return "\n".join(lines) + "\n"
 
 
@@ -521,6 +567,8 @@ def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
                 ax.axhspan(a["linear"] - a["linear_std"], a["linear"] + a["linear_std"],
                            color="k" if rid == "dense" else "gray", alpha=0.08)
     meta = results.get("meta", {})
+    ax.set_xlim(0.0, 1.05)
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     ax.set_xlabel("inference MACs vs dense")
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title(f"{meta.get('suite')}: {meta.get('data')} at {meta.get('image_size')} px, mean ± std over seeds",
@@ -540,13 +588,14 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     tables = {}
     for p in results_paths:
         res = json.loads(Path(p).read_text())
-        tables[res["meta"]["suite"]] = to_markdown(res)
+        tables[f"bench:{res['meta']['suite']}"] = to_markdown(res)
+        tables[f"bench-regime:{res['meta']['suite']}"] = regime_markdown(res)
     changed = []
     for d in docs:
         text = Path(d).read_text()
         new = text
         for name, table in tables.items():
-            start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+            start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
             i, j = new.find(start), new.find(end)
             if i >= 0 and j > i:
                 new = new[:i + len(start)] + "\n" + table + new[j:]

@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--reps", type=int, default=30)
     z.add_argument("--out", default=None, help="write the full result as JSON")
     a.set_defaults(fn=_cmd_zoo)
+    a = sub.add_parser("doctor", help="check the installation: versions, solo-learn, Hydra discovery, plugins, "
+                                      "device, data — each line ok or problem with the fix")
+    a.add_argument("--data-root", default="data")
+    a.set_defaults(fn=lambda args: __import__("solo_sparse.tools.doctor", fromlist=["report"]).report(
+        Path(args.data_root)))
     a = sub.add_parser("bench", help="run a benchmark suite (scripts/suites/*.yaml) through main_pretrain.py")
     a.add_argument("suite", nargs="+", help="suite YAML (with --update-docs: results.json files)")
     a.add_argument("--data-root", default="data", help="folder holding the suite's data folder (default: data)")

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""The GPU check: every plugin for a few hundred steps through solo-learn's unchanged main_pretrain.py on CUDA
+with ``precision: bf16-mixed`` and channels-last inputs (solo-learn's default), the mask invariants checked on
+the GPU, step-time ratios plugin / plain, and an N:M export through ``torch.sparse.to_sparse_semi_structured``.
+
+    python scripts/gpu_check.py --data data/fmnist5k --out results/gpu_check            # on a CUDA machine (<= 8 min)
+    python scripts/gpu_check.py --cpu-tiny --out /tmp/gpu_check                           # the same path, tiny, on CPU
+
+Nothing is downloaded: the data folder comes from ``scripts/prepare_fashion_mnist.py`` (``--cpu-tiny`` makes a
+tiny random image folder). Per plugin it records the steady-state seconds per step (the median of the step
+times Lightning's progress bar reports, after warm-up), the ratio to the plain method, the checkpoint's masked
+weights checked on the device (no pruned weight non-zero in either encoder, masks at their density), and for
+gated plugins the gate statistics. Semi-structured (2:4) sparse kernels exist for matrix products only, not
+convolutions: the N:M export reshapes each 2:4-masked conv weight to its GEMM form (out, kh·kw·in — the groups
+of 4 input channels at one position are consecutive there, as solo-sparse groups them) and times
+``x @ W.T`` dense vs semi-structured on im2col-shaped inputs; CPU runs and GPUs older than sm80 record why not.
+Results: ``<out>/gpu_check.json`` and ``gpu_check.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = REPO / "scripts" / "configs" / "fmnist"
+#: (id, config, overrides): the plain methods first (the ratios' references), then every plugin
+RUNS = [
+    ("mocov2plus", "mocov2plus.yaml", []),
+    ("simclr", "simclr.yaml", []),
+    ("vicreg", "vicreg.yaml", []),
+    ("gmp", "mocov2plus.yaml", ["+solo_sparse=gmp", "++solo_sparse.final_density=0.1", "++solo_sparse.start=10%",
+                                "++solo_sparse.end=60%", "++solo_sparse.every=10"]),
+    ("synccp", "mocov2plus.yaml", ["+solo_sparse=synccp", "++solo_sparse.final_density=0.1", "++solo_sparse.every=10",
+                                   "++solo_sparse.csi_warmup=0", "++solo_sparse.csi_ramp=50%",
+                                   "++solo_sparse.csi_timeout=10%"]),
+    ("synccp-2:4", "mocov2plus.yaml", ["+solo_sparse=synccp", "++solo_sparse.granularity=nm",
+                                       "++solo_sparse.init_density=0.85", "++solo_sparse.every=10",
+                                       "++solo_sparse.csi_warmup=0", "++solo_sparse.csi_ramp=50%",
+                                       "++solo_sparse.csi_timeout=10%"]),
+    ("granet", "mocov2plus.yaml", ["+solo_sparse=granet", "++solo_sparse.final_density=0.1", "++solo_sparse.start=10%",
+                                   "++solo_sparse.end=60%", "++solo_sparse.every=10"]),
+    ("sdclr", "mocov2plus.yaml", ["+solo_sparse=sdclr", "++solo_sparse.density=0.1"]),
+    ("imp", "mocov2plus.yaml", ["+solo_sparse=imp"]),
+    ("cdg", "simclr.yaml", ["+solo_sparse=cdg", "++solo_sparse.stages=[1,2,3]"]),
+    ("cgnet", "simclr.yaml", ["+solo_sparse=cgnet", "++solo_sparse.stages=[1,2,3]"]),
+    ("fbs", "simclr.yaml", ["+solo_sparse=fbs"]),
+    ("dgnet_dual", "vicreg.yaml", ["+solo_sparse=dgnet_dual", "++solo_sparse.target=0.5"]),
+    ("dgnet_gated", "vicreg.yaml", ["+solo_sparse=dgnet_gated", "++solo_sparse.target=0.5"]),
+    ("interloss", "simclr.yaml", ["+solo_sparse=interloss"]),
+]
+_RATE = re.compile(r"(\d+(?:\.\d+)?)(it/s|s/it)")
+
+
+def step_seconds(log: Path) -> float:
+    """Median seconds per optimizer step over the second half of the progress-bar readings of a run."""
+    rates = []
+    for m in _RATE.finditer(log.read_text(errors="replace").replace("\r", "\n")):
+        v = float(m.group(1))
+        if v > 0:
+            rates.append(1.0 / v if m.group(2) == "it/s" else v)
+    if not rates:
+        return float("nan")
+    return statistics.median(rates[len(rates) // 2:])
+
+
+@torch.no_grad()
+def check_masks(ckpt: Path, device: str) -> dict:
+    """Mask invariants of a checkpoint, on ``device``: pruned weights zero in both encoders, densities."""
+    from solo_sparse.engine.maskio import encoder_masks
+
+    sd = {k: v.to(device) for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()}
+    out = {}
+    for enc, masks in encoder_masks(sd).items():
+        prefix = "" if enc == "online" else "momentum_"
+        leaked = kept = total = 0
+        for layer, m in masks.items():
+            w = sd[f"{prefix}{layer}.weight"]
+            leaked += int(((w != 0) & ~m).sum())
+            kept += int(m.sum())
+            total += m.numel()
+        out[enc] = {"leaked": leaked, "density": kept / max(total, 1)}
+    return out
+
+
+def nm_export(ckpt: Path, device: str, reps: int = 50) -> dict:
+    """2:4 conv weights of a checkpoint through ``to_sparse_semi_structured``: exactness and GEMM time."""
+    if device != "cuda":
+        return {"status": "skipped: semi-structured sparse kernels need CUDA (sm80 or newer); none here"}
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return {"status": f"skipped: semi-structured sparse kernels need sm80+, this GPU is sm{major}{minor}"}
+    from torch.sparse import to_sparse_semi_structured
+
+    from solo_sparse.engine.maskio import encoder_masks
+    from solo_sparse.engine.masks import nm_group_mask_is_valid
+
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    rows = []
+    for layer, m in encoder_masks(sd).get("online", {}).items():
+        if m.dim() != 4 or not bool(nm_group_mask_is_valid(m, 2, 4).all()) or float(m.float().mean()) > 0.51:
+            continue
+        w = (sd[f"{layer}.weight"] * m).permute(0, 2, 3, 1).reshape(m.shape[0], -1)   # (out, kh*kw*in)
+        if w.shape[0] % 64 or w.shape[1] % 64:
+            rows.append({"layer": layer, "status": f"skipped: GEMM shape {tuple(w.shape)} not a multiple of 64"})
+            continue
+        wd = w.to(device, torch.bfloat16)
+        x = torch.randn(4096, wd.shape[1], device=device, dtype=torch.bfloat16)
+        ws = to_sparse_semi_structured(wd)
+        diff = float((torch.nn.functional.linear(x, ws) - torch.nn.functional.linear(x, wd)).abs().max())
+        times = {}
+        for name, ww in (("dense", wd), ("semi_structured", ws)):
+            for _ in range(5):
+                torch.nn.functional.linear(x, ww)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.nn.functional.linear(x, ww)
+            torch.cuda.synchronize()
+            times[name] = (time.perf_counter() - t0) / reps * 1e3
+        rows.append({"layer": layer, "gemm": list(wd.shape), "max_abs_diff": diff, "dense_ms": times["dense"],
+                     "sparse_ms": times["semi_structured"], "speedup": times["dense"] / times["semi_structured"]})
+    return {"status": "ok" if rows else "no 2:4 layer found", "layers": rows}
+
+
+def tiny_data(root: Path) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for c in "abcde":
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = (torch.rand(28, 28, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+def main(argv=None) -> int:
+    from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command, solo_learn_dir
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO / "data" / "fmnist5k"))
+    ap.add_argument("--out", default=str(REPO / "results" / "gpu_check"))
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per run (GPU)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--cpu-tiny", action="store_true", help="CPU, 4 steps of batch 8 on a tiny random image folder")
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.cpu_tiny:
+        device, steps, bs, data = "cpu", 4, 8, tiny_data(out / "data")
+        hw = ["accelerator=cpu", "++devices=\"1\"", "++precision=32", "++data.num_workers=0"]
+    else:
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA device here; use --cpu-tiny for the CPU path", file=sys.stderr)
+            return 2
+        device, steps, bs, data = "cuda", args.steps, args.batch_size, Path(args.data).resolve()
+        hw = ["accelerator=gpu", "++devices=[0]", "++precision=bf16-mixed", "++data.num_workers=8"]
+    solo = solo_learn_dir()
+    res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+           "steps": steps, "batch_size": bs, "runs": {}}
+    epoch_steps = max(1, len(list((data / "train").rglob("*.png"))) // bs)
+    epochs = max(1, -(-steps // epoch_steps))
+    for rid, cfg, over in RUNS:
+        if args.only and rid not in args.only:
+            continue
+        run_dir = out / "runs" / rid
+        cmd = pretrain_command(CFG / cfg, solo_dir=solo, name=f"gpucheck-{rid}", run_dir=run_dir,
+                               train_path=data / "train",
+                               overrides=[*hw, f"++optimizer.batch_size={bs}", f"++max_epochs={epochs}",
+                                          f"++limit_train_batches={min(steps, epoch_steps)}",
+                                          "++scheduler.warmup_epochs=0", "++checkpoint.frequency=1",
+                                          "augmentations=grey64.yaml", *over])
+        print(f"[gpu_check] {rid}: {steps} steps on {device} ...", flush=True)
+        r = run_command(cmd, run_dir, log=run_dir / "train.log", cwd=run_dir)
+        row = {"ok": r.ok, "seconds": r.seconds, "step_s": step_seconds(run_dir / "train.log")}
+        if not r.ok:
+            row["error"] = r.error
+            tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-3:]
+            row["log_tail"] = tail
+        else:
+            ck = newest_checkpoint(run_dir)
+            row["masks"] = check_masks(ck, device)
+            if rid == "synccp-2:4":
+                row["nm_export"] = nm_export(ck, device)
+        res["runs"][rid] = row
+        print(f"[gpu_check] {rid}: {'ok' if r.ok else 'FAILED ' + r.error} {row['step_s']:.3f} s/step", flush=True)
+    base = {"gmp": "mocov2plus", "synccp": "mocov2plus", "synccp-2:4": "mocov2plus", "granet": "mocov2plus",
+            "sdclr": "mocov2plus", "imp": "mocov2plus", "cdg": "simclr", "cgnet": "simclr", "fbs": "simclr",
+            "interloss": "simclr", "dgnet_dual": "vicreg", "dgnet_gated": "vicreg"}
+    for rid, row in res["runs"].items():
+        ref = res["runs"].get(base.get(rid, ""), {})
+        if ref.get("step_s") and row.get("step_s"):
+            row["step_ratio"] = row["step_s"] / ref["step_s"]
+    (out / "gpu_check.json").write_text(json.dumps(res, indent=2))
+    lines = [f"GPU check on {res['device']} (torch {res['torch']}), {steps} steps of batch {bs} per run, "
+             f"{'bf16-mixed' if device == 'cuda' else 'fp32'}, channels-last.", "",
+             "| run | ok | s/step | vs plain | leaked (online/momentum) | density online |", "|---|---|---:|---:|---:|---:|"]
+    for rid, row in res["runs"].items():
+        mk = row.get("masks", {})
+        leak = "/".join(str(mk.get(e, {}).get("leaked", "-")) for e in ("online", "momentum"))
+        dens = mk.get("online", {}).get("density")
+        lines.append(f"| {rid} | {'yes' if row['ok'] else 'no: ' + row.get('error', '')} | {row['step_s']:.3f} | "
+                     f"{row.get('step_ratio', float('nan')):.2f} | {leak} | "
+                     f"{'-' if dens is None else format(dens, '.3f')} |")
+    nm = res["runs"].get("synccp-2:4", {}).get("nm_export")
+    if nm:
+        lines += ["", f"N:M export: {nm['status']}"]
+        for r in nm.get("layers", []):
+            if "speedup" in r:
+                lines.append(f"- {r['layer']}: GEMM {r['gemm']}, max |diff| {r['max_abs_diff']:.2e}, dense "
+                             f"{r['dense_ms']:.3f} ms, 2:4 {r['sparse_ms']:.3f} ms ({r['speedup']:.2f}x)")
+    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    failed = [rid for rid, row in res["runs"].items() if not row["ok"] or any(
+        v.get("leaked") for v in row.get("masks", {}).values())]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

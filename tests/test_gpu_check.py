@@ -1,0 +1,27 @@
+"""scripts/gpu_check.py in its tiny CPU mode: the same path the GPU check takes (main_pretrain.py per plugin,
+mask invariants on the device, step-time ratios, the N:M export's honest skip without CUDA)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_cpu_tiny(tmp_path):
+    pytest.importorskip("solo", reason="solo-learn is not importable: the GPU check runs main_pretrain.py")
+    out = tmp_path / "gc"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--cpu-tiny", "--out", str(out),
+                        "--only", "mocov2plus", "gmp", "synccp-2:4"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert set(res["runs"]) == {"mocov2plus", "gmp", "synccp-2:4"}
+    for rid in ("gmp", "synccp-2:4"):
+        row = res["runs"][rid]
+        assert row["ok"] and row["masks"]["online"]["leaked"] == 0 and row["masks"]["momentum"]["leaked"] == 0
+        assert row["step_s"] > 0 and row["step_ratio"] > 0
+    assert res["runs"]["synccp-2:4"]["nm_export"]["status"].startswith("skipped: semi-structured sparse kernels need "
+                                                                      "CUDA")
+    assert "| gmp | yes |" in (out / "gpu_check.md").read_text()
