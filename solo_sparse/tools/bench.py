@@ -286,15 +286,23 @@ class Bench:
                            else None])
 
     def plan(self) -> List[tuple]:
+        """The (run, seed) pairs still to do, seed-major: every run's seed 0 first, then seed 1, ... — an
+        interrupted suite has its rows at comparable seed counts."""
         todo = []
-        for spec in self.suite.runs:
-            if self.only and spec.id not in self.only:
-                continue
-            for seed in self.seeds[: spec.seeds] if spec.seeds else self.seeds:
+        for seed in self.seeds:
+            for spec in self.suite.runs:
+                if self.only and spec.id not in self.only:
+                    continue
+                if seed not in (self.seeds[: spec.seeds] if spec.seeds else self.seeds):
+                    continue
                 key = f"{spec.id}/seed{seed}"
                 row = self.results["rows"].get(key)
                 fp = self.fingerprint(spec, seed)
                 if row and row.get("fingerprint") == fp and row.get("status") == "ok":
+                    continue
+                if spec.eval_paths != [None] and all(
+                        (self.results["rows"].get(f"{spec.id}:{pth}/seed{seed}") or {}).get("fingerprint") == fp
+                        for pth in spec.eval_paths):
                     continue
                 todo.append((spec, seed))
         return todo
