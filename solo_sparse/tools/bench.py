@@ -91,6 +91,8 @@ class RunSpec:
     rate: float = 0.2
     rewind: str = "1ep"
     controls: List[str] = field(default_factory=lambda: ["random_reinit", "permuted", "global_random"])
+    #: rounds whose masks get the controls (None: the last round only)
+    control_rounds: Optional[List[int]] = None
 
 
 @dataclass
@@ -263,6 +265,8 @@ class Bench:
         if (self.data / "meta.json").exists():
             meta["data_meta"] = json.loads((self.data / "meta.json").read_text())
         self.results["meta"] = meta
+        for key, row in self.results["rows"].items():        # one schema: every column in every row
+            self.results["rows"][key] = {**{k: None for k in ROW_KEYS}, **row}
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.results, indent=2))
         tmp.replace(self.path)
@@ -439,7 +443,7 @@ class Bench:
                 "command": self.paths(" ".join(r.get("command", []))) if isinstance(r.get("command"), list)
                 else self.paths(str(r.get("command", "")))}
         self.save()
-        for k in range(1, spec.rounds + 1):
+        for k in (spec.control_rounds or [spec.rounds]):
             masks = load_masks(drv.masks_path(k))[0]
             for control in spec.controls:
                 rid = f"{spec.id}:{control}-r{k}"

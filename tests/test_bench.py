@@ -1,0 +1,133 @@
+"""The benchmark harness (solo_sparse.tools.bench) end to end without solo-learn: a suite file, a fake
+main_pretrain.py that writes a solo-learn-shaped checkpoint (a ResNet-18 backbone, gmp-style masks and plugin
+state, args.json), resumability, the one row schema, the outputs (json, markdown, PNG, doc blocks) and no
+machine path in what is written."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import make_image_folder
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.tools.bench import ROW_KEYS, Bench, Suite, to_markdown, update_docs
+
+FAKE = r'''
+import json, sys, pathlib, torch, torchvision
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.startswith("++"))
+d = pathlib.Path(args["++checkpoint.dir"]) / "fake" / "0"
+d.mkdir(parents=True, exist_ok=True)
+seed = int(args.get("++seed", 0))
+torch.manual_seed(seed)
+net = torchvision.models.resnet18()
+net.fc = torch.nn.Identity()
+sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+state = {}
+if "+solo_sparse=gmp" in sys.argv:
+    for k in list(sd):
+        if k.endswith("conv2.weight"):
+            m = torch.rand(sd[k].shape) < 0.1
+            sd[k] = sd[k] * m
+            sd[k[:-len("weight")] + "weight_mask"] = m
+    state = {"gmp": {"config": {"every": 20}, "step": 10, "epoch": 1, "extra": {}}}
+(d / "args.json").write_text(json.dumps({"method": "fakemethod"}))
+torch.save({"state_dict": sd, "solo_sparse": state, "epoch": 1}, d / "fake-ep=1.ckpt")
+print("solo-sparse synccp step 5: CSI I=0.3000 r=0.0000 gap=0.3000 (rule literal: fires at r <= 0.02)", file=sys.stderr)
+print("solo-sparse synccp step 5: schedule starts (CSI fired); cubic ramp", file=sys.stderr)
+if args.get("++fail") == "yes":
+    sys.exit(3)
+'''
+
+
+@pytest.fixture
+def setup(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "scripts" / "suites").mkdir(parents=True)
+    (repo / "cfg.yaml").write_text("method: x\n")
+    suite = repo / "scripts" / "suites" / "toy.yaml"
+    suite.write_text("""
+suite: toy
+description: "a toy suite"
+data: tiny
+size: 32
+seeds: 2
+overrides: ["++max_epochs=2"]
+runs:
+  - id: dense
+    config: cfg.yaml
+  - id: gmp
+    config: cfg.yaml
+    overrides: ["+solo_sparse=gmp"]
+  - id: broken
+    config: cfg.yaml
+    overrides: ["++fail=yes"]
+    seeds: 1
+""")
+    make_image_folder(tmp_path / "data" / "tiny", train_per_class=4, val_per_class=2)
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    (solo / "main_pretrain.py").write_text(FAKE)
+    return repo, suite, solo, tmp_path
+
+
+def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
+    repo, suite, solo, tmp = setup
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    assert [(s.id, k) for s, k in b.plan()] == [("dense", 0), ("gmp", 0), ("broken", 0), ("dense", 1), ("gmp", 1)]
+    res = b.run()
+    out = capsys.readouterr().out
+    assert "run 1/5: dense seed 0" in out and "run 5/5: gmp seed 1" in out and "ETA" in out
+    rows = res["rows"]
+    assert set(rows) == {"random-init/seed0", "random-init/seed1", "dense/seed0", "dense/seed1", "gmp/seed0",
+                         "gmp/seed1", "broken/seed0"}
+    g = rows["gmp/seed0"]
+    assert g["status"] == "ok" and g["density_online"] == pytest.approx(0.1, abs=0.05) and g["method"] == "fakemethod"
+    assert g["inference_macs_ratio"] < 1.0 and g["training_macs_ratio"] < 1.0 and g["epochs"] == 2
+    assert g["csi"]["steps"] == [5] and all(set(ROW_KEYS) <= set(r) for r in rows.values())   # one schema
+    assert rows["broken/seed0"]["status"] == "failed" and "exit 3" in rows["broken/seed0"]["error"]
+    # no machine path anywhere in the outputs
+    written = "".join((repo / "results" / "toy" / f).read_text() for f in ("results.json", "results.md"))
+    for path in (str(tmp), str(repo), sys.executable):
+        assert path not in written
+    assert "<solo-learn>/main_pretrain.py" in rows["dense/seed0"]["command"]
+    assert (repo / "results" / "toy" / "toy.png").stat().st_size > 1000
+    md = to_markdown(res)
+    assert "| gmp | 2 |" in md and "Regime: dense − random-init" in md and "failed: broken" in md
+    # a re-run trains nothing that is done: only the failed row is tried again
+    b2 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    assert [(s.id, k) for s, k in b2.plan()] == [("broken", 0)]
+    # changing a run's overrides invalidates exactly its rows
+    suite.write_text(suite.read_text().replace('["+solo_sparse=gmp"]', '["+solo_sparse=gmp", "++x=1"]'))
+    b3 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    assert [(s.id, k) for s, k in b3.plan()] == [("gmp", 0), ("broken", 0), ("gmp", 1)]
+    # generated doc blocks
+    doc = tmp / "doc.md"
+    doc.write_text("x\n<!-- bench:toy -->\nold\n<!-- /bench:toy -->\n<!-- bench-regime:toy -->\n<!-- /bench-regime:toy -->\n")
+    assert update_docs([repo / "results" / "toy" / "results.json"], [doc]) == [doc]
+    text = doc.read_text()
+    assert "old" not in text and "| gmp | 2 |" in text and "over random-init features" in text
+
+
+def test_bad_suites_are_refused(tmp_path):
+    s = tmp_path / "s.yaml"
+    s.write_text("suite: x\nruns: []\n")
+    with pytest.raises(ConfigError, match="non-empty 'runs'"):
+        Suite.load(s)
+    s.write_text("suite: x\nbogus: 1\nruns: [{id: a, config: nope.yaml}]\n")
+    with pytest.raises(ConfigError, match="unknown suite key"):
+        Suite.load(s)
+    s.write_text("suite: x\nruns: [{id: a, config: nope.yaml}]\n")
+    with pytest.raises(ConfigError, match="config 'nope.yaml' not found"):
+        Suite.load(s)
+    s.write_text("suite: x\nruns: [{id: a, kind: rounds}]\n")
+    with pytest.raises(ConfigError, match="needs 'plugin'"):
+        Suite.load(s)
+
+
+def test_every_shipped_suite_loads():
+    root = Path(__file__).resolve().parents[1] / "scripts" / "suites"
+    suites = sorted(root.glob("*.yaml"))
+    assert {p.stem for p in suites} >= {"synccp", "cdg", "main", "main-quick"}
+    for p in suites:
+        s = Suite.load(p)
+        assert s.runs and json.dumps([r.id for r in s.runs])
