@@ -36,7 +36,7 @@ from solo_sparse.tools.runner import newest_checkpoint, pretrain_command
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pack_checkpoint(ck: Path, out: Path, fp16: bool) -> dict:
+def pack_checkpoint(ck: Path, out: Path, fp16: bool, method: str = None) -> dict:
     state_all = torch.load(ck, map_location="cpu", weights_only=True)
     state = backbone_state(state_all)
     weights, layer_masks = split_state(state)
@@ -44,7 +44,7 @@ def pack_checkpoint(ck: Path, out: Path, fp16: bool) -> dict:
     plugin_state = state_all.get("solo_sparse") or {}
     gname, gcfg = backbone_plugin(plugin_state)
     zoo.save_backbone(out, weights, masks, arch="resnet18", fp16=fp16,
-                      gating={"plugin": gname, "config": gcfg} if gname else None)
+                      gating={"plugin": gname, "config": gcfg} if gname else None, method=method)
     # local file paths in a plugin config (IMP's masks/init) mean nothing to users: keep the file name
     plugins = {n: {k: (Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v)
                    for k, v in st.get("config", {}).items()} for n, st in plugin_state.items()}
@@ -113,7 +113,9 @@ def main(argv=None) -> int:
             shutil.copytree(aug, cfg_dst.parent / "augmentations", dirs_exist_ok=True)
     rel = Path("weights") / f"{args.name}.safetensors"
     t0 = time.time()
-    info = pack_checkpoint(ck, zroot / rel, args.fp16)
+    import yaml
+
+    info = pack_checkpoint(ck, zroot / rel, args.fp16, method=yaml.safe_load(cfg_dst.read_text()).get("method"))
     # evaluate what users load: the packed file, through the zoo loader
     state, masks, meta = zoo.read_backbone(zroot / rel)
     net = zoo.build_module(state, masks, meta)
@@ -123,8 +125,6 @@ def main(argv=None) -> int:
     fl = flops_of(net, info["gating"], test[0][:2000])
     kept = sum(int(m.sum()) for m in masks.values())
     tot = sum(m.numel() for m in masks.values())
-    import yaml
-
     cfg = yaml.safe_load(cfg_dst.read_text())
     plugin_names = sorted(info["plugins"])
     record = {
