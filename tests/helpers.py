@@ -110,3 +110,232 @@ def assert_backbone_kept(sd, lin_dir, keys=None):
     for k in keys:
         assert k in lin_sd, k
         assert torch.equal(lin_sd[k], sd[k]), k
+
+
+# ------------------------------------------------------------------ plain-Lightning mirror of the binding
+def tiny_solo_cfg(method="byol", optimizer="sgd", base_tau=0.9, final_tau=1.0, max_epochs=2, **solo_sparse):
+    """A seconds-long solo-learn config (resnet18, 32 px, batch 4) with ``solo_sparse`` as its section."""
+    from omegaconf import OmegaConf
+
+    kwargs = {"momentum": 0.9}
+    if optimizer == "lars":
+        kwargs.update({"eta": 0.02, "clip_lr": True, "exclude_bias_n_norm": True})
+    cfg = {
+        "method": method, "name": "t", "backbone": {"name": "resnet18", "kwargs": {}},
+        "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32,
+                          "temperature": 0.2, "queue_size": 16},
+        "momentum": {"base_tau": base_tau, "final_tau": final_tau, "classifier": False},
+        "data": {"dataset": "custom", "num_classes": 3, "num_large_crops": 2, "num_small_crops": 0},
+        "optimizer": {"name": optimizer, "batch_size": 4, "lr": 0.05, "classifier_lr": 0.1, "weight_decay": 1e-4,
+                      "kwargs": kwargs},
+        "scheduler": {"name": "none"}, "max_epochs": max_epochs, "accumulate_grad_batches": 1,
+        "performance": {"disable_channel_last": True}, "strategy": "auto",
+    }
+    if solo_sparse:
+        cfg["solo_sparse"] = solo_sparse
+    return OmegaConf.create(cfg)
+
+
+def crop_loader(n=16, crops=2, size=32, batch=4):
+    """solo-learn's batch layout ``(indexes, [crops], targets)`` over fixed random images, unshuffled."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, 3, size, size, generator=g) for _ in range(crops)]
+    y = torch.arange(n) % 3
+    ds = [(i, [x[i] for x in xs], y[i]) for i in range(n)]
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False)
+
+
+def plain_loader(n=32, size=8, batch=4):
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(n, 3, size, size, generator=g)),
+                                       batch_size=batch, shuffle=False)
+
+
+def trainer(max_epochs=2, callbacks=(), **kw):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      callbacks=list(callbacks), **kw)
+
+
+_MIRROR = {}
+
+
+def mirror_class():
+    """``BindingMirror``: a plain LightningModule (no solo-learn) that calls the PluginHost hooks where
+    ``solo_sparse.binding.wrap`` does — ``on_before_optimizer_step`` -> after_backward, after the real
+    ``optimizer_step`` -> after_optimizer_step, ``on_train_batch_end`` -> solo-learn's momentum update
+    (once per optimizer step; parameters paired by position, ``.data`` replaced) then after_momentum_update,
+    epoch and checkpoint hooks — on a TinyNet online/momentum pair."""
+    if "cls" in _MIRROR:
+        return _MIRROR["cls"]
+    import lightning.pytorch as pl
+
+    class BindingMirror(pl.LightningModule):
+        def __init__(self, plugin, optimizer="sgd", lr=0.05, tau=0.9, seed=0):
+            super().__init__()
+            import copy
+
+            from conftest import TinyNet
+
+            torch.manual_seed(seed)
+            self.backbone = TinyNet()
+            self.momentum_backbone = copy.deepcopy(self.backbone)
+            for p in self.momentum_backbone.parameters():
+                p.requires_grad = False
+            self.opt_name, self.lr, self.tau = optimizer, lr, tau
+            self.metrics = {}
+            self.host = PluginHost([plugin])
+            self.host.setup(ModelView({"backbone": ModuleGroup("backbone", self.backbone, self.momentum_backbone)},
+                                      "momentum", method="mirror", log=self.metrics.update))
+            self.last_step = 0
+
+        @property
+        def plugin(self):
+            return self.host.plugins[0]
+
+        def training_step(self, batch, batch_idx):
+            x = batch[0]
+            self.host.on_step_start()
+            self.host.on_crop(Branch(crop=0))
+            z1 = self.backbone(x)
+            self.host.on_crop(Branch(crop=1))
+            z2 = self.backbone(x.flip(3))
+            with torch.no_grad():
+                self.host.on_crop(Branch(crop=0, encoder="momentum"))
+                t1 = self.momentum_backbone(x)
+                self.host.on_crop(Branch(crop=1, encoder="momentum"))
+                t2 = self.momentum_backbone(x.flip(3))
+            return (z1 - t2).pow(2).mean() + (z2 - t1).pow(2).mean() - 0.1 * z1.std(0).mean()
+
+        def configure_optimizers(self):
+            if self.opt_name == "adamw":
+                return torch.optim.AdamW(self.parameters(), lr=self.lr * 0.1, weight_decay=0.05)
+            return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9,
+                                   weight_decay=1e-4)
+
+        def on_before_optimizer_step(self, optimizer):
+            self.host.after_backward()
+
+        def optimizer_step(self, *args, **kwargs):
+            out = super().optimizer_step(*args, **kwargs)
+            self.host.after_optimizer_step(kwargs.get("optimizer", args[2] if len(args) > 2 else None))
+            return out
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            if self.trainer.global_step > self.last_step:
+                ema_like_solo(self.backbone, self.momentum_backbone, self.tau)
+            self.last_step = self.trainer.global_step
+            self.host.after_momentum_update()
+
+        def on_train_start(self):
+            import math
+
+            tr = self.trainer
+            acc = max(1, int(tr.accumulate_grad_batches or 1))
+            self.host.set_schedule_info(max(1, math.ceil(tr.num_training_batches / acc)),
+                                        int(tr.estimated_stepping_batches))
+            self.host.on_train_start()
+            self.last_step = 0
+
+        def on_train_epoch_start(self):
+            self.host.on_epoch_start(self.current_epoch)
+
+        def on_train_epoch_end(self):
+            self.host.on_epoch_end(self.current_epoch)
+
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["solo_sparse"] = self.host.state_dict()
+
+        def on_load_checkpoint(self, checkpoint):
+            self.host.load_state_dict(checkpoint["solo_sparse"])
+
+    _MIRROR["cls"] = BindingMirror
+    return BindingMirror
+
+
+def invariant_checker(sparsifier_of, clip_norm=None, score_check=None):
+    """A Lightning callback that checks the weight-sparsity invariants at EVERY optimizer step:
+
+    - inside ``optimizer.step``, right before the update (a torch step pre-hook, wrapping Lightning's closure
+      when there is one: after backward, accumulation, AMP unscaling, the plugin hooks and gradient clipping —
+      exactly what the optimizer uses): no pruned online gradient is non-zero, and with
+      ``clip_norm`` the clipped gradients' total norm is ``clip_norm`` (the masked gradient was clipped, not
+      a dense one masked afterwards); ``score_check(optimizer)`` runs there too when given;
+    - right after the step (step post-hook; masks not yet updated): no pruned online weight is non-zero;
+    - after the module's own ``on_train_batch_end`` (solo-learn's EMA update and the binding's re-mask): no
+      pruned weight is non-zero in either encoder.
+
+    ``sparsifier_of(pl_module)`` returns the plugin's WeightSparsifier. Counters: ``steps``, ``batches``.
+    """
+    import lightning.pytorch as pl
+
+    class InvariantChecker(pl.Callback):
+        def __init__(self):
+            self.steps = self.post_steps = self.batches = 0
+            self.norms = []
+            self._handles = []
+
+        def on_train_start(self, trainer, pl_module):
+            opt = trainer.optimizers[0]
+            opt = getattr(opt, "optimizer", opt)
+            sp = sparsifier_of(pl_module)
+            self._handles = [opt.register_step_pre_hook(lambda o, a, k: self._at_step(o, sp, a, k)),
+                             opt.register_step_post_hook(lambda o, a, k: self._post(sp))]
+            orig = pl_module.on_train_batch_end
+
+            def batch_end(*args, **kwargs):
+                orig(*args, **kwargs)
+                self.batches += 1
+                for enc in ("online", "momentum") if sp.has_momentum else ("online",):
+                    n = sp.leaked(enc)
+                    assert n == 0, f"batch {self.batches}: {n} pruned {enc} weights are non-zero after the EMA update"
+
+            pl_module.on_train_batch_end = batch_end
+
+        def _at_step(self, opt, sp, args, kwargs):
+            """Lightning's default precision passes a closure (forward, backward, hooks, clipping) that
+            ``step`` runs first: check after it. Under AMP the closure has already run: check now."""
+            positional = len(args) > 1                   # args[0] is the optimizer itself
+            closure = args[1] if positional else kwargs.get("closure")
+            if closure is None:
+                self._pre(opt, sp)
+                return None
+
+            def checked():
+                loss = closure()
+                self._pre(opt, sp)
+                return loss
+
+            if positional:
+                return (args[0], checked, *args[2:]), kwargs
+            return args, {**kwargs, "closure": checked}
+
+        def _pre(self, opt, sp):
+            self.steps += 1
+            for L in sp:
+                g = L.online.weight.grad
+                if g is None:
+                    continue
+                bad = int((g[~L.mask("online")] != 0).sum())
+                assert bad == 0, f"optimizer step {self.steps}: {bad} pruned gradient entries of {L.name} reached it"
+            if clip_norm is not None:
+                gs = [p.grad for grp in opt.param_groups for p in grp["params"] if p.grad is not None]
+                norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in gs])))
+                self.norms.append(norm)
+                assert abs(norm - clip_norm) <= 1e-3 * clip_norm, \
+                    f"optimizer step {self.steps}: clipped gradient norm {norm}, expected {clip_norm}"
+            if score_check is not None:
+                score_check(opt)
+
+        def _post(self, sp):
+            self.post_steps += 1
+            n = sp.leaked("online")
+            assert n == 0, f"optimizer step {self.steps}: the step itself made {n} pruned online weights non-zero"
+
+        def on_train_end(self, trainer, pl_module):
+            for h in self._handles:
+                h.remove()
+
+    return InvariantChecker()

@@ -81,17 +81,3 @@ def test_solo_learn_dir_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "solo", None)           # import solo -> ImportError
     with pytest.raises(ConfigError, match="solo-learn is not importable.*--solo-learn"):
         solo_learn_dir()
-
-
-def test_suite_results_keep_rows_across_runs_and_write_views(tmp_path):
-    from solo_sparse.tools.runner import SuiteResults
-
-    seen = []
-    s = SuiteResults(tmp_path / "out", "data/x", writers=[lambda d, o: seen.append((dict(d["rows"]), o))])
-    assert (tmp_path / "out" / "runs").is_dir() and s.rows == {}
-    s.rows["a"] = {"acc": 0.5}
-    s.save()
-    assert seen == [({"a": {"acc": 0.5}}, tmp_path / "out")]
-    again = SuiteResults(tmp_path / "out", "data/y")
-    assert again.rows == {"a": {"acc": 0.5}} and again.data["meta"]["data"] == "data/y"
-    assert not list((tmp_path / "out").glob("*.tmp"))

@@ -31,6 +31,9 @@ CKPT_KEY = "solo_sparse"
 #: the random state at the checkpoint (torch, CUDA, numpy, python): restored on resume, so a resumed run draws the
 #: same data order, worker seeds and augmentations as the uninterrupted one (Lightning 2.1 saves none of it)
 RNG_KEY = "solo_sparse_rng"
+#: solo-learn's current EMA coefficient (``MomentumUpdater.cur_tau``), which solo-learn does not checkpoint: without
+#: it the first EMA update after a resume uses ``base_tau`` and the run departs from the uninterrupted one
+TAU_KEY = "solo_sparse_tau"
 
 
 def rng_state() -> Dict[str, Any]:
@@ -249,6 +252,13 @@ class _SoloSparseMixin:
         self.solo_sparse.on_train_start()   # its metrics are logged at the first batch end
 
     def on_train_epoch_start(self):
+        pending = getattr(self, "_ss_resume_rng", None)
+        if pending is not None:
+            # Lightning 2.1, resuming at an epoch boundary, builds the train iterator twice (once in
+            # setup_data, again when the epoch starts) and the second one is used: the random state is set
+            # again here so that the iterator of the resumed epoch draws what the uninterrupted run drew
+            set_rng_state(pending)
+            self._ss_resume_rng = None
         super().on_train_epoch_start()
         self.solo_sparse.on_epoch_start(self.current_epoch)
 
@@ -262,6 +272,9 @@ class _SoloSparseMixin:
         super().on_save_checkpoint(checkpoint)
         checkpoint[CKPT_KEY] = self.solo_sparse.state_dict()
         checkpoint[RNG_KEY] = rng_state()
+        updater = getattr(self, "momentum_updater", None)
+        if updater is not None:
+            checkpoint[TAU_KEY] = float(updater.cur_tau)
 
     def on_load_checkpoint(self, checkpoint):
         super().on_load_checkpoint(checkpoint)
@@ -273,6 +286,10 @@ class _SoloSparseMixin:
         self.solo_sparse.load_state_dict(checkpoint[CKPT_KEY])
         if RNG_KEY in checkpoint:   # resume where the interrupted run was: same data order and augmentations
             set_rng_state(checkpoint[RNG_KEY])
+            self._ss_resume_rng = checkpoint[RNG_KEY]     # and again when the resumed epoch starts
+        updater = getattr(self, "momentum_updater", None)
+        if updater is not None and TAU_KEY in checkpoint:
+            updater.cur_tau = float(checkpoint[TAU_KEY])
 
 
 def unwrap(method_cls: type) -> type:

@@ -105,7 +105,8 @@ class WeightSparsityPlugin(Plugin):
 
         solo-learn's ``main_linear.py`` loads with ``strict=False``: a post-load hook raises on any
         missing key (so a checkpoint without masks, or of another architecture, fails loudly), then
-        applies the loaded masks. During fine-tuning a forward pre-hook re-applies them.
+        applies the loaded masks. During fine-tuning the gradients of pruned weights are masked (a tensor
+        hook) and every forward re-applies the masks (a pre-hook), so evaluation and saved checkpoints stay sparse.
         """
         layers = [(n, m) for n, m in select_layers(backbone, exclude_stem=self.config.exclude_stem)]
         for _, mod in layers:
@@ -130,10 +131,14 @@ class WeightSparsityPlugin(Plugin):
             module._solo_sparse_density = kept / total
 
         def pre_hook(mod, _inp):
-            if mod.training and mod.weight.requires_grad:
-                with torch.no_grad():
-                    mod.weight.mul_(getattr(mod, MASK))
+            # every forward, training or eval: a weight changed behind our back (a user's optimizer
+            # with its own update rule) is masked before it is used
+            with torch.no_grad():
+                mod.weight.mul_(getattr(mod, MASK))
 
         backbone.register_load_state_dict_post_hook(post_hook)
         for _, mod in layers:
             mod.register_forward_pre_hook(pre_hook)
+            # the gradient of a pruned weight is zero, so SGD/Adam steps (momentum, weight decay of a
+            # zero weight) leave it at zero and a checkpoint saved after the last step stays sparse
+            mod.weight.register_hook(lambda g, m=mod: g * getattr(m, MASK))

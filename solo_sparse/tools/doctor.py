@@ -117,23 +117,27 @@ def _hydra_lines() -> List[Line]:
         out.append(("problem", "Hydra does not find the solo-sparse search-path plugin (hydra_plugins."
                                "solo_sparse_searchpath)", "reinstall: pip install -e . (or pip install .) from the "
                                                           "checkout"))
+    name = "<first registered plugin>"
     try:
         import tempfile
 
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
+        from solo_sparse.core.registry import available_plugins
+
+        name = sorted(available_plugins())[0]
         with tempfile.TemporaryDirectory() as d:
-            Path(d, "app.yaml").write_text("defaults:\n  - _self_\n  - solo_sparse: gmp\n")
+            Path(d, "app.yaml").write_text(f"defaults:\n  - _self_\n  - solo_sparse: {name}\n")
             GlobalHydra.instance().clear()
             with initialize_config_dir(d, version_base="1.2"):
                 cfg = compose("app")
             GlobalHydra.instance().clear()
-        ok = cfg.solo_sparse.plugin == "gmp"
-        out.append(("ok" if ok else "problem", "the solo_sparse/ config group is visible ('- solo_sparse: gmp' "
+        ok = cfg.solo_sparse.plugin == name
+        out.append(("ok" if ok else "problem", f"the solo_sparse/ config group is visible ('- solo_sparse: {name}' "
                     "composes)", "" if ok else "reinstall solo-sparse"))
     except Exception as e:  # noqa: BLE001
-        out.append(("problem", f"'- solo_sparse: gmp' does not compose ({type(e).__name__}: "
+        out.append(("problem", f"'- solo_sparse: {name}' does not compose ({type(e).__name__}: "
                                f"{str(e).splitlines()[0][:120]})", "reinstall solo-sparse"))
     return out
 

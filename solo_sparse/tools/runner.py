@@ -11,16 +11,15 @@ command, runs it with its log in the run directory, times it and finds the check
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
+import re
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from solo_sparse.core.config import ConfigError
 
@@ -43,10 +42,34 @@ def solo_learn_dir(arg: Optional[PathLike] = None) -> Path:
     return d
 
 
+_CKPT_EPOCH = re.compile(r"(?:^|[-_])(?:ep|epoch)=(\d+)")
+_CKPT_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
+#: checkpoints written within this many seconds of the newest one are ordered by their names, not by their
+#: modification times (file-system clocks are coarse — FAT: 2 s — or skewed, and fast runs write in bursts)
+MTIME_TOLERANCE_S = 2.0
+
+
+def _checkpoint_order(p: Path) -> Tuple[int, int, str, str]:
+    """(epoch, step) from a checkpoint's name — solo-learn writes ``<name>-<version>-ep=<E>.ckpt``, Lightning
+    ``epoch=<E>-step=<S>.ckpt``; -1 when absent — then its name and path."""
+    ep = _CKPT_EPOCH.findall(p.name)
+    st = _CKPT_STEP.findall(p.name)
+    return (int(ep[-1]) if ep else -1, int(st[-1]) if st else -1, p.name, str(p))
+
+
 def newest_checkpoint(d: Path) -> Optional[Path]:
-    """The most recently written ``*.ckpt`` under ``d`` (recursively), or None."""
-    cks = sorted(Path(d).rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return cks[-1] if cks else None
+    """The newest ``*.ckpt`` under ``d`` (recursively), or None.
+
+    Among the checkpoints written within :data:`MTIME_TOLERANCE_S` of the most recent one (so a later run in
+    the same folder wins over an older one), the highest epoch and step in the name, then the name and path:
+    deterministic where modification times tie or are reordered by a coarse or skewed clock (a run resumed
+    into a new version folder, a fast run's consecutive epochs)."""
+    cks = list(Path(d).rglob("*.ckpt"))
+    if not cks:
+        return None
+    mtime = {p: p.stat().st_mtime for p in cks}
+    latest = max(mtime.values())
+    return max((p for p in cks if mtime[p] >= latest - MTIME_TOLERANCE_S), key=_checkpoint_order)
 
 
 def config_digest(path: PathLike) -> str:
@@ -120,44 +143,3 @@ def run_pretrain(config: PathLike, run_dir: PathLike, *, name: Optional[str] = N
     if echo:
         print(f"[{name}] training: {shlex.join(cmd)}", flush=True)
     return run_command(cmd, run_dir, log=log, cwd=cwd)
-
-
-def add_suite_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments every training benchmark suite takes (configs, data, out, solo-learn, size, overrides)."""
-    ap.add_argument("--configs", nargs="+", required=True, help="solo-learn YAMLs, one row each (by file stem)")
-    ap.add_argument("--data", required=True, help="image folder root with train/ and val/")
-    ap.add_argument("--out", required=True, help="results.json, results.md and runs/ go here")
-    ap.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the importable solo)")
-    ap.add_argument("--size", type=int, default=32, help="evaluation image size")
-    ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides added to every training run")
-    return ap
-
-
-class SuiteResults:
-    """``out/results.json`` of a benchmark suite — ``rows`` by config stem, kept across invocations,
-    and ``meta`` of this invocation — rewritten with its derived views after every row.
-
-    ``writers``: callables ``(data, out_dir)`` (markdown table, plots) run by :meth:`save`.
-    """
-
-    def __init__(self, out: PathLike, data_dir: PathLike, writers: Sequence[Callable[[Dict, Path], None]] = ()):
-        import torch
-
-        self.out = Path(out).resolve()
-        (self.out / "runs").mkdir(parents=True, exist_ok=True)
-        self.path = self.out / "results.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
-        self.data["meta"] = {"data": str(data_dir), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                             "command": " ".join(sys.argv)}
-        self.writers = list(writers)
-
-    @property
-    def rows(self) -> Dict[str, Dict]:
-        return self.data["rows"]
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)       # a crash mid-write never leaves a truncated results.json
-        for w in self.writers:
-            w(self.data, self.out)

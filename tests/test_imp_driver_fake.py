@@ -1,0 +1,131 @@
+"""The IMP driver without solo-learn (``solo_sparse.tools.imp_driver.IMPDriver``), over a fake
+``main_pretrain.py`` (as tests/test_runner.py fakes it) that reads the overrides the driver passes and writes
+solo-learn-like checkpoints (``<name>-<version>-ep=<E>.ckpt`` in a new version folder per invocation, with
+``backbone.`` and ``momentum_backbone.`` weights and ``weight_mask`` buffers).
+
+- rounds: densities (1 - rate)^k, each round trained under the previous round's global-magnitude masks (nested),
+  the group added when the config lacks it, masks / rewind point / init passed as the driver documents;
+- a crash in a round after a checkpoint: the re-run resumes that round from its newest checkpoint and prunes
+  the next round's masks from the resumed run's last checkpoint — also when the file-system clock ties or
+  reorders the two runs' checkpoints (the fake writes the resumed run's checkpoint one second "earlier").
+"""
+import json
+import sys
+
+import pytest
+import torch
+
+from solo_sparse.engine.imp import global_magnitude_prune
+from solo_sparse.engine.maskio import load_masks
+from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+
+FAKE = r'''
+import json, os, pathlib, sys
+import torch
+from solo_sparse.engine.maskio import load_masks
+
+args = {}
+for a in sys.argv[1:]:
+    if a.startswith("+") and "=" in a:
+        k, v = a.lstrip("+").split("=", 1)
+        args[k] = v.strip("'")
+out = pathlib.Path(args["checkpoint.dir"])
+name = args["name"]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"name": name, "argv": sys.argv[1:]}) + "\n")
+LAYERS = {"layer1.0.conv1": (8, 4, 3, 3), "layer2.0.conv1": (16, 8, 3, 3)}
+masks = load_masks(args["solo_sparse.masks"])[0] if "solo_sparse.masks" in args else {
+    f"backbone.{k}": torch.ones(s, dtype=torch.bool) for k, s in LAYERS.items()}
+if "solo_sparse.rewind_out" in args:
+    pathlib.Path(args["solo_sparse.rewind_out"]).write_bytes(b"rewind")
+start, prev = 0, None
+if "resume_from_checkpoint" in args:
+    prev = pathlib.Path(args["resume_from_checkpoint"])
+    start = torch.load(prev, weights_only=True)["epoch"] + 1
+version = f"v{len(list(out.glob('v*')))}"
+(out / version).mkdir(parents=True, exist_ok=True)
+for ep in range(start, int(args.get("max_epochs", 2))):
+    g = torch.Generator().manual_seed(1000 * ep + len(name))      # weights differ per epoch and round
+    sd = {}
+    for k, s in LAYERS.items():
+        m = masks[f"backbone.{k}"]
+        w = torch.randn(s, generator=g) * (1 + torch.arange(s[0]).view(-1, 1, 1, 1)) * m
+        for enc in ("backbone", "momentum_backbone"):
+            sd[f"{enc}.{k}.weight"], sd[f"{enc}.{k}.weight_mask"] = w.clone(), m.clone()
+    ck = out / version / f"{name}-{version}-ep={ep}.ckpt"
+    torch.save({"state_dict": sd, "epoch": ep, "solo_sparse": {}}, ck)
+    if prev is not None:                   # a coarse / skewed clock: the resumed run's file looks older
+        t = prev.stat().st_mtime - 1.0
+        os.utime(ck, (t, t))
+    if os.environ.get("FAKE_CRASH") == name and prev is None:
+        sys.exit(3)                        # crashed after its first checkpoint
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    (solo / "main_pretrain.py").write_text(FAKE)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("defaults:\n  - _self_\nmethod: byol\nmax_epochs: 2\n")
+    return solo, cfg, tmp_path / "calls.jsonl"
+
+
+def _calls(log):
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _last_ckpt_weights(round_dir):
+    from solo_sparse.tools.imp_driver import checkpoint_masks
+
+    cks = sorted(round_dir.rglob("*.ckpt"), key=lambda p: int(p.stem.rsplit("ep=", 1)[1]))
+    return checkpoint_masks(cks[-1])
+
+
+def test_rounds_prune_globally_and_pass_what_the_driver_documents(fake, tmp_path):
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=2, rate=0.5, rewind="1ep")
+    st = IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
+    assert [round(st["rounds"][k]["density"], 4) for k in "012"] == [1.0, 0.5, 0.25]
+    calls = _calls(log)
+    assert [c["name"] for c in calls] == ["imp-r0", "imp-r1", "imp-r2"]
+    out = tmp_path / "imp"
+    a0, a1 = calls[0]["argv"], calls[1]["argv"]
+    assert "+solo_sparse=imp" in a0 and f"++solo_sparse.rewind_out='{out / 'rewind.safetensors'}'" in a0
+    assert not any("solo_sparse.masks" in a or "solo_sparse.init" in a for a in a0)
+    assert f"++solo_sparse.masks='{out / 'round_1' / 'masks.safetensors'}'" in a1
+    assert f"++solo_sparse.init='{out / 'rewind.safetensors'}'" in a1
+    assert not any("resume_from_checkpoint" in a for c in calls for a in c["argv"])
+    for k in (1, 2):    # round k's masks: round k-1's last checkpoint pruned by global magnitude
+        weights, masks = _last_ckpt_weights(out / f"round_{k - 1}")
+        want = global_magnitude_prune(weights, masks, 0.5)
+        got = load_masks(out / f"round_{k}" / "masks.safetensors")[0]
+        assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+        assert all(not (got[n] & ~masks[n]).any() for n in got)                    # nested
+
+
+def test_a_crashed_round_resumes_from_its_newest_checkpoint(fake, tmp_path, monkeypatch):
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=2, rate=0.5, rewind="1ep")
+    monkeypatch.setenv("FAKE_CRASH", "imp-r1")
+    with pytest.raises(RuntimeError, match="round 1: main_pretrain.py: exit 3"):
+        IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    out = tmp_path / "imp"
+    crashed = next((out / "round_1").rglob("*-ep=0.ckpt"))
+    assert json.loads((out / "imp.json").read_text())["rounds"]["1"]["status"] == "training"
+    monkeypatch.delenv("FAKE_CRASH")
+    st = IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
+    calls = _calls(log)
+    assert [c["name"] for c in calls] == ["imp-r0", "imp-r1", "imp-r1", "imp-r2"]     # round 0 is not re-run
+    assert f"++resume_from_checkpoint='{crashed}'" in calls[2]["argv"]
+    resumed = next((out / "round_1").rglob("*-ep=1.ckpt"))
+    assert resumed.stat().st_mtime < crashed.stat().st_mtime                         # the clock reordered them
+    assert st["rounds"]["1"]["checkpoint"] == str(resumed.relative_to(out))
+    weights, masks = _last_ckpt_weights(out / "round_1")
+    want = global_magnitude_prune(weights, masks, 0.5)
+    got = load_masks(out / "round_2" / "masks.safetensors")[0]
+    assert all(torch.equal(got[n], want[n]) for n in want)     # pruned from the resumed run's last checkpoint
