@@ -34,6 +34,9 @@ if "+solo_sparse=gmp" in sys.argv:
 torch.save({"state_dict": sd, "solo_sparse": state, "epoch": 1}, d / "fake-ep=1.ckpt")
 print("solo-sparse synccp step 5: CSI I=0.3000 r=0.0000 gap=0.3000 (rule literal: fires at r <= 0.02)", file=sys.stderr)
 print("solo-sparse synccp step 5: schedule starts (CSI fired); cubic ramp", file=sys.stderr)
+if "+solo_sparse=gmp" in sys.argv:     # what a gated run's monitor prints
+    print("solo-sparse cdg probe 32: online_momentum_cos=0.9100", file=sys.stderr)
+    print("solo-sparse cdg epoch 0: pair cosine positives=0.8000 random=0.2000", file=sys.stderr)
 if args.get("++fail") == "yes":
     sys.exit(3)
 '''
@@ -85,6 +88,9 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     assert g["inference_macs_ratio"] < 1.0 and g["training_macs_ratio"] < 1.0 and g["epochs"] == 2
     assert g["csi"]["steps"] == [5] and all(set(ROW_KEYS) <= set(r) for r in rows.values())   # one schema
     assert rows["broken/seed0"]["status"] == "failed" and "exit 3" in rows["broken/seed0"]["error"]
+    assert g["monitor"]["pos"] == [0.8] and g["monitor"]["online_momentum_cos"] == [0.91]
+    assert rows["dense/seed0"]["monitor"] is None
+    assert (repo / "results" / "toy" / "monitor.png").stat().st_size > 1000
     # no machine path anywhere in the outputs
     written = "".join((repo / "results" / "toy" / f).read_text() for f in ("results.json", "results.md"))
     for path in (str(tmp), str(repo), sys.executable):
@@ -96,6 +102,10 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     # a re-run trains nothing that is done: only the failed row is tried again
     b2 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
     assert [(s.id, k) for s, k in b2.plan()] == [("broken", 0)]
+    # a row written before rows carried the monitor gets it from its run's log
+    del b2.results["rows"]["gmp/seed1"]["monitor"]
+    b2.backfill()
+    assert b2.results["rows"]["gmp/seed1"]["monitor"]["neg"] == [0.2]
     # changing a run's overrides invalidates exactly its rows
     suite.write_text(suite.read_text().replace('["+solo_sparse=gmp"]', '["+solo_sparse=gmp", "++x=1"]'))
     b3 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)

@@ -441,6 +441,49 @@ def test_collapse_is_logged_and_reported_once(capsys):
     assert {"solo_sparse/pair/pos_cos", "solo_sparse/pair/neg_cos", "solo_sparse/pair/margin"} <= set(logs)
 
 
+def test_monitor_lines_are_read_back_from_a_run_log_and_drawn(tmp_path, capsys):
+    """What the bench stores for a gated run (pair margin per epoch, encoder agreement per probe) is what the
+    monitor printed: its stderr lines, written to the run's train.log, read back number for number."""
+    from solo_sparse.families.gating import PairMonitor
+    from solo_sparse.tools.report import plot_monitor, read_monitor
+
+    class P:
+        name = "cdg"
+
+        def log(self, m):
+            pass
+
+        def route_eval(self, net):
+            pass
+
+    torch.manual_seed(0)
+    online, mom = nn.Linear(8, 8), nn.Linear(8, 8)
+    mon = PairMonitor(P(), probe_every=1)
+    mon.attach(online, mom)
+    x = torch.randn(32, 8)
+    seen = []
+    for epoch in range(2):
+        for _ in range(2):
+            for crop, inp in ((0, x), (1, x + 0.1 * torch.randn_like(x))):
+                mon.on_crop(crop)
+                online(inp)
+            mon.step_end()
+            with torch.no_grad():                                 # the probe's fixed batch: 16 images of crop 0
+                q, k = (torch.nn.functional.normalize(net(x[:16]), dim=1) for net in (online, mom))
+            seen.append(float((q * k).sum(1).mean()))
+        m = mon.epoch_end(epoch)
+    (tmp_path / "train.log").write_text("noise\n" + capsys.readouterr().err)
+    got = read_monitor(tmp_path)
+    assert got["epochs"] == [0, 1] and got["pos"][-1] == pytest.approx(m["pair/pos_cos"], abs=1e-4)
+    assert got["neg"][-1] == pytest.approx(m["pair/neg_cos"], abs=1e-4)
+    assert got["probe_steps"] == [1, 2, 3, 4] and got["key_drift_cos"][0] is None
+    assert got["online_momentum_cos"] == pytest.approx(seen, abs=1e-4)
+    assert read_monitor(tmp_path / "absent") == {}
+    pytest.importorskip("matplotlib")
+    assert plot_monitor({"run": got}, tmp_path / "m.png", "t").stat().st_size > 1000
+    assert plot_monitor({"run": {}}, tmp_path / "n.png", "t") is None
+
+
 def test_cgnet_reuses_crop0_mask_and_one_base_path():
     p = CGNet.from_params({})
     host, online, mom, _ = host_for(p, momentum=True, method="byol")

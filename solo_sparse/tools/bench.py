@@ -273,6 +273,7 @@ class Bench:
         (self.out / "results.md").write_text(to_markdown(self.results))
         try:
             plot(self.results, self.out / f"{self.suite.suite}.png")
+            plot_monitors(self.results, self.out / "monitor.png")
         except ImportError:   # matplotlib is an extra
             pass
 
@@ -312,7 +313,17 @@ class Bench:
         return todo
 
     # ------------------------------------------------------------------ running
+    def backfill(self) -> None:
+        """Fill per-run curves a row lacks (rows written by an older harness) from the run's own logs."""
+        from solo_sparse.tools.report import read_monitor
+
+        for row in self.results["rows"].values():
+            if row.get("kind") == "pretrain" and row.get("status") == "ok" and "monitor" not in row:
+                run_dir = self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
+                row["monitor"] = read_monitor(run_dir) or None
+
     def run(self) -> Dict[str, Any]:
+        self.backfill()
         if self.suite.random_init:
             self.random_init_rows()
         todo = self.plan()
@@ -371,9 +382,10 @@ class Bench:
             ck_path = run.checkpoint
             self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "status": "trained"}
             self.save()
-        from solo_sparse.tools.report import read_csi
+        from solo_sparse.tools.report import read_csi, read_monitor
 
         csi = read_csi(run_dir)
+        monitor = read_monitor(run_dir) or None
         ck = read_checkpoint(ck_path)
         args_json = next(Path(ck_path).parent.glob("args.json"), None)
         method = json.loads(args_json.read_text()).get("method") if args_json else None
@@ -388,6 +400,7 @@ class Bench:
                    **stats, **acc, "wall_clock_s": seconds, "status": "ok",
                    "csi": ({"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
                            if csi else None),
+                   "monitor": monitor,
                    "checkpoint": str(Path(ck_path).resolve().relative_to(self.out.resolve()))}
             self.results["rows"][rkey] = row
             self.log(f"[bench] {rkey}: linear {100 * acc['linear']:.2f}  kNN20 {100 * acc['knn20']:.2f}  "
@@ -592,6 +605,19 @@ def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    """The collapse/momentum monitor of every run that has one (seed 0, else the lowest seed)."""
+    from solo_sparse.tools.report import plot_monitor
+
+    best: Dict[str, Dict[str, Any]] = {}
+    for row in results.get("rows", {}).values():
+        if row.get("monitor") and (row["id"] not in best or row["seed"] < best[row["id"]]["seed"]):
+            best[row["id"]] = row
+    meta = results.get("meta", {})
+    return plot_monitor({f"{k} (seed {r['seed']})": r["monitor"] for k, r in sorted(best.items())}, path,
+                        f"{meta.get('suite')}: collapse / momentum monitor")
 
 
 def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:

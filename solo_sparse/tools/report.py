@@ -88,6 +88,68 @@ def read_csi(run: Path) -> Dict[str, object]:
     return out if out["steps"] or out["trigger_step"] is not None else {}
 
 
+_PAIR_LINE = re.compile(r"solo-sparse (\S+) epoch (\d+): pair cosine positives=([-0-9.]+) random=([-0-9.]+)")
+_PROBE_LINE = re.compile(r"solo-sparse (\S+) probe (\d+): online_momentum_cos=([-0-9.]+)(?: key_drift_cos=([-0-9.]+))?")
+
+
+def read_monitor(run: Path) -> Dict[str, object]:
+    """The collapse/momentum monitor of a gated run (:class:`solo_sparse.families.gating.PairMonitor`):
+    ``{"epochs", "pos", "neg"}`` (mean cosine of positive and of random pairs per epoch) and
+    ``{"probe_steps", "online_momentum_cos", "key_drift_cos"}`` (the fixed-batch probe), read from the one-line
+    reports in the run's logs (every run has them; a metrics.csv only when a logger ran). Empty when the run
+    has no monitor."""
+    run = Path(run)
+    out: Dict[str, list] = {"epochs": [], "pos": [], "neg": [], "probe_steps": [], "online_momentum_cos": [],
+                            "key_drift_cos": []}
+    if not run.exists():
+        return {}
+    for f in (sorted(run.rglob("*.log")) if run.is_dir() else [run]):
+        for line in Path(f).read_text(errors="replace").splitlines():
+            m = _PAIR_LINE.search(line)
+            if m:
+                out["epochs"].append(int(m.group(2)))
+                out["pos"].append(float(m.group(3)))
+                out["neg"].append(float(m.group(4)))
+                continue
+            m = _PROBE_LINE.search(line)
+            if m:
+                out["probe_steps"].append(int(m.group(2)))
+                out["online_momentum_cos"].append(float(m.group(3)))
+                out["key_drift_cos"].append(float(m.group(4)) if m.group(4) else None)
+    return out if out["epochs"] or out["probe_steps"] else {}
+
+
+def plot_monitor(rows: Mapping[str, Mapping[str, object]], path: Path, title: str) -> Optional[Path]:
+    """Per run: the positive-minus-random pair cosine per epoch (left; near 0 = collapse) and the agreement of
+    the online and momentum encoders on a fixed batch (right). ``rows``: label -> :func:`read_monitor` dict."""
+    rows = {k: v for k, v in rows.items() if v}
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, m in rows.items():
+        if m.get("epochs"):
+            a.plot(m["epochs"], [p - n for p, n in zip(m["pos"], m["neg"])], marker=".", label=label)
+        if m.get("probe_steps"):
+            b.plot(m["probe_steps"], m["online_momentum_cos"], marker=".", label=label)
+    a.axhline(0.05, color="r", ls=":", lw=1, label="collapse warning (0.05)")
+    a.set_xlabel("epoch")
+    a.set_ylabel("cos(positive pair) - cos(random pair)")
+    a.set_title("pair margin of the online features", fontsize=9)
+    b.set_xlabel("optimizer step")
+    b.set_ylabel("cos(online, momentum) on a fixed batch")
+    b.set_title("do the two encoders compute the same function?", fontsize=9)
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_csi(curve: Mapping[str, object], path: Path, title: str, gap: Optional[float] = None) -> Optional[Path]:
     """CSI indicator I (and r) over optimizer steps, the Δs line I would reach when the pseudo masks are
     nested, and the trigger step."""
@@ -179,6 +241,9 @@ def plot_run(run: Path, out: Path) -> List[Path]:
         plt.close(fig)
         written.append(p)
     p = plot_csi(read_csi(run), out / "csi.png", f"contrastive sparsification indicator — {run.name}")
+    if p:
+        written.append(p)
+    p = plot_monitor({run.name: read_monitor(run)}, out / "monitor.png", f"collapse / momentum monitor — {run.name}")
     if p:
         written.append(p)
     gate = {k: v for k, v in m.items() if k.startswith(("solo_sparse/gate_density/", "solo_sparse/sparsity/a1/",
