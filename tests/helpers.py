@@ -70,10 +70,11 @@ def solo_dir():
 
 
 def config_dir(tmp_path, **files):
-    """``tmp_path/cfgs`` with the grey augmentation group and ``name=text`` YAML files."""
+    """``tmp_path/cfgs`` with the fmnist augmentation group (grey.yaml 32 px, grey64.yaml 64 px) and ``name=text`` YAML files."""
     cfgs = tmp_path / "cfgs"
     (cfgs / "augmentations").mkdir(parents=True, exist_ok=True)
-    (cfgs / "augmentations" / "grey.yaml").write_text((FMNIST_CONFIGS / "augmentations" / "grey.yaml").read_text())
+    for aug in (FMNIST_CONFIGS / "augmentations").glob("*.yaml"):
+        (cfgs / "augmentations" / aug.name).write_text(aug.read_text())
     for name, text in files.items():
         (cfgs / f"{name}.yaml").write_text(text)
     return cfgs

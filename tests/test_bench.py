@@ -141,3 +141,47 @@ def test_every_shipped_suite_loads():
     for p in suites:
         s = Suite.load(p)
         assert s.runs and json.dumps([r.id for r in s.runs])
+
+
+def test_the_same_training_in_another_suite_is_reused_not_trained_twice(setup, capsys):
+    repo, suite, solo, tmp = setup
+    Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, seeds=1, only=["dense"], log=print).run()
+    other = repo / "scripts" / "suites" / "toy2.yaml"
+    other.write_text("""
+suite: toy2
+data: tiny
+size: 32
+seeds: 1
+random_init: false
+overrides: ["++max_epochs=2"]
+runs:
+  - id: plain-dense
+    config: cfg.yaml
+  - id: plain-dense-longer
+    config: cfg.yaml
+    overrides: ["++max_epochs=3"]
+""")
+    capsys.readouterr()
+    res = Bench(Suite.load(other), data_root=tmp / "data", solo_dir=solo, log=print).run()
+    out = capsys.readouterr().out
+    row, first = res["rows"]["plain-dense/seed0"], json.loads((repo / "results" / "toy" / "results.json").read_text())
+    assert row["reused_from"] == "toy/dense/seed0" and "reused" in out
+    assert row["linear"] == first["rows"]["dense/seed0"]["linear"] and row["checkpoint"].startswith("../toy/runs/")
+    assert not (repo / "results" / "toy2" / "runs" / "plain-dense").exists()          # nothing trained
+    assert res["rows"]["plain-dense-longer/seed0"]["reused_from"] is None               # other overrides: trained
+    assert (repo / "results" / "toy2" / "runs" / "plain-dense-longer").exists()
+    assert "plain-dense = toy/dense" in (repo / "results" / "toy2" / "results.md").read_text()
+
+
+def test_versus_dense_marks_differences_inside_the_spread():
+    from solo_sparse.tools.bench import versus_dense
+
+    by = {"dense": {"id": "dense", "n": 3, "linear": 80.0, "linear_std": 0.5},
+          "moco-dense": {"id": "moco-dense", "n": 3, "linear": 83.0, "linear_std": 0.2}}
+    row = lambda rid, lin, sd, n=3: {"id": rid, "n": n, "linear": lin, "linear_std": sd}   # noqa: E731
+    assert versus_dense(row("gmp", 80.4, 0.1), by) == "+0.40 ≈"
+    assert versus_dense(row("gmp", 79.0, 0.1), by) == "-1.00"
+    assert versus_dense(row("moco-cdg", 82.9, 0.05), by) == "-0.10 ≈"                 # its own prefix's dense
+    assert versus_dense(row("moco-cdg", 82.0, 0.05), by) == "-1.00"
+    assert versus_dense(row("gmp", 79.0, None, n=1), by) == "-1.00 (n/a)"
+    assert versus_dense(row("dense", 80.0, 0.5), by) == "-"

@@ -288,5 +288,5 @@ def test_report_plots(tmp_path):
     rows += [f"0,{s},{1 - s / 100:.3f},{1 - s / 200:.3f},{0.5 / (1 + s):.3f}" for s in range(0, 100, 10)]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
     got = report.plot_run(tmp_path / "run", tmp_path / "out2")
-    assert [Path(x).name for x in got] == ["density_schedule.png"]
+    assert [Path(x).name for x in got] == ["density_schedule.png", "csi.png"]
     assert all(Path(x).stat().st_size > 1000 for x in got)

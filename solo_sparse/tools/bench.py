@@ -72,7 +72,7 @@ def suite_root(suite_file: Path) -> Path:
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
-            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "status", "error", "command")
+            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "status", "error", "command", "reused_from")
 KINDS = ("pretrain", "rounds")
 
 
@@ -349,6 +349,33 @@ class Bench:
     def _overrides(self, spec: RunSpec, seed: int) -> List[str]:
         return [*self.suite.overrides, *spec.overrides, f"++seed={seed}", *self.extra]
 
+    def sibling_row(self, spec: RunSpec, seed: int) -> Optional[tuple]:
+        """A finished row of another suite (a results.json beside this suite's output folder) that is the same
+        training — same config content, the same override list (suite + run + extra), seed, image size — so
+        it is not trained twice (the cdg suite's moco-dense is the synccp suite's dense). ``("suite/key",
+        row)`` or None."""
+        if spec.kind != "pretrain" or spec.eval_paths != [None] or not spec.config:
+            return None
+        mine = [config_digest(self.suite.root / spec.config), [*self.suite.overrides, *spec.overrides, *self.extra],
+                seed, self.suite.size]
+        for res in sorted(self.out.resolve().parent.glob("*/results.json")):
+            if res.parent == self.out.resolve():
+                continue
+            try:
+                rows = json.loads(res.read_text()).get("rows", {})
+            except (OSError, ValueError):
+                continue
+            for k, r in rows.items():
+                if r.get("status") != "ok" or r.get("kind") != "pretrain" or r.get("path") or r.get("reused_from"):
+                    continue
+                try:
+                    digest = json.loads(r["fingerprint"])[0]
+                except (KeyError, TypeError, ValueError, IndexError):
+                    continue
+                if [digest, list(r.get("overrides") or []), r.get("seed"), r.get("image_size")] == mine:
+                    return f"{res.parent.name}/{k}", r
+        return None
+
     def run_pretrain(self, spec: RunSpec, seed: int) -> None:
         key = f"{spec.id}/seed{seed}"
         run_dir = self.out / "runs" / spec.id / f"seed{seed}"
@@ -363,6 +390,15 @@ class Bench:
                 "fingerprint": self.fingerprint(spec, seed),
                 "command": self.paths(shlex.join(cmd))}
         ck_path = None
+        sibling = self.sibling_row(spec, seed)
+        if sibling is not None:
+            where, row = sibling
+            self.results["rows"][key] = {**row, "id": spec.id, "fingerprint": base["fingerprint"], "reused_from": where,
+                                         "checkpoint": f"../{where.split('/')[0]}/{row['checkpoint']}"
+                                         if row.get("checkpoint") else None}
+            self.log(f"[bench] {key}: the same training (config, overrides, seed, size) is {where}: reused, "
+                     f"linear {100 * row['linear']:.2f}")
+            return
         if prev.get("fingerprint") == base["fingerprint"] and prev.get("trained") and newest_checkpoint(run_dir):
             ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
         elif self.eval_only:
@@ -510,6 +546,27 @@ def aggregate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def dense_of(rid: str, by: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The dense row a run is compared with: ``<prefix>-dense`` for ``<prefix>-...``, else ``dense``."""
+    if rid == "dense" or rid.endswith("-dense") or rid == "random-init":
+        return None
+    prefix = rid.split("-")[0]
+    return by.get(f"{prefix}-dense") or by.get("dense")
+
+
+def versus_dense(a: Dict[str, Any], by: Dict[str, Dict[str, Any]]) -> str:
+    """``+0.31 ≈`` / ``-2.10`` / ``-0.40 (n/a)``: the linear-probe difference to the dense row, marked ≈ when it
+    is inside the larger seed-to-seed std of the two rows, n/a when either has a single seed."""
+    d = dense_of(a["id"], by)
+    if d is None or a["linear"] is None or d["linear"] is None:
+        return "-"
+    diff = a["linear"] - d["linear"]
+    if a["n"] < 2 or d["n"] < 2:
+        return f"{diff:+.2f} (n/a)"
+    spread = max(a["linear_std"] or 0.0, d["linear_std"] or 0.0)
+    return f"{diff:+.2f}" + (" ≈" if abs(diff) <= spread else "")
+
+
 def _f(v, fmt=".3f", dash="-"):
     return dash if v is None else format(v, fmt)
 
@@ -521,23 +578,34 @@ def to_markdown(results: Dict[str, Any]) -> str:
     lines = [f"Suite `{meta.get('suite')}` ({meta.get('suite_file')}): {meta.get('description', '')}",
              f"Data `{meta.get('data')}` {json.dumps(meta.get('data_meta', {}))}, {meta.get('image_size')} px; "
              f"torch {meta.get('torch')}, {meta.get('threads')} threads. Mean ± std over seeds.", "",
-             "| run | seeds | linear probe | kNN k=20 | kNN k=1 | online density | momentum density | inference MACs "
-             "| training MACs | gate sparsity | trigger step | train wall-clock |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| run | seeds | linear probe | vs dense | kNN k=20 | kNN k=1 | online density | momentum density "
+             "| inference MACs | training MACs | gate sparsity | trigger step | train wall-clock |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for a in agg:
         acc = [("-" if a[k] is None else f"{a[k]:.2f}" if a["n"] == 1 else f"{a[k]:.2f} ± {a[k + '_std']:.2f}")
                for k in ("linear", "knn20", "knn1")]
         trig = "-" if not a["trigger_step"] else ", ".join(str(t) for t in a["trigger_step"])
-        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {acc[1]} | {acc[2]} | {_f(a['density_online'])} | "
+        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {versus_dense(a, by)} | {acc[1]} | {acc[2]} | "
+                     f"{_f(a['density_online'])} | "
                      f"{_f(a['density_momentum'])} | {_f(a['inference_macs_ratio'])} | "
                      f"{_f(a['training_macs_ratio'])} | "
                      f"{_f(a['gate_sparsity'])} | {trig} | "
                      f"{'-' if not a['wall_clock_s'] else format(a['wall_clock_s'] / 60, '.1f') + ' min'} |")
-    ri, dense = by.get("random-init"), by.get("dense")
-    if ri and dense and ri["linear"] is not None and dense["linear"] is not None:
-        lines += ["", f"Regime: dense − random-init linear probe = {dense['linear'] - ri['linear']:+.2f} pt "
-                      f"(dense spread ±{dense['linear_std']:.2f}, random-init ±{ri['linear_std']:.2f} over "
-                      f"{dense['n']}/{ri['n']} seeds)."]
+    ri = by.get("random-init")
+    for dense in (a for a in agg if a["id"] == "dense" or a["id"].endswith("-dense")):
+        if ri and ri["linear"] is not None and dense["linear"] is not None:
+            gap = dense["linear"] - ri["linear"]
+            lines += ["", f"Regime: {dense['id']} − random-init linear probe = {gap:+.2f} pt "
+                          f"(spread ±{dense['linear_std'] or 0:.2f} and ±{ri['linear_std'] or 0:.2f} over "
+                          f"{dense['n']}/{ri['n']} seeds)."]
+    reused = sorted({(r["id"], r["reused_from"].rsplit("/", 1)[0]) for r in results["rows"].values()
+                     if r.get("reused_from")})
+    if reused:
+        lines += ["", "Same training as another suite's row, reused (not trained twice): "
+                  + "; ".join(f"{i} = {w}" for i, w in reused) + "."]
+    lines += ["", "vs dense: linear-probe difference to the run's dense row (`dense`, or `<prefix>-dense` for "
+                  "`<prefix>-...`); ≈ marks a difference no larger than the larger of the two seed-to-seed spreads "
+                  "(std), n/a where a row has one seed."]
     failed = [r for r in results["rows"].values() if r.get("status") == "failed"]
     for r in failed:
         lines.append(f"- failed: {r['id']} seed {r.get('seed')}: {r.get('error')}")

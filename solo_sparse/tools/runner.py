@@ -4,7 +4,7 @@ The benchmarks (``scripts/*_benchmark.py``), the zoo builder and the IMP driver 
 solo-learn's own script in a subprocess (that is the path users take); this module builds that
 command, runs it with its log in the run directory, times it and finds the checkpoint it wrote.
 
-    res = run_pretrain("scripts/configs/fmnist/simclr_cdg.yaml", Path("runs/simclr_cdg"),
+    res = run_pretrain("scripts/configs/fmnist/simclr_cdg_cg8.yaml", Path("runs/simclr_cdg_cg8"),
                        train_path=Path("data/fmnist5k/train"))
     if res.ok:
         ck = res.checkpoint
