@@ -38,26 +38,38 @@ print(json.dumps({"solo_sparse": solo_sparse.__file__, "plugins": solo_sparse_pl
 """
 
 
-def _site_packages() -> Path:
-    return Path(sysconfig.get_paths()["purelib"])
+def _site_dirs() -> list:
+    """This interpreter's site-packages directories in import order (a venv made with
+    ``--system-site-packages`` sees its own and the base interpreter's)."""
+    import site
+
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    seen, out = set(), []
+    for d in [p for p in sys.path if p in dirs] + dirs:
+        if d not in seen and Path(d).is_dir():
+            seen.add(d)
+            out.append(Path(d))
+    return out
 
 
 def _filtered_site(dest: Path) -> Path:
-    """Symlinks to every entry of this interpreter's site-packages except solo-sparse's own."""
-    src = _site_packages()
+    """Symlinks to every entry of this interpreter's site-packages except solo-sparse's own (the first
+    directory that holds a name wins, as on import)."""
     dest.mkdir()
-    for entry in src.iterdir():
-        name = entry.name
-        if name in OURS or name.startswith(("solo_sparse-", "solo_sparse.", "__editable__")) \
-                or name.endswith(".pth") or name == "__pycache__":
-            continue
-        if name == "hydra_plugins":
-            (dest / name).mkdir()
-            for sub in entry.iterdir():
-                if sub.name != "solo_sparse_searchpath":
-                    (dest / name / sub.name).symlink_to(sub)
-            continue
-        (dest / name).symlink_to(entry)
+    for src in _site_dirs():
+        for entry in src.iterdir():
+            name = entry.name
+            if name in OURS or name.startswith(("solo_sparse-", "solo_sparse.", "__editable__")) \
+                    or name.endswith(".pth") or name == "__pycache__":
+                continue
+            if name == "hydra_plugins":
+                (dest / name).mkdir(exist_ok=True)
+                for sub in entry.iterdir():
+                    if sub.name != "solo_sparse_searchpath" and not (dest / name / sub.name).exists():
+                        (dest / name / sub.name).symlink_to(sub)
+                continue
+            if not (dest / name).exists() and not (dest / name).is_symlink():
+                (dest / name).symlink_to(entry)
     return dest
 
 
