@@ -429,3 +429,25 @@ def test_csi_curve_is_read_from_the_run_log_and_drawn(tmp_path, capsys):
     png = plot_csi(curve, tmp_path / "csi.png", "test")
     assert png.exists() and png.stat().st_size > 1000
     assert read_csi(tmp_path / "nothing-here") == {}
+
+
+def test_csi_curve_prefers_every_check_and_a_restarted_run_is_not_doubled(tmp_path):
+    """Lightning's CSV logger keeps one CSI point per log_every_n_steps; the reports on stderr have every
+    check. A run killed and restarted in the same folder leaves two metrics.csv with the same steps."""
+    import os
+
+    from solo_sparse.tools.report import read_csi, read_metrics
+
+    header = "epoch,step,solo_sparse/csi/I,solo_sparse/csi/r\n"
+    for i, v in enumerate(("0.5", "0.3")):                       # version_0: the killed attempt
+        d = tmp_path / "lightning_logs" / f"version_{i}"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(header + f"2,99,{v},0.0\n")
+        os.utime(d / "metrics.csv", (1000 + i, 1000 + i))
+    assert read_metrics(tmp_path)["solo_sparse/csi/I"] == [(99, 0.3)]   # the newest file wins
+    lines = [f"solo-sparse synccp step {s}: CSI I=0.3000 r=0.0000 gap=0.3000 (rule resync: ...)" for s in (39, 59, 79, 99)]
+    lines.append("solo-sparse synccp step 117: schedule starts (csi_timeout reached); cubic ramp ...")
+    (tmp_path / "train.log").write_text("\n".join(lines) + "\n")
+    curve = read_csi(tmp_path)
+    assert curve["steps"] == [39, 59, 79, 99] and curve["r"] == [0.0] * 4
+    assert curve["trigger_step"] == 117 and curve["timed_out"]

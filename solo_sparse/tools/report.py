@@ -30,9 +30,12 @@ def _plt():
 
 
 def read_metrics(run: Path) -> Dict[str, List[tuple]]:
-    """{metric: [(step, value), ...]} merged over every ``metrics.csv`` under ``run``."""
-    out: Dict[str, List[tuple]] = {}
-    for f in sorted(Path(run).rglob("metrics.csv")):
+    """{metric: [(step, value), ...]} sorted by step, merged over every ``metrics.csv`` under ``run``
+    (a resumed or restarted run has one per Lightning version): where two files log the same metric at
+    the same step, the newest file wins, so a killed attempt's rows do not double the curve."""
+    merged: Dict[str, Dict[int, float]] = {}
+    files = sorted(Path(run).rglob("metrics.csv"), key=lambda f: (f.stat().st_mtime, str(f)))
+    for f in files:
         with open(f, newline="") as fh:
             for row in csv.DictReader(fh):
                 step = row.get("step")
@@ -42,10 +45,10 @@ def read_metrics(run: Path) -> Dict[str, List[tuple]]:
                     if k in ("step", "epoch") or v in ("", None):
                         continue
                     try:
-                        out.setdefault(k, []).append((int(float(step)), float(v)))
+                        merged.setdefault(k, {})[int(float(step))] = float(v)
                     except ValueError:
                         continue
-    return out
+    return {k: sorted(v.items()) for k, v in merged.items()}
 
 
 _CSI_LINE = re.compile(r"solo-sparse (\S+) step (\d+): CSI I=([0-9.]+) r=([0-9.]+)(?: gap=([0-9.]+))?")
@@ -54,30 +57,45 @@ _START_LINE = re.compile(r"solo-sparse (\S+) step (\d+): schedule starts \((CSI 
 
 def read_csi(run: Path) -> Dict[str, object]:
     """The CSI curve of a run: ``{"steps", "I", "r", "gap", "trigger_step", "timed_out"}`` from Lightning's
-    ``metrics.csv`` when a logger wrote one, else from the one-line CSI reports the plugin prints on stderr
-    (solo-learn runs without W&B have no logger; :mod:`solo_sparse.tools.runner` keeps that output in
-    ``train.log``). Empty when the run has no CSI."""
+    ``metrics.csv`` or from the one-line CSI reports the plugin prints on stderr (:mod:`solo_sparse.tools.runner`
+    keeps that output in ``train.log``), whichever has more checks (the CSV logger samples every
+    ``log_every_n_steps``-th step; runs without a logger have only the reports). Empty when the run has no CSI."""
     run = Path(run)
     if not run.exists():
         return {}
     m = read_metrics(run)
+    from_csv: Dict[str, object] = {}
     if "solo_sparse/csi/I" in m:
-        pts = sorted(m["solo_sparse/csi/I"])
-        r = dict(sorted(m.get("solo_sparse/csi/r", [])))
-        gap = [v for _, v in sorted(m.get("solo_sparse/csi/gap", []))]
+        pts = m["solo_sparse/csi/I"]
+        r = dict(m.get("solo_sparse/csi/r", []))
+        gap = [v for _, v in m.get("solo_sparse/csi/gap", [])]
         trig = m.get("solo_sparse/csi/trigger_step")
-        return {"steps": [s for s, _ in pts], "I": [v for _, v in pts], "r": [r.get(s) for s, _ in pts],
-                "gap": gap[-1] if gap else None, "trigger_step": int(trig[-1][1]) if trig else None,
-                "timed_out": bool(m.get("solo_sparse/csi/timed_out", [(0, 0.0)])[-1][1])}
+        from_csv = {"steps": [s for s, _ in pts], "I": [v for _, v in pts], "r": [r.get(s) for s, _ in pts],
+                    "gap": gap[-1] if gap else None, "trigger_step": int(trig[-1][1]) if trig else None,
+                    "timed_out": bool(m.get("solo_sparse/csi/timed_out", [(0, 0.0)])[-1][1])}
+    from_log = _read_csi_log(run)
+    # Lightning's CSV logger keeps only every log_every_n_steps-th step; the plugin's one-line reports have
+    # every check: the source with more checks wins, the other fills the trigger it lacks
+    best, other = (from_log, from_csv) if len(from_log.get("steps", [])) > len(from_csv.get("steps", [])) \
+        else (from_csv, from_log)
+    if not best:
+        return other
+    if best.get("trigger_step") is None and other.get("trigger_step") is not None:
+        best = {**best, "trigger_step": other["trigger_step"], "timed_out": other["timed_out"]}
+    return best
+
+
+def _read_csi_log(run: Path) -> Dict[str, object]:
+    """The CSI curve from the plugin's one-line reports in the run's ``*.log`` files (the last attempt's
+    value wins at a repeated step)."""
     out: Dict[str, object] = {"steps": [], "I": [], "r": [], "gap": None, "trigger_step": None, "timed_out": False}
-    logs = sorted(run.rglob("*.log")) if run.is_dir() else [run]
+    logs = sorted(run.rglob("*.log"), key=lambda f: (f.stat().st_mtime, str(f))) if run.is_dir() else [run]
+    checks: Dict[int, tuple] = {}
     for f in logs:
         for line in Path(f).read_text(errors="replace").splitlines():
             mm = _CSI_LINE.search(line)
             if mm:
-                out["steps"].append(int(mm.group(2)))
-                out["I"].append(float(mm.group(3)))
-                out["r"].append(float(mm.group(4)))
+                checks[int(mm.group(2))] = (float(mm.group(3)), float(mm.group(4)))
                 if mm.group(5):
                     out["gap"] = float(mm.group(5))
                 continue
@@ -85,6 +103,10 @@ def read_csi(run: Path) -> Dict[str, object]:
             if mm:
                 out["trigger_step"] = int(mm.group(2))
                 out["timed_out"] = mm.group(3) != "CSI fired"
+    for step in sorted(checks):
+        out["steps"].append(step)
+        out["I"].append(checks[step][0])
+        out["r"].append(checks[step][1])
     return out if out["steps"] or out["trigger_step"] is not None else {}
 
 
