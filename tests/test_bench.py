@@ -106,6 +106,10 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     del b2.results["rows"]["gmp/seed1"]["monitor"]
     b2.backfill()
     assert b2.results["rows"]["gmp/seed1"]["monitor"]["neg"] == [0.2]
+    # and a CSI curve read by an older harness (one point per logger step) is re-read from the run's log
+    b2.results["rows"]["gmp/seed1"]["csi"] = {"steps": [99, 99], "I": [0.5, 0.3], "r": [0.0, 0.0], "timed_out": False}
+    b2.backfill()
+    assert b2.results["rows"]["gmp/seed1"]["csi"]["steps"] == [5]
     # changing a run's overrides invalidates exactly its rows
     suite.write_text(suite.read_text().replace('["+solo_sparse=gmp"]', '["+solo_sparse=gmp", "++x=1"]'))
     b3 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)

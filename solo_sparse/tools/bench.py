@@ -314,13 +314,20 @@ class Bench:
 
     # ------------------------------------------------------------------ running
     def backfill(self) -> None:
-        """Fill per-run curves a row lacks (rows written by an older harness) from the run's own logs."""
-        from solo_sparse.tools.report import read_monitor
+        """Fill per-run curves a row lacks (rows written by an older harness) from the run's own logs, and
+        re-read CSI curves (an older harness took them from the CSV logger, one point per 50 steps)."""
+        from solo_sparse.tools.report import read_csi, read_monitor
 
         for row in self.results["rows"].values():
-            if row.get("kind") == "pretrain" and row.get("status") == "ok" and "monitor" not in row:
-                run_dir = self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
+            if row.get("kind") != "pretrain" or row.get("status") != "ok" or row.get("reused_from"):
+                continue
+            run_dir = self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
+            if "monitor" not in row:
                 row["monitor"] = read_monitor(run_dir) or None
+            if row.get("csi") and run_dir.is_dir():
+                csi = read_csi(run_dir)
+                if csi:
+                    row["csi"] = {"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
 
     def run(self) -> Dict[str, Any]:
         self.backfill()
