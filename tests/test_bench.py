@@ -99,6 +99,7 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     assert (repo / "results" / "toy" / "toy.png").stat().st_size > 1000
     md = to_markdown(res)
     assert "| gmp | 2 |" in md and "Regime: dense − random-init" in md and "failed: broken" in md
+    assert "(dense ±" in md and "over 2 seeds" in md
     # a re-run trains nothing that is done: only the failed row is tried again
     b2 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
     assert [(s.id, k) for s, k in b2.plan()] == [("broken", 0)]
@@ -110,6 +111,14 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     b2.results["rows"]["gmp/seed1"]["csi"] = {"steps": [99, 99], "I": [0.5, 0.3], "r": [0.0, 0.0], "timed_out": False}
     b2.backfill()
     assert b2.results["rows"]["gmp/seed1"]["csi"]["steps"] == [5]
+    # the run folder comes from the row's checkpoint: a run id may contain ':' (as 'synccp-2:4' does)
+    odd = {**b2.results["rows"]["gmp/seed1"], "id": "gmp-2:4", "csi": {"steps": [9], "I": [0.1], "r": [0.1],
+                                                                         "timed_out": False}}
+    assert odd["checkpoint"].startswith("runs/gmp/seed1/")
+    b2.results["rows"]["gmp-2:4/seed1"] = odd
+    b2.backfill()
+    assert b2.results["rows"]["gmp-2:4/seed1"]["csi"]["steps"] == [5]
+    del b2.results["rows"]["gmp-2:4/seed1"]
     # changing a run's overrides invalidates exactly its rows
     suite.write_text(suite.read_text().replace('["+solo_sparse=gmp"]', '["+solo_sparse=gmp", "++x=1"]'))
     b3 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)

@@ -321,7 +321,11 @@ class Bench:
         for row in self.results["rows"].values():
             if row.get("kind") != "pretrain" or row.get("status") != "ok" or row.get("reused_from"):
                 continue
-            run_dir = self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
+            # runs/<run id>/seed<k>/...: from the checkpoint (a run id may itself contain ':', as in 'synccp-2:4';
+            # evaluated paths are 'id:path' rows of one run)
+            ck = Path(row.get("checkpoint") or "")
+            run_dir = self.out / Path(*ck.parts[:3]) if len(ck.parts) > 3 and ck.parts[0] == "runs" \
+                else self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
             if "monitor" not in row:
                 row["monitor"] = read_monitor(run_dir) or None
             if row.get("csi") and run_dir.is_dir():
@@ -602,9 +606,10 @@ def to_markdown(results: Dict[str, Any]) -> str:
     for dense in (a for a in agg if a["id"] == "dense" or a["id"].endswith("-dense")):
         if ri and ri["linear"] is not None and dense["linear"] is not None:
             gap = dense["linear"] - ri["linear"]
+            spread = [f"±{a['linear_std']:.2f} over {a['n']} seeds" if a["n"] > 1 else "one seed: spread unmeasured"
+                      for a in (dense, ri)]
             lines += ["", f"Regime: {dense['id']} − random-init linear probe = {gap:+.2f} pt "
-                          f"(spread ±{dense['linear_std'] or 0:.2f} and ±{ri['linear_std'] or 0:.2f} over "
-                          f"{dense['n']}/{ri['n']} seeds)."]
+                          f"({dense['id']} {spread[0]}; random-init {spread[1]})."]
     reused = sorted({(r["id"], r["reused_from"].rsplit("/", 1)[0]) for r in results["rows"].values()
                      if r.get("reused_from")})
     if reused:
