@@ -198,3 +198,19 @@ def test_versus_dense_marks_differences_inside_the_spread():
     assert versus_dense(row("moco-cdg", 82.0, 0.05), by) == "-1.00"
     assert versus_dense(row("gmp", 79.0, None, n=1), by) == "-1.00 (n/a)"
     assert versus_dense(row("dense", 80.0, 0.5), by) == "-"
+
+
+def test_regime_block_never_shows_a_spread_it_did_not_measure():
+    from solo_sparse.tools.bench import regime_markdown
+
+    def row(rid, seed, lin):
+        return {"id": rid, "seed": seed, "status": "ok", "linear": lin, "knn20": 0.7}
+
+    rows = {f"random-init/seed{s}": row("random-init", s, v) for s, v in enumerate((0.79, 0.78, 0.785))}
+    rows["dense/seed0"] = row("dense", 0, 0.83)
+    md = regime_markdown({"rows": rows})
+    assert "| dense | 83.00 | 83.00 (one seed) |" in md and "one seed: spread unmeasured" in md
+    assert "78.50 ± 0.50" in md
+    rows["dense/seed1"] = row("dense", 1, 0.84)
+    md = regime_markdown({"rows": rows})
+    assert "83.50 ± 0.71" in md and "+5.00 pt over random-init features (seed-to-seed spread ±0.71 over 2 seeds)" in md

@@ -637,13 +637,14 @@ def regime_markdown(results: Dict[str, Any]) -> str:
         lin = [100 * r["linear"] for r in rs]
         m, sd, _ = _mean_std(lin)
         k, _, _ = _mean_std([100 * r["knn20"] for r in rs])
-        stats[rid] = (m, sd)
-        lines.append(f"| {rid} | {', '.join(f'{v:.2f}' for v in lin)} | {m:.2f} ± {sd:.2f} | {k:.2f} |")
+        stats[rid] = (m, sd, len(lin))
+        ms = f"{m:.2f} ± {sd:.2f}" if len(lin) > 1 else f"{m:.2f} (one seed)"
+        lines.append(f"| {rid} | {', '.join(f'{v:.2f}' for v in lin)} | {ms} | {k:.2f} |")
     if "random-init" in stats:
-        for rid, (m, sd) in stats.items():
+        for rid, (m, sd, n) in stats.items():
             if rid != "random-init":
-                lines.append(f"\n{rid}: {m - stats['random-init'][0]:+.2f} pt over random-init features "
-                             f"(seed-to-seed spread ±{sd:.2f}).")
+                spread = f"seed-to-seed spread ±{sd:.2f} over {n} seeds" if n > 1 else "one seed: spread unmeasured"
+                lines.append(f"\n{rid}: {m - stats['random-init'][0]:+.2f} pt over random-init features ({spread}).")
     return "\n".join(lines) + "\n"
 
 
