@@ -2,7 +2,7 @@
 # The main job: MoCo v2+ dense vs gmp vs synccp (online density 0.1) through solo-learn's unchanged
 # main_pretrain.py on Fashion-MNIST, then kNN / linear-probe evaluation, a summary table and one PNG.
 #   bash scripts/main.sh           the full run: 5,000 images at 64 px, 12 epochs (about 35 min on 2 cores)
-#   bash scripts/main.sh --quick   a first look: 1,000 images at 32 px, 2 epochs (under 5 min)
+#   bash scripts/main.sh --quick   a first look: 1,000 images at 32 px, 2 epochs (8.5 min measured, 2 busy cores)
 # It installs solo-sparse, solo-learn at the pinned commit (when missing and GitHub can be reached) and the
 # Debian package dataset-fashion-mnist (when apt-get can). Without solo-learn it evaluates the model zoo instead.
 set -euo pipefail
