@@ -214,3 +214,13 @@ def test_regime_block_never_shows_a_spread_it_did_not_measure():
     rows["dense/seed1"] = row("dense", 1, 0.84)
     md = regime_markdown({"rows": rows})
     assert "83.50 ± 0.71" in md and "+5.00 pt over random-init features (seed-to-seed spread ±0.71 over 2 seeds)" in md
+
+
+def test_committed_results_and_docs_hold_no_machine_paths():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *root.glob("docs/**/*.md"), *root.glob("results/*/*.json"), *root.glob("results/*/*.md")]
+    bad = {str(f.relative_to(root)): m.group(0) for f in files if "runs" not in f.parts and "local" not in f.parts
+           for m in [re.search(r"(?<![\w.<])/(work|tmp|root|home)/[\w.-]+", f.read_text(errors="replace"))] if m}
+    assert not bad, f"machine paths in committed files: {bad}"
