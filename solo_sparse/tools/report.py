@@ -141,6 +141,15 @@ def read_monitor(run: Path) -> Dict[str, object]:
     return out if out["epochs"] or out["probe_steps"] else {}
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (120 dpi, parent folders made) and close a figure; its path."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
 def plot_monitor(rows: Mapping[str, Mapping[str, object]], path: Path, title: str) -> Optional[Path]:
     """Per run: the positive-minus-random pair cosine per epoch (left; near 0 = collapse) and the agreement of
     the online and momentum encoders on a fixed batch (right). ``rows``: label -> :func:`read_monitor` dict."""
@@ -165,11 +174,7 @@ def plot_monitor(rows: Mapping[str, Mapping[str, object]], path: Path, title: st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_csi(curve: Mapping[str, object], path: Path, title: str, gap: Optional[float] = None) -> Optional[Path]:
@@ -198,11 +203,7 @@ def plot_csi(curve: Mapping[str, object], path: Path, title: str, gap: Optional[
     ax.legend(loc="upper right", fontsize=7)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_layer_density(masks: Mapping[str, torch.Tensor], path: Path, title: str) -> Optional[Path]:
