@@ -24,6 +24,25 @@ def make_host(plugin, online, momentum=None, steps_per_epoch=4, total_steps=40, 
     return host
 
 
+def snapshot(online, momentum, opt, host):
+    """Deep copies of what a checkpoint holds: both encoders, the optimizer, the plugin state."""
+    import copy
+
+    return [copy.deepcopy(x) for x in (online.state_dict(), momentum.state_dict(), opt.state_dict(), host.state_dict())]
+
+
+def resume(plugin, online, momentum, saved, lr=0.05):
+    """A fresh host for ``plugin`` on freshly built encoders, every state of ``snapshot`` loaded (in the
+    order the binding restores them): ``(host, optimizer)``, ready to continue training."""
+    host = make_host(plugin, online, momentum)
+    online.load_state_dict(saved[0])
+    momentum.load_state_dict(saved[1])
+    opt = torch.optim.SGD(online.parameters(), lr=lr, momentum=0.9)
+    opt.load_state_dict(saved[2])
+    host.load_state_dict(saved[3])
+    return host, opt
+
+
 def train(host, online, momentum, opt, steps, seed=0, batch=4):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from helpers import make_host, train
+from helpers import make_host, resume, snapshot, train
 
 from solo_sparse import get_plugin
 from solo_sparse.core.config import ConfigError
@@ -102,18 +102,12 @@ def test_state_roundtrip_and_resume_equivalence(tiny_pair):
     opt2 = torch.optim.SGD(on2.parameters(), lr=0.05, momentum=0.9)
     for s in range(4):
         train(h2, on2, mo2, opt2, 1, seed=s)
-    saved = (copy.deepcopy(on2.state_dict()), copy.deepcopy(mo2.state_dict()), copy.deepcopy(opt2.state_dict()),
-             copy.deepcopy(h2.state_dict()))
+    saved = snapshot(on2, mo2, opt2, h2)
     torch.manual_seed(123)
     on3 = type(on2)()
     mo3 = copy.deepcopy(on3)
     r = gmp(final_density=0.3, start=1, end=8, every=1)
-    h3 = make_host(r, on3, mo3)
-    on3.load_state_dict(saved[0])
-    mo3.load_state_dict(saved[1])
-    opt3 = torch.optim.SGD(on3.parameters(), lr=0.05, momentum=0.9)
-    opt3.load_state_dict(saved[2])
-    h3.load_state_dict(saved[3])
+    h3, opt3 = resume(r, on3, mo3, saved)
     assert r.step == 4
     for s in range(4, 8):
         train(h3, on3, mo3, opt3, 1, seed=s)

@@ -17,7 +17,7 @@ import copy
 import pytest
 import torch
 from conftest import TinyNet, needs_solo
-from helpers import crop_loader, make_host, mirror_class, plain_loader, tiny_solo_cfg, train, trainer
+from helpers import crop_loader, make_host, mirror_class, plain_loader, resume, snapshot, tiny_solo_cfg, train, trainer
 
 from solo_sparse import get_plugin
 
@@ -83,15 +83,10 @@ def test_csi_run_interrupted_between_arming_and_firing_fires_at_the_same_step():
     on2, mo2 = _pair()
     q = _csi()
     h2, opt2 = _until_armed(q, on2, mo2)
-    saved = [copy.deepcopy(x) for x in (on2.state_dict(), mo2.state_dict(), opt2.state_dict(), h2.state_dict())]
+    saved = snapshot(on2, mo2, opt2, h2)
     on3, mo3 = _pair(seed=9)
     r = _csi()
-    h3 = make_host(r, on3, mo3)
-    on3.load_state_dict(saved[0])
-    mo3.load_state_dict(saved[1])
-    opt3 = torch.optim.SGD(on3.parameters(), lr=0.05, momentum=0.9)
-    opt3.load_state_dict(saved[2])
-    h3.load_state_dict(saved[3])
+    h3, opt3 = resume(r, on3, mo3, saved)
     assert r.step == 2 and r.trigger_step is None
     _fire_and_continue(h3, r, on3, mo3, opt3)
     assert r.trigger_step == p.trigger_step == 3

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 from conftest import TinyNet
-from helpers import make_host, train
+from helpers import make_host, resume, snapshot, train
 
 from solo_sparse import get_plugin
 from solo_sparse.core.config import ConfigError
@@ -349,15 +349,10 @@ def test_synccp_resume_is_exact():
     opt2 = torch.optim.SGD(on2.parameters(), lr=0.05, momentum=0.9)
     for s in range(5):
         train(h2, on2, mo2, opt2, 1, seed=s)
-    saved = [copy.deepcopy(x) for x in (on2.state_dict(), mo2.state_dict(), opt2.state_dict(), h2.state_dict())]
+    saved = snapshot(on2, mo2, opt2, h2)
     on3, mo3 = pair(seed=9)
     r = fresh()
-    h3 = make_host(r, on3, mo3)
-    on3.load_state_dict(saved[0])
-    mo3.load_state_dict(saved[1])
-    opt3 = torch.optim.SGD(on3.parameters(), lr=0.05, momentum=0.9)
-    opt3.load_state_dict(saved[2])
-    h3.load_state_dict(saved[3])
+    h3, opt3 = resume(r, on3, mo3, saved)
     for s in range(5, 10):
         train(h3, on3, mo3, opt3, 1, seed=s)
     for a, b in zip(list(on.state_dict().values()) + list(mo.state_dict().values()),
