@@ -54,18 +54,30 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("plugin_name,params", [
+#: the prune-and-regrow plugins of the DDP tests (here and test_ddp_divergence.py)
+PRUNE_REGROW = [
     ("synccp", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "distribution": "uniform",
                 "regrow_fraction": 0.2}),
     ("granet", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "regrow_fraction": 0.2}),
-])
-def test_ranks_agree_after_prune_and_regrow(tmp_path, plugin_name, params):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), plugin_name, params), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "r0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "r1.pt", weights_only=True)
-    assert r0["density"] == pytest.approx(0.2, abs=3e-3)
-    for key in ("online", "momentum", "scores", "weights"):
+]
+
+
+def spawn_and_load(worker, tmp_path, plugin_name, params):
+    """Run ``worker`` on 2 gloo ranks; the two ranks' saved dicts."""
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path), plugin_name, params), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def assert_ranks_equal(r0, r1, keys):
+    for key in keys:
         assert set(r0[key]) == set(r1[key])
         for k in r0[key]:
             assert torch.equal(r0[key][k], r1[key][k]), (key, k)
+
+
+@pytest.mark.parametrize("plugin_name,params", PRUNE_REGROW)
+def test_ranks_agree_after_prune_and_regrow(tmp_path, plugin_name, params):
+    r0, r1 = spawn_and_load(_worker, tmp_path, plugin_name, params)
+    assert r0["density"] == pytest.approx(0.2, abs=3e-3)
+    assert_ranks_equal(r0, r1, ("online", "momentum", "scores", "weights"))
     assert r0["scores"]  # scores were tracked (gradients were all-reduced before scoring)

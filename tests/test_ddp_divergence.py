@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from test_ddp import PRUNE_REGROW, assert_ranks_equal, spawn_and_load
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIVERGE_AFTER = 3          # rank 1 diverges after optimizer step 3; masks are updated at steps 4, 5, 6
@@ -82,22 +82,12 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("plugin_name,params", [
-    # EMA scores (SyncCP): a diverged score would persist without the broadcast
-    ("synccp", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "distribution": "uniform",
-                "regrow_fraction": 0.2}),
-    ("granet", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "regrow_fraction": 0.2}),
-])
+@pytest.mark.parametrize("plugin_name,params", PRUNE_REGROW)   # EMA scores (SyncCP): a diverged one would persist
 def test_a_diverged_rank_ends_with_rank0_masks_and_scores(tmp_path, plugin_name, params):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), plugin_name, params), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "r0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "r1.pt", weights_only=True)
+    r0, r1 = spawn_and_load(_worker, tmp_path, plugin_name, params)
     assert r0["changed"] and r1["changed"]                  # masks were updated after the divergence
     assert r0["scores"]
     assert (r0["leaked"], r1["leaked"]) == (0, 0)           # pruned weights non-zero on rank 0 / rank 1
     # at the last update (DDP syncs the online encoder's buffers at each forward, not right after an update)
     # and at the end
-    for key in ("update_online", "update_momentum", "online", "momentum", "scores"):
-        assert set(r0[key]) == set(r1[key])
-        for k in r0[key]:
-            assert torch.equal(r0[key][k], r1[key][k]), (key, k)
+    assert_ranks_equal(r0, r1, ("update_online", "update_momentum", "online", "momentum", "scores"))
