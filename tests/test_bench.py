@@ -131,19 +131,16 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     assert "old" not in text and "| gmp | 2 |" in text and "over random-init features" in text
 
 
-def test_bad_suites_are_refused(tmp_path):
+@pytest.mark.parametrize("text,match", [
+    ("suite: x\nruns: []\n", "non-empty 'runs'"),
+    ("suite: x\nbogus: 1\nruns: [{id: a, config: nope.yaml}]\n", "unknown suite key"),
+    ("suite: x\nruns: [{id: a, config: nope.yaml}]\n", "config 'nope.yaml' not found"),
+    ("suite: x\nruns: [{id: a, kind: rounds}]\n", "needs 'plugin'"),
+])
+def test_bad_suites_are_refused(tmp_path, text, match):
     s = tmp_path / "s.yaml"
-    s.write_text("suite: x\nruns: []\n")
-    with pytest.raises(ConfigError, match="non-empty 'runs'"):
-        Suite.load(s)
-    s.write_text("suite: x\nbogus: 1\nruns: [{id: a, config: nope.yaml}]\n")
-    with pytest.raises(ConfigError, match="unknown suite key"):
-        Suite.load(s)
-    s.write_text("suite: x\nruns: [{id: a, config: nope.yaml}]\n")
-    with pytest.raises(ConfigError, match="config 'nope.yaml' not found"):
-        Suite.load(s)
-    s.write_text("suite: x\nruns: [{id: a, kind: rounds}]\n")
-    with pytest.raises(ConfigError, match="needs 'plugin'"):
+    s.write_text(text)
+    with pytest.raises(ConfigError, match=match):
         Suite.load(s)
 
 
