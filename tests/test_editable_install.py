@@ -10,13 +10,15 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"solo_sparse", "solo_sparse_plugins", "solo_sparse_zoo"}
+sys.path.insert(0, str(ROOT / "scripts"))
+from solo_free import filtered_site  # noqa: E402  (the throwaway-venv builder CI's solo-free run uses)
+
+pytestmark = pytest.mark.slow
 
 CHECK = r"""
 import json
@@ -38,41 +40,6 @@ print(json.dumps({"solo_sparse": solo_sparse.__file__, "plugins": solo_sparse_pl
 """
 
 
-def _site_dirs() -> list:
-    """This interpreter's site-packages directories in import order (a venv made with
-    ``--system-site-packages`` sees its own and the base interpreter's)."""
-    import site
-
-    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
-    seen, out = set(), []
-    for d in [p for p in sys.path if p in dirs] + dirs:
-        if d not in seen and Path(d).is_dir():
-            seen.add(d)
-            out.append(Path(d))
-    return out
-
-
-def _filtered_site(dest: Path) -> Path:
-    """Symlinks to every entry of this interpreter's site-packages except solo-sparse's own (the first
-    directory that holds a name wins, as on import)."""
-    dest.mkdir()
-    for src in _site_dirs():
-        for entry in src.iterdir():
-            name = entry.name
-            if name in OURS or name.startswith(("solo_sparse-", "solo_sparse.", "__editable__")) \
-                    or name.endswith(".pth") or name == "__pycache__":
-                continue
-            if name == "hydra_plugins":
-                (dest / name).mkdir(exist_ok=True)
-                for sub in entry.iterdir():
-                    if sub.name != "solo_sparse_searchpath" and not (dest / name / sub.name).exists():
-                        (dest / name / sub.name).symlink_to(sub)
-                continue
-            if not (dest / name).exists() and not (dest / name).is_symlink():
-                (dest / name).symlink_to(entry)
-    return dest
-
-
 @pytest.mark.parametrize("mode", ["default", "compat", "strict"])
 def test_editable_install_is_seen_by_hydra(tmp_path, mode):
     if shutil.which("git") is None:
@@ -90,7 +57,7 @@ def test_editable_install_is_seen_by_hydra(tmp_path, mode):
     py = venv / "bin" / "python"
     vsite = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 capture_output=True, text=True, check=True).stdout.strip())
-    deps = _filtered_site(tmp_path / "deps")
+    deps = filtered_site(tmp_path / "deps")
     (vsite / "_deps.pth").write_text(f"{deps}\n")
     args = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(work)]
     if mode != "default":

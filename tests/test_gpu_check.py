@@ -10,8 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.solo
+@pytest.mark.slow
 def test_gpu_check_cpu_tiny(tmp_path):
-    pytest.importorskip("solo", reason="solo-learn is not importable: the GPU check runs main_pretrain.py")
+    """The GPU check runs main_pretrain.py: it needs solo-learn."""
     out = tmp_path / "gc"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--cpu-tiny", "--out", str(out),
                         "--only", "mocov2plus", "gmp", "synccp-2:4"], capture_output=True, text=True, timeout=900)

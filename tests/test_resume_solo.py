@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import FMNIST_CONFIGS, config_dir, make_image_folder, run_solo
 
-solo = pytest.importorskip("solo", reason="solo-learn is not importable: these runs use its main_pretrain.py")
+pytestmark = [pytest.mark.solo, pytest.mark.slow]   # these runs use solo-learn's main_pretrain.py
 
 GMP = """
 solo_sparse:

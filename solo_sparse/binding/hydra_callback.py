@@ -37,7 +37,14 @@ class SoloSparseCallback(Callback):
                 if msg:
                     raise ConfigError(msg)
             build_plugins(config.get(PREFIX, None))           # validation first: no solo-learn needed
-            from solo_sparse.binding.install import install_from_config
+            try:
+                from solo_sparse.binding.install import install_from_config
+            except ModuleNotFoundError as e:
+                if (e.name or "").split(".")[0] != "solo":
+                    raise
+                raise ImportError("the '- solo_sparse:' line needs solo-learn 1.0.6, which is not installed here "
+                                  "(python -m solo_sparse.tools.doctor --ensure-solo-learn installs the pinned "
+                                  "commit)") from e
 
             install_from_config(config)
         except Exception as e:  # noqa: BLE001 - re-raised as SystemExit on purpose
