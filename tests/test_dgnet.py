@@ -110,14 +110,14 @@ def test_batch1_gather_equals_masked_computation(arch):
     assert torch.allclose(fast, masked, atol=1e-4, rtol=1e-4)
     # a batch of 4 (masked path) agrees with four batch-1 runs (eval BN, deterministic gates)
     assert torch.allclose(net(xs[:, 0]), masked, atol=1e-4, rtol=1e-4)
-    # every gate closed in a block: still defined, equals the masked computation
+    # every gate closed in a block: the block is skipped (its constant added), equals the masked computation
     for _, b in gated_blocks(net):
         b.ss_gather = True
     blk = gated_blocks(net)[0][1]
     blk.gate.b2.data.fill_(-50.0)
     blk.gate.w2.data.zero_()
     fast = net(xs[0])
-    assert blk.ss_last_path == "gather"
+    assert blk.ss_last_path == "skip"
     blk.ss_gather = False
     assert torch.allclose(fast, net(xs[0]), atol=1e-4)
 

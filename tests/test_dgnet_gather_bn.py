@@ -64,7 +64,11 @@ def test_gather_equals_masked_with_random_bn_statistics_and_differing_twins(arch
     xs = torch.randn(3, 1, 3, 32, 32)
     fast, masked, gathered = _gather_vs_masked(net, xs)
     assert gathered >= len(xs) * len(gated_blocks(net)) // 2                        # the path under test ran
-    assert torch.allclose(fast, masked, atol=1e-4, rtol=1e-4), (fast - masked).abs().max()
+    # the gather path folds BN into the convs, which rounds differently: tolerance relative to the output scale
+    # (ResNet-50 with these random statistics reaches |y| ~ 460, where the masked path itself is 5e-4 off a
+    # float64 reference)
+    tol = 1e-5 * float(masked.abs().max()) + 1e-5
+    assert torch.allclose(fast, masked, atol=tol, rtol=1e-4), (fast - masked).abs().max()
     set_mode(net, "dense")                                                        # and the branches do differ
     assert not torch.allclose(net(xs[0]), masked[:1], atol=1e-2)
 

@@ -9,9 +9,17 @@ the budget loss
 is computed on the online encoder's gated forwards of the step (per sample, batch mean, averaged
 over the gated crops) and added to the method loss. During ``warmup`` the gated branch runs with
 every gate open and no budget loss.
+
+``budget``: ``macs`` (default, the seed) counts F^R / F^O in MACs; ``latency`` counts them in the
+measured batch-1 CPU latency of each gated block at its kept share (the cost model of
+:func:`solo_sparse.gating.dgnet.attach_latency_table`, timed at ``latency_size`` px, default the
+training crop size), so a layer whose skipped channels save little wall-clock weighs little. The
+table is read from this machine's cache or, where it is missing, timed before step 0 with one
+progress line per block shape (never a silent fallback to MACs).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
@@ -22,6 +30,7 @@ from solo_sparse.core.plugin import Branch
 from solo_sparse.engine.resnet import parse_stages
 from solo_sparse.families.gating import GatedBackbonePlugin, check_path
 from solo_sparse.gating.dgnet import (
+    attach_latency_table,
     convert_resnet,
     copy_dense_bn_to_gated,
     flops_ratio,
@@ -33,6 +42,7 @@ from solo_sparse.gating.dgnet import (
 )
 
 TWO_VIEW_METHODS = ("vicreg", "barlow_twins", "simclr", "simsiam", "byol")
+BUDGETS = ("macs", "latency")
 
 
 @dataclass
@@ -50,6 +60,10 @@ class DGNetConfig:
     #: gradient reaching one gate is ~1/(number of gated channels) of dL_G/dratio, so on short
     #: schedules (hundreds of steps) the gates barely move at scale 1; see README, DGNet-dual.
     gate_lr_scale: float = 1.0
+    #: what the budget counts: "macs" (the seed) or "latency" (measured batch-1 CPU latency per block)
+    budget: str = "macs"
+    #: input size (px) of the latency table; 0 = the training crop size
+    latency_size: int = 0
 
     def __post_init__(self):
         t = self.target
@@ -68,6 +82,8 @@ class DGNetConfig:
         self.gate_lr_scale = check_range("gate_lr_scale", self.gate_lr_scale, 0.0, float("inf"), lo_open=True)
         if not isinstance(self.gather, bool):
             raise key_error("gather", self.gather, "expected true or false")
+        check_choice("budget", self.budget, BUDGETS)
+        self.latency_size = check_int("latency_size", self.latency_size, 0)
 
 
 class DGNetPlugin(GatedBackbonePlugin):
@@ -153,6 +169,24 @@ class DGNetPlugin(GatedBackbonePlugin):
         super().setup(view)
         grp = view.groups["backbone"]
         self._records = start_recording(grp.online)
+        if self.config.budget == "latency":
+            self.latency_table = self.attach_latency(grp.online, view.input_size)
+
+    def attach_latency(self, backbone, input_size: Optional[int]) -> dict:
+        """``budget: latency``: the measured batch-1 latency curves of every gated block (built first
+        where this machine's table lacks them, with progress lines on stderr)."""
+        size = self.config.latency_size or input_size
+        if not size:
+            raise ConfigError(f"{PREFIX}.budget='latency' needs {PREFIX}.latency_size (the input size in px of the "
+                              f"latency table): the training crop size is not known here")
+
+        def say(msg: str) -> None:
+            print(f"solo-sparse {self.name}: {msg}", file=sys.stderr, flush=True)
+
+        rep = attach_latency_table(backbone, int(size), progress=say)
+        if not rep["built"]:
+            say(f"latency budget from the measured table {rep['path']} ({size} px, batch 1)")
+        return rep
 
     def param_groups(self, base_lr: float) -> list:
         if self.config.gate_lr_scale == 1.0:
@@ -194,7 +228,8 @@ class DGNetPlugin(GatedBackbonePlugin):
         ratios = [flops_ratio(self._records[i * blocks:(i + 1) * blocks]) for i in range(n)]
         ratio = sum(r for r in ratios if r is not None) / n
         self._records.clear()
-        self.log({"flops_ratio": float(ratio.detach()), "target": self.config.target})
+        what = "latency_ratio" if self.config.budget == "latency" else "flops_ratio"
+        self.log({what: float(ratio.detach()), "target": self.config.target})
         if self._warm():
             return None
         loss = self.config.budget_weight * (ratio - self.config.target) ** 2

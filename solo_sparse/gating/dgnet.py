@@ -34,20 +34,32 @@ kept share rho = mean(m) over the C_1 gated channels:
 with D(conv) = H_out * W_out * weight.numel(); the stem, BatchNorm, activations and the final FC
 are outside the gated blocks and not in the budget ratio (they are in the whole-network count of
 ``solo_sparse.engine.flops.count_macs``, to which conv1/conv2 report their gated cost).
+
+Batch-1 inference executes only what the gates keep. Per block and image, with k kept channels:
+``skip`` (k = 0: the block adds the constant bn2(0) -- Bottleneck: bn3(conv3(relu(bn2(0)))) -- to its
+shortcut, no conv runs), ``gather`` (conv1 on the k kept output channels, conv2 reading only them, BN
+folded into the convs, conv2's weights kept transposed so the gather copies contiguous rows) or
+``masked`` (the dense convs times the mask). Which of gather / masked runs is chosen by a measured
+cost model (:func:`attach_latency_table`: a small batch-1 timing table per block shape, cached on disk
+per machine, threads and torch version -- :mod:`solo_sparse.engine.costmodel`); without a table the
+rule is ``k / C <= GATHER_MAX_KEEP``. The same table gives ``budget: latency`` its per-block latency
+curves (:meth:`_GatedMixin._append_record`). All paths give the masked outputs within fp tolerance.
 """
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from solo_sparse.core.config import PREFIX, ConfigError
+from solo_sparse.engine.costmodel import LatencyTable, interp, summary
 
-#: batch-1 inference gathers the kept channels' weights only when at most this share is kept:
-#: above it the weight copy costs more than the skipped channels save (a one-off one-thread
+#: without a measured plan (:func:`attach_latency_table`), batch-1 inference gathers the kept channels'
+#: weights only when at most this share is kept: above it the weight copy costs more than the skipped
+#: channels save (a one-off one-thread
 #: microbenchmark of conv pairs at ResNet-18's 224 px shapes, not kept as a script: at 512 channels /
 #: 7x7 the gathered pair breaks even near 0.7 kept and is 1.3-1.4x slower than the dense pair above
 #: 0.9; at 64 channels / 56x56 gathering wins up to 0.95).
@@ -120,6 +132,15 @@ def _bn_eval(x: torch.Tensor, bn: nn.Module, idx: torch.Tensor) -> torch.Tensor:
                         bn.weight.index_select(0, idx), bn.bias.index_select(0, idx), False, 0.0, bn.eps)
 
 
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one conv, eval-mode statistics."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
+
+
 class _GatedMixin:
     """Shared state of gated blocks: mode, cost records, the gated-cost reporting of conv1/conv2."""
 
@@ -129,7 +150,15 @@ class _GatedMixin:
         self.ss_gates_open = False     # warm-up: gated branch (its BNs) with every gate open
         self.ss_gather = True          # batch-1 inference computes only the kept channels ...
         self.ss_gather_max_keep = GATHER_MAX_KEEP   # ... when at most this share is kept
-        self.ss_last_path: Optional[str] = None     # "gather" or "masked": what the last gated forward did
+        self.ss_last_path: Optional[str] = None     # "gather", "masked" or "skip": what the last gated forward did
+        #: batch-1 execution plan from the measured cost model (:func:`attach_latency_table`): per kept
+        #: count k, the cheaper of gather / masked ("skip" at k = 0); None: the GATHER_MAX_KEEP rule
+        self.ss_plan: Optional[List[str]] = None
+        #: latency curve for the budget loss (``budget: latency``): (kept shares, gated ms, dense ms)
+        self.ss_latency: Optional[Tuple[List[float], List[float], float]] = None
+        self._ss_force: Optional[Tuple[Optional[int], Optional[str]]] = None   # timing: (kept count, path)
+        self._ss_exec_key = None
+        self._ss_exec_w: Optional[Dict[str, torch.Tensor]] = None
         self.ss_separate_bn = separate_bn
         self.ss_record: Optional[List] = None   # list to append (F^R (B,), F^O) to, set by the backbone
         self._ss_rho = 1.0
@@ -157,21 +186,87 @@ class _GatedMixin:
             return self.downsample_bn_g(self.downsample[0](x))
         return self.downsample(x)
 
-    def _use_gather(self, x: torch.Tensor) -> bool:
-        """Batch-1 inference with few enough kept channels (``ss_gather_max_keep``) takes the gather
-        path; otherwise the dense weights run with the mask (same outputs within fp tolerance)."""
-        gather = (not self.training and x.shape[0] == 1 and self.ss_gather
-                  and self._ss_rho <= self.ss_gather_max_keep)
-        self.ss_last_path = "gather" if gather else "masked"
-        return gather
+    def _use_gather(self, x: torch.Tensor, m: torch.Tensor) -> bool:
+        """Batch-1 inference computes only the kept channels when it pays: with an execution plan
+        (:func:`attach_latency_table`) the measured cheaper path for this kept count (a block whose
+        gate is fully off is skipped); without one, when at most ``ss_gather_max_keep`` is kept.
+        Otherwise the dense weights run with the mask (same outputs within fp tolerance)."""
+        path = "masked"
+        if not self.training and x.shape[0] == 1 and self.ss_gather and self.conv2.groups == 1:
+            if self._ss_force is not None and self._ss_force[1] is not None:
+                path = self._ss_force[1]
+            elif self.ss_plan is not None:
+                path = self.ss_plan[int(m.sum())]
+            elif self._ss_rho <= self.ss_gather_max_keep:
+                path = "gather"
+            if path == "gather" and not bool(m.any()):
+                path = "skip"
+        self.ss_last_path = path
+        return path != "masked"
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         m = self.gate(x)
         if self.ss_gates_open:
             m = torch.ones_like(m)
+        if self._ss_force is not None and self._ss_force[0] is not None:
+            m = torch.zeros_like(m)
+            m[:, : self._ss_force[0]] = 1
         self._ss_rho = float(m.detach().mean())
         self._ss_gate_cost = self.gate.cost(x.shape[-2], x.shape[-1])
         return m
+
+    def _append_record(self, m: torch.Tensor, d12: float, rest: float, gate: float) -> None:
+        """(F^R (B,), F^O) of this forward: MACs, or with ``ss_latency`` (``budget: latency``) the
+        measured batch-1 latency of the gated block at each sample's kept share (piecewise linear in
+        it, so differentiable) over the dense block's."""
+        if self.ss_latency is not None:
+            xs, ys, dense_ms = self.ss_latency
+            self.ss_record.append((interp(m.mean(1), xs, ys), dense_ms))
+            return
+        self.ss_record.append((m.mean(1) * d12 + rest + gate, d12 + rest))
+
+    # ------------------------------------------------------------------ batch-1 execution
+    def _exec_tensors(self) -> List[torch.Tensor]:
+        ts = [getattr(self, c).weight for c in ("conv1", "conv2", "conv3") if hasattr(self, c)]
+        for name in self._bn_names:
+            bn = self._bn(name)
+            ts += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        return ts
+
+    def _exec_weights(self) -> Dict[str, torch.Tensor]:
+        """Eval-mode weights of the gated branch with BatchNorm folded into the convs (``w1 b1`` rows
+        per gated channel, ``w2t`` conv2 transposed so a kept-channel gather copies contiguous rows,
+        ``b2``, Bottleneck ``w3 b3``), cached until a parameter or running statistic changes."""
+        key = (self.ss_mode, self.ss_separate_bn, tuple((t.data_ptr(), t._version) for t in self._exec_tensors()))
+        if self._ss_exec_key == key and self._ss_exec_w is not None:
+            return self._ss_exec_w
+        with torch.no_grad():
+            w1, b1 = _fold(self.conv1, self._bn("bn1"))
+            w2, b2 = _fold(self.conv2, self._bn("bn2"))
+            ws = {"w1": w1, "b1": b1, "w2": w2, "w2t": w2.transpose(0, 1).contiguous(), "b2": b2}
+            if hasattr(self, "conv3"):
+                ws["w3"], ws["b3"] = _fold(self.conv3, self._bn("bn3"))
+                # gate fully off: conv2's output is bn2(0) = b2 everywhere, so the block adds a constant
+                ws["skip"] = F.conv2d(F.relu(b2)[None, :, None, None], ws["w3"], ws["b3"]).flatten()
+            else:
+                ws["skip"] = b2
+        self._ss_exec_key, self._ss_exec_w = key, ws
+        return ws
+
+    def _forward_exec(self, x: torch.Tensor, m: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """Batch-1 gather / skip with folded weights (see :meth:`_exec_weights`)."""
+        ws = self._exec_weights()
+        if self.ss_last_path == "skip":
+            return F.relu(identity + ws["skip"][None, :, None, None])
+        idx = m[0].nonzero().flatten()
+        c1, c2 = self.conv1, self.conv2
+        out = F.relu(F.conv2d(x, ws["w1"].index_select(0, idx), ws["b1"].index_select(0, idx), c1.stride,
+                              c1.padding, c1.dilation))
+        out = F.conv2d(out, ws["w2t"].index_select(0, idx).transpose(0, 1), ws["b2"], c2.stride, c2.padding,
+                       c2.dilation)
+        if hasattr(self, "conv3"):
+            out = F.conv2d(F.relu(out), ws["w3"], ws["b3"])
+        return F.relu(out + identity)
 
 
 def _reported_macs(block, first: bool, inputs, output, dense: float) -> float:
@@ -199,8 +294,8 @@ class GatedBasicBlock(_GatedMixin, BasicBlock):
             return BasicBlock.forward(self, x)
         m = self._mask(x)
         identity = self._shortcut(x)
-        if self._use_gather(x):
-            return self._forward_gather(x, m, identity)
+        if self._use_gather(x, m):
+            return self._forward_exec(x, m, identity)
         out = F.relu(self._bn("bn1")(self.conv1(x))) * m[:, :, None, None]
         c1 = out
         out = self._bn("bn2")(self.conv2(out))
@@ -212,19 +307,7 @@ class GatedBasicBlock(_GatedMixin, BasicBlock):
             return
         d12 = _conv_dense(self.conv1, c1) + _conv_dense(self.conv2, out)
         d_ds = _conv_dense(self.downsample[0], identity) if self.downsample is not None else 0.0
-        g = self.gate.cost(x.shape[-2], x.shape[-1])
-        self.ss_record.append((m.mean(1) * d12 + d_ds + g, d12 + d_ds))
-
-    def _forward_gather(self, x, m, identity):
-        idx = m[0].nonzero().flatten()
-        if idx.numel() == 0:
-            out = self._bn("bn2")(torch.zeros_like(identity[:, : self.conv2.out_channels]))
-            return F.relu(out + identity)
-        c1, c2 = self.conv1, self.conv2
-        out = F.conv2d(x, c1.weight.index_select(0, idx), None, c1.stride, c1.padding, c1.dilation)
-        out = F.relu(_bn_eval(out, self._bn("bn1"), idx))
-        out = F.conv2d(out, c2.weight.index_select(1, idx), None, c2.stride, c2.padding, c2.dilation)
-        return F.relu(self._bn("bn2")(out) + identity)
+        self._append_record(m, d12, d_ds, self.gate.cost(x.shape[-2], x.shape[-1]))
 
 
 class GatedBottleneck(_GatedMixin, Bottleneck):
@@ -236,8 +319,8 @@ class GatedBottleneck(_GatedMixin, Bottleneck):
             return Bottleneck.forward(self, x)
         m = self._mask(x)
         identity = self._shortcut(x)
-        if self._use_gather(x):
-            return self._forward_gather(x, m, identity)
+        if self._use_gather(x, m):
+            return self._forward_exec(x, m, identity)
         out = F.relu(self._bn("bn1")(self.conv1(x))) * m[:, :, None, None]
         c1 = out
         out = F.relu(self._bn("bn2")(self.conv2(out)))
@@ -247,23 +330,7 @@ class GatedBottleneck(_GatedMixin, Bottleneck):
             d12 = _conv_dense(self.conv1, c1) + _conv_dense(self.conv2, c2)
             rest = _conv_dense(self.conv3, out) + (_conv_dense(self.downsample[0], identity)
                                                    if self.downsample is not None else 0.0)
-            g = self.gate.cost(x.shape[-2], x.shape[-1])
-            self.ss_record.append((m.mean(1) * d12 + rest + g, d12 + rest))
-        return F.relu(out + identity)
-
-    def _forward_gather(self, x, m, identity):
-        idx = m[0].nonzero().flatten()
-        c1, c2 = self.conv1, self.conv2
-        if idx.numel() == 0:
-            h = (x.shape[-2] + 2 * c2.padding[0] - c2.dilation[0] * (c2.kernel_size[0] - 1) - 1) // c2.stride[0] + 1
-            w = (x.shape[-1] + 2 * c2.padding[1] - c2.dilation[1] * (c2.kernel_size[1] - 1) - 1) // c2.stride[1] + 1
-            out = F.relu(self._bn("bn2")(x.new_zeros(1, c2.out_channels, h, w)))
-        else:
-            out = F.conv2d(x, c1.weight.index_select(0, idx), None, c1.stride, c1.padding, c1.dilation)
-            out = F.relu(_bn_eval(out, self._bn("bn1"), idx))
-            out = F.conv2d(out, c2.weight.index_select(1, idx), None, c2.stride, c2.padding, c2.dilation, c2.groups)
-            out = F.relu(self._bn("bn2")(out))
-        out = self._bn("bn3")(self.conv3(out))
+            self._append_record(m, d12, rest, self.gate.cost(x.shape[-2], x.shape[-1]))
         return F.relu(out + identity)
 
 
@@ -415,3 +482,127 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict
     return {"gated_blocks_flops_ratio": fr_sum / fo_sum if fo_sum else 1.0,
             "network_macs_ratio": eff / dense if dense else 1.0,
             "kept_channels": {n: v / n_seen for n, v in per_block.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# measured cost model: batch-1 latency of each gated block along each execution path
+
+#: kept shares at which a block's gather path is timed (0 = the block skipped)
+KEEP_GRID = (0.0, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+
+
+def block_input_shapes(backbone: nn.Module, size: int) -> Dict[str, Tuple[int, int, int]]:
+    """{block name: (C, H, W) of its input} for one ``size`` x ``size`` image."""
+    shapes: Dict[str, Tuple[int, int, int]] = {}
+    hooks = [blk.register_forward_pre_hook(lambda m, i, n=n: shapes.__setitem__(n, tuple(i[0].shape[1:])))
+             for n, blk in gated_blocks(backbone)]
+    was_mode, was_train = backbone.ss_mode, backbone.training
+    try:
+        backbone.eval()
+        set_mode(backbone, "dense")
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        set_mode(backbone, was_mode)
+        backbone.train(was_train)
+    return shapes
+
+
+def block_signature(blk: nn.Module, shape: Sequence[int]) -> str:
+    """What a gated block's batch-1 latency depends on: kind, widths, stride, downsample, input map."""
+    kind = "bottleneck" if hasattr(blk, "conv3") else "basic"
+    out = (blk.conv3 if hasattr(blk, "conv3") else blk.conv2).out_channels
+    return (f"dgnet-{kind}|in{shape[0]}|mid{blk.conv1.out_channels}|out{out}|s{blk.conv2.stride[0]}"
+            f"|ds{int(blk.downsample is not None)}|{shape[1]}x{shape[2]}")
+
+
+@torch.inference_mode()
+def time_block(blk: nn.Module, shape: Sequence[int], reps: int = 15, grid: Sequence[float] = KEEP_GRID
+               ) -> Dict[str, object]:
+    """Batch-1 latency of one gated block (random input of ``shape``): the dense block, the gated block
+    along the masked path, and the gather path at each kept share of ``grid`` (0: the block skipped).
+    Every variant runs once per repetition, interleaved, so background load hits them alike."""
+    import time
+
+    c1 = blk.conv1.out_channels
+    keep = sorted({0, *(max(1, round(f * c1)) for f in grid if f > 0)})
+    variants = [("dense", None, None), ("masked", c1, "masked")]
+    variants += [(f"k{k}", k, "skip" if k == 0 else "gather") for k in keep]
+    state = (blk.training, blk.ss_mode, blk.ss_gather, blk._ss_force)
+    x = torch.randn(1, *shape, device=blk.conv1.weight.device)
+    times: Dict[str, List[float]] = {v[0]: [] for v in variants}
+    try:
+        blk.eval()
+        blk.ss_gather = True
+
+        for r in range(reps + 2):                      # the first two rounds are warm-up
+            for name, k, path in variants:
+                blk.ss_mode = "dense" if name == "dense" else "gated"
+                blk._ss_force = None if name == "dense" else (k, path)
+                t0 = time.perf_counter()
+                blk(x)
+                if r >= 2:
+                    times[name].append(1e3 * (time.perf_counter() - t0))
+    finally:
+        blk.train(state[0])
+        blk.ss_mode, blk.ss_gather, blk._ss_force = state[1], state[2], state[3]
+    st = {n: summary(v) for n, v in times.items()}
+    return {"shape": list(shape), "channels": c1, "keep": keep, "reps": reps,
+            "dense_ms": st["dense"]["median_ms"], "masked_ms": st["masked"]["median_ms"],
+            "gather_ms": [st[f"k{k}"]["median_ms"] for k in keep],
+            "iqr_ms": {n: v["iqr_ms"] for n, v in st.items()}}
+
+
+def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[float], float]]:
+    """Per kept count k = 0..C: the measured cheaper path ("skip" at 0, then "gather" or "masked"); and the
+    latency curve (kept shares, gated ms, dense ms) of the budget loss."""
+    c1, keep, gather, masked = entry["channels"], entry["keep"], entry["gather_ms"], entry["masked_ms"]
+    plan = ["skip"]
+    for k in range(1, c1 + 1):
+        t = float(interp(torch.tensor(float(k)), [float(v) for v in keep], gather))
+        plan.append("gather" if t < masked else "masked")
+    xs = [k / c1 for k in keep]
+    ys = [gather[0]] + [min(g, masked) for g in gather[1:]]
+    return plan, (xs, ys, float(entry["dense_ms"]))
+
+
+def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, table: Optional[LatencyTable] = None,
+                         rebuild: bool = False, progress: Optional[Callable[[str], None]] = None
+                         ) -> Dict[str, object]:
+    """Give every gated block of ``backbone`` its measured batch-1 execution plan and latency curve at
+    ``size`` px (inputs of one image): entries come from the on-disk table of this machine
+    (:class:`solo_sparse.engine.costmodel.LatencyTable`); missing ones (or all, ``rebuild``) are timed
+    first, one progress line per block shape. Returns {"path": cache file, "built": [signatures timed],
+    "blocks": {name: signature}}."""
+    import time
+
+    table = table or LatencyTable()
+    shapes = block_input_shapes(backbone, size)
+    blocks = gated_blocks(backbone)
+    sigs = {n: block_signature(blk, shapes[n]) for n, blk in blocks}
+    todo = [(n, blk) for n, blk in blocks if rebuild or sigs[n] not in table]
+    seen, built, t0 = set(), [], time.perf_counter()
+    todo = [(n, blk) for n, blk in todo if not (sigs[n] in seen or seen.add(sigs[n]))]
+    for i, (n, blk) in enumerate(todo):
+        if progress:
+            done = time.perf_counter() - t0
+            eta = f", ETA {done / i * (len(todo) - i):.0f} s" if i else ""
+            progress(f"latency table {i + 1}/{len(todo)}: timing {n} ({sigs[n]}) at batch 1, {reps} repeats{eta}")
+        table.put(sigs[n], time_block(blk, shapes[n], reps))
+        built.append(sigs[n])
+    if built:
+        table.save()
+        if progress:
+            progress(f"latency table: {len(built)} block shape(s) timed in {time.perf_counter() - t0:.1f} s, "
+                     f"saved to {table.path}")
+    for n, blk in blocks:
+        blk.ss_plan, blk.ss_latency = plan_from_entry(table.get(sigs[n]))
+    return {"path": str(table.path), "built": built, "blocks": sigs}
+
+
+def detach_latency_table(backbone: nn.Module) -> None:
+    """Back to the GATHER_MAX_KEEP rule and the MACs budget."""
+    for _, blk in gated_blocks(backbone):
+        blk.ss_plan, blk.ss_latency = None, None

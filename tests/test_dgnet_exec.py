@@ -1,0 +1,221 @@
+"""DGNet batch-1 execution chosen by the measured cost model, and the latency budget.
+
+No timing is asserted (timings here are noisy): the tests check that the table is built, cached on
+disk under the machine key and reused, that every path the plan can pick gives the masked outputs, and
+that ``budget: latency`` weighs kept shares by the table's latencies (built first, with progress lines,
+when the table is missing)."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.engine.costmodel import LatencyTable, interp, machine_key
+from solo_sparse.gating.dgnet import (
+    attach_latency_table,
+    block_input_shapes,
+    convert_resnet,
+    detach_latency_table,
+    flops_ratio,
+    gated_blocks,
+    plan_from_entry,
+    set_mode,
+    start_recording,
+)
+from solo_sparse_plugins.dgnet_dual import DGNetDual
+from solo_sparse_plugins.dgnet_gated import DGNetGated
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOLO_SPARSE_LATENCY_DIR", str(tmp_path / "latency"))
+
+
+def _net(arch="resnet18", seed=0):
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)()
+    net.fc = nn.Identity()
+    convert_resnet(net)
+    g = torch.Generator().manual_seed(seed)
+    for _, b in gated_blocks(net):
+        b.gate.b2.data = torch.where(torch.rand(b.gate.b2.shape, generator=g) < 0.5, 4.0, -4.0)
+        b.gate.w2.data.normal_(0, 0.5, generator=g)
+        for bn in (b.bn1, b.bn2):
+            bn.running_mean.normal_(0, 0.3, generator=g)
+            bn.running_var.uniform_(0.5, 2.0, generator=g)
+            bn.weight.data.normal_(1, 0.3, generator=g)
+            bn.bias.data.normal_(0, 0.3, generator=g)
+    return net.eval()
+
+
+def test_interp_is_piecewise_linear_and_differentiable():
+    x = torch.tensor([0.0, 0.25, 0.5, 1.0], requires_grad=True)
+    y = interp(x, [0.0, 0.5, 1.0], [1.0, 2.0, 4.0])
+    assert torch.allclose(y, torch.tensor([1.0, 1.5, 2.0, 4.0]))
+    y.sum().backward()
+    # a gradient at both ends too: at start every gate is open (kept share exactly 1)
+    assert torch.allclose(x.grad, torch.tensor([2.0, 2.0, 4.0, 4.0]))
+
+
+def test_table_is_built_cached_under_the_machine_key_and_reused(tmp_path):
+    net = _net()
+    lines = []
+    rep = attach_latency_table(net, 32, reps=2, progress=lines.append)
+    sigs = set(rep["blocks"].values())
+    assert len(rep["built"]) == len(sigs) == 7                 # ResNet-18: 7 distinct block shapes
+    assert sum("latency table" in ln and "ETA" in ln for ln in lines) == len(sigs) - 1
+    data = json.loads(open(rep["path"]).read())
+    assert data["key"] == machine_key() and data["key"]["threads"] == torch.get_num_threads()
+    assert data["key"]["torch"] == torch.__version__
+    e = data["entries"][rep["blocks"]["layer3.0"]]
+    assert e["shape"] == [128, 4, 4] and e["keep"][0] == 0 and e["keep"][-1] == 256
+    assert len(e["gather_ms"]) == len(e["keep"]) and e["dense_ms"] > 0 and e["masked_ms"] > 0
+    # a second network of the same shapes times nothing
+    lines.clear()
+    rep2 = attach_latency_table(_net(seed=1), 32, reps=2, progress=lines.append)
+    assert rep2["built"] == [] and not lines and rep2["path"] == rep["path"]
+    # another thread count is another machine key, another file
+    assert LatencyTable({**machine_key(), "threads": 999}).path != LatencyTable().path
+    # every block carries a plan for each kept count and a latency curve
+    for _, b in gated_blocks(net):
+        c = b.conv1.out_channels
+        assert len(b.ss_plan) == c + 1 and b.ss_plan[0] == "skip"
+        assert set(b.ss_plan[1:]) <= {"gather", "masked"}
+        xs, ys, dense = b.ss_latency
+        assert xs[0] == 0.0 and xs[-1] == 1.0 and len(ys) == len(xs) and dense > 0
+
+
+def test_plan_picks_the_measured_cheaper_path():
+    entry = {"channels": 8, "keep": [0, 2, 4, 8], "gather_ms": [0.1, 1.0, 2.0, 4.0], "masked_ms": 2.5,
+             "dense_ms": 2.0}
+    plan, (xs, ys, dense) = plan_from_entry(entry)
+    assert plan == ["skip", "gather", "gather", "gather", "gather", "masked", "masked", "masked", "masked"]  # k=5 ties
+    assert xs == [0.0, 0.25, 0.5, 1.0] and ys == [0.1, 1.0, 2.0, 2.5] and dense == 2.0
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_every_planned_path_gives_the_masked_outputs(arch):
+    net = _net(arch)
+    set_mode(net, "gated")
+    xs = torch.randn(3, 1, 3, 64, 64)
+    with torch.no_grad():
+        ref = []
+        for b in (b for _, b in gated_blocks(net)):
+            b.ss_gather = False
+        for x in xs:
+            ref.append(net(x))
+        ref = torch.cat(ref)
+        for b in (b for _, b in gated_blocks(net)):
+            b.ss_gather = True
+        blocks = [b for _, b in gated_blocks(net)]
+        blocks[1].gate.b2.data.fill_(-50.0)                    # one block fully off: skipped
+        blocks[1].gate.w2.data.zero_()
+        for b in blocks:
+            b.ss_gather = False
+        ref = torch.cat([net(x) for x in xs])
+        for plan in ("gather", "masked"):
+            for b in blocks:
+                b.ss_gather = True
+                b.ss_plan = ["skip"] + [plan] * b.conv1.out_channels
+            out, paths = [], set()
+            for x in xs:
+                out.append(net(x))
+                paths |= {b.ss_last_path for b in blocks}
+            out = torch.cat(out)
+            assert "skip" in paths and plan in paths
+            tol = 1e-5 * float(ref.abs().max()) + 1e-5
+            assert torch.allclose(out, ref, atol=tol, rtol=1e-4), (plan, (out - ref).abs().max())
+    detach_latency_table(net)
+    assert all(b.ss_plan is None and b.ss_latency is None for b in blocks)
+
+
+def test_block_input_shapes_restore_the_mode():
+    net = _net()
+    set_mode(net, "gated")
+    shapes = block_input_shapes(net, 224)
+    assert shapes["layer1.0"] == (64, 56, 56) and shapes["layer4.1"] == (512, 7, 7)
+    assert net.ss_mode == "gated" and not net.training
+
+
+# ------------------------------------------------------------------------------ budget: latency
+def _host(plugin, input_size=32):
+    from solo_sparse.core.plugin import ModelView, PluginHost
+    from solo_sparse.engine.sparsifier import ModuleGroup
+
+    torch.manual_seed(0)
+    online = torchvision.models.resnet18()
+    online.fc = nn.Identity()
+    view = ModelView({"backbone": ModuleGroup("backbone", online, None)}, "shared", method="vicreg",
+                     num_large_crops=2, input_size=input_size)
+    host = PluginHost([plugin])
+    host.setup(view)
+    host.set_schedule_info(10, 100)
+    host.on_train_start()
+    return host, online
+
+
+@pytest.mark.parametrize("value", ["flops", "MACS", 1, None])
+def test_budget_key_is_validated_before_step_0(value):
+    with pytest.raises(ConfigError, match=r"^solo_sparse\.budget=.*: allowed: macs, latency$"):
+        DGNetDual.from_params({"budget": value})
+    with pytest.raises(ConfigError, match="latency_size"):
+        DGNetGated.from_params({"budget": "latency", "latency_size": -1})
+
+
+def test_default_budget_is_macs_and_builds_no_table(capsys):
+    p = DGNetDual.from_params({})
+    assert p.config.budget == "macs"
+    _, online = _host(p)
+    assert all(b.ss_latency is None and b.ss_plan is None for _, b in gated_blocks(online))
+    assert "latency table" not in capsys.readouterr().err
+
+
+def test_latency_budget_builds_the_missing_table_first_then_weighs_by_latency(capsys):
+    p = DGNetDual.from_params({"budget": "latency", "target": 0.5})
+    host, online = _host(p, input_size=32)
+    err = capsys.readouterr().err
+    assert "solo-sparse dgnet_dual: latency table 1/7: timing layer1.0" in err and "saved to" in err
+    blocks = [b for _, b in gated_blocks(online)]
+    assert all(b.ss_latency is not None for b in blocks)
+    # the budget loss has a gradient reaching the gates, also with every gate open (kept share exactly 1)
+    from solo_sparse.core.plugin import Branch
+
+    online.train()
+    x = torch.randn(4, 3, 32, 32)
+    host.on_step_start()
+    for crop in (0, 1):
+        host.on_crop(Branch(crop=crop))
+        online(x)
+    loss = host.extra_loss()
+    loss.backward()
+    assert blocks[0].gate.b2.grad is not None and blocks[0].gate.b2.grad.abs().sum() > 0
+    # the ratio of one gated forward is the latency-weighted one
+    rec = start_recording(online)
+    set_mode(online, "gated")
+    online(x)
+    ratio = flops_ratio(rec)
+    num = sum(interp(torch.full((4,), b._ss_rho), *b.ss_latency[:2]) for b in blocks)
+    den = sum(b.ss_latency[2] for b in blocks)
+    assert torch.allclose(ratio, (num / den).mean(), rtol=1e-4)
+    # a second run on this machine reuses the table: one line saying where it comes from, nothing timed
+    _host(DGNetGated.from_params({"budget": "latency"}), input_size=32)
+    err = capsys.readouterr().err
+    assert "timing" not in err and "latency budget from the measured table" in err
+
+
+def test_latency_budget_needs_a_size():
+    with pytest.raises(ConfigError, match="latency_size"):
+        _host(DGNetDual.from_params({"budget": "latency"}), input_size=None)
+    p = DGNetDual.from_params({"budget": "latency", "latency_size": 32})
+    _, online = _host(p, input_size=None)
+    assert all(b.ss_latency is not None for _, b in gated_blocks(online))
+
+
+def test_momentum_copy_of_a_planned_net_keeps_the_plan():
+    net = _net()
+    attach_latency_table(net, 32, reps=1)
+    twin = copy.deepcopy(net)
+    assert [b.ss_plan for _, b in gated_blocks(twin)] == [b.ss_plan for _, b in gated_blocks(net)]
