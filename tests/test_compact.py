@@ -126,3 +126,43 @@ def test_torchvision_resnet_compacts_too():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(small(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("resnet18", 64), ("resnet18", 224), ("resnet50", 64)])
+def test_inference_form_equals_the_masked_dense_network_within_1e5_relative(arch, size):
+    """compact + BN folded + channels-last (+ widths rounded to the vector width) vs the masked dense
+    network: max |diff| <= 1e-5 of the output's scale, on random inputs."""
+    torch.manual_seed(4)
+    net = _randomise_bn(build_resnet(arch))
+    keep = C.channel_prune(net, 0.45)                  # 0.45: widths that are no multiple of 16
+    rounded = C.round_keep(net, keep, C.vector_width())
+    assert all(int(rounded[k].sum()) % C.vector_width() == 0 or bool(rounded[k].all()) for k in rounded)
+    assert all(bool((rounded[k] | ~keep[k]).all()) and rounded[k].sum() >= keep[k].sum() for k in keep)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = net(x)
+        scale = float(ref.abs().max())
+        for small in (C.optimise(C.compact(net)), C.optimise(C.compact(net, rounded)),
+                      C.optimise(C.compact(net), steps=("fold_bn",)), C.optimise(net)):
+            err = float((small(x) - ref).abs().max())
+            assert err <= 1e-5 * scale, (err, scale)
+    assert sum(C.widths(C.optimise(C.compact(net))).values()) < sum(C.widths(net).values())
+    with pytest.raises(ValueError, match="unknown optimisation"):
+        C.optimise(net, steps=("compile",))
+
+
+def test_fold_bn_leaves_no_batchnorm_and_applies_masks():
+    net = _randomise_bn(build_resnet("resnet18"))
+    conv = net.layer2[0].conv2
+    mask = torch.rand(conv.weight.shape) < 0.5
+    conv.register_buffer(MASK, mask)
+    with torch.no_grad():
+        conv.weight[~mask] = 1.0                       # stored weights not yet masked: the fold applies the mask
+        ref_w = conv.weight * mask
+    folded = C.fold_bn(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert bool((folded.layer2[0].conv2.weight[~mask] == 0).all())
+    conv.weight.data = ref_w
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
