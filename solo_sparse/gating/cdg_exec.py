@@ -219,3 +219,16 @@ def executed_share(backbone: nn.Module, x: torch.Tensor, tile: int = 4) -> Dict[
         wsum += wt
     rows["total"] = {k: v / wsum for k, v in tot.items()} if wsum else {}
     return rows
+
+
+def untrained_gates(backbone: nn.Module) -> Optional[str]:
+    """Why a CDG/CGNet backbone's gates look never trained (every threshold tau still one value, as
+    :func:`solo_sparse.gating.cgnet.convert_resnet` initialises them), or None."""
+    convs = convertible(backbone)
+    if not convs:
+        return None
+    tau = torch.cat([c.tau.detach().flatten() for _, c in convs])
+    if bool((tau == tau[0]).all()):
+        return (f"the gates were never trained: every CDG threshold tau is still {float(tau[0]):g} (its initial "
+                f"value)")
+    return None

@@ -606,3 +606,17 @@ def detach_latency_table(backbone: nn.Module) -> None:
     """Back to the GATHER_MAX_KEEP rule and the MACs budget."""
     for _, blk in gated_blocks(backbone):
         blk.ss_plan, blk.ss_latency = None, None
+
+
+def untrained_gates(backbone: nn.Module) -> Optional[str]:
+    """Why a DGNet-gated backbone's gates look never trained (every gate's output bias still one value, as
+    :class:`ChannelGate` initialises it), or None. Exporting or timing such a gated path measures nothing:
+    its gates keep every channel (or, at a hand-set bias, a data-independent share)."""
+    blocks = gated_blocks(backbone)
+    if not blocks:
+        return None
+    b2 = torch.cat([blk.gate.b2.detach().flatten() for _, blk in blocks])
+    if bool((b2 == b2[0]).all()):
+        return (f"the gates were never trained: every DGNet gate bias is still {float(b2[0]):g} (the value they are "
+                f"initialised to), so the gated path keeps what the initialisation keeps, not what a budget taught it")
+    return None

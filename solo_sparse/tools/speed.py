@@ -1,0 +1,529 @@
+"""``solo-sparse speed``: every exported fast path against dense, side by side in one run, with the MACs
+limit beside each measured ratio.
+
+    solo-sparse speed scripts/suites/speed.yaml --out results/speed --docs docs/speed.md
+
+A suite (YAML, data -- it may name plugins; this module never does) lists *paths*::
+
+    sizes: [32, 64, 224]          # input sizes (px)
+    batches: [1, 64]
+    reps: 20                      # timed repetitions per variant after warm-up
+    images: data/fmnist5k/val     # real images (gated paths decide per input); random inputs if absent
+    paths:
+      - id: compact-d50
+        zoo: <entry>              # or checkpoint: <file.ckpt>, or plugin: <name> + params: {...}
+        channel_density: 0.5      # compactable entries: prune the block-internal channels first
+      - id: dgnet-t30
+        zoo: <gated entry>
+      - id: cdg-cg8
+        plugin: <name>
+        params: {cg: 8, ramp: 0}  # built on a fresh backbone
+        synthetic: true           # gates at their initial thresholds on random weights (speed only)
+
+What each path measures is decided by what the backbone *is*, never by a plugin name: a backbone whose
+plugin is ``compactable`` (or none) is compacted (:mod:`solo_sparse.engine.compact`) and measured eager
+and in its inference form (BN folded, channels-last), next to the uncompacted network in the same form
+(the fair reference); a plugin with ``speed_paths`` (fast, dense) is routed to each, and DGNet-gated
+blocks get their measured batch-1 execution plan (:func:`solo_sparse.gating.dgnet.attach_latency_table`);
+CDG/CGNet-gated convs get :mod:`solo_sparse.gating.cdg_exec`'s executable forms next to the training-time
+computation. Gates that were never trained are refused with the reason unless the suite says
+``synthetic: true``.
+
+Timing: for each (batch, size), every variant of every path runs once per repetition, interleaved
+(background load hits them alike), after 3 warm-up calls each; batch-1 repetitions cycle through the
+images. Reported per variant: median and inter-quartile range (ms); per ratio: the median and IQR of the
+per-repetition ratios dense / fast. The MACs limit is dense MACs / the path's MACs at that size
+(gated paths: measured on the same images through the plugin's ``measure_backbone``). Threads, the
+machine key and the load average before and after are recorded.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from solo_sparse.core.config import ConfigError
+
+DOC_BEGIN, DOC_END = "<!-- speed -->", "<!-- /speed -->"
+
+
+@dataclass
+class Variant:
+    name: str
+    module: nn.Module
+    what: str
+    batches: Optional[Tuple[int, ...]] = None       # None: every batch size
+    #: called with (input size, progress) before each group that runs the variant
+    prepare: Optional[Callable[[int, Callable[[str], None]], None]] = None
+
+
+@dataclass
+class SpeedPath:
+    id: str
+    kind: str
+    description: str
+    dense: nn.Module
+    variants: List[Variant]
+    #: (fast variant, reference variant or "dense") pairs whose ratio is reported, with the MACs limit of the fast one
+    ratios: List[Tuple[str, str]]
+    limit: Callable[[int, torch.Tensor], Dict[str, float]]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- building paths
+def _say(msg: str) -> None:
+    print(f"[speed] {msg}", file=sys.stderr, flush=True)
+
+
+def _macs(net: nn.Module, size: int) -> float:
+    from solo_sparse.engine.flops import count_macs
+
+    with torch.no_grad():
+        return float(count_macs(net, torch.zeros(1, 3, size, size)).dense)
+
+
+def _load(spec: Mapping[str, Any], root: Optional[Path]) -> Tuple[nn.Module, Optional[str], Dict[str, Any]]:
+    """The path's backbone (eval mode) and its backbone-rewriting plugin (name, saved config) if any."""
+    from solo_sparse import zoo
+    from solo_sparse.core.registry import get_plugin
+    from solo_sparse.tools.evaluate import build_resnet, load_backbone
+
+    if "zoo" in spec:
+        e = zoo.entry(spec["zoo"], root)
+        net = zoo.load(spec["zoo"], "solo", root)
+        plugin = next((n for n in (e.get("plugins") or {}) if get_plugin(n).rewrites_backbone), None)
+        return net.eval(), plugin, dict((e.get("plugins") or {}).get(plugin) or {})
+    if "checkpoint" in spec:
+        from solo_sparse.tools.inputs import read_checkpoint
+
+        net, info = load_backbone(str(spec["checkpoint"]), spec.get("backbone", "resnet18"))
+        cfg = ((read_checkpoint(str(spec["checkpoint"])).get("solo_sparse") or {}).get(info["gating"]) or {})
+        return net.eval(), info["gating"], dict(cfg.get("config", cfg)) if info["gating"] else {}
+    if "plugin" in spec:
+        cls = get_plugin(spec["plugin"])
+        torch.manual_seed(int(spec.get("seed", 0)))
+        net = build_resnet(spec.get("backbone", "resnet18"))
+        params = dict(spec.get("params") or {})
+        if cls.rewrites_backbone:
+            cls.rebuild_backbone(net, params)
+        return net.eval(), spec["plugin"] if cls.rewrites_backbone else None, params
+    if "backbone" in spec:
+        torch.manual_seed(int(spec.get("seed", 0)))
+        return build_resnet(spec["backbone"]).eval(), None, {}
+    raise ConfigError(f"speed suite path {spec.get('id')!r}: give one of zoo, checkpoint, plugin, backbone")
+
+
+def _compact_path(pid: str, net: nn.Module, spec: Mapping[str, Any]) -> SpeedPath:
+    from solo_sparse.engine import compact as C
+
+    net = copy.deepcopy(net).eval()
+    density = spec.get("channel_density")
+    if density is not None:
+        C.channel_prune(net, float(density))
+    keep = C.removable(net)
+    if spec.get("round_to_vector", True):
+        keep = C.round_keep(net, keep, C.vector_width())
+    small = C.compact(net, keep)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fast = C.optimise(small)
+    with torch.no_grad():
+        ref = net(x)
+        err = float((fast(x) - ref).abs().max()) / max(float(ref.abs().max()), 1e-12)
+    widths = [sum(C.widths(small).values()), sum(C.widths(net).values())]
+    variants = [Variant("dense+opt", C.optimise(net), "uncompacted, BN folded, channels-last"),
+                Variant("compact", small, "compact export, eager"),
+                Variant("compact+opt", fast, "compact export, BN folded, channels-last")]
+
+    def limit(size: int, X: torch.Tensor) -> Dict[str, float]:
+        return {"compact+opt": _macs(net, size) / _macs(small, size), "compact": _macs(net, size) / _macs(small, size)}
+
+    what = f"compact export at internal channel density {density}" if density is not None else "compact export"
+    return SpeedPath(pid, "compact", f"{what} ({widths[0]}/{widths[1]} internal channels, widths rounded to "
+                                     f"{C.vector_width()} lanes)", net, variants,
+                     [("compact+opt", "dense"), ("compact+opt", "dense+opt"), ("compact", "dense")], limit,
+                     {"internal_channels": widths, "max_rel_diff": err, "vector_width": C.vector_width()})
+
+
+def _speed_paths_path(pid: str, net: nn.Module, plugin: str, pcfg: Mapping[str, Any], spec: Mapping[str, Any],
+                      reps_table: int) -> SpeedPath:
+    """A plugin with ``speed_paths``: its fast and dense evaluation paths (DGNet-gated blocks with their measured
+    batch-1 plan, and the fixed kept-share rule for comparison)."""
+    from solo_sparse.core.registry import get_plugin
+    from solo_sparse.gating import dgnet
+
+    cls = get_plugin(plugin)
+    fast_path, dense_path = cls.speed_paths
+    dense = copy.deepcopy(net)
+    cls.from_saved(pcfg).route_eval(dense, dense_path)
+    fast = copy.deepcopy(net)
+    cls.from_saved(pcfg).route_eval(fast, fast_path)
+    variants = []
+    info: Dict[str, Any] = {"plugin_paths": [fast_path, dense_path]}
+    if dgnet.is_gated(fast):
+        rule = copy.deepcopy(fast)
+        dgnet.detach_latency_table(rule)
+        tables: Dict[int, Dict[str, Any]] = {}
+
+        def prepare(size: int, progress: Callable[[str], None]) -> None:
+            rebuild = bool(spec.get("rebuild_table")) and size not in tables
+            tables[size] = dgnet.attach_latency_table(fast, size, reps=reps_table, rebuild=rebuild,
+                                                      progress=progress)
+        variants.append(Variant(f"{fast_path}", fast, f"{fast_path} path, batch-1 plan from the measured cost "
+                                                      f"model (gather / masked / skip per block)", prepare=prepare))
+        variants.append(Variant(f"{fast_path} (fixed rule)", rule, f"{fast_path} path, gather when <= "
+                                f"{dgnet.GATHER_MAX_KEEP:g} of a block is kept (no cost model)", batches=(1,)))
+        info["tables"] = tables
+    else:
+        variants.append(Variant(fast_path, fast, f"{fast_path} path"))
+
+    def limit(size: int, X: torch.Tensor) -> Dict[str, float]:
+        m = cls.measure_backbone(copy.deepcopy(fast), X) or {}
+        r = float(m.get("network_macs_ratio", 1.0))
+        info.setdefault("measured", {})[size] = {k: v for k, v in m.items() if k != "kept_channels"}
+        if "kept_channels" in m:
+            info["measured"][size]["kept_channels"] = m["kept_channels"]
+        return {v.name: 1.0 / r for v in variants}
+
+    ratios = [(v.name, "dense") for v in variants]
+    return SpeedPath(pid, "speed_paths", f"{plugin}: {fast_path} path vs {dense_path} path", dense, variants, ratios,
+                     limit, info)
+
+
+def _cdg_path(pid: str, net: nn.Module, plugin: Optional[str], pcfg: Mapping[str, Any], spec: Mapping[str, Any]
+              ) -> SpeedPath:
+    from solo_sparse.core.registry import get_plugin
+    from solo_sparse.gating import cdg_exec
+    from solo_sparse.gating.channel import set_branch
+
+    set_branch(net, "a1", "gated")
+    dense = copy.deepcopy(net)
+    set_branch(dense, "a1", "dense")
+    tile = int(spec.get("tile", 4))
+    grans = tuple(spec.get("granularities", cdg_exec.GRANULARITIES))
+    variants = [Variant("training form", net, "the gated conv as trained: full conv + base conv + mask (a1)",
+                        batches=tuple(spec.get("emulation_batches", (1,))))]
+    for g in grans:
+        unit = "(sample, block)" if g == "block" else f"(sample, block, {tile}x{tile} tile)"
+        variants.append(Variant(f"exec-{g}", cdg_exec.make_executable(net, g, tile),
+                                f"executable: skip conditional compute per {unit}",
+                                batches=None if g == "block" else (1,)))
+    info: Dict[str, Any] = {"tile": tile}
+
+    def limit(size: int, X: torch.Tensor) -> Dict[str, float]:
+        cls = get_plugin(plugin) if plugin else None
+        m = (cls.measure_backbone(copy.deepcopy(net), X) if cls else None) or {}
+        share = cdg_exec.executed_share(net, X, tile)
+        info.setdefault("measured", {})[size] = {"network_reduction": m.get("network_reduction"),
+                                                 "eq13_reduction": m.get("eq13_reduction"),
+                                                 "mean_sparsity": m.get("mean_sparsity"),
+                                                 "executed_share": share["total"]}
+        # per-position (the ideal): the plugin's exact whole-network count; each granularity: the MACs it runs
+        d_net = _macs(dense, size)
+        conv_dense = sum(float(c.weight.numel()) * o for c, o in _conv_out_positions(net, size))
+        cond = sum(float(c.weight.numel()) * o * (1 - 1 / c.ss_G) for c, o in _conv_out_positions(net, size))
+        out = {"training form": float(m.get("network_reduction", 1.0))}
+        for g in grans:
+            ran = d_net - cond + cond * share["total"][g]     # base paths + executed conditional share
+            out[f"exec-{g}"] = d_net / ran
+        info["measured"][size]["gated_conv_share_of_network_macs"] = conv_dense / d_net
+        return out
+
+    ratios = [(v.name, "dense") for v in variants]
+    desc = f"{plugin or 'channel gating'} (cg {int(next(iter(cdg_exec.convertible(net)))[1].ss_cg)}): executable " \
+           f"forms vs the dense network"
+    return SpeedPath(pid, "channel_gating", desc, dense, variants, ratios, limit, info)
+
+
+def _conv_out_positions(net: nn.Module, size: int) -> List[Tuple[nn.Module, int]]:
+    """(gated conv, output positions) at ``size`` px."""
+    from solo_sparse.gating import cdg_exec
+
+    convs = [c for _, c in cdg_exec.convertible(net)]
+    sizes: Dict[int, int] = {}
+    hooks = [c.register_forward_hook(lambda m, i, o: sizes.__setitem__(id(m), o.shape[-2] * o.shape[-1]))
+             for c in convs]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(c, sizes[id(c)]) for c in convs]
+
+
+def build_path(spec: Mapping[str, Any], root: Optional[Path] = None, reps_table: int = 15) -> SpeedPath:
+    from solo_sparse.core.registry import get_plugin
+    from solo_sparse.gating import cdg_exec, dgnet
+
+    pid = str(spec["id"])
+    net, plugin, pcfg = _load(spec, root)
+    cls = get_plugin(plugin) if plugin else None
+    if not spec.get("synthetic"):
+        reason = dgnet.untrained_gates(net) or cdg_exec.untrained_gates(net)
+        if reason:
+            raise ConfigError(f"speed path {pid!r}: refused: {reason}. Train the gates first, or mark the path "
+                              f"`synthetic: true` to time initial gates (a speed measurement, not an exported model)")
+    if cls is not None and cls.speed_paths:
+        p = _speed_paths_path(pid, net, plugin, pcfg, spec, reps_table)
+    elif cdg_exec.convertible(net):
+        p = _cdg_path(pid, net, plugin, pcfg, spec)
+    elif cls is None or cls.compactable:
+        p = _compact_path(pid, net, spec)
+    else:
+        raise ConfigError(f"speed path {pid!r}: plugin {plugin!r} is neither compactable nor declares speed_paths, "
+                          f"and its gates have no executable form here")
+    p.info["synthetic"] = bool(spec.get("synthetic"))
+    if spec.get("note"):
+        p.info["note"] = spec["note"]
+    return p
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def load_inputs(folder: Optional[str], n: int, size: int) -> Tuple[torch.Tensor, str]:
+    """``n`` images of ``folder`` (evenly spaced over it) at ``size`` px, or N(0, 1) noise when there is no folder."""
+    if folder and Path(folder).is_dir():
+        from solo_sparse.tools.evaluate import image_folder
+
+        ds = image_folder(folder, size)
+        idx = torch.linspace(0, len(ds) - 1, n).long().tolist()
+        return torch.stack([ds[i][0] for i in idx]), f"{n} images of {folder}"
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), "N(0, 1) noise"
+
+
+# --------------------------------------------------------------------------------------------- timing
+def _stats(ts: Sequence[float]) -> Dict[str, float]:
+    from solo_sparse.engine.costmodel import summary
+
+    return summary(list(ts))
+
+
+@torch.inference_mode()
+def time_group(paths: Sequence[SpeedPath], batch: int, size: int, X: torch.Tensor, reps: int, warmup: int = 3,
+               progress: Callable[[str], None] = _say) -> Dict[str, Dict[str, List[float]]]:
+    """{path id: {variant: [ms per repetition]}} (the dense reference under "dense"), all interleaved."""
+    runs: List[Tuple[str, str, nn.Module]] = []
+    for p in paths:
+        runs.append((p.id, "dense", p.dense))
+        runs += [(p.id, v.name, v.module) for v in p.variants if v.batches is None or batch in v.batches]
+    for _, _, m in runs:
+        m.eval()
+    n = len(X)
+
+    def inp(i: int) -> torch.Tensor:
+        if batch == 1:
+            return X[i % n: i % n + 1]
+        return X[torch.arange(i, i + batch) % n]
+
+    for w in range(warmup):
+        for _, _, m in runs:
+            m(inp(w))
+    t0 = time.perf_counter()
+    for _, _, m in runs:
+        m(inp(warmup))
+    per_rep = time.perf_counter() - t0
+    progress(f"batch {batch}, {size} px: {len(runs)} variants x {reps} repeats, ~{per_rep * reps:.0f} s")
+    out: Dict[str, Dict[str, List[float]]] = {p.id: {} for p in paths}
+    start = time.perf_counter()
+    for r in range(reps):
+        x = inp(r)
+        for pid, name, m in runs:
+            t0 = time.perf_counter()
+            m(x)
+            out[pid].setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
+        if r and r % max(1, reps // 4) == 0:
+            el = time.perf_counter() - start
+            progress(f"  batch {batch}, {size} px: repeat {r}/{reps}, ETA {el / r * (reps - r):.0f} s")
+    return out
+
+
+def _ratio_stats(num: Sequence[float], den: Sequence[float]) -> Dict[str, float]:
+    rs = [a / b for a, b in zip(num, den)]
+    st = _stats(rs)
+    return {"median": statistics.median(num) / statistics.median(den), "per_repeat_median": st["median_ms"],
+            "q1": st["q1_ms"], "q3": st["q3_ms"], "iqr": st["iqr_ms"]}
+
+
+def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, batches=None, reps=None,
+        only: Sequence[str] = (), root: Optional[Path] = None, note: str = "", rebuild_table: bool = False,
+        progress: Callable[[str], None] = _say) -> Dict[str, Any]:
+    """Measure every path of ``suite`` (see the module docstring); returns the results (and writes them to
+    ``out``/results.json + results.md when given)."""
+    from solo_sparse.engine.costmodel import machine_key
+
+    sizes = [int(s) for s in (sizes or suite.get("sizes", (32, 64, 224)))]
+    batches = [int(b) for b in (batches or suite.get("batches", (1, 64)))]
+    reps = int(reps or suite.get("reps", 20))
+    specs = [dict(s) for s in suite["paths"] if not only or s["id"] in only]
+    if not specs:
+        raise ConfigError(f"speed: no path selected (ids: {', '.join(s['id'] for s in suite['paths'])})")
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    progress(f"building {len(specs)} path(s): {', '.join(s['id'] for s in specs)}")
+    paths = []
+    for s in specs:
+        if rebuild_table:
+            s["rebuild_table"] = True
+        paths.append(build_path(s, root, int(suite.get("table_reps", 15))))
+    n_img = max(max(batches), int(suite.get("n_images", 64)))
+    res: Dict[str, Any] = {"suite": suite.get("suite", "speed"), "machine": machine_key(),
+                           "threads": torch.get_num_threads(), "torch": torch.__version__, "sizes": sizes,
+                           "batches": batches, "reps": reps, "warmup": 3, "note": note,
+                           "load_before": list(load_before), "command": " ".join(sys.argv), "paths": {}}
+    for p in paths:
+        res["paths"][p.id] = {"kind": p.kind, "description": p.description, "variants": {
+            v.name: v.what for v in p.variants}, "rows": [], "info": p.info}
+    groups = [(b, s) for s in sizes for b in batches]
+    for gi, (b, size) in enumerate(groups):
+        X, src = load_inputs(suite.get("images"), n_img, size)
+        res["inputs"] = src
+        for p in paths:
+            for v in p.variants:
+                if v.prepare is not None and (v.batches is None or b in v.batches):
+                    v.prepare(size, progress)
+        el = time.perf_counter() - t_start
+        eta = f", ETA {el / gi * (len(groups) - gi):.0f} s for the rest" if gi else ""
+        progress(f"group {gi + 1}/{len(groups)}{eta}")
+        times = time_group(paths, b, size, X, reps, progress=progress)
+        for p in paths:
+            lim = p.limit(size, X[:n_img])
+            t = times[p.id]
+            row = {"batch": b, "size": size, "ms": {k: _stats(v) for k, v in t.items()}, "ratios": []}
+            for fast, ref in p.ratios:
+                if fast in t and ref in t:
+                    row["ratios"].append({"fast": fast, "reference": ref, **_ratio_stats(t[ref], t[fast]),
+                                          "macs_limit": lim.get(fast) if ref == "dense" else None})
+            res["paths"][p.id]["rows"].append(row)
+    res["load_after"] = list(os.getloadavg())
+    res["seconds"] = time.perf_counter() - t_start
+    for p in paths:
+        _jsonable(res["paths"][p.id]["info"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / "results.json", json.dumps(res, indent=1, default=str))
+        _write(out / "results.md", to_markdown(res) + "\n")
+    return res
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomic: a temp file in the same folder, renamed."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(d: Any) -> Any:
+    if isinstance(d, dict):
+        for k, v in list(d.items()):
+            d[k] = _jsonable(v)
+        return d
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    if torch.is_tensor(d):
+        return d.tolist()
+    return d
+
+
+# --------------------------------------------------------------------------------------------- reporting
+def to_markdown(res: Mapping[str, Any]) -> str:
+    m = res["machine"]
+    lb, la = res["load_before"], res.get("load_after", ["?"] * 3)
+    lines = [f"CPU `{m['cpu']}` ({m['cores']} logical cores), **{res['threads']} threads**, torch {res['torch']}; "
+             f"{res['reps']} timed repeats per variant after {res['warmup']} warm-up calls, all variants of one "
+             f"(batch, size) interleaved; inputs: {res.get('inputs', '?')}. Load average (1/5/15 min) before "
+             f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}."
+             + (f" {res['note']}" if res.get("note") else ""), "",
+             "| path | fast variant | vs | batch | size | reference ms (IQR) | fast ms (IQR) | speed-up | "
+             "per-repeat IQR | MACs limit |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for pid, p in res["paths"].items():
+        for row in p["rows"]:
+            for r in row["ratios"]:
+                ref, fast = row["ms"][r["reference"]], row["ms"][r["fast"]]
+                lim = "-" if r.get("macs_limit") is None else f"{r['macs_limit']:.2f}×"
+                lines.append(f"| {pid} | {r['fast']} | {r['reference']} | {row['batch']} | {row['size']} | "
+                             f"{ref['median_ms']:.2f} ({ref['iqr_ms']:.2f}) | {fast['median_ms']:.2f} "
+                             f"({fast['iqr_ms']:.2f}) | **{r['median']:.2f}×** | {r['q1']:.2f}–{r['q3']:.2f} | "
+                             f"{lim} |")
+    lines += ["", "Paths:"]
+    for pid, p in res["paths"].items():
+        syn = " Gates synthetic (initial thresholds on random weights): a speed measurement only." \
+            if p["info"].get("synthetic") else ""
+        note = f" {p['info']['note']}" if p["info"].get("note") else ""
+        lines.append(f"- `{pid}`: {p['description']}.{syn}{note}")
+        for name, what in p["variants"].items():
+            lines.append(f"  - {name}: {what}")
+    return "\n".join(lines)
+
+
+def update_doc(doc: Path, res: Mapping[str, Any]) -> bool:
+    """Replace the block between ``<!-- speed -->`` and ``<!-- /speed -->`` of ``doc`` (appended if absent)."""
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{DOC_BEGIN}\n{to_markdown(res)}\n{DOC_END}"
+    if DOC_BEGIN in text and DOC_END in text:
+        a, b = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
+        new = text[:a] + block + text[b:]
+    else:
+        new = (text.rstrip() + "\n\n" if text else "") + block + "\n"
+    if new != text:
+        _write(doc, new)
+        return True
+    return False
+
+
+def load_suite(path: Path) -> Dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such speed suite")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data.get("paths"), list) or not data["paths"]:
+        raise ConfigError(f"{p}: a speed suite needs a non-empty 'paths' list")
+    ids = [s.get("id") for s in data["paths"]]
+    if None in ids or len(set(ids)) != len(ids):
+        raise ConfigError(f"{p}: every path needs a unique 'id' (got {ids})")
+    return data
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def add_arguments(a) -> None:
+    a.add_argument("suite", nargs="?", default="scripts/suites/speed.yaml", help="speed suite YAML")
+    a.add_argument("--out", default=None, help="results folder (default: results/speed)")
+    a.add_argument("--docs", nargs="*", default=None, metavar="MD",
+                   help="rewrite the <!-- speed --> block of these markdown files")
+    a.add_argument("--sizes", type=int, nargs="+", default=None)
+    a.add_argument("--batches", type=int, nargs="+", default=None)
+    a.add_argument("--reps", type=int, default=None, help="timed repeats per variant (>= 20 for the report)")
+    a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a.add_argument("--only", nargs="*", default=None, help="path ids to measure (default: all)")
+    a.add_argument("--rebuild-table", action="store_true", help="re-time the DGNet batch-1 cost-model tables")
+    a.add_argument("--note", default="", help="a sentence recorded with the results (e.g. what else was running)")
+    a.add_argument("--zoo", default=None, help="zoo directory")
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    suite = load_suite(Path(args.suite))
+    out = Path(args.out or "results/speed")
+    res = run(suite, out=out, sizes=args.sizes, batches=args.batches, reps=args.reps, only=args.only or (),
+              root=Path(args.zoo) if args.zoo else None, note=args.note, rebuild_table=args.rebuild_table)
+    print(to_markdown(res))
+    for d in args.docs or ():
+        if update_doc(Path(d), res):
+            print(f"updated {d}")
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
+

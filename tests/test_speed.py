@@ -1,0 +1,96 @@
+"""``solo-sparse speed``: one run measures every path side by side and writes results + a docs block; gates that
+were never trained are refused. No timing is asserted (timings are noisy here): the structure, the MACs limits and
+the exactness figures are."""
+import json
+
+import pytest
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.tools import speed
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOLO_SPARSE_LATENCY_DIR", str(tmp_path / "latency"))
+
+
+def _zoo_names():
+    from solo_sparse import zoo
+
+    try:
+        entries = zoo.list_entries()
+    except zoo.ZooError as exc:
+        pytest.skip(f"no zoo manifest: {exc}")
+    return {e["algorithm"]: e["name"] for e in entries}
+
+
+def test_one_run_measures_every_path_with_its_limit(tmp_path):
+    names = _zoo_names()
+    if "imp" not in names or "dgnet_dual" not in names:
+        pytest.skip("the zoo lacks the IMP or DGNet entry")
+    suite = {"suite": "speed", "sizes": [32], "batches": [1, 2], "reps": 4, "table_reps": 1, "paths": [
+        {"id": "compact", "zoo": names["imp"], "channel_density": 0.5},
+        {"id": "dgnet", "zoo": names["dgnet_dual"]},
+        {"id": "cdg", "plugin": "cdg", "params": {"cg": 8, "ramp": 0, "stages": [1, 2]}, "synthetic": True},
+    ]}
+    lines = []
+    res = speed.run(suite, out=tmp_path / "out", progress=lines.append, note="test run")
+    assert any("ETA" in ln for ln in lines) and any("latency table" in ln for ln in lines)
+    assert res["threads"] >= 1 and len(res["load_before"]) == 3 and len(res["load_after"]) == 3
+    assert set(res["paths"]) == {"compact", "dgnet", "cdg"}
+    c = res["paths"]["compact"]
+    assert c["info"]["max_rel_diff"] < 1e-5 and c["info"]["internal_channels"] == [960, 1920]
+    for p in res["paths"].values():
+        assert [(r["batch"], r["size"]) for r in p["rows"]] == [(1, 32), (2, 32)]
+        for row in p["rows"]:
+            assert row["ms"]["dense"]["n"] == 4
+            for r in row["ratios"]:
+                assert r["median"] > 0 and r["q1"] <= r["q3"]
+                if r["reference"] == "dense":
+                    assert r["macs_limit"] > 1.0, (r, p["description"])
+    # the compact limit is the MACs ratio (50% internal channels: between 1.5x and 2x at 32 px)
+    lim = next(r["macs_limit"] for r in c["rows"][0]["ratios"] if r["fast"] == "compact+opt" and r["reference"] == "dense")
+    assert 1.5 < lim < 2.0
+    # batch-1-only variants are absent at batch 2
+    d = res["paths"]["dgnet"]
+    assert "gated (fixed rule)" in d["rows"][0]["ms"] and "gated (fixed rule)" not in d["rows"][1]["ms"]
+    assert "exec-tile" in res["paths"]["cdg"]["rows"][0]["ms"] and "exec-tile" not in res["paths"]["cdg"]["rows"][1]["ms"]
+    share = res["paths"]["cdg"]["info"]["measured"][32]["executed_share"]
+    assert 0 < share["position"] <= share["tile"] <= share["block"] <= 1
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["note"] == "test run" and data["reps"] == 4
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "MACs limit" in md and f"**{res['threads']} threads**" in md
+    # the docs block is replaced in place, the rest of the page kept
+    doc = tmp_path / "speed.md"
+    doc.write_text("# Speed\n\nintro\n\n<!-- speed -->\nstale block\n<!-- /speed -->\n\nafter\n")
+    assert speed.update_doc(doc, res)
+    text = doc.read_text()
+    assert text.startswith("# Speed\n\nintro\n\n<!-- speed -->\nCPU") and text.endswith("<!-- /speed -->\n\nafter\n")
+    assert "stale block" not in text and not speed.update_doc(doc, res)
+
+
+def test_untrained_gates_are_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="refused: the gates were never trained: every DGNet gate bias is still 3"):
+        speed.build_path({"id": "x", "plugin": "dgnet_dual", "params": {}})
+    with pytest.raises(ConfigError, match="every CDG threshold tau is still"):
+        speed.build_path({"id": "y", "plugin": "cdg", "params": {"cg": 8, "ramp": 0}})
+
+
+def test_suite_errors(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("paths: []\n")
+    with pytest.raises(ConfigError, match="non-empty 'paths'"):
+        speed.load_suite(p)
+    p.write_text("paths: [{id: a, backbone: resnet18}, {id: a, backbone: resnet18}]\n")
+    with pytest.raises(ConfigError, match="unique 'id'"):
+        speed.load_suite(p)
+    with pytest.raises(ConfigError, match="no path selected"):
+        speed.run({"paths": [{"id": "a", "backbone": "resnet18"}]}, only=["b"])
+
+
+def test_the_shipped_suite_loads():
+    from pathlib import Path
+
+    s = speed.load_suite(Path(__file__).resolve().parents[1] / "scripts" / "suites" / "speed.yaml")
+    assert s["reps"] >= 20 and s["batches"] == [1, 64] and s["sizes"] == [32, 64, 224]
