@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pack_checkpoint(ck: Path, out: Path, fp16: bool, method: str = None) -> dict:
-    state_all = torch.load(ck, map_location="cpu", weights_only=True)
+    from solo_sparse.core.checkpoint import solo_naming  # a Lightning host's run in solo-learn's names
+
+    state_all = solo_naming(torch.load(ck, map_location="cpu", weights_only=True))
     state = backbone_state(state_all)
     weights, layer_masks = split_state(state)
     masks = {f"{layer}.weight": m for layer, m in layer_masks.items()}

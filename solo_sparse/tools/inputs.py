@@ -7,6 +7,7 @@ from typing import Any, Dict
 
 import torch
 
+from solo_sparse.core.checkpoint import solo_naming
 from solo_sparse.core.config import ConfigError
 
 
@@ -22,7 +23,8 @@ def existing_file(path, what: str) -> Path:
 
 
 def read_checkpoint(path) -> Dict[str, Any]:
-    """A solo-learn/Lightning checkpoint loaded with ``weights_only=True`` (never unpickling code)."""
+    """A solo-learn/Lightning checkpoint loaded with ``weights_only=True`` (never unpickling code), its
+    ``state_dict`` in solo-learn's names (:func:`solo_sparse.core.checkpoint.solo_naming`)."""
     p = existing_file(path, "a solo-learn checkpoint, .ckpt")
     if p.suffix == ".safetensors":
         raise ConfigError(f"{p}: a safetensors file, not a solo-learn checkpoint; zoo files load with "
@@ -34,7 +36,7 @@ def read_checkpoint(path) -> Dict[str, Any]:
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     if not isinstance(ck, dict):
         raise ConfigError(f"{p}: holds a {type(ck).__name__}, not a checkpoint dictionary")
-    return ck
+    return solo_naming(ck)   # a run of another host (Lightning) in solo-learn's names: one format for every reader
 
 
 def compose_config(path):
