@@ -3,8 +3,9 @@
 
 For every gated block (and the ungated stem conv and max-pool) the median time of the dense path and
 of the gated path on the same images, interleaved image by image, with the block's kept share and
-which path it took (gather or masked, see solo_sparse.gating.dgnet.GATHER_MAX_KEEP). Forward hooks time
-each module; the sum is close to, not equal to, the whole forward.
+which path it took (skip, gather or masked): with ``--plan`` chosen per block by the measured cost model
+(solo_sparse.gating.dgnet.attach_latency_table, the table cached per machine), else by the fixed rule
+GATHER_MAX_KEEP. Forward hooks time each module; the sum is close to, not equal to, the whole forward.
 
     python scripts/dgnet_block_latency.py --checkpoint results/.../ep=9.ckpt --data data/fmnist5k \\
         --size 224 --reps 30 --out results/fmnist_dgnet10/block_latency_t50_b50.json
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from solo_sparse.gating.dgnet import gated_blocks, set_mode
+from solo_sparse.gating.dgnet import attach_latency_table, gated_blocks, set_mode
 from solo_sparse.tools.evaluate import load_backbone, load_images
 
 
@@ -33,17 +34,21 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="JSON file for the table")
+    ap.add_argument("--plan", action="store_true", help="per-block paths from the measured cost model")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     net, info = load_backbone(args.checkpoint)
     if info["gating"] not in ("dgnet_dual", "dgnet_gated"):
         raise SystemExit(f"{args.checkpoint}: not a DGNet-gated checkpoint (plugin {info['gating']!r})")
+    if args.plan:
+        attach_latency_table(net, args.size, progress=print)
     X = load_images(str(Path(args.data) / "val"), 32)[0][: args.reps + 3]
     mods = [("stem conv", net.conv1), ("max-pool", net.maxpool)] + gated_blocks(net)
     t0s, times = {}, {m: {n: [] for n, _ in mods} for m in ("dense", "gated")}
     keep = {n: [] for n, _ in mods}
     path = {n: [] for n, _ in mods}
+    counts = {n: {} for n, _ in mods}
     mode = ["dense"]
 
     def pre(name):
@@ -68,6 +73,7 @@ def main(argv=None) -> int:
                     for n, b in gated_blocks(net):
                         keep[n].append(b._ss_rho)
                         path[n].append(b.ss_last_path)
+                        counts[n][b.ss_last_path] = counts[n].get(b.ss_last_path, 0) + 1
     for h in hooks:
         h.remove()
     rows = []
@@ -76,7 +82,8 @@ def main(argv=None) -> int:
         g = 1e3 * statistics.median(times["gated"][n][3:])
         rows.append({"module": n, "dense_ms": d, "gated_ms": g, "ratio": g / d,
                      "kept": statistics.mean(keep[n]) if keep[n] else 1.0,
-                     "gather_share": (path[n].count("gather") / len(path[n])) if path[n] else None})
+                     "gather_share": (path[n].count("gather") / len(path[n])) if path[n] else None,
+                     "paths": counts[n]})
     print(f"{'module':10s} {'dense ms':>9s} {'gated ms':>9s} {'ratio':>6s} {'kept':>5s} {'gather':>6s}")
     for r in rows:
         gs = "-" if r["gather_share"] is None else f"{r['gather_share']:.2f}"
@@ -86,7 +93,8 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "size": args.size, "reps": args.reps,
                                               "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                              "command": " ".join(sys.argv), "rows": rows}, indent=2))
+                                              "command": " ".join(sys.argv), "plan": args.plan, "rows": rows},
+                                             indent=2))
     return 0
 
 

@@ -14,7 +14,10 @@ gated plugins the gate statistics. Semi-structured (2:4) sparse kernels exist fo
 convolutions: the N:M export reshapes each 2:4-masked conv weight to its GEMM form (out, kh·kw·in — the groups
 of 4 input channels at one position are consecutive there, as solo-sparse groups them) and times
 ``x @ W.T`` dense vs semi-structured on im2col-shaped inputs; CPU runs and GPUs older than sm80 record why not.
-Results: ``<out>/gpu_check.json`` and ``gpu_check.md``.
+The ``speed`` step runs ``solo-sparse speed``'s suite (``scripts/suites/speed.yaml``: compact export, DGNet's
+batch-1 plan from a cost-model table timed on the device, CDG's executable forms, each against dense with its
+MACs limit) on the device, synchronised around every call (``--cpu-tiny``: 32 px, batches 1 and 2, 3 repeats).
+Results: ``<out>/gpu_check.json`` and ``gpu_check.md`` (and ``<out>/speed/results.json|md``).
 """
 from __future__ import annotations
 
@@ -129,6 +132,31 @@ def nm_export(ckpt: Path, device: str, reps: int = 50) -> dict:
     return {"status": "ok" if rows else "no 2:4 layer found", "layers": rows}
 
 
+def speed_step(out: Path, device: str, tiny: bool) -> dict:
+    """The speed suite on ``device`` (every exported fast path vs dense, MACs limits): a summary row per ratio."""
+    from solo_sparse.tools import speed
+
+    suite = speed.load_suite(REPO / "scripts" / "suites" / "speed.yaml")
+    kw = {"sizes": [32], "batches": [1, 2], "reps": 3} if tiny else {}
+    if tiny:
+        suite["table_reps"] = 1
+        for p in suite["paths"]:          # 32 px: layer4's maps are 1x1, refused by channel-normalised CDG gates
+            if "params" in p:
+                p["params"] = {**p["params"], "stages": [1, 2]}
+    try:
+        res = speed.run(suite, out=out / "speed", device=device, note=f"gpu_check on {device}", **kw)
+    except Exception as e:  # noqa: BLE001 - recorded, the check goes on
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    rows = []
+    for pid, p in res["paths"].items():
+        for row in p["rows"]:
+            for r in row["ratios"]:
+                if r["reference"] == "dense":
+                    rows.append({"path": pid, "fast": r["fast"], "batch": row["batch"], "size": row["size"],
+                                 "speedup": r["median"], "macs_limit": r["macs_limit"]})
+    return {"ok": True, "rows": rows, "results": str(out / "speed" / "results.json")}
+
+
 def tiny_data(root: Path) -> Path:
     from PIL import Image
 
@@ -170,6 +198,10 @@ def main(argv=None) -> int:
            "steps": steps, "batch_size": bs, "runs": {}}
     epoch_steps = max(1, len(list((data / "train").rglob("*.png"))) // bs)
     epochs = max(1, -(-steps // epoch_steps))
+    if not args.only or "speed" in args.only:
+        print(f"[gpu_check] speed: exported fast paths vs dense on {device} ...", flush=True)
+        res["speed"] = speed_step(out, device, args.cpu_tiny)
+        print(f"[gpu_check] speed: {'ok' if res['speed']['ok'] else 'FAILED ' + res['speed']['error']}", flush=True)
     for rid, cfg, over in RUNS:
         if args.only and rid not in args.only:
             continue
@@ -219,10 +251,21 @@ def main(argv=None) -> int:
             if "speedup" in r:
                 lines.append(f"- {r['layer']}: GEMM {r['gemm']}, max |diff| {r['max_abs_diff']:.2e}, dense "
                              f"{r['dense_ms']:.3f} ms, 2:4 {r['sparse_ms']:.3f} ms ({r['speedup']:.2f}x)")
+    sp = res.get("speed")
+    if sp:
+        lines += ["", f"Speed (`solo-sparse speed` suite on {res['device']}): "
+                  + ("ok" if sp["ok"] else f"FAILED: {sp['error']}")]
+        if sp.get("rows"):
+            lines += ["", "| path | fast | batch | size | speed-up vs dense | MACs limit |", "|---|---|---:|---:|---:|---:|"]
+            for r in sp["rows"]:
+                lim = "-" if r["macs_limit"] is None else f"{r['macs_limit']:.2f}x"
+                lines.append(f"| {r['path']} | {r['fast']} | {r['batch']} | {r['size']} | {r['speedup']:.2f}x | {lim} |")
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     failed = [rid for rid, row in res["runs"].items() if not row["ok"] or any(
         v.get("leaked") for v in row.get("masks", {}).values())]
+    if sp and not sp["ok"]:
+        failed.append("speed")
     return 1 if failed else 0
 
 

@@ -16,7 +16,8 @@ def test_gpu_check_cpu_tiny(tmp_path):
     """The GPU check runs main_pretrain.py: it needs solo-learn."""
     out = tmp_path / "gc"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--cpu-tiny", "--out", str(out),
-                        "--only", "mocov2plus", "gmp", "synccp-2:4"], capture_output=True, text=True, timeout=900)
+                        "--only", "mocov2plus", "gmp", "synccp-2:4", "speed"], capture_output=True, text=True,
+                       timeout=1200)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     res = json.loads((out / "gpu_check.json").read_text())
     assert set(res["runs"]) == {"mocov2plus", "gmp", "synccp-2:4"}
@@ -27,3 +28,10 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert res["runs"]["synccp-2:4"]["nm_export"]["status"].startswith("skipped: semi-structured sparse kernels need "
                                                                       "CUDA")
     assert "| gmp | yes |" in (out / "gpu_check.md").read_text()
+    # the speed step: every exported fast path timed against dense, with its MACs limit
+    sp = res["speed"]
+    assert sp["ok"], sp.get("error")
+    assert {r["path"] for r in sp["rows"]} >= {"compact-imp-d50", "dgnet-dual-t30", "cdg-cg8"}
+    assert all(r["speedup"] > 0 and r["macs_limit"] > 1 for r in sp["rows"])
+    assert (out / "speed" / "results.json").exists()
+    assert "Speed (`solo-sparse speed` suite on cpu): ok" in (out / "gpu_check.md").read_text()

@@ -84,6 +84,11 @@ class CDGExecConv(nn.Module):
         self.__dict__["_gate_src"] = conv
         self.stats: Optional[List[Dict[str, float]]] = None
 
+    def _apply(self, fn, *args, **kwargs):
+        # the trained conv whose gate decides is not a submodule: move it along (device, dtype)
+        self._gate_src._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     def _base(self, x: torch.Tensor) -> torch.Tensor:
         if self.assign != list(range(self.G)):
             b, c, h, w = x.shape

@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from solo_sparse.core.config import PREFIX, ConfigError
-from solo_sparse.engine.costmodel import LatencyTable, interp, summary
+from solo_sparse.engine.costmodel import LatencyTable, interp, machine_key, summary
 
 #: without a measured plan (:func:`attach_latency_table`), batch-1 inference gathers the kept channels'
 #: weights only when at most this share is kept: above it the weight copy costs more than the skipped
@@ -532,6 +532,7 @@ def time_block(blk: nn.Module, shape: Sequence[int], reps: int = 15, grid: Seque
     variants += [(f"k{k}", k, "skip" if k == 0 else "gather") for k in keep]
     state = (blk.training, blk.ss_mode, blk.ss_gather, blk._ss_force)
     x = torch.randn(1, *shape, device=blk.conv1.weight.device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times: Dict[str, List[float]] = {v[0]: [] for v in variants}
     try:
         blk.eval()
@@ -541,8 +542,10 @@ def time_block(blk: nn.Module, shape: Sequence[int], reps: int = 15, grid: Seque
             for name, k, path in variants:
                 blk.ss_mode = "dense" if name == "dense" else "gated"
                 blk._ss_force = None if name == "dense" else (k, path)
+                sync()
                 t0 = time.perf_counter()
                 blk(x)
+                sync()
                 if r >= 2:
                     times[name].append(1e3 * (time.perf_counter() - t0))
     finally:
@@ -578,7 +581,8 @@ def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, tabl
     "blocks": {name: signature}}."""
     import time
 
-    table = table or LatencyTable()
+    dev = next(backbone.parameters()).device
+    table = table or LatencyTable(machine_key(str(dev)))
     shapes = block_input_shapes(backbone, size)
     blocks = gated_blocks(backbone)
     sigs = {n: block_signature(blk, shapes[n]) for n, blk in blocks}

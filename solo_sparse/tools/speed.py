@@ -62,6 +62,7 @@ class Variant:
     module: nn.Module
     what: str
     batches: Optional[Tuple[int, ...]] = None       # None: every batch size
+    skip: Tuple[Tuple[int, int], ...] = ()           # (batch, size) groups where it is not timed
     #: called with (input size, progress) before each group that runs the variant
     prepare: Optional[Callable[[int, Callable[[str], None]], None]] = None
 
@@ -77,6 +78,14 @@ class SpeedPath:
     ratios: List[Tuple[str, str]]
     limit: Callable[[int, torch.Tensor], Dict[str, float]]
     info: Dict[str, Any] = field(default_factory=dict)
+    skip: Tuple[Tuple[int, int], ...] = ()           # (batch, size) groups where the whole path is not timed
+
+    def runs(self, batch: int, size: int) -> List[Variant]:
+        """The variants timed at (batch, size) (the dense reference first), none when the path skips it."""
+        if (batch, size) in self.skip:
+            return []
+        vs = [v for v in self.variants if (v.batches is None or batch in v.batches) and (batch, size) not in v.skip]
+        return [Variant("dense", self.dense, "reference"), *vs] if vs else []
 
 
 # --------------------------------------------------------------------------------------------- building paths
@@ -84,11 +93,15 @@ def _say(msg: str) -> None:
     print(f"[speed] {msg}", file=sys.stderr, flush=True)
 
 
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
 def _macs(net: nn.Module, size: int) -> float:
     from solo_sparse.engine.flops import count_macs
 
     with torch.no_grad():
-        return float(count_macs(net, torch.zeros(1, 3, size, size)).dense)
+        return float(count_macs(net, torch.zeros(1, 3, size, size, device=_device(net))).dense)
 
 
 def _load(spec: Mapping[str, Any], root: Optional[Path]) -> Tuple[nn.Module, Optional[str], Dict[str, Any]]:
@@ -253,7 +266,7 @@ def _conv_out_positions(net: nn.Module, size: int) -> List[Tuple[nn.Module, int]
              for c in convs]
     try:
         with torch.no_grad():
-            net(torch.zeros(1, 3, size, size))
+            net(torch.zeros(1, 3, size, size, device=_device(net)))
     finally:
         for h in hooks:
             h.remove()
@@ -281,6 +294,18 @@ def build_path(spec: Mapping[str, Any], root: Optional[Path] = None, reps_table:
     else:
         raise ConfigError(f"speed path {pid!r}: plugin {plugin!r} is neither compactable nor declares speed_paths, "
                           f"and its gates have no executable form here")
+    p.skip = tuple(tuple(int(v) for v in g) for g in spec.get("skip") or ())
+    for name, groups in (spec.get("skip_variants") or {}).items():
+        v = next((v for v in p.variants if v.name == name), None)
+        if v is None:
+            raise ConfigError(f"speed path {pid!r}: skip_variants names {name!r}, not one of "
+                              f"{', '.join(v.name for v in p.variants)}")
+        v.skip = tuple(tuple(int(x) for x in g) for g in groups)
+    if p.skip or spec.get("skip_variants"):
+        sv = spec.get("skip_variants") or {}
+        p.info["skipped"] = {"path": [list(g) for g in p.skip],
+                             "variants": {k: [list(g) for g in v] for k, v in sv.items()},
+                             "why": spec.get("skip_reason", "")}
     p.info["synthetic"] = bool(spec.get("synthetic"))
     if spec.get("note"):
         p.info["note"] = spec["note"]
@@ -309,11 +334,10 @@ def _stats(ts: Sequence[float]) -> Dict[str, float]:
 @torch.inference_mode()
 def time_group(paths: Sequence[SpeedPath], batch: int, size: int, X: torch.Tensor, reps: int, warmup: int = 3,
                progress: Callable[[str], None] = _say) -> Dict[str, Dict[str, List[float]]]:
-    """{path id: {variant: [ms per repetition]}} (the dense reference under "dense"), all interleaved."""
-    runs: List[Tuple[str, str, nn.Module]] = []
-    for p in paths:
-        runs.append((p.id, "dense", p.dense))
-        runs += [(p.id, v.name, v.module) for v in p.variants if v.batches is None or batch in v.batches]
+    """{path id: {variant: [ms per repetition]}} (the dense reference under "dense"), all interleaved (CUDA:
+    synchronised around each call)."""
+    sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
+    runs: List[Tuple[str, str, nn.Module]] = [(p.id, v.name, v.module) for p in paths for v in p.runs(batch, size)]
     for _, _, m in runs:
         m.eval()
     n = len(X)
@@ -326,18 +350,24 @@ def time_group(paths: Sequence[SpeedPath], batch: int, size: int, X: torch.Tenso
     for w in range(warmup):
         for _, _, m in runs:
             m(inp(w))
+    sync()
     t0 = time.perf_counter()
     for _, _, m in runs:
         m(inp(warmup))
+    sync()
     per_rep = time.perf_counter() - t0
     progress(f"batch {batch}, {size} px: {len(runs)} variants x {reps} repeats, ~{per_rep * reps:.0f} s")
     out: Dict[str, Dict[str, List[float]]] = {p.id: {} for p in paths}
+    if not runs:
+        return out
     start = time.perf_counter()
     for r in range(reps):
         x = inp(r)
         for pid, name, m in runs:
+            sync()
             t0 = time.perf_counter()
             m(x)
+            sync()
             out[pid].setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
         if r and r % max(1, reps // 4) == 0:
             el = time.perf_counter() - start
@@ -354,7 +384,7 @@ def _ratio_stats(num: Sequence[float], den: Sequence[float]) -> Dict[str, float]
 
 def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, batches=None, reps=None,
         only: Sequence[str] = (), root: Optional[Path] = None, note: str = "", rebuild_table: bool = False,
-        progress: Callable[[str], None] = _say) -> Dict[str, Any]:
+        device: str = "cpu", progress: Callable[[str], None] = _say) -> Dict[str, Any]:
     """Measure every path of ``suite`` (see the module docstring); returns the results (and writes them to
     ``out``/results.json + results.md when given)."""
     from solo_sparse.engine.costmodel import machine_key
@@ -373,8 +403,12 @@ def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, bat
         if rebuild_table:
             s["rebuild_table"] = True
         paths.append(build_path(s, root, int(suite.get("table_reps", 15))))
+    for p in paths:
+        p.dense.to(device)
+        for v in p.variants:
+            v.module.to(device)
     n_img = max(max(batches), int(suite.get("n_images", 64)))
-    res: Dict[str, Any] = {"suite": suite.get("suite", "speed"), "machine": machine_key(),
+    res: Dict[str, Any] = {"suite": suite.get("suite", "speed"), "machine": machine_key(device), "device": device,
                            "threads": torch.get_num_threads(), "torch": torch.__version__, "sizes": sizes,
                            "batches": batches, "reps": reps, "warmup": 3, "note": note,
                            "load_before": list(load_before), "command": " ".join(sys.argv), "paths": {}}
@@ -382,19 +416,25 @@ def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, bat
         res["paths"][p.id] = {"kind": p.kind, "description": p.description, "variants": {
             v.name: v.what for v in p.variants}, "rows": [], "info": p.info}
     groups = [(b, s) for s in sizes for b in batches]
+    limits: Dict[str, Dict[int, Dict[str, float]]] = {}
     for gi, (b, size) in enumerate(groups):
         X, src = load_inputs(suite.get("images"), n_img, size)
+        X = X.to(device)
         res["inputs"] = src
         for p in paths:
-            for v in p.variants:
-                if v.prepare is not None and (v.batches is None or b in v.batches):
+            for v in p.runs(b, size):
+                if v.prepare is not None:
                     v.prepare(size, progress)
         el = time.perf_counter() - t_start
         eta = f", ETA {el / gi * (len(groups) - gi):.0f} s for the rest" if gi else ""
         progress(f"group {gi + 1}/{len(groups)}{eta}")
         times = time_group(paths, b, size, X, reps, progress=progress)
         for p in paths:
-            lim = p.limit(size, X[:n_img])
+            if not p.runs(b, size):
+                continue
+            if size not in limits.setdefault(p.id, {}):
+                limits[p.id][size] = p.limit(size, X[:n_img])
+            lim = limits[p.id][size]
             t = times[p.id]
             row = {"batch": b, "size": size, "ms": {k: _stats(v) for k, v in t.items()}, "ratios": []}
             for fast, ref in p.ratios:
@@ -440,7 +480,8 @@ def _jsonable(d: Any) -> Any:
 def to_markdown(res: Mapping[str, Any]) -> str:
     m = res["machine"]
     lb, la = res["load_before"], res.get("load_after", ["?"] * 3)
-    lines = [f"CPU `{m['cpu']}` ({m['cores']} logical cores), **{res['threads']} threads**, torch {res['torch']}; "
+    dev = f"GPU `{m['gpu']}`, host " if m.get("gpu") else ""
+    lines = [f"{dev}CPU `{m['cpu']}` ({m['cores']} logical cores), **{res['threads']} threads**, torch {res['torch']}; "
              f"{res['reps']} timed repeats per variant after {res['warmup']} warm-up calls, all variants of one "
              f"(batch, size) interleaved; inputs: {res.get('inputs', '?')}. Load average (1/5/15 min) before "
              f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}."
@@ -464,6 +505,11 @@ def to_markdown(res: Mapping[str, Any]) -> str:
         lines.append(f"- `{pid}`: {p['description']}.{syn}{note}")
         for name, what in p["variants"].items():
             lines.append(f"  - {name}: {what}")
+        sk = p["info"].get("skipped")
+        if sk:
+            groups = [f"batch {b} / {sz} px" for b, sz in sk["path"]]
+            groups += [f"{k} at batch {b} / {sz} px" for k, v in sk["variants"].items() for b, sz in v]
+            lines.append(f"  - not timed: {', '.join(groups)}" + (f" ({sk['why']})" if sk.get("why") else ""))
     return "\n".join(lines)
 
 
@@ -511,6 +557,7 @@ def add_arguments(a) -> None:
     a.add_argument("--rebuild-table", action="store_true", help="re-time the DGNet batch-1 cost-model tables")
     a.add_argument("--note", default="", help="a sentence recorded with the results (e.g. what else was running)")
     a.add_argument("--zoo", default=None, help="zoo directory")
+    a.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
 
 def main(args) -> int:
@@ -519,7 +566,8 @@ def main(args) -> int:
     suite = load_suite(Path(args.suite))
     out = Path(args.out or "results/speed")
     res = run(suite, out=out, sizes=args.sizes, batches=args.batches, reps=args.reps, only=args.only or (),
-              root=Path(args.zoo) if args.zoo else None, note=args.note, rebuild_table=args.rebuild_table)
+              root=Path(args.zoo) if args.zoo else None, note=args.note, rebuild_table=args.rebuild_table,
+              device=args.device)
     print(to_markdown(res))
     for d in args.docs or ():
         if update_doc(Path(d), res):

@@ -1,5 +1,7 @@
-"""``solo-sparse zoo bench``: CPU latency of a zoo entry's compact export vs the uncompacted network, or of a
-gated entry's fast evaluation path vs its dense path (plugins that declare ``speed_paths``)."""
+"""``solo-sparse zoo bench``: CPU latency of a zoo entry's compact export (inference form: BN folded,
+channels-last) vs the uncompacted network, or of a gated entry's fast evaluation path vs its dense path
+(plugins that declare ``speed_paths``; DGNet-gated blocks with their measured batch-1 plan). Every path of
+the zoo at once, with the MACs limits: ``solo-sparse speed``."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +11,8 @@ import torch
 
 from solo_sparse import zoo
 from solo_sparse.core.registry import get_plugin
-from solo_sparse.engine.compact import channel_prune, compact, latency, macs, widths
+from solo_sparse.engine.compact import channel_prune, compact, latency, macs, optimise, widths
+from solo_sparse.gating import dgnet
 
 
 def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,), batches=(1, 64), reps: int = 30,
@@ -24,6 +27,7 @@ def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,),
                               "threads": torch.get_num_threads(), "rows": []}
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     cls = get_plugin(plugin) if plugin else None
+    prepare = None
     if cls is not None and cls.speed_paths:
         fast_path, dense_path = cls.speed_paths
         pcfg = e["plugins"][plugin]
@@ -32,6 +36,9 @@ def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,),
         cls.from_saved(pcfg).route_eval(net, fast_path)
         nets, batches = {"dense": dense, "fast": net}, (1,)
         res["kind"] = f"{plugin} {fast_path} path (batch 1) vs {dense_path} path"
+        if dgnet.is_gated(net):
+            def prepare(size):
+                dgnet.attach_latency_table(net, size, progress=print if progress else None)
     elif cls is not None:
         raise ValueError(f"zoo entry {name!r} is {plugin}-gated: its gates choose per input what to compute, which "
                          f"dense CPU kernels cannot skip; no latency comparison is meaningful")
@@ -39,13 +46,16 @@ def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,),
         if channel_density is not None:
             channel_prune(net, channel_density)
         small = compact(net)
+        fast = optimise(small)
         with torch.no_grad():
-            res["max_abs_diff"] = float((small(x) - net(x)).abs().max())
+            res["max_abs_diff"] = float((fast(x) - net(x)).abs().max())
         res["internal_channels"] = [sum(widths(small).values()), sum(widths(net).values())]
         res["macs_32px"] = [macs(small), macs(net)]
-        nets = {"dense": net, "fast": small}
-        res["kind"] = "compact export vs uncompacted network"
+        nets = {"dense": net, "fast": fast}
+        res["kind"] = "compact export (BN folded, channels-last) vs uncompacted network"
     for size in sizes:
+        if prepare is not None:
+            prepare(size)
         for b in batches:
             lat = latency(nets, b, size, reps, progress=progress)
             res["rows"].append({"batch": b, "size": size, "dense_ms": lat["dense"]["median_ms"],
