@@ -30,7 +30,7 @@ from solo_sparse import zoo
 from solo_sparse.core.registry import backbone_plugin, get_plugin
 from solo_sparse.engine.flops import count_macs
 from solo_sparse.engine.maskio import split_state
-from solo_sparse.tools.evaluate import backbone_state, evaluate_backbone, load_images
+from solo_sparse.tools.evaluate import backbone_state, evaluate_backbone, load_splits
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,10 @@ def main(argv=None) -> int:
     ap.add_argument("--notes", default="")
     ap.add_argument("--work", default=None, help="training directory (default: <zoo>/build/<name>)")
     args = ap.parse_args(argv)
+    try:
+        zoo.manifest.check_name(args.name, "--name")     # it names files: refused before anything is written
+    except zoo.ZooError as exc:
+        raise SystemExit(str(exc)) from None
 
     zroot = Path(args.zoo).resolve()
     old = {}
@@ -121,8 +125,7 @@ def main(argv=None) -> int:
     # evaluate what users load: the packed file, through the zoo loader
     state, masks, meta = zoo.read_backbone(zroot / rel)
     net = zoo.build_module(state, masks, meta)
-    train = load_images(str(data / "train"), 32)
-    test = load_images(str(data / "val"), 32)
+    train, test = load_splits(data, 32)
     acc = evaluate_backbone(net, train, test)
     fl = flops_of(net, info["gating"], test[0][:2000])
     kept = sum(int(m.sum()) for m in masks.values())

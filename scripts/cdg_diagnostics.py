@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from solo_sparse.gating.cgnet import convert_resnet, target_threshold
 from solo_sparse.gating.channel import clear_cache, set_branch
-from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images, load_splits
 
 TARGETS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.999)
 
@@ -48,8 +48,7 @@ def views(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def run_init(args) -> dict:
-    train = load_images(str(Path(args.data) / "train"), 32)
-    test = load_images(str(Path(args.data) / "val"), 32)
+    train, test = load_splits(args.data, 32)
     rows = {}
     for t in (None,) + TARGETS:
         torch.manual_seed(args.seed)

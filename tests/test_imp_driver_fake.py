@@ -129,3 +129,43 @@ def test_a_crashed_round_resumes_from_its_newest_checkpoint(fake, tmp_path, monk
     want = global_magnitude_prune(weights, masks, 0.5)
     got = load_masks(out / "round_2" / "masks.safetensors")[0]
     assert all(torch.equal(got[n], want[n]) for n in want)     # pruned from the resumed run's last checkpoint
+
+
+def test_a_half_written_checkpoint_is_set_aside_not_resumed_from(fake, tmp_path, monkeypatch):
+    """A round killed while Lightning wrote its checkpoint: every rerun resumed from the truncated file and failed.
+    The driver resumes only from a checkpoint that reads; the broken one is set aside with a line."""
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=1, rate=0.5, rewind="1ep")
+    monkeypatch.setenv("FAKE_CRASH", "imp-r1")
+    with pytest.raises(RuntimeError, match="round 1: main_pretrain.py: exit 3"):
+        IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    monkeypatch.delenv("FAKE_CRASH")
+    crashed = next((tmp_path / "imp" / "round_1").rglob("*-ep=0.ckpt"))
+    crashed.write_bytes(crashed.read_bytes()[: crashed.stat().st_size // 2])          # killed mid-write
+    lines = []
+    st = IMPDriver(run, solo, "imp", python=sys.executable, log=lines.append).run_all()
+    assert [st["rounds"][k]["status"] for k in "01"] == ["done"] * 2
+    rerun = _calls(log)[-1]
+    assert rerun["name"] == "imp-r1" and not any("resume_from_checkpoint" in a for a in rerun["argv"])
+    assert crashed.with_name(crashed.name + ".unreadable").exists() and not crashed.exists()
+    said = [line for line in lines if "does not read" in line]
+    assert len(said) == 1 and crashed.name in said[0] and "set aside" in said[0], lines
+
+
+def test_an_all_false_mask_is_refused_before_training(fake, tmp_path, monkeypatch):
+    from solo_sparse.core.config import ConfigError
+    from solo_sparse.engine.maskio import save_masks
+
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=1, rate=0.5, rewind="1ep")
+    monkeypatch.setenv("FAKE_CRASH", "imp-r1")
+    with pytest.raises(RuntimeError):
+        IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    monkeypatch.delenv("FAKE_CRASH")
+    masks_file = tmp_path / "imp" / "round_1" / "masks.safetensors"
+    dead = {k: torch.zeros_like(m) for k, m in load_masks(masks_file)[0].items()}
+    save_masks(masks_file, dead)
+    n = len(_calls(log))
+    with pytest.raises(ConfigError, match=r"keeps no weight \(2 layer\(s\), all False\): a dead backbone"):
+        IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    assert len(_calls(log)) == n                                                     # nothing trained

@@ -114,10 +114,15 @@ def plugin_names(section: Mapping[str, Any]) -> List[str]:
     """The plugin(s) a ``solo_sparse:`` section asks for: ``plugin: x`` or ``plugins: [x, y]``.
 
     ``plugins: []`` (the ``solo_sparse/methods`` config) asks for none: only solo-sparse's extra
-    methods (``rotnet``) are registered.
+    methods (``rotnet``) are registered. A single name (``plugins: gmp``, ``++solo_sparse.plugins=gmp``) is a
+    one-element list, never a string of one-letter names.
     """
+    section = _to_plain(section) or {}
     if "plugins" in section and section["plugins"]:
-        names = list(section["plugins"])
+        names = section["plugins"]
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{PREFIX}.plugins={names!r}: expected a plugin name or a list of plugin names")
     elif "plugins" in section and not section.get("plugin"):
         return []
     elif section.get("plugin"):

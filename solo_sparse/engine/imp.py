@@ -23,6 +23,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError
+from solo_sparse.core.files import atomic_path
 from solo_sparse.engine.maskio import _meta, is_mask_key
 
 STATE_FORMAT = "solo-sparse-state/1"
@@ -74,15 +75,13 @@ def save_state(path, state: Mapping[str, torch.Tensor], **meta) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for k, v in state.items():
         if not torch.is_tensor(v) or is_mask_key(k):
             continue
         tensors[k] = v.detach().to("cpu").clone().contiguous()   # clone: no shared storage in the file
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=_meta({"format": STATE_FORMAT, **meta}))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=_meta({"format": STATE_FORMAT, **meta}))
     return path
 
 

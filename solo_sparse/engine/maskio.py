@@ -20,6 +20,7 @@ from typing import Dict, Mapping, Tuple
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError
+from solo_sparse.core.files import atomic_path
 
 #: name of the persistent bool buffer next to a masked layer's ``weight``
 MASK = "weight_mask"
@@ -33,19 +34,38 @@ def is_mask_key(key: str) -> bool:
     return key.endswith(SUFFIX)
 
 
-def split_state(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+def split_state(state: Mapping[str, torch.Tensor], source: str = "state dict"
+                ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """``(weights, masks)`` of a state dict: ``masks`` keyed by layer path (``layer1.0.conv1``), ``weights``
-    every other key unchanged."""
+    every other key unchanged. Every mask is checked (:func:`check_mask`): a crafted file cannot slip a float,
+    NaN or mis-shaped mask into a model."""
     weights = {k: v for k, v in state.items() if not is_mask_key(k)}
     masks = {k[: -len(SUFFIX)]: v for k, v in state.items() if is_mask_key(k)}
+    for layer, m in masks.items():
+        check_mask(layer, m, weights.get(layer + ".weight"), source)
     return weights, masks
 
 
-def encoder_masks(state: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
+def check_mask(layer: str, mask, weight, source: str = "state dict") -> None:
+    """A mask is a bool tensor of its weight's shape; anything else is a one-line ConfigError naming ``source``,
+    the key and what it holds."""
+    key = f"{source}: {layer}{SUFFIX}"
+    if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+        what = mask.dtype if torch.is_tensor(mask) else type(mask).__name__
+        raise ConfigError(f"{key} is {what}; a mask must be a bool tensor of its weight's shape")
+    if not torch.is_tensor(weight):
+        raise ConfigError(f"{key} has no {layer}.weight beside it; a mask belongs to a weight")
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ConfigError(f"{key} has shape {tuple(mask.shape)}, its weight {tuple(weight.shape)}; a mask must have "
+                          "its weight's shape")
+
+
+def encoder_masks(state: Mapping[str, torch.Tensor], source: str = "state dict"
+                  ) -> Dict[str, Dict[str, torch.Tensor]]:
     """A method's masks per encoder: ``{"online": {layer: mask}, "momentum": {layer: mask}}`` with layer
     keys as the online encoder names them (``backbone.layer1.0.conv1``); an encoder without masks is absent."""
     out: Dict[str, Dict[str, torch.Tensor]] = {}
-    for layer, m in split_state(state)[1].items():
+    for layer, m in split_state(state, source)[1].items():
         if layer.startswith(MOMENTUM_PREFIX):
             out.setdefault("momentum", {})[layer[len(MOMENTUM_PREFIX):]] = m
         else:
@@ -124,17 +144,16 @@ def save_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.bool).contiguous() for k, v in masks.items()}
     md = _meta({"format": MASKS_FORMAT, "density": density(tensors), **meta})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=md)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=md)
     return path
 
 
 def load_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """Read a mask file; raises ConfigError if it is missing or not a solo-sparse mask file."""
+    """Read a mask file; raises ConfigError if it is missing, not a solo-sparse mask file, holds a non-bool
+    mask, or keeps no weight at all (every layer all False: a dead backbone)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -152,6 +171,9 @@ def load_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     bad = [k for k, v in tensors.items() if v.dtype != torch.bool]
     if bad:
         raise ConfigError(f"{PREFIX}.masks={str(path)!r}: mask {bad[0]!r} is {tensors[bad[0]].dtype}, expected bool")
+    if not tensors or counts(tensors)[0] == 0:
+        raise ConfigError(f"{PREFIX}.masks={str(path)!r}: keeps no weight ({len(tensors)} layer(s), all False): "
+                          "a dead backbone; refused before any training")
     return tensors, meta
 
 

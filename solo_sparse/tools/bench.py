@@ -53,11 +53,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from solo_sparse.core.config import ConfigError
+from solo_sparse.core.files import PLAIN_NAME_RULE, is_plain_name, write_atomic
 from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.flops import count_macs, training_macs_ratio
 from solo_sparse.engine.maskio import counts, encoder_masks, split_state
 from solo_sparse.engine.resnet import build_resnet
-from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_images
+from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
 
@@ -74,6 +75,57 @@ ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "e
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
             "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "status", "error", "command", "reused_from")
 KINDS = ("pretrain", "rounds")
+CONTROLS = ("random_reinit", "permuted", "global_random")
+
+
+def _int_in(lo, hi):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+#: {key: (check, what is allowed)} of a suite's top level and of one run — a suite is data from a file: every
+#: value is checked before it names a folder or a Hydra override (ids and names become paths under --out)
+SUITE_KEYS = {
+    "suite": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "data": (is_plain_name, "a folder name under --data-root (a plain name)"),
+    "size": (_int_in(8, 1024), "an integer in [8, 1024] (pixels)"),
+    "seeds": (_int_in(1, 1000), "an integer in [1, 1000]"),
+    "overrides": (_str_list, "a list of strings (Hydra overrides)"),
+    "random_init": (lambda v: isinstance(v, bool), "true or false"),
+}
+RUN_KEYS = {
+    "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
+    "config": (lambda v: isinstance(v, str) and v != "", "a config path (a string)"),
+    "kind": (lambda v: v in KINDS, " or ".join(KINDS)),
+    "plugin": (lambda v: v is None or is_plain_name(v), "a plugin name"),
+    "seeds": (lambda v: v is None or _int_in(1, 1000)(v), "an integer in [1, 1000] or null"),
+    "overrides": (_str_list, "a list of strings (Hydra overrides)"),
+    "eval_paths": (lambda v: isinstance(v, list) and v != [] and all(x is None or is_plain_name(x) for x in v),
+                   "a non-empty list of evaluation path names"),
+    "rounds": (_int_in(0, 100), "an integer in [0, 100]"),
+    "rate": (lambda v: isinstance(v, float) and 0.0 < v < 1.0, "a number in (0, 1)"),
+    "rewind": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "steps or 'Nep'"),
+    "controls": (lambda v: isinstance(v, list) and all(c in CONTROLS for c in v), f"a list of {', '.join(CONTROLS)}"),
+    "control_rounds": (lambda v: v is None or (isinstance(v, list) and all(_int_in(0, 100)(x) for x in v)),
+                       "a list of round numbers or null"),
+}
+
+
+def _check_keys(p: Path, where: str, raw: Dict[str, Any], spec: Dict[str, tuple]) -> None:
+    """Unknown keys and ill-typed values of a suite mapping: one line naming the file, the key and the value."""
+    bad = sorted(str(k) for k in raw if k not in spec)
+    if bad:
+        raise ConfigError(f"{p}: {where or 'unknown suite key(s) '}{'unknown run key(s) ' if where else ''}"
+                          f"{', '.join(bad)}; allowed: {', '.join(sorted(spec))}")
+    for k, v in raw.items():
+        check, allowed = spec[k]
+        if not check(v):
+            shown = repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."
+            raise ConfigError(f"{p}: {where}{k}={shown}: expected {allowed}")
 
 
 # ------------------------------------------------------------------------------------------ suites
@@ -116,24 +168,22 @@ class Suite:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: no such suite file")
-        raw = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
-        if not isinstance(raw, dict) or not raw.get("runs"):
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        except Exception as exc:  # noqa: BLE001 - YAML/OmegaConf errors: one line naming the file
+            raise ConfigError(f"{p}: not a readable suite YAML ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from None
+        if not isinstance(raw, dict) or "suite" not in raw or not isinstance(raw.get("runs"), list) \
+                or not raw["runs"]:
             raise ConfigError(f"{p}: a suite needs 'suite' and a non-empty 'runs' list")
-        known = set(cls.__dataclass_fields__) - {"path", "runs", "root"}
         root = suite_root(p)
-        bad = sorted(set(raw) - known - {"runs"})
-        if bad:
-            raise ConfigError(f"{p}: unknown suite key(s) {', '.join(bad)}; allowed: {', '.join(sorted(known))}, runs")
+        _check_keys(p, "", {k: v for k, v in raw.items() if k != "runs"}, SUITE_KEYS)
         runs = []
-        for r in raw["runs"]:
-            rk = set(RunSpec.__dataclass_fields__)
-            extra = sorted(set(r) - rk)
-            if extra:
-                raise ConfigError(f"{p}: run {r.get('id')!r} has unknown key(s) {', '.join(extra)}; "
-                                  f"allowed: {', '.join(sorted(rk))}")
+        for i, r in enumerate(raw["runs"]):
+            if not isinstance(r, dict) or "id" not in r:
+                raise ConfigError(f"{p}: runs[{i}] is {str(r)[:80]!r}; a run is a mapping with an 'id'")
+            _check_keys(p, f"run {str(r['id'])[:80]!r}: ", r, RUN_KEYS)   # repr: no control character prints raw
             spec = RunSpec(**r)
-            if spec.kind not in KINDS:
-                raise ConfigError(f"{p}: run {spec.id!r} kind={spec.kind!r}; allowed: {', '.join(KINDS)}")
             if spec.kind == "rounds" and not spec.plugin:
                 raise ConfigError(f"{p}: run {spec.id!r} (kind rounds) needs 'plugin', the fixed-mask plugin "
                                   "of the rounds")
@@ -267,10 +317,8 @@ class Bench:
         self.results["meta"] = meta
         for key, row in self.results["rows"].items():        # one schema: every column in every row
             self.results["rows"][key] = {**{k: None for k in ROW_KEYS}, **row}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.results, indent=2))
-        tmp.replace(self.path)
-        (self.out / "results.md").write_text(to_markdown(self.results))
+        write_atomic(self.path, json.dumps(self.results, indent=2))
+        write_atomic(self.out / "results.md", to_markdown(self.results))
         try:
             plot(self.results, self.out / f"{self.suite.suite}.png")
             plot_monitors(self.results, self.out / "monitor.png")
@@ -280,8 +328,7 @@ class Bench:
     def eval_data(self):
         if self._eval is None:
             self.log(f"[bench {self.suite.suite}] loading {self.suite.data} at {self.suite.size} px ...")
-            self._eval = (load_images(str(self.data / "train"), self.suite.size),
-                          load_images(str(self.data / "val"), self.suite.size))
+            self._eval = load_splits(self.data, self.suite.size, log=self.log)
         return self._eval
 
     def fingerprint(self, spec: RunSpec, seed: int) -> str:
@@ -681,11 +728,9 @@ def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from solo_sparse.tools.report import _save
+
+    return _save(fig, path)
 
 
 def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
@@ -719,6 +764,6 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
             if i >= 0 and j > i:
                 new = new[:i + len(start)] + "\n" + table + new[j:]
         if new != text:
-            Path(d).write_text(new)
+            write_atomic(d, new)
             changed.append(Path(d))
     return changed

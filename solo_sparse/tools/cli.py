@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from solo_sparse.core.config import ConfigError
-from solo_sparse.tools.inputs import compose_config, read_checkpoint
+from solo_sparse.tools.inputs import FRACTION, IMAGE_SIZE, SEED, compose_config, number, read_checkpoint
 from solo_sparse.zoo.format import ZooError
 
 
@@ -83,9 +83,21 @@ def _cmd_flops(args) -> int:
                         "`solo-sparse flops CKPT` on a trained checkpoint, or the benchmark's gate measurement")
         rep = count_macs(net, size)
     else:
-        from solo_sparse.tools.evaluate import load_backbone
+        from solo_sparse.tools.evaluate import MEASURE_IMAGES, backbone_macs, describe, load_backbone, load_images
 
         net, info = load_backbone(str(path), args.backbone, cifar_stem=args.cifar_stem)
+        if info["gating"]:        # input-dependent cost: measured from the gates on images
+            if not args.data:
+                raise ConfigError(f"{path}: a {info['gating']}-gated backbone computes per input; pass --data DIR "
+                                  "(an image folder) to measure its MACs on images")
+            folder = Path(args.data) / "val" if (Path(args.data) / "val").is_dir() else Path(args.data)
+            X = load_images(folder, args.input_size)[0][:MEASURE_IMAGES]
+            cost = backbone_macs(net, info, X)
+            print(f"{path.name}: checkpoint, {describe(info)}")
+            r = cost["macs_ratio"]
+            print(f"input {tuple(size)}: MACs ratio {r:.4f} ({1 / max(r, 1e-12):.2f}x fewer), gate sparsity "
+                  f"{cost.get('gate_sparsity', 0.0):.4f}, mean over {len(X)} images of {folder}")
+            return 0
         rep = count_macs(net, size, from_weights=True)
         what = f"checkpoint, masked layers at density {info['density']:.4f}"
     if args.per_layer:
@@ -101,7 +113,7 @@ def _cmd_sparsity(args) -> int:
     from solo_sparse.engine.maskio import counts, encoder_masks
 
     ck = read_checkpoint(args.checkpoint)
-    per_enc = encoder_masks(ck.get("state_dict", ck))
+    per_enc = encoder_masks(ck.get("state_dict", ck), str(args.checkpoint))
     online, momentum = per_enc.get("online", {}), per_enc.get("momentum", {})
     if not online and not momentum:
         print(f"{args.checkpoint}: no weight masks (dense checkpoint)")
@@ -127,15 +139,22 @@ def _cmd_sparsity(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from solo_sparse.core.files import write_atomic
     from solo_sparse.engine.density import allocate_masks
-    from solo_sparse.engine.flops import count_macs
     from solo_sparse.engine.sparsifier import select_layers
-    from solo_sparse.tools.evaluate import build_resnet, evaluate_backbone, load_backbone, load_images
+    from solo_sparse.tools.evaluate import (
+        MEASURE_IMAGES,
+        backbone_macs,
+        build_resnet,
+        describe,
+        evaluate_backbone,
+        load_backbone,
+        load_splits,
+    )
 
     data = Path(args.data)
-    print(f"loading {data}/train and {data}/val ...", flush=True)
-    train = load_images(str(data / "train"), args.input_size)
-    test = load_images(str(data / "val"), args.input_size)
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give a file name (e.g. {Path(args.out) / 'eval.json'})")
     rows = []
     for d in args.random_init_densities or []:
         torch.manual_seed(args.seed)
@@ -146,19 +165,22 @@ def _cmd_evaluate(args) -> int:
             with torch.no_grad():
                 for k, m in layers.items():
                     m.weight.mul_(masks[k])
-        rows.append((f"random-init, magnitude-pruned to {d}", net))
+        rows.append((f"random-init, magnitude-pruned to {d}", net, {}))
     for ck in args.checkpoints:
         net, info = load_backbone(ck, args.backbone, cifar_stem=args.cifar_stem)
-        rows.append((f"{ck} (density {info['density']:.3f})", net))
+        rows.append((f"{ck} ({describe(info)})", net, info))
+    print(f"loading {data}/train and {data}/val ...", flush=True)     # after the checkpoints: a bad one fails fast
+    train, test = load_splits(data, args.input_size)
     results = []
-    for name, net in rows:
+    for name, net, info in rows:
         acc = evaluate_backbone(net, train, test, progress=True)
-        macs = count_macs(net, (1, 3, args.input_size, args.input_size), from_weights=True)
-        results.append({"backbone": name, **acc, "macs_ratio": macs.ratio})
+        cost = backbone_macs(net, info, test[0][:MEASURE_IMAGES])
+        results.append({"backbone": name, **acc, **cost})
+        gates = f"  gate sparsity {cost['gate_sparsity']:.3f}" if "gate_sparsity" in cost else ""
         print(f"{name}: kNN20 {100 * acc['knn20']:.2f}  kNN1 {100 * acc['knn1']:.2f}  "
-              f"linear {100 * acc['linear']:.2f}  MACs x{macs.ratio:.3f}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+              f"linear {100 * acc['linear']:.2f}  MACs x{cost['macs_ratio']:.3f}{gates}", flush=True)
+        if args.out:      # after every backbone: an interrupted run keeps the rows it finished
+            write_atomic(args.out, json.dumps(results, indent=2))
     return 0
 
 
@@ -208,12 +230,13 @@ def _cmd_zoo(args) -> int:
             print(f"batch {r['batch']:3d} {r['size']:4d} px: dense {r['dense_ms']:8.2f} ms  fast {r['fast_ms']:8.2f} ms"
                   f"  speed-up {r['speedup']:.2f}x")
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(res, indent=2))
+            from solo_sparse.core.files import write_atomic
+
+            write_atomic(args.out, json.dumps(res, indent=2))
         return 0
     if args.zoo_cmd == "export":
         if args.channel_density is not None:
-            raise SystemExit("--channel-density applies to --format compact only")
+            raise ConfigError("--channel-density applies to --format compact only")
         out = zoo.export(args.name, Path(args.out), args.format, root)
         e = zoo.entry(args.name, root)
         print(f"wrote {out} ({args.format})")
@@ -288,8 +311,15 @@ def _plugin_commands() -> Dict[str, Tuple]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error form: one line, exit code 2 (argparse's own prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"solo-sparse: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="solo-sparse", description="Sparse and gated SSL plugins for solo-learn")
+    p = _Parser(prog="solo-sparse", description="Sparse and gated SSL plugins for solo-learn")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("plugins", help="list plugins with families and config keys")
@@ -298,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("flops", help="dense vs effective MACs of a config's or checkpoint's backbone")
     a.add_argument("source", help="a solo-learn YAML (with an optional solo_sparse section) or a .ckpt")
     a.add_argument("--backbone", default="resnet18")
-    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--input-size", type=IMAGE_SIZE, default=32)
+    a.add_argument("--data", default=None, help="image folder (val/ or <class>/ folders): gated checkpoints' MACs "
+                                                "are measured on its images (needed for them)")
     a.add_argument("--cifar-stem", action="store_true", help="checkpoint was trained on cifar10/100")
     a.add_argument("--per-layer", action="store_true")
     a.set_defaults(fn=_cmd_flops)
@@ -310,10 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", required=True)
     a.add_argument("--backbone", default="resnet18")
     a.add_argument("--cifar-stem", action="store_true")
-    a.add_argument("--input-size", type=int, default=32)
-    a.add_argument("--random-init-densities", type=float, nargs="*", default=None)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--out", default=None, help="write results JSON here")
+    a.add_argument("--input-size", type=IMAGE_SIZE, default=32)
+    a.add_argument("--random-init-densities", type=FRACTION, nargs="*", default=None)
+    a.add_argument("--seed", type=SEED, default=0)
+    a.add_argument("--out", default=None, help="write results JSON here (after every backbone)")
     a.set_defaults(fn=_cmd_evaluate)
     a = sub.add_parser("zoo", help="model zoo: list | show | verify | export | bench")
     a.add_argument("--zoo", default=None, help="zoo directory (default: the package's zoo/ or $SOLO_SPARSE_ZOO)")
@@ -330,15 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--out", required=True)
     z.add_argument("--format", choices=("solo", "torchvision", "compact"), default="solo",
                    help="compact: a smaller dense ResNet with dead internal channels removed (zoo format)")
-    z.add_argument("--channel-density", type=float, default=None,
+    z.add_argument("--channel-density", type=FRACTION, default=None,
                    help="compact: first prune the block-internal channels to this fraction")
     z.add_argument("--fp16", action="store_true", help="compact: store floats as fp16")
     z = zs.add_parser("bench", help="CPU latency: compact export vs dense (DGNet entries: gated vs dense path)")
     z.add_argument("name")
-    z.add_argument("--channel-density", type=float, default=None)
-    z.add_argument("--sizes", type=int, nargs="+", default=[32])
-    z.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    z.add_argument("--reps", type=int, default=30)
+    z.add_argument("--channel-density", type=FRACTION, default=None)
+    z.add_argument("--sizes", type=IMAGE_SIZE, nargs="+", default=[32])
+    z.add_argument("--batches", type=number(int, 1, 4096), nargs="+", default=[1, 64])
+    z.add_argument("--reps", type=number(int, 1, 100000), default=30)
     z.add_argument("--out", default=None, help="write the full result as JSON")
     a.set_defaults(fn=_cmd_zoo)
     a = sub.add_parser("doctor", help="check the installation: versions, solo-learn, Hydra discovery, plugins, "
@@ -350,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("suite", nargs="+", help="suite YAML (with --update-docs: results.json files)")
     a.add_argument("--data-root", default="data", help="folder holding the suite's data folder (default: data)")
     a.add_argument("--out", default=None, help="results folder (default: results/<suite>)")
-    a.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the suite's)")
+    a.add_argument("--seeds", type=number(int, 1, 1000), default=None, help="number of seeds (default: the suite's)")
     a.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
     a.add_argument("--eval-only", action="store_true", help="evaluate existing runs, train nothing")
     a.add_argument("--dry-run", action="store_true", help="list the runs still to do")
@@ -368,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("source", help="run directory | zoo entry name | zoo")
     a.add_argument("--out", default="report")
     a.add_argument("--zoo", default=None)
-    a.add_argument("--reference", type=float, default=None,
+    a.add_argument("--reference", type=number(float, 0.0, 100.0), default=None,
                    help="zoo plot: random-init linear accuracy (%%) drawn as a dashed line")
     a.set_defaults(fn=_cmd_report)
     return p

@@ -14,6 +14,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from solo_sparse.core.files import write_atomic
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = (
     "tshirt_top", "trouser", "pullover", "dress", "coat",
@@ -93,5 +95,5 @@ def export_image_folder(
             Image.fromarray(images[i]).convert("RGB").save(out_p / folder / FMNIST_CLASSES[labels[i]] / f"{i:05d}.png")
         counts[folder] = int(len(keep))
     meta = dict(want, train_images=counts["train"], val_images=counts["val"], source="dataset-fashion-mnist")
-    meta_p.write_text(json.dumps(meta, indent=2))
+    write_atomic(meta_p, json.dumps(meta, indent=2))
     return meta

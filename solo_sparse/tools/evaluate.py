@@ -9,7 +9,9 @@ the ``custom`` dataset resizes to 224 px and costs hours on a CPU.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,11 +23,13 @@ from solo_sparse.engine.maskio import apply_masks, counts, split_state
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.inputs import read_checkpoint
 
-__all__ = ["backbone_state", "build_resnet", "evaluate_backbone", "extract_features", "knn_accuracy", "linear_probe",
-           "load_backbone", "load_images"]
+__all__ = ["backbone_macs", "backbone_state", "build_resnet", "describe", "evaluate_backbone", "extract_features",
+           "knn_accuracy", "linear_probe", "load_backbone", "load_images", "load_splits"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: images a gated backbone's MACs are measured on (the first of the val split; as the bench and the zoo do)
+MEASURE_IMAGES = 2000
 
 
 def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, torch.Tensor]:
@@ -50,7 +54,7 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
         raise ConfigError(f"{path}: no 'backbone.*' tensors — not a solo-learn pre-training checkpoint")
     net = build_resnet(name, cifar_stem)
     _, gname, gcfg = rebuild_backbone(net, ck.get("solo_sparse"), gated_path)
-    weights, masks = split_state(state)
+    weights, masks = split_state(state, str(path))
     own = net.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -74,21 +78,97 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
     return net.eval(), info
 
 
-def image_folder(path: str, size: int = 32):
+def backbone_macs(net: nn.Module, info: Dict, X: torch.Tensor) -> Dict[str, float]:
+    """Inference cost of a backbone from :func:`load_backbone`: a gated one's MACs measured from its gates on the
+    images ``X`` (the rewriting plugin's :meth:`~solo_sparse.core.plugin.Plugin.measure_backbone`), otherwise
+    counted from its (masked) weights. ``{"macs_ratio"}`` plus ``"gate_sparsity"`` for gated backbones."""
+    from solo_sparse.core.registry import get_plugin
+    from solo_sparse.engine.flops import count_macs
+
+    if info.get("gating"):
+        m = get_plugin(info["gating"]).measure_backbone(net, X)
+        if m is not None:
+            return {"macs_ratio": float(m["network_macs_ratio"]), "gate_sparsity": float(m["gate_sparsity"])}
+    return {"macs_ratio": count_macs(net, (1, *X.shape[1:]), from_weights=True).ratio}
+
+
+def describe(info: Dict) -> str:
+    """``density 0.100`` for weight-sparse / dense backbones, ``cdg-gated (...)`` for gated ones."""
+    if not info.get("gating"):
+        return f"density {info['density']:.3f}"
+    return f"{info['gating']}-gated" + (f", weight density {info['density']:.3f}" if info.get("masked_layers") else "")
+
+
+def _read_image(path: str):
+    """An RGB PIL image; a file that does not decode is a one-line error naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
+        raise ConfigError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def image_folder(path, size: int = 32, allow_empty: bool = False):
+    """``path/<class>/<image>`` as a torchvision ImageFolder of ``(3, size, size)`` tensors: the shorter side
+    resized to ``size``, then the centre ``size`` × ``size`` crop (so a non-square image is cropped as
+    solo-learn's evaluation transform crops it, not a batch of mismatched shapes)."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
-    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"{p}: no such folder (expected {p}/<class>/<image> folders)")
+    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    return ImageFolder(path, tf)
+    try:
+        return ImageFolder(str(p), tf, loader=_read_image, allow_empty=allow_empty)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: {str(exc).splitlines()[0]}") from None
 
 
-def load_images(path: str, size: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A whole image folder as ``(X (N, 3, size, size), y (N,))`` tensors (small data sets only)."""
-    ds = image_folder(path, size)
+def _tensors(ds) -> Tuple[torch.Tensor, torch.Tensor]:
     loader = torch.utils.data.DataLoader(ds, batch_size=512, num_workers=0)
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
+
+
+def load_images(path, size: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A whole image folder as ``(X (N, 3, size, size), y (N,))`` tensors (small data sets only), labels by its
+    own sorted class folders — for images alone; a train/val pair is :func:`load_splits`."""
+    return _tensors(image_folder(path, size))
+
+
+def load_splits(root, size: int = 32, log: Optional[Callable[[str], None]] = None
+                ) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+    """``root/train`` and ``root/val`` as ``((X, y), (X, y))``, both labelled with **train's** class index (two
+    ImageFolders would each number their own sorted folders: a val folder missing or renaming one class would
+    shift every label after it). Refused, one line: fewer than two train classes, a val class folder train
+    lacks (named). Said, one line through ``log`` (default: stderr): val has no images of some train classes."""
+    root = Path(root)
+    tr = image_folder(root / "train", size)
+    if len(tr.classes) < 2:
+        raise ConfigError(f"{root / 'train'}: one class folder ({tr.classes[0]!r}); kNN and linear-probe accuracy "
+                          "need at least two classes")
+    va = image_folder(root / "val", size, allow_empty=True)
+    extra = [c for c in va.classes if c not in tr.class_to_idx]
+    if extra:
+        raise ConfigError(f"{root / 'val'}: class folder {extra[0]!r} is not a class of {root / 'train'} "
+                          f"({len(extra)} such; train's: {', '.join(tr.classes[:10])}"
+                          f"{', ...' if len(tr.classes) > 10 else ''}); val must use train's class names")
+    present = {va.classes[t] for _, t in va.samples}
+    if not present:
+        raise ConfigError(f"{root / 'val'}: no images")
+    va.samples = [(p, tr.class_to_idx[va.classes[t]]) for p, t in va.samples]
+    va.targets = [t for _, t in va.samples]
+    missing = [c for c in tr.classes if c not in present]
+    if missing:
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
+            f"solo-sparse: note: {root / 'val'} has no images of {len(missing)} of train's {len(tr.classes)} classes "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); accuracies are over the other "
+            f"{len(tr.classes) - len(missing)}")
+    return _tensors(tr), _tensors(va)
 
 
 @torch.no_grad()

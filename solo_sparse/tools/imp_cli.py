@@ -8,17 +8,20 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
+from solo_sparse.tools.inputs import IMAGE_SIZE, SEED, number
+
 
 def _args_imp(a: argparse.ArgumentParser) -> None:
     a.add_argument("--config", required=True, help="a solo-learn pre-training YAML (any method is the pretext)")
     a.add_argument("--out", required=True, help="run directory (resumed if it exists)")
-    a.add_argument("--rounds", type=int, default=5, help="pruning rounds R (R + 1 trainings; final density (1-rate)^R)")
+    a.add_argument("--rounds", type=number(int, 0, 100), default=5,
+                   help="pruning rounds R (R + 1 trainings; final density (1-rate)^R)")
     a.add_argument("--rate", type=float, default=0.2, help="share of the remaining weights pruned per round")
     a.add_argument("--rewind", default="1ep", help="rewind point in round 0: steps or 'Nep' (reset=rewind)")
     a.add_argument("--reset", choices=("rewind", "random"), default="rewind")
-    a.add_argument("--seed", type=int, default=None)
+    a.add_argument("--seed", type=SEED, default=None)
     a.add_argument("--eval-data", default=None, help="image folder (train/ val/): kNN + linear probe per round")
-    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--input-size", type=IMAGE_SIZE, default=32)
     a.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the solo package)")
     a.add_argument("overrides", nargs="*", help="extra Hydra overrides for every round (after --)")
 
@@ -26,7 +29,7 @@ def _args_imp(a: argparse.ArgumentParser) -> None:
 def _args_permute(a: argparse.ArgumentParser) -> None:
     a.add_argument("source")
     a.add_argument("dest")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=SEED, default=0)
     a.add_argument("--control", choices=("layer", "global"), default="layer",
                    help="layer: each layer's mask shuffled (per-layer densities kept); global: the same total "
                         "count of kept weights drawn uniformly over all layers (the paper's random control)")
@@ -36,11 +39,11 @@ def _args_retrain(a: argparse.ArgumentParser) -> None:
     a.add_argument("--data", required=True)
     a.add_argument("--masks", default=None, help="mask file (none = dense)")
     a.add_argument("--init", default=None, help="state file (e.g. an IMP rewind point); none = random init")
-    a.add_argument("--epochs", type=int, default=5)
-    a.add_argument("--lr", type=float, default=0.05)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--epochs", type=number(int, 1, 10000), default=5)
+    a.add_argument("--lr", type=number(float, 0.0, 100.0, lo_open=True), default=0.05)
+    a.add_argument("--seed", type=SEED, default=0)
     a.add_argument("--backbone", default="resnet18")
-    a.add_argument("--input-size", type=int, default=32)
+    a.add_argument("--input-size", type=IMAGE_SIZE, default=32)
     a.add_argument("--out", default=None)
 
 
@@ -64,9 +67,14 @@ def _cmd_imp(args) -> int:
 
 
 def _cmd_permute(args) -> int:
+    from solo_sparse.core.config import ConfigError
     from solo_sparse.engine.maskio import density as total_density
     from solo_sparse.engine.maskio import global_random_masks, load_masks, permuted_masks, save_masks
 
+    src, dest = Path(args.source), Path(args.dest)
+    if dest.resolve() == src.resolve() or (dest.exists() and src.exists() and dest.samefile(src)):
+        raise ConfigError(f"permute-masks: DEST {args.dest!r} is the SOURCE mask file; the control would overwrite "
+                          "the masks it is a control of — give another file name")
     masks, meta = load_masks(args.source)
     if args.control == "global":
         out = global_random_masks(masks, seed=args.seed)
@@ -82,12 +90,10 @@ def _cmd_permute(args) -> int:
 def _cmd_retrain(args) -> int:
     from solo_sparse.engine.imp import load_state
     from solo_sparse.engine.maskio import load_masks
-    from solo_sparse.tools.evaluate import load_images
+    from solo_sparse.tools.evaluate import load_splits
     from solo_sparse.tools.retrain import retrain_supervised
 
-    data = Path(args.data)
-    train = load_images(str(data / "train"), args.input_size)
-    test = load_images(str(data / "val"), args.input_size)
+    train, test = load_splits(args.data, args.input_size)
     masks = load_masks(args.masks)[0] if args.masks else None
     init = load_state(args.init)[0] if args.init else None
     res = retrain_supervised(masks, init, train, test, epochs=args.epochs, lr=args.lr, seed=args.seed,
@@ -95,7 +101,9 @@ def _cmd_retrain(args) -> int:
     print(f"label re-training: top-1 {100 * res['accuracy']:.2f} at density {res['density']:.4f} "
           f"({args.epochs} epochs, init {'from ' + args.init if args.init else 'random'})")
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        from solo_sparse.core.files import write_atomic
+
+        write_atomic(args.out, json.dumps(res, indent=2))
     return 0
 
 

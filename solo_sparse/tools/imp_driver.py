@@ -18,7 +18,8 @@ Layout of ``--out``::
     round_<k>/ …             solo-learn checkpoints and the round's log (train.log)
 
 A crash at any point resumes at the round it was in (from the round's newest solo-learn checkpoint
-when there is one); re-running with a different config is refused, naming the differing keys.
+that reads, when there is one: a half-written one is set aside with a line); re-running with a
+different config is refused, naming the differing keys.
 """
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ from typing import Dict, List, Optional
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec
+from solo_sparse.core.files import write_atomic
 from solo_sparse.engine.imp import file_sha256, fingerprint, global_magnitude_prune
 from solo_sparse.engine.maskio import density as total_density
 from solo_sparse.engine.maskio import encoder_masks, load_masks, save_masks
+from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command
 
 STATE = "imp.json"
@@ -102,7 +105,7 @@ def _max_epochs(cfg_path: Path, overrides: List[str]) -> Optional[int]:
 def checkpoint_masks(ckpt: Path):
     """``({layer: weight}, {layer: mask})`` of the online masked layers of a solo-learn checkpoint."""
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    masks = encoder_masks(sd).get("online", {})
+    masks = encoder_masks(sd, str(ckpt)).get("online", {})
     if not masks:
         raise RuntimeError(f"{ckpt}: no weight masks — was it trained with '- solo_sparse: imp'?")
     weights = {k: sd[k + ".weight"] for k in masks}
@@ -153,10 +156,7 @@ class IMPDriver:
         return st
 
     def _save(self, st=None) -> None:
-        p = self.out / STATE
-        tmp = p.with_name(STATE + ".tmp")
-        tmp.write_text(json.dumps(st or self.state, indent=2))
-        tmp.replace(p)
+        write_atomic(self.out / STATE, json.dumps(st or self.state, indent=2))
 
     # ------------------------------------------------------------------ paths
     def round_dir(self, k: int) -> Path:
@@ -190,10 +190,29 @@ class IMPDriver:
         return pretrain_command(self.cfg_path, solo_dir=self.solo_dir, python=self.python,
                                 overrides=[*ov, *r.overrides])
 
+    def resumable_checkpoint(self, k: int) -> Optional[Path]:
+        """Round ``k``'s newest checkpoint that reads as a Lightning checkpoint, or None. One that does not (a
+        round killed while writing it) is set aside as ``<name>.unreadable`` with a line saying so — else every
+        rerun would resume from it and fail — and the next newest is tried."""
+        while True:
+            ck = newest_checkpoint(self.round_dir(k))
+            if ck is None:
+                return None
+            try:
+                if {"state_dict", "epoch"} <= set(read_checkpoint(ck)):
+                    return ck
+                why = "not a Lightning checkpoint (no state_dict / epoch)"
+            except ConfigError as exc:
+                why = str(exc).replace(f"{ck}: ", "", 1)
+            aside = ck.with_name(ck.name + ".unreadable")
+            ck.replace(aside)
+            self.log(f"[imp] round {k}: {ck.name} does not read ({why[:160]}); set aside as {aside.name}, "
+                     "not resumed from")
+
     def train_round(self, k: int) -> Path:
         d = self.round_dir(k)
         d.mkdir(parents=True, exist_ok=True)
-        resume = newest_checkpoint(d)
+        resume = self.resumable_checkpoint(k)
         cmd = self.command(k, resume)
         rs = self.state["rounds"].setdefault(str(k), {})
         rs.update({"status": "training", "command": shlex.join(cmd)})
@@ -209,12 +228,10 @@ class IMPDriver:
         return ck
 
     def evaluate(self, ck: Path) -> Dict[str, float]:
-        from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_images
+        from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
 
         if not hasattr(self, "_eval"):
-            root = Path(self.run.eval_data)
-            self._eval = (load_images(str(root / "train"), self.run.eval_size),
-                          load_images(str(root / "val"), self.run.eval_size))
+            self._eval = load_splits(self.run.eval_data, self.run.eval_size, log=self.log)
         net, _ = load_backbone(str(ck))
         return evaluate_backbone(net, *self._eval)
 

@@ -1,14 +1,46 @@
-"""Reading what a user points the CLI at — checkpoints, YAML configs — with one-line errors that say
-which file and what is wrong (missing, a directory, empty, not a checkpoint, not YAML)."""
+"""Reading what a user points the CLI at — checkpoints, YAML configs, numbers — with one-line errors that say
+which file or option and what is wrong (missing, a directory, empty, not a checkpoint, not YAML, out of range)."""
 from __future__ import annotations
 
+import argparse
+import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from solo_sparse.core.checkpoint import solo_naming
 from solo_sparse.core.config import ConfigError
+
+
+def number(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False
+           ) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses ``kind`` (int or float) in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``;
+    either bound may be None); anything else — nan, inf, out of range, not a number — is refused naming the
+    value and the allowed range (argparse adds the option's name)."""
+    left = "(" if lo_open else "["
+    allowed = ("an integer" if kind is int else "a finite number") + (
+        f" in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]" if (lo, hi) != (None, None) else "")
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        low = lo is not None and v is not None and (v <= lo if lo_open else v < lo)
+        if v is None or (kind is float and not math.isfinite(v)) or low or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{text!r} refused: allowed {allowed}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+#: pixels of an evaluation/measurement image (a ResNet needs a few; more than this only allocates)
+IMAGE_SIZE = number(int, 8, 1024)
+#: a density or a fraction of channels
+FRACTION = number(float, 0.0, 1.0, lo_open=True)
+SEED = number(int, 0)
 
 
 def existing_file(path, what: str) -> Path:

@@ -19,6 +19,8 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
+from solo_sparse.core.files import atomic_path
+
 
 def _plt():
     import matplotlib
@@ -144,8 +146,8 @@ def read_monitor(run: Path) -> Dict[str, object]:
 def _save(fig, path: Path) -> Path:
     """Lay out, write (120 dpi, parent folders made) and close a figure; its path."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     _plt().close(fig)
     return path
 
@@ -222,10 +224,7 @@ def plot_layer_density(masks: Mapping[str, torch.Tensor], path: Path, title: str
     tot = sum(m.numel() for m in masks.values())
     ax.set_title(f"{title} — overall density {kept / tot:.3f}")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_run(run: Path, out: Path) -> List[Path]:
@@ -258,11 +257,7 @@ def plot_run(run: Path, out: Path) -> List[Path]:
             ax2.legend(loc="lower left", fontsize=8)
         ax.legend(loc="upper right", fontsize=8)
         ax.set_title(f"density schedule — {run.name}")
-        fig.tight_layout()
-        p = out / "density_schedule.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(fig, out / "density_schedule.png"))
     p = plot_csi(read_csi(run), out / "csi.png", f"contrastive sparsification indicator — {run.name}")
     if p:
         written.append(p)
@@ -282,11 +277,7 @@ def plot_run(run: Path, out: Path) -> List[Path]:
         ax.set_ylabel("last epoch value")
         ax.set_title(f"per-layer gate density / conditional sparsity — {run.name}")
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        p = out / "gate_sparsity.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(fig, out / "gate_sparsity.png"))
     try:
         ck = newest_checkpoint(run)
     except (FileNotFoundError, RuntimeError, ValueError):
@@ -323,10 +314,4 @@ def plot_zoo(out: Path, root: Optional[Path] = None, reference: Optional[float] 
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title("solo-sparse zoo")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    p = out / "zoo_accuracy_flops.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, Path(out) / "zoo_accuracy_flops.png")

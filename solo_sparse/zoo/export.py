@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from solo_sparse.core.files import atomic_path
 from solo_sparse.engine.maskio import MASK
 from solo_sparse.zoo.format import ZooError, build_module, read_backbone, save_backbone
 from solo_sparse.zoo.manifest import check_against_manifest, entry, fetch, load
@@ -56,9 +57,14 @@ def export(name: str, out: Path, fmt: str = "solo", root: Optional[Path] = None)
         payload = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()},
                    "solo_sparse": ({gating["plugin"]: {"config": gating["config"]}} if gating else {}),
                    "zoo_entry": name}
-        torch.save(payload, out)
     else:
-        torch.save({k: v for k, v in sd.items() if not k.endswith(MASK)}, out)
+        payload = {k: v for k, v in sd.items() if not k.endswith(MASK)}
+    try:
+        with atomic_path(out) as tmp:
+            torch.save(payload, tmp)
+    except RuntimeError as exc:      # torch's zip writer reports a full disk or `ulimit -f` as a RuntimeError
+        raise ZooError(f"{out}: could not be written ({str(exc).strip().splitlines()[0][:160]}); "
+                       "a previous file there is unchanged") from None
     return out
 
 

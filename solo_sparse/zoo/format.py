@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from solo_sparse.core.files import atomic_path
 from solo_sparse.engine.maskio import MASK
 
 FORMAT = "solo-sparse-zoo/1"
@@ -126,7 +125,7 @@ def decompress_state(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, L
 def save_backbone(path: Path, state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], *,
                   arch: str = "resnet18", gating: Optional[Mapping[str, Any]] = None, fp16: bool = False,
                   compact_widths: Optional[Mapping[str, int]] = None, method: Optional[str] = None) -> None:
-    """Write a backbone file (atomically: a temp file renamed into place). ``compact_widths``: the
+    """Write a backbone file (atomically, :mod:`solo_sparse.core.files`). ``compact_widths``: the
     internal channel counts of a compacted ResNet (``solo_sparse.engine.compact.widths``)."""
     from safetensors.torch import save_file
 
@@ -135,17 +134,8 @@ def save_backbone(path: Path, state: Mapping[str, torch.Tensor], masks: Mapping[
             "fp16": str(bool(fp16)), "compact": json.dumps(dict(compact_widths or {}))}
     if method:
         meta["method"] = str(method)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)      # mkstemp makes 0600; a zoo file is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def read_backbone(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -187,6 +177,24 @@ def sha256(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ building modules
+def _check_widths(net: nn.Module, w: Any, arch: str) -> Dict[str, int]:
+    """A compact file's internal widths, checked against the architecture before anything is built from them
+    (a crafted width cannot allocate gigabytes): known pair keys, integers in [1, the full width]."""
+    from solo_sparse.engine.compact import widths
+
+    full = widths(net)
+    if not isinstance(w, dict):
+        raise ZooError(f"metadata 'compact' is a {type(w).__name__}, expected an object of internal widths")
+    for k, v in w.items():
+        if k not in full:
+            raise ZooError(f"metadata 'compact': {str(k)[:80]!r} is not an internal conv of a {arch} "
+                           f"(e.g. {next(iter(full))!r})")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= full[k]:
+            raise ZooError(f"metadata 'compact': width of {k!r} is {str(v)[:40]}; allowed an integer in "
+                           f"[1, {full[k]}] for a {arch}")
+    return w
+
+
 def build_module(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
                  form: str = "solo") -> nn.Module:
     """A ready module: solo-learn's ResNet form (``fc`` = Identity, masks as ``weight_mask`` buffers,
@@ -208,7 +216,7 @@ def build_module(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Te
     if meta.get("compact"):
         from solo_sparse.engine.compact import shrink_to
 
-        shrink_to(net, meta["compact"])
+        shrink_to(net, _check_widths(net, meta["compact"], meta["arch"]))
     if gating:
         if not isinstance(gating.get("config"), dict):
             raise ZooError("metadata 'gating' lacks the plugin's config")

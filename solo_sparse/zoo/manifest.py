@@ -8,7 +8,6 @@ import difflib
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch.nn as nn
 
+from solo_sparse.core.files import PLAIN_NAME_RULE, atomic_path, is_plain_name, write_atomic
 from solo_sparse.zoo.format import ARCHS, FORMAT, ZooError, build_module, read_backbone, sha256
 
 
@@ -33,8 +33,15 @@ def _default_zoo_dir() -> Path:
 ZOO_DIR = _default_zoo_dir()
 
 
+def _env_dir(name: str) -> Optional[Path]:
+    """A folder named by environment variable ``name``; unset, empty or blank all mean "not set" (an empty
+    value must not silently mean the current directory)."""
+    value = os.environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
 def manifest_path(root: Optional[Path] = None) -> Path:
-    return Path(root or os.environ.get("SOLO_SPARSE_ZOO", ZOO_DIR)) / "manifest.json"
+    return Path(root or _env_dir("SOLO_SPARSE_ZOO") or ZOO_DIR) / "manifest.json"
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -47,12 +54,11 @@ def _check_entry(e: Any, where: Path) -> Dict[str, Any]:
     error naming the manifest, the entry and the field."""
     if not isinstance(e, dict):
         raise ZooError(f"{where}: an entry is a {type(e).__name__}, expected an object")
-    label = f"{where}: entry {e.get('name', '?')!r}"
+    label = f"{where}: entry {str(e.get('name', '?'))[:80]!r}"
     missing = [k for k in REQUIRED if k not in e]
     if missing:
         raise ZooError(f"{label} lacks {', '.join(missing)}")
-    if not isinstance(e["name"], str) or not e["name"]:
-        raise ZooError(f"{label}: name must be a non-empty string")
+    check_name(e["name"], label)
     if not isinstance(e["sha256"], str) or not _HEX64.match(e["sha256"]):
         raise ZooError(f"{label}: sha256 must be 64 lowercase hex characters, got {str(e['sha256'])[:80]!r}")
     if isinstance(e["size_bytes"], bool) or not isinstance(e["size_bytes"], int) or e["size_bytes"] <= 0:
@@ -62,6 +68,14 @@ def _check_entry(e: Any, where: Path) -> Dict[str, Any]:
     if e["backbone"] not in ARCHS:
         raise ZooError(f"{label}: backbone {e['backbone']!r} is not one of {', '.join(ARCHS)}")
     return e
+
+
+def check_name(name: Any, label: str = "zoo entry") -> str:
+    """``name`` if it is a plain name (it becomes part of file names — exports, reports — and of printed
+    lines), else a one-line ZooError (repr-quoted: a control character cannot spoof the line)."""
+    if not is_plain_name(name):
+        raise ZooError(f"{label}: name {str(name)[:80]!r} is not a plain name ({PLAIN_NAME_RULE})")
+    return name
 
 
 def _manifest(root: Optional[Path] = None) -> Dict[str, Any]:
@@ -75,6 +89,10 @@ def _manifest(root: Optional[Path] = None) -> Dict[str, Any]:
     if not isinstance(man, dict) or not isinstance(man.get("entries"), list):
         raise ZooError(f"{p}: expected an object with an 'entries' list")
     man["entries"] = [_check_entry(e, p) for e in man["entries"]]
+    names = [e["name"] for e in man["entries"]]
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise ZooError(f"{p}: entry name {dup!r} appears {names.count(dup)} times; names must be unique")
     return man
 
 
@@ -94,7 +112,7 @@ def entry(name: str, root: Optional[Path] = None) -> Dict[str, Any]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SOLO_SPARSE_CACHE", Path.home() / ".cache" / "solo_sparse" / "zoo"))
+    return _env_dir("SOLO_SPARSE_CACHE") or Path.home() / ".cache" / "solo_sparse" / "zoo"
 
 
 def _allow_http() -> bool:
@@ -119,10 +137,8 @@ def _open(url: str, timeout: float):
 def _download(e: Mapping[str, Any], url: str, dest: Path, timeout: float) -> None:
     """Download ``url`` to ``dest`` through a temp file in the same folder, at most ``size_bytes`` bytes."""
     cap = int(e["size_bytes"])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, part = tempfile.mkstemp(dir=str(dest.parent), prefix=dest.name + ".", suffix=".part")
     try:
-        with _open(url, timeout) as r, os.fdopen(fd, "wb") as out:
+        with atomic_path(dest) as part, _open(url, timeout) as r, open(part, "wb") as out:
             got = 0
             while True:
                 chunk = r.read(1 << 20)
@@ -133,13 +149,9 @@ def _download(e: Mapping[str, Any], url: str, dest: Path, timeout: float) -> Non
                     raise ZooError(f"zoo entry {e['name']!r}: {url} sends more than the manifest's size_bytes "
                                    f"({cap}); refused")
                 out.write(chunk)
-        os.replace(part, dest)
     except (urllib.error.URLError, OSError) as exc:
         raise ZooError(f"zoo entry {e['name']!r} is remote ({url}) and could not be downloaded: {exc}. "
                        f"Offline? Download it elsewhere and place it at {dest}") from exc
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
 
 
 def _local_file(e: Mapping[str, Any], root: Optional[Path]) -> Path:
@@ -239,14 +251,12 @@ def load_file(path: Path, form: str = "solo") -> nn.Module:
 
 def add_entry(root: Path, record: Dict[str, Any]) -> None:
     """Insert or replace an entry in ``root/manifest.json`` (file written atomically)."""
+    check_name(record.get("name"), "add_entry")
     p = manifest_path(root)
-    p.parent.mkdir(parents=True, exist_ok=True)
     man = json.loads(p.read_text()) if p.exists() else {"format": FORMAT, "entries": []}
     man["entries"] = [x for x in man["entries"] if x["name"] != record["name"]] + [record]
     man["entries"].sort(key=lambda x: x["name"])
-    tmp = p.with_suffix(".json.part")
-    tmp.write_text(json.dumps(man, indent=2) + "\n")
-    os.replace(tmp, p)
+    write_atomic(p, json.dumps(man, indent=2) + "\n")
 
 
 def today() -> str:
