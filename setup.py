@@ -34,6 +34,10 @@ setup(
     install_requires=REQUIREMENTS,
     extras_require={
         "solo": ["lightning==2.1.2", "torchmetrics>=0.6.0,<0.12.0", "setuptools<81", "timm", "einops"],
+        # the Lightning host (solo_sparse.lightning): Lightly 1.6.0 needs torch, torchvision, hydra-core, numpy, tqdm
+        # and pytorch_lightning>=1.0.4; its examples import pytorch_lightning, pinned to the lightning release
+        # solo-learn uses so one environment holds one Lightning version
+        "lightly": ["lightly==1.6.0", "pytorch_lightning==2.1.2", "lightning==2.1.2", "setuptools<81"],
         "plots": ["matplotlib"],
         "test": ["pytest"],
     },

@@ -64,6 +64,8 @@ class SDCLR(WeightSparsityPlugin):
             raise ConfigError(f"{PREFIX}.damage=branch is for shared-encoder methods; '{view.method}' has a "
                               "momentum encoder: use damage: online or momentum")
         self.damage = self.config.damage = damage      # resolved, so checkpoints record it
+        # only the branch mode depends on which crop is forwarded (hosts ask the instance after setup)
+        self.branch_independent = damage != "branch"
         self.soft_encoders = ("online" if damage == "branch" else damage,)
         super().setup(view)
 

@@ -12,7 +12,7 @@ FAST=0
 if [ "${1:-}" = "--fast" ]; then FAST=1; shift; fi
 python -m pip install -q -r requirements.txt
 rm -rf build   # setuptools reuses build/lib: a stale module from an older layout would be installed
-python -m pip install -q --no-build-isolation .
+python -m pip install -q --no-build-isolation ".[lightly]"   # the Lightning host's tests need Lightly
 python -m solo_sparse.tools.doctor --ensure-solo-learn || true
 python -m ruff check .   # lint rules: ruff.toml
 PYTEST=(python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning)

@@ -3,6 +3,8 @@
 * ``core``, ``engine``, ``gating`` never import solo-learn, Lightning or Hydra (not even lazily);
 * nothing outside ``solo_sparse/binding`` imports solo-learn at module level, and only ``binding``
   and ``tools`` may import it at all (tools run solo-learn's scripts in subprocesses);
+* only the Lightning binding (``solo_sparse/lightning``) imports Lightly, and it never imports solo-learn;
+  the host-neutral core of both bindings (``binding/host.py``) imports neither, nor Lightning;
 * each layer imports only the layers below it;
 * no module outside ``plugins/`` names a plugin: no imports of ``solo_sparse_plugins`` and no plugin
   name as a string in the layers that consume plugins (core, binding, zoo, tools);
@@ -26,8 +28,11 @@ ALLOWED = {
     "binding": {"core", "engine", "gating", "families", "binding"},
     "tools": {"core", "engine", "gating", "families", "zoo", "tools"},
     "plugins": {"core", "engine", "gating", "families", "tools", "binding.objectives"},
+    "lightning": {"core", "engine", "gating", "families", "binding.host", "lightning"},
 }
-FORBIDDEN_EVERYWHERE_BELOW_BINDING = ("solo", "lightning", "pytorch_lightning", "hydra")
+FORBIDDEN_EVERYWHERE_BELOW_BINDING = ("solo", "lightning", "pytorch_lightning", "hydra", "lightly")
+#: the host-neutral module both bindings share
+HOST_NEUTRAL = PKG / "binding" / "host.py"
 
 
 def _layer(path: Path) -> str:
@@ -66,6 +71,13 @@ def test_layer_imports(path, tree):
             assert root not in FORBIDDEN_EVERYWHERE_BELOW_BINDING, f"{path}: imports {mod} ({layer} must not)"
         if layer == "tools" and root in ("solo", "lightning"):
             assert not top, f"{path}: imports {mod} at module level (tools run solo-learn lazily)"
+        if root == "lightly":
+            assert layer == "lightning", f"{path}: imports {mod}; only solo_sparse/lightning imports Lightly"
+        if layer == "lightning":
+            assert root != "solo", f"{path}: imports {mod}; the Lightning binding never imports solo-learn"
+        if path == HOST_NEUTRAL:
+            assert root not in ("solo", "lightly", "lightning", "pytorch_lightning"), \
+                f"{path}: imports {mod}; the code both hosts share stays host-neutral"
         if root == "solo_sparse_plugins":
             assert layer == "plugins", f"{path}: imports the plugins package ({mod}); ask the registry instead"
         if root == "solo_sparse" and layer not in ("root", "binding"):
@@ -96,7 +108,7 @@ def test_no_consumer_module_names_a_plugin():
     names = _plugin_names()
     assert {"gmp", "synccp", "cdg", "dgnet_dual", "imp"} <= names
     for path, tree in _sources():
-        if _layer(path) not in ("core", "binding", "zoo", "tools", "root"):
+        if _layer(path) not in ("core", "binding", "zoo", "tools", "root", "lightning"):
             continue
         for s in _strings(tree):
             assert s not in names, f"{path}: names plugin {s!r}; use a capability of the Plugin class"

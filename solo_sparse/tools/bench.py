@@ -60,7 +60,15 @@ from solo_sparse.engine.maskio import counts, encoder_masks, split_state
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
 from solo_sparse.tools.inputs import read_checkpoint
-from solo_sparse.tools.runner import config_digest, newest_checkpoint, pretrain_command, run_command, solo_learn_dir
+from solo_sparse.tools.runner import (
+    config_digest,
+    lightning_command,
+    newest_checkpoint,
+    pretrain_command,
+    resolve_host,
+    run_command,
+    solo_learn_dir,
+)
 
 
 def suite_root(suite_file: Path) -> Path:
@@ -277,7 +285,7 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
 class Bench:
     def __init__(self, suite: Suite, *, data_root: Path, out: Optional[Path] = None, seeds: Optional[int] = None,
                  solo_dir: Optional[Path] = None, only: Sequence[str] = (), eval_only: bool = False,
-                 extra_overrides: Sequence[str] = (), log=print):
+                 extra_overrides: Sequence[str] = (), log=print, host: str = "auto"):
         self.suite = suite
         self.data = Path(data_root) / suite.data
         if not (self.data / "train").is_dir() or not (self.data / "val").is_dir():
@@ -291,6 +299,17 @@ class Bench:
         self.extra = list(extra_overrides)
         self.log = log
         self.solo_dir = solo_dir
+        # the training host: solo-learn's main_pretrain.py (also whenever --solo-learn names a checkout), or the
+        # Lightning binding's trainer on the same YAML; 'auto' takes solo-learn where it is installed
+        self._host_error: Optional[str] = None
+        self.host = "solo-learn" if solo_dir is not None and host == "auto" else host
+        if self.host == "auto":
+            try:
+                self.host = resolve_host("auto")
+            except ConfigError as e:           # refused when a run would train, not for --dry-run/--eval-only
+                self.host, self._host_error = "solo-learn", str(e)
+        elif self.host != "solo-learn" or solo_dir is None:
+            resolve_host(self.host)
         self.path = self.out / "results.json"
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
         self._eval = None
@@ -310,7 +329,7 @@ class Bench:
                 "suite_file": (str(self.suite.path.resolve().relative_to(self.suite.root))
                                if self.suite.path and self.suite.path.resolve().is_relative_to(self.suite.root)
                                else (self.suite.path.name if self.suite.path else None)),
-                "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__,
+                "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__, "host": self.host,
                 "threads": torch.get_num_threads()}
         if (self.data / "meta.json").exists():
             meta["data_meta"] = json.loads((self.data / "meta.json").read_text())
@@ -333,9 +352,11 @@ class Bench:
 
     def fingerprint(self, spec: RunSpec, seed: int) -> str:
         cfg = config_digest(self.suite.root / spec.config) if spec.config else "-"
-        return json.dumps([cfg, self.suite.overrides, spec.overrides, self.extra, seed, self.suite.size,
-                           spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds"
-                           else None])
+        fp = [cfg, self.suite.overrides, spec.overrides, self.extra, seed, self.suite.size,
+              spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds" else None]
+        if self.host != "solo-learn":      # solo-learn rows keep the fingerprints they always had
+            fp.append(f"host={self.host}")
+        return json.dumps(fp)
 
     def plan(self) -> List[tuple]:
         """The (run, seed) pairs still to do, seed-major: every run's seed 0 first, then seed 1, ... — an
@@ -390,6 +411,12 @@ class Bench:
         t0 = time.time()
         if not total:
             self.log(f"[bench {self.suite.suite}] every row is done already ({len(self.results['rows'])} rows)")
+        elif not self.eval_only:
+            if self._host_error:
+                raise ConfigError(self._host_error)
+            self.log(f"[bench {self.suite.suite}] host: {self.host} ("
+                     + ("solo-learn's unchanged main_pretrain.py" if self.host == "solo-learn" else
+                        "Lightly's building blocks + the solo_sparse.lightning.Sparsify callback, same YAML") + ")")
         for i, (spec, seed) in enumerate(todo):
             eta = (statistics.fmean(done_s) * (total - i)) if done_s else None
             self.log(f"[bench {self.suite.suite}] run {i + 1}/{total}: {spec.id} seed {seed} — elapsed "
@@ -414,6 +441,7 @@ class Bench:
         row)`` or None."""
         if spec.kind != "pretrain" or spec.eval_paths != [None] or not spec.config:
             return None
+        host = self.host
         mine = [config_digest(self.suite.root / spec.config), [*self.suite.overrides, *spec.overrides, *self.extra],
                 seed, self.suite.size]
         for res in sorted(self.out.resolve().parent.glob("*/results.json")):
@@ -424,7 +452,8 @@ class Bench:
             except (OSError, ValueError):
                 continue
             for k, r in rows.items():
-                if r.get("status") != "ok" or r.get("kind") != "pretrain" or r.get("path") or r.get("reused_from"):
+                if r.get("status") != "ok" or r.get("kind") != "pretrain" or r.get("path") or r.get("reused_from") \
+                        or (r.get("host") or "solo-learn") != host:
                     continue
                 try:
                     digest = json.loads(r["fingerprint"])[0]
@@ -437,16 +466,24 @@ class Bench:
     def run_pretrain(self, spec: RunSpec, seed: int) -> None:
         key = f"{spec.id}/seed{seed}"
         run_dir = self.out / "runs" / spec.id / f"seed{seed}"
-        solo = solo_learn_dir(self.solo_dir)
-        self.paths = _Paths(repo=self.suite.root, **{"solo-learn": solo}, data=self.data, out=self.out)
-        cmd = pretrain_command(self.suite.root / spec.config, solo_dir=solo,
-                               name=f"{self.suite.suite}-{spec.id}-s{seed}", run_dir=run_dir,
-                               train_path=self.data / "train", overrides=self._overrides(spec, seed))
+        if self.host == "lightning":
+            self.paths = _Paths(repo=self.suite.root, data=self.data, out=self.out)
+            cmd = lightning_command(self.suite.root / spec.config, name=f"{self.suite.suite}-{spec.id}-s{seed}",
+                                    run_dir=run_dir, train_path=self.data / "train",
+                                    overrides=self._overrides(spec, seed))
+        else:
+            solo = solo_learn_dir(self.solo_dir)
+            self.paths = _Paths(repo=self.suite.root, **{"solo-learn": solo}, data=self.data, out=self.out)
+            cmd = pretrain_command(self.suite.root / spec.config, solo_dir=solo,
+                                   name=f"{self.suite.suite}-{spec.id}-s{seed}", run_dir=run_dir,
+                                   train_path=self.data / "train", overrides=self._overrides(spec, seed))
         prev = self.results["rows"].get(key) or {}
         base = {"id": spec.id, "seed": seed, "kind": spec.kind, "config": spec.config,
                 "overrides": [*self.suite.overrides, *spec.overrides, *self.extra], "image_size": self.suite.size,
                 "fingerprint": self.fingerprint(spec, seed),
                 "command": self.paths(shlex.join(cmd))}
+        if self.host != "solo-learn":
+            base["host"] = self.host
         ck_path = None
         sibling = self.sibling_row(spec, seed)
         if sibling is not None:
@@ -471,7 +508,8 @@ class Bench:
                 tail = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
                 self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
                                              "error": self.paths(f"{run.error}: {tail[0][:300] if tail else ''}")}
-                self.log(f"[bench] {key}: main_pretrain.py failed ({run.error}); log: {run.log}")
+                who = "main_pretrain.py" if self.host == "solo-learn" else f"the {self.host} trainer"
+                self.log(f"[bench] {key}: {who} failed ({run.error}); log: {run.log}")
                 return
             ck_path = run.checkpoint
             self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "status": "trained"}
@@ -529,6 +567,9 @@ class Bench:
         from solo_sparse.engine.maskio import global_random_masks, load_masks, permuted_masks, save_masks
         from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
 
+        if self.host != "solo-learn":
+            raise ConfigError(f"run {spec.id!r} (kind rounds) trains through `solo-sparse imp`, which runs "
+                              f"solo-learn's main_pretrain.py; the {self.host} host trains kind: pretrain runs only")
         plugin = spec.plugin
         d = self.out / "runs" / spec.id / f"seed{seed}"
         over = [*self._overrides(spec, seed), f"++data.train_path={self.data / 'train'}"]
@@ -635,7 +676,9 @@ def to_markdown(results: Dict[str, Any]) -> str:
     by = {a["id"]: a for a in agg}
     lines = [f"Suite `{meta.get('suite')}` ({meta.get('suite_file')}): {meta.get('description', '')}",
              f"Data `{meta.get('data')}` {json.dumps(meta.get('data_meta', {}))}, {meta.get('image_size')} px; "
-             f"torch {meta.get('torch')}, {meta.get('threads')} threads. Mean ± std over seeds.", "",
+             f"torch {meta.get('torch')}, {meta.get('threads')} threads. Mean ± std over seeds."
+             + (f" Trained through the {meta['host']} host." if meta.get("host") not in (None, "solo-learn") else ""),
+             "",
              "| run | seeds | linear probe | vs dense | kNN k=20 | kNN k=1 | online density | momentum density "
              "| inference MACs | training MACs | gate sparsity | trigger step | train wall-clock |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

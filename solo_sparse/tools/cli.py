@@ -289,7 +289,7 @@ def _cmd_bench(args) -> int:
     suite = Suite.load(args.suite[0])
     bench = Bench(suite, data_root=Path(args.data_root), out=Path(args.out) if args.out else None, seeds=args.seeds,
                   solo_dir=args.solo_learn, only=args.only or (), eval_only=args.eval_only,
-                  extra_overrides=args.overrides or ())
+                  extra_overrides=args.overrides or (), host=args.host)
     if args.dry_run:
         for spec, seed in bench.plan():
             print(f"would run {spec.id} seed {seed} ({spec.kind}, {spec.config})")
@@ -387,11 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--eval-only", action="store_true", help="evaluate existing runs, train nothing")
     a.add_argument("--dry-run", action="store_true", help="list the runs still to do")
     a.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the solo package)")
+    a.add_argument("--host", choices=("auto", "solo-learn", "lightning"), default="auto",
+                   help="train through solo-learn's main_pretrain.py or the Lightning binding's trainer (same YAML); "
+                        "auto: solo-learn where installed, else lightning")
     a.add_argument("--update-docs", nargs="*", default=None, metavar="MD",
                    help="rewrite the <!-- bench:SUITE --> blocks of these markdown files from the given results.json")
     a.add_argument("--override", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
                    help="an extra Hydra override for every run (repeatable)")
     a.set_defaults(fn=_cmd_bench)
+    a = sub.add_parser("speed", help="CPU latency of every exported fast path vs dense, MACs limit beside each")
+    __import__("solo_sparse.tools.speed", fromlist=["add_arguments"]).add_arguments(a)
+    a.set_defaults(fn=lambda args: __import__("solo_sparse.tools.speed", fromlist=["main"]).main(args))
     for verb, (add_args, run, helptext) in _plugin_commands().items():   # verbs contributed by plugins
         a = sub.add_parser(verb, help=helptext)
         add_args(a)

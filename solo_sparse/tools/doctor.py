@@ -25,6 +25,11 @@ PINS = {
     "torchmetrics": ("<0.12", lambda v: v[:2] < [0, 12]),
     "setuptools": ("<81 (lightning 2.1 imports pkg_resources)", lambda v: v[:1] < [81]),
 }
+#: the optional Lightning host's pins (setup.py's extra ``lightly``): checked where installed
+LIGHTLY_PINS = {
+    "lightly": ("1.6.0", lambda v: v[:3] == [1, 6, 0]),
+    "pytorch_lightning": ("2.1.2, as lightning", lambda v: v[:3] == [2, 1, 2]),
+}
 
 Line = Tuple[str, str, str]          # (status "ok" | "problem" | "note", what, fix)
 
@@ -80,7 +85,7 @@ def ensure_solo_learn(src: Optional[Path] = None, timeout: int = 600) -> int:
         return 0
     if not reachable():
         print("solo-learn: not installed, and github.com cannot be reached from here: runs without it (tests that "
-              "need it skip; the main job evaluates the model zoo instead). To install it elsewhere: pip install "
+              "need it skip; the main job trains through the Lightning host). To install it elsewhere: pip install "
               f"--no-deps -e git+{SOLO_LEARN_URL}@{SOLO_LEARN_COMMIT}#egg=solo-learn")
         return 1
     src = Path(src or Path.home() / ".cache" / "solo_sparse" / "src")
@@ -157,8 +162,11 @@ def checks(data_root: Path = Path("data")) -> List[Line]:
         lines.append(("problem" if bad else "ok", f"{pkg} {v}" + (f" (tested with {pin[0]})" if pin else ""),
                       "pip install -r requirements.txt" if bad else ""))
     version, d, commit = solo_learn_info()
+    hosts = host_lines(d is not None)
+    lines += hosts
     if version is None and d is None:
-        lines.append(("problem", "solo-learn is not importable",
+        other = any(s == "ok" for s, _, _ in hosts)    # training still works through the Lightning host
+        lines.append(("note" if other else "problem", "solo-learn is not importable",
                       f"python -m solo_sparse.tools.doctor --ensure-solo-learn (pinned {SOLO_LEARN_COMMIT[:7]})"))
     else:
         pinned = commit is None or commit == SOLO_LEARN_COMMIT
@@ -202,6 +210,31 @@ def checks(data_root: Path = Path("data")) -> List[Line]:
     lines.append(("ok" if prepared else "note", f"prepared data in {data_root}/: {', '.join(prepared) or 'none'}",
                   "" if prepared else prep))
     return lines
+
+
+def host_lines(solo_ok: bool) -> List[Line]:
+    """Which training hosts are usable here: solo-learn (its unchanged scripts) and the Lightning binding
+    (``solo_sparse.lightning``: Lightly's building blocks + the ``Sparsify`` callback). A problem only when
+    neither is."""
+    import importlib.util
+
+    out: List[Line] = []
+    missing = [m for m in ("lightly", "lightning") if importlib.util.find_spec(m) is None]
+    versions = {pkg: _version(pkg) for pkg in LIGHTLY_PINS}
+    off = [f"{pkg} {v} (tested with {LIGHTLY_PINS[pkg][0]})" for pkg, v in versions.items()
+           if v is not None and _numbers(v) is not None and not LIGHTLY_PINS[pkg][1](_numbers(v))]
+    light_ok = not missing
+    status = "ok" if solo_ok else ("note" if light_ok else "problem")
+    out.append((status, "host solo-learn: " + ("usable (main_pretrain.py found)" if solo_ok else "not usable"),
+                "" if solo_ok else "python -m solo_sparse.tools.doctor --ensure-solo-learn"
+                + (" (the Lightning host trains meanwhile)" if light_ok else "")))
+    what = ("usable (" + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ")" if light_ok
+            else f"not usable ({' and '.join(missing)} missing)")
+    out.append(("ok" if light_ok and not off else ("note" if solo_ok or light_ok else "problem"),
+                "host lightning (solo_sparse.lightning.Sparsify, Lightly modules): " + what
+                + (f"; {'; '.join(off)}" if off else ""),
+                "" if light_ok and not off else "pip install 'solo-sparse[lightly]'"))
+    return out
 
 
 def _numbers(v: str) -> Optional[List[int]]:

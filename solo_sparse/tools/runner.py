@@ -94,6 +94,59 @@ def pretrain_command(config: PathLike, *, solo_dir: Optional[PathLike] = None, n
     return cmd + list(overrides)
 
 
+#: the hosts a pre-training can run through: solo-learn's unchanged ``main_pretrain.py``, or the Lightning binding's
+#: trainer (``python -m solo_sparse.lightning.train``: Lightly's building blocks + the ``Sparsify`` callback), which
+#: takes the same YAML and overrides
+HOSTS = ("solo-learn", "lightning")
+
+
+def host_available(host: str) -> Optional[str]:
+    """None when ``host`` can train here, else one line saying what is missing."""
+    import importlib.util
+
+    if host == "solo-learn":
+        try:
+            solo_learn_dir()
+        except ConfigError as e:
+            return str(e)
+        return None
+    if host == "lightning":
+        missing = [m for m in ("lightly", "lightning") if importlib.util.find_spec(m) is None]
+        return (f"the lightning host needs {' and '.join(missing)}: pip install 'solo-sparse[lightly]'"
+                if missing else None)
+    raise ConfigError(f"host {host!r}: allowed {', '.join(HOSTS)} or auto")
+
+
+def resolve_host(host: str = "auto") -> str:
+    """``auto``: solo-learn where it is installed (users' own path), else the Lightning host; a named host that
+    cannot run here is refused naming what is missing."""
+    if host == "auto":
+        for h in HOSTS:
+            if host_available(h) is None:
+                return h
+        raise ConfigError("no training host here: " + "; ".join(f"{h}: {host_available(h)}" for h in HOSTS))
+    why = host_available(host)
+    if why is not None:
+        raise ConfigError(why)
+    return host
+
+
+def lightning_command(config: PathLike, *, name: Optional[str] = None, run_dir: Optional[PathLike] = None,
+                      train_path: Optional[PathLike] = None, overrides: Sequence[str] = (),
+                      python: str = sys.executable) -> List[str]:
+    """:func:`pretrain_command` for the Lightning host: the same YAML and overrides, trained by
+    ``python -m solo_sparse.lightning.train``."""
+    cfg = Path(config).resolve()
+    cmd = [python, "-m", "solo_sparse.lightning.train", "--config-path", str(cfg.parent), "--config-name", cfg.name]
+    if name is not None:
+        cmd.append(f"++name={name}")
+    if run_dir is not None:
+        cmd.append(f"++checkpoint.dir={Path(run_dir).resolve()}")
+    if train_path is not None:
+        cmd.append(f"++data.train_path={Path(train_path).resolve()}")
+    return cmd + list(overrides)
+
+
 @dataclass
 class PretrainResult:
     returncode: int
