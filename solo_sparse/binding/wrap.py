@@ -11,7 +11,6 @@ update) → re-mask the momentum encoder; checkpoint hooks → ``checkpoint["sol
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Sequence, Type
 
 try:
@@ -23,48 +22,17 @@ except ImportError as e:  # pragma: no cover - exercised only without solo-learn
         "(import solo_sparse) works without it"
     ) from e
 
+import solo_sparse.binding.host as _host
+from solo_sparse.binding.host import CKPT_KEY, RNG_KEY, rng_state, set_rng_state
 from solo_sparse.core.config import PREFIX, ConfigError, _to_plain
 from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, Plugin, PluginHost
 from solo_sparse.core.registry import build_plugins, plugin_names
 
-CKPT_KEY = "solo_sparse"
-#: the random state at the checkpoint (torch, CUDA, numpy, python): restored on resume, so a resumed run draws the
-#: same data order, worker seeds and augmentations as the uninterrupted one (Lightning 2.1 saves none of it)
-RNG_KEY = "solo_sparse_rng"
 #: solo-learn's current EMA coefficient (``MomentumUpdater.cur_tau``), which solo-learn does not checkpoint: without
 #: it the first EMA update after a resume uses ``base_tau`` and the run departs from the uninterrupted one
 TAU_KEY = "solo_sparse_tau"
-
-
-def rng_state() -> Dict[str, Any]:
-    """Every global random state, as tensors and plain values (loadable with ``weights_only=True``)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    out: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                           "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                                     "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+__all__ = ["CKPT_KEY", "RNG_KEY", "TAU_KEY", "check_plugins", "make_view", "method_family", "rng_state",
+           "set_rng_state", "unwrap", "wrap"]
 
 
 def method_family(method_cls: type) -> str:
@@ -72,15 +40,7 @@ def method_family(method_cls: type) -> str:
 
 
 def check_plugins(plugins: Sequence[Plugin], method: str, method_cls: type, strategy: Any) -> None:
-    fam = method_family(method_cls)
-    for p in plugins:
-        p.check_method(method, fam)
-        if p.leaves_parameters_unused and str(strategy) == "ddp":
-            raise ConfigError(
-                f"plugin '{p.name}' leaves parameters without gradients in some steps, but strategy=ddp "
-                "makes solo-learn use DDP(find_unused_parameters=False); use "
-                "strategy: ddp_find_unused_parameters_true"
-            )
+    _host.check_plugins(plugins, method, method_family(method_cls), str(strategy) == "ddp")
 
 
 # ----------------------------------------------------------------------------------------- view
@@ -96,7 +56,7 @@ def make_view(model: "BaseMethod") -> ModelView:
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         size = None
     view = ModelView(groups, method_family(type(model)), method=str(cfg.method),
-                     log=model._ss_queue_log, num_large_crops=model.num_large_crops,
+                     log=model._ss_log, num_large_crops=model.num_large_crops,
                      classifier=getattr(model, "classifier", None), input_size=size,
                      method_kwargs=_to_plain(cfg.get("method_kwargs", None)) or {},
                      batch_size=cfg.get("optimizer", {}).get("batch_size", None))
@@ -116,9 +76,7 @@ class _SoloSparseMixin:
         plugins = build_plugins(section)           # validation before anything is built
         check_plugins(plugins, str(cfg.method), self._ss_base, cfg.get("strategy", None))
         super().__init__(cfg, *args, **kwargs)
-        self._ss_pending: Dict[str, float] = {}
-        self.solo_sparse_metrics: Dict[str, float] = {}
-        self.solo_sparse_events = 0   # number of times plugins logged (mask updates, CSI checks, epoch ends)
+        self._ss_log = _host.LogQueue()
         self._ss_crop = 0
         self._ss_mcrop = 0
         self._ss_mom_crop = 0
@@ -155,29 +113,21 @@ class _SoloSparseMixin:
         groups = super().learnable_params
         host = getattr(self, "solo_sparse", None)
         extra = host.param_groups(self.lr) if host is not None else []
-        if not extra:
-            return groups
-        ids = {id(p) for g in extra for p in g["params"]}
-        out = []
-        for g in groups:
-            g = dict(g)
-            g["params"] = [p for p in g["params"] if id(p) not in ids]
-            out.append(g)
-        return out + extra
+        return _host.split_param_groups(groups, extra)
 
     # ------------------------------------------------------------------ logging
-    def _ss_queue_log(self, metrics: Dict[str, float]) -> None:
-        self._ss_pending.update(metrics)
-        self.solo_sparse_metrics.update(metrics)
-        self.solo_sparse_events += 1
+    @property
+    def solo_sparse_metrics(self) -> Dict[str, float]:
+        """Every plugin metric's latest value."""
+        return self._ss_log.latest
+
+    @property
+    def solo_sparse_events(self) -> int:
+        """Number of times plugins logged (mask updates, CSI checks, epoch ends)."""
+        return self._ss_log.events
 
     def _ss_flush(self, on_step: bool) -> None:
-        if not self._ss_pending:
-            return
-        pending, self._ss_pending = self._ss_pending, {}
-        if getattr(self, "_trainer", None) is None:
-            return
-        self.log_dict(pending, on_step=on_step, on_epoch=not on_step, sync_dist=False)
+        self._ss_log.flush(self, on_step, lambda: getattr(self, "_trainer", None) is not None)
 
     # ------------------------------------------------------------------ crops / branches
     def training_step(self, batch, batch_idx):
@@ -242,13 +192,7 @@ class _SoloSparseMixin:
 
     def on_train_start(self):
         super().on_train_start()
-        tr = self.trainer
-        acc = max(1, int(getattr(tr, "accumulate_grad_batches", 1) or 1))
-        nb = tr.num_training_batches
-        spe = None if nb is None or nb == float("inf") else max(1, math.ceil(nb / acc))
-        total = tr.estimated_stepping_batches
-        total = None if total is None or total == float("inf") else int(total)
-        self.solo_sparse.set_schedule_info(spe, total)
+        self.solo_sparse.set_schedule_info(*_host.schedule_info(self.trainer))
         self.solo_sparse.on_train_start()   # its metrics are logged at the first batch end
 
     def on_train_epoch_start(self):
@@ -270,23 +214,16 @@ class _SoloSparseMixin:
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
-        checkpoint[CKPT_KEY] = self.solo_sparse.state_dict()
-        checkpoint[RNG_KEY] = rng_state()
+        _host.save_state(self.solo_sparse, checkpoint)
         updater = getattr(self, "momentum_updater", None)
         if updater is not None:
             checkpoint[TAU_KEY] = float(updater.cur_tau)
 
     def on_load_checkpoint(self, checkpoint):
         super().on_load_checkpoint(checkpoint)
-        if CKPT_KEY not in checkpoint:
-            raise ConfigError(
-                f"resuming a solo-sparse run from a checkpoint without '{CKPT_KEY}' state: it was not "
-                "trained with this plugin; start a new run instead"
-            )
-        self.solo_sparse.load_state_dict(checkpoint[CKPT_KEY])
-        if RNG_KEY in checkpoint:   # resume where the interrupted run was: same data order and augmentations
-            set_rng_state(checkpoint[RNG_KEY])
-            self._ss_resume_rng = checkpoint[RNG_KEY]     # and again when the resumed epoch starts
+        rng = _host.load_state(self.solo_sparse, checkpoint)
+        if rng is not None:
+            self._ss_resume_rng = rng     # set again when the resumed epoch starts
         updater = getattr(self, "momentum_updater", None)
         if updater is not None and TAU_KEY in checkpoint:
             updater.cur_tau = float(checkpoint[TAU_KEY])
