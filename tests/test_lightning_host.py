@@ -584,6 +584,21 @@ def test_lightly_docs_checkpoint_loads_with_load_backbone_and_packs_into_the_zoo
         assert torch.allclose(znet(x), net(x), atol=1e-5)
 
 
+def test_the_trainers_modules_record_where_their_encoders_are_without_a_plugin():
+    """A dense run of the Lightning trainer (no Sparsify) still reads under solo-learn's names: both encoders are
+    found (the benchmark's momentum-density and training-MACs columns), MoCo's queues travel in the checkpoint."""
+    from solo_sparse.core.checkpoint import solo_naming
+    from solo_sparse.lightning.methods import BYOL, MoCoV2Plus
+
+    for cls, kw in ((MoCoV2Plus, {"queue_size": 16}), (BYOL, {"pred_hidden_dim": 32})):
+        m = cls(proj_hidden_dim=32, proj_output_dim=16, **kw)
+        ck = {"state_dict": m.state_dict()}
+        m.on_save_checkpoint(ck)
+        groups = {k.split(".")[0] for k in solo_naming(ck)["state_dict"]}
+        assert {"backbone", "momentum_backbone", "projector", "momentum_projector"} <= groups
+        assert ("moco_queues" in ck) == (cls is MoCoV2Plus)
+
+
 # ------------------------------------------------------------------------------ DDP
 class RankDump(L.Callback):
     """Each rank writes its masks, weights and plugin step at the end of training (ddp_spawn pickles it)."""

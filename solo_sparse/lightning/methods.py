@@ -28,6 +28,7 @@ from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead, SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
+from solo_sparse.core.checkpoint import HOST_KEY
 from solo_sparse.core.config import ConfigError
 from solo_sparse.engine.resnet import build_resnet
 
@@ -57,6 +58,18 @@ class SoloRecipe(L.LightningModule):
         self.base_tau, self.final_tau = float(base_tau), float(final_tau)
         #: the composed solo-learn config (plugins read a few keys of it, as under solo-learn: the lr warm-up)
         self.cfg = cfg
+
+    def on_save_checkpoint(self, checkpoint):
+        # where the encoders live, also for a dense run (no Sparsify writes it then): readers rename the
+        # checkpoint into solo-learn's names (momentum_backbone.*, projector.*) and find both encoders
+        prefixes = {"backbone": "backbone", "projector": "projection_head"}
+        if hasattr(self, "backbone_momentum"):
+            prefixes.update(momentum_backbone="backbone_momentum", momentum_projector="projection_head_momentum")
+        if hasattr(self, "prediction_head"):
+            prefixes["predictor"] = "prediction_head"
+        checkpoint.setdefault(HOST_KEY, {"host": "lightning", "module": type(self).__name__,
+                                         "family": "momentum" if self.momentum_pairs else "shared",
+                                         "prefixes": prefixes, "backbone_names": {}})
 
     def _momentum_twins(self) -> None:
         for pair in self.momentum_pairs:
@@ -137,6 +150,7 @@ class MoCoV2Plus(SoloRecipe):
     # Lightly's memory banks are not in the state_dict (persistent=False): they travel in the checkpoint here,
     # so a resumed run continues with the queues it had
     def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
         checkpoint["moco_queues"] = [{"bank": c.memory_bank.bank.clone(), "ptr": c.memory_bank.bank_ptr.clone()}
                                      for c in self.criteria]
 
