@@ -226,6 +226,18 @@ def test_lightly_module_keeps_the_invariants_at_every_step(cls, plugin, mom_dens
     assert [L.name for L in s] == ["backbone.3", "backbone.6"]
 
 
+def test_accumulation_and_clipping_see_masked_gradients():
+    """Gradient accumulation (2 batches per step) and clipping: the binding masks the accumulated gradient once per
+    optimizer step, before Lightning clips it (the clipped norm is the masked gradient's), as under solo-learn."""
+    torch.manual_seed(0)
+    module = TinyMoCo()
+    sp = Sparsify("granet", **SCHEDULES["granet"])
+    chk = invariant_checker(sparsifier_of(sp), clip_norm=1e-3)
+    fit(module, [sp, chk], epochs=6, accumulate_grad_batches=2, gradient_clip_val=1e-3)
+    assert chk.steps == 6 and chk.batches == 12 and sp.plugins[0].step == 6
+    assert sp.plugins[0].sparsifier.density("online") == pytest.approx(0.2, abs=0.02)
+
+
 def test_sdclr_damages_crop_1_of_a_shared_encoder_module_in_call_order():
     torch.manual_seed(0)
     module = TinySimCLR()
@@ -536,6 +548,7 @@ def test_resume_refuses_another_plugin_config(tmp_path):
 
 
 # ------------------------------------------------------------------------------ checkpoints for evaluation and the zoo
+@pytest.mark.slow
 def test_lightly_docs_checkpoint_loads_with_load_backbone_and_packs_into_the_zoo(tmp_path):
     import torchvision
 
