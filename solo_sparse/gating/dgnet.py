@@ -38,7 +38,7 @@ are outside the gated blocks and not in the budget ratio (they are in the whole-
 Batch-1 inference executes only what the gates keep. Per block and image, with k kept channels:
 ``skip`` (k = 0: the block adds the constant bn2(0) -- Bottleneck: bn3(conv3(relu(bn2(0)))) -- to its
 shortcut, no conv runs), ``gather`` (conv1 on the k kept output channels, conv2 reading only them, BN
-folded into the convs, conv2's weights kept transposed so the gather copies contiguous rows) or
+folded into the convs, each gathered weight one contiguous copy) or
 ``masked`` (the dense convs times the mask). Which of gather / masked runs is chosen by a measured
 cost model (:func:`attach_latency_table`: a small batch-1 timing table per block shape, cached on disk
 per machine, threads and torch version -- :mod:`solo_sparse.engine.costmodel`); without a table the
@@ -130,6 +130,28 @@ def _bn_eval(x: torch.Tensor, bn: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """Eval-mode BatchNorm restricted to channels ``idx``."""
     return F.batch_norm(x, bn.running_mean.index_select(0, idx), bn.running_var.index_select(0, idx),
                         bn.weight.index_select(0, idx), bn.bias.index_select(0, idx), False, 0.0, bn.eps)
+
+
+#: ATen runs a batch-1 3x3 fp32 conv on its native im2col kernel, not oneDNN, when the input has at most this many
+#: elements (``use_mkldnn`` in ATen's Convolution.cpp: "for some case, native is faster")
+ATEN_NATIVE_CONV_MAX_NUMEL = 20480
+
+
+def conv_like_dense(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], conv: nn.Conv2d, dense_in: int
+                    ) -> torch.Tensor:
+    """``conv2d(x, w, b)`` with ``conv``'s stride / padding / dilation, on the kernel family ATen would pick for the
+    dense conv (input of ``dense_in`` elements): a gathered conv reads fewer input channels and can fall under
+    ATen's native-kernel threshold where the dense conv does not -- measured 1.5x slower at 292 -> 512 channels
+    on a 7x7 map, 4x at 2x2, one thread. On CPU fp32 with oneDNN, such a conv calls oneDNN directly."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and dense_in > ATEN_NATIVE_CONV_MAX_NUMEL
+            and x.numel() <= ATEN_NATIVE_CONV_MAX_NUMEL and x.shape[0] == 1 and torch.backends.mkldnn.is_available()
+            and conv.groups == 1 and conv.padding_mode == "zeros"):
+        try:
+            return torch.ops.aten.mkldnn_convolution(x.contiguous(), w, b, list(conv.padding), list(conv.stride),
+                                                     list(conv.dilation), 1)
+        except (RuntimeError, AttributeError):   # a build without the op: the ordinary dispatch
+            pass
+    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation)
 
 
 def _fold(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -234,16 +256,16 @@ class _GatedMixin:
         return ts
 
     def _exec_weights(self) -> Dict[str, torch.Tensor]:
-        """Eval-mode weights of the gated branch with BatchNorm folded into the convs (``w1 b1`` rows
-        per gated channel, ``w2t`` conv2 transposed so a kept-channel gather copies contiguous rows,
-        ``b2``, Bottleneck ``w3 b3``), cached until a parameter or running statistic changes."""
+        """Eval-mode weights of the gated branch with BatchNorm folded into the convs (``w1 b1``, ``w2 b2``,
+        Bottleneck ``w3 b3``, ``skip``: the block's constant when every gate is off), cached until a parameter
+        or running statistic changes."""
         key = (self.ss_mode, self.ss_separate_bn, tuple((t.data_ptr(), t._version) for t in self._exec_tensors()))
         if self._ss_exec_key == key and self._ss_exec_w is not None:
             return self._ss_exec_w
         with torch.no_grad():
             w1, b1 = _fold(self.conv1, self._bn("bn1"))
             w2, b2 = _fold(self.conv2, self._bn("bn2"))
-            ws = {"w1": w1, "b1": b1, "w2": w2, "w2t": w2.transpose(0, 1).contiguous(), "b2": b2}
+            ws = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
             if hasattr(self, "conv3"):
                 ws["w3"], ws["b3"] = _fold(self.conv3, self._bn("bn3"))
                 # gate fully off: conv2's output is bn2(0) = b2 everywhere, so the block adds a constant
@@ -262,8 +284,11 @@ class _GatedMixin:
         c1, c2 = self.conv1, self.conv2
         out = F.relu(F.conv2d(x, ws["w1"].index_select(0, idx), ws["b1"].index_select(0, idx), c1.stride,
                               c1.padding, c1.dilation))
-        out = F.conv2d(out, ws["w2t"].index_select(0, idx).transpose(0, 1), ws["b2"], c2.stride, c2.padding,
-                       c2.dilation)
+        # one copy into a contiguous weight: a transposed view of contiguous rows would be copied again by the
+        # conv (or, non-contiguous, sent down ATen's slow im2col path -- measured); the gathered conv runs on
+        # the kernel family the dense conv of this layer gets (see conv_like_dense)
+        out = conv_like_dense(out, ws["w2"].index_select(1, idx), ws["b2"], c2, dense_in=x.shape[0] * c2.in_channels
+                              * out.shape[-2] * out.shape[-1])
         if hasattr(self, "conv3"):
             out = F.conv2d(F.relu(out), ws["w3"], ws["b3"])
         return F.relu(out + identity)
@@ -514,7 +539,8 @@ def block_signature(blk: nn.Module, shape: Sequence[int]) -> str:
     """What a gated block's batch-1 latency depends on: kind, widths, stride, downsample, input map."""
     kind = "bottleneck" if hasattr(blk, "conv3") else "basic"
     out = (blk.conv3 if hasattr(blk, "conv3") else blk.conv2).out_channels
-    return (f"dgnet-{kind}|in{shape[0]}|mid{blk.conv1.out_channels}|out{out}|s{blk.conv2.stride[0]}"
+    stride = max(blk.conv1.stride[0], blk.conv2.stride[0])     # torchvision: conv1 (Basic) or conv2 (Bottleneck)
+    return (f"dgnet-{kind}|in{shape[0]}|mid{blk.conv1.out_channels}|out{out}|s{stride}"
             f"|ds{int(blk.downsample is not None)}|{shape[1]}x{shape[2]}")
 
 
@@ -551,10 +577,13 @@ def time_block(blk: nn.Module, shape: Sequence[int], reps: int = 15, grid: Seque
     finally:
         blk.train(state[0])
         blk.ss_mode, blk.ss_gather, blk._ss_force = state[1], state[2], state[3]
+    # the table holds the minimum over the repeats: contention (other processes, a descheduled OpenMP thread)
+    # only ever adds time, so the minimum estimates what the path costs; medians and IQRs are kept beside it
     st = {n: summary(v) for n, v in times.items()}
-    return {"shape": list(shape), "channels": c1, "keep": keep, "reps": reps,
-            "dense_ms": st["dense"]["median_ms"], "masked_ms": st["masked"]["median_ms"],
-            "gather_ms": [st[f"k{k}"]["median_ms"] for k in keep],
+    return {"shape": list(shape), "channels": c1, "keep": keep, "reps": reps, "statistic": "min",
+            "dense_ms": min(times["dense"]), "masked_ms": min(times["masked"]),
+            "gather_ms": [min(times[f"k{k}"]) for k in keep],
+            "median_ms": {n: v["median_ms"] for n, v in st.items()},
             "iqr_ms": {n: v["iqr_ms"] for n, v in st.items()}}
 
 

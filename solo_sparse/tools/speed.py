@@ -442,15 +442,21 @@ def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, bat
                     row["ratios"].append({"fast": fast, "reference": ref, **_ratio_stats(t[ref], t[fast]),
                                           "macs_limit": lim.get(fast) if ref == "dense" else None})
             res["paths"][p.id]["rows"].append(row)
-    res["load_after"] = list(os.getloadavg())
-    res["seconds"] = time.perf_counter() - t_start
+        # written after every group: an interrupted run keeps what it measured
+        res["load_after"] = list(os.getloadavg())
+        res["seconds"] = time.perf_counter() - t_start
+        res["complete"] = gi + 1 == len(groups)
+        _save(res, paths, out)
+    return res
+
+
+def _save(res: Dict[str, Any], paths: Sequence[SpeedPath], out: Optional[Path]) -> None:
     for p in paths:
         _jsonable(res["paths"][p.id]["info"])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write(out / "results.json", json.dumps(res, indent=1, default=str))
         _write(out / "results.md", to_markdown(res) + "\n")
-    return res
 
 
 def _write(path: Path, text: str) -> None:
@@ -485,7 +491,8 @@ def to_markdown(res: Mapping[str, Any]) -> str:
              f"{res['reps']} timed repeats per variant after {res['warmup']} warm-up calls, all variants of one "
              f"(batch, size) interleaved; inputs: {res.get('inputs', '?')}. Load average (1/5/15 min) before "
              f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}."
-             + (f" {res['note']}" if res.get("note") else ""), "",
+             + (f" {res['note']}" if res.get("note") else "")
+             + ("" if res.get("complete", True) else " **Interrupted run: only the rows below were measured.**"), "",
              "| path | fast variant | vs | batch | size | reference ms (IQR) | fast ms (IQR) | speed-up | "
              "per-repeat IQR | MACs limit |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for pid, p in res["paths"].items():
