@@ -411,7 +411,8 @@ def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, bat
     res: Dict[str, Any] = {"suite": suite.get("suite", "speed"), "machine": machine_key(device), "device": device,
                            "threads": torch.get_num_threads(), "torch": torch.__version__, "sizes": sizes,
                            "batches": batches, "reps": reps, "warmup": 3, "note": note,
-                           "load_before": list(load_before), "command": " ".join(sys.argv), "paths": {}}
+                           "load_before": list(load_before),
+                           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "paths": {}}
     for p in paths:
         res["paths"][p.id] = {"kind": p.kind, "description": p.description, "variants": {
             v.name: v.what for v in p.variants}, "rows": [], "info": p.info}
@@ -455,8 +456,14 @@ def _save(res: Dict[str, Any], paths: Sequence[SpeedPath], out: Optional[Path]) 
         _jsonable(res["paths"][p.id]["info"])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _write(out / "results.json", json.dumps(res, indent=1, default=str))
-        _write(out / "results.md", to_markdown(res) + "\n")
+        _write(out / "results.json", portable(json.dumps(res, indent=1, default=str)))
+        _write(out / "results.md", portable(to_markdown(res)) + "\n")
+
+
+def portable(text: str) -> str:
+    """Results hold no machine paths: the working directory becomes relative, the home directory ``~``."""
+    cwd = os.getcwd().rstrip("/")
+    return text.replace(cwd + "/", "").replace(cwd, ".").replace(str(Path.home()), "~")
 
 
 def _write(path: Path, text: str) -> None:
@@ -523,7 +530,7 @@ def to_markdown(res: Mapping[str, Any]) -> str:
 def update_doc(doc: Path, res: Mapping[str, Any]) -> bool:
     """Replace the block between ``<!-- speed -->`` and ``<!-- /speed -->`` of ``doc`` (appended if absent)."""
     text = doc.read_text() if doc.exists() else ""
-    block = f"{DOC_BEGIN}\n{to_markdown(res)}\n{DOC_END}"
+    block = f"{DOC_BEGIN}\n{portable(to_markdown(res))}\n{DOC_END}"
     if DOC_BEGIN in text and DOC_END in text:
         a, b = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
         new = text[:a] + block + text[b:]
