@@ -4,7 +4,8 @@ per-branch masks and disjoint base paths.
 Every gated conv splits its input and output channels into G groups; the base path (1/G of the
 input channels, dense) gives Y_base, the mask M = step(normal(Y_base) - tau) (straight-through,
 alpha-scaled sigmoid) decides where the conditional path (the other input channels) is added:
-Y = Y_base + M * Y_cond. Crop 0 runs branch a1 (diagonal base groups), crop 1 branch a2 (inverse
+Y = Y_base + gamma * M * Y_cond (gamma: a learnable per-channel scale from 0, our choice; ``cond_scale: none``
+for the paper's form). Crop 0 runs branch a1 (diagonal base groups), crop 1 branch a2 (inverse
 diagonal): disjoint base paths, separate masks, shared weights and thresholds. Inference, validation
 and ``main_linear.py`` use a1. Loss: the method's + ``threshold_weight`` * Σ_l ||s - tau_l||_2
 (seed eq. 11) with s = Phi^-1(target), the threshold that gives the target conditional sparsity on
@@ -24,16 +25,28 @@ pairs) is logged (``pair/*``) and reported in one line. Conv: ``solo_sparse.gati
 """
 from __future__ import annotations
 
-from solo_sparse.core.config import ConfigError
+from dataclasses import dataclass
+
+from solo_sparse.core.config import ConfigError, key_error
 from solo_sparse.core.plugin import Branch
 from solo_sparse.families.channel_gating import ThresholdGatingConfig, ThresholdGatingPlugin
+
+
+@dataclass
+class CDGConfig(ThresholdGatingConfig):
+    def __post_init__(self):
+        super().__post_init__()
+        if self.control != "none":
+            raise key_error("control", self.control, "the static controls are single-path networks (one base path "
+                                                     "for both views); cdg trains two gated branches with disjoint "
+                                                     "base paths: use '- solo_sparse: cgnet' with this control")
 
 
 class CDG(ThresholdGatingPlugin):
     name = "cdg"
     description = ("contrastive dual gating: CGNet channel gating with per-branch masks and disjoint base paths "
                    "(crop 0 diagonal, crop 1 inverse diagonal)")
-    Config = ThresholdGatingConfig
+    Config = CDGConfig
 
     def setup(self, view) -> None:
         queue = view.method_kwargs.get("queue_size")

@@ -79,22 +79,28 @@ def test_gated_conv_equals_base_plus_masked_conditional_path(branch, norm):
 
 
 @pytest.mark.parametrize("norm", ["channel", "sample"])
-def test_fused_gate_matches_composition_in_value_and_gradient(norm):
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fused_gate_matches_composition_in_value_and_gradient(norm, scaled):
     torch.manual_seed(1)
     full, base = (torch.randn(3, 8, 4, 4, dtype=torch.double, requires_grad=True) for _ in range(2))
     tau = torch.randn(8, dtype=torch.double, requires_grad=True)
+    scale = (torch.rand(8, dtype=torch.double) + 0.1).requires_grad_() if scaled else None
+    leaves = (full, base, tau) + ((scale,) if scaled else ())
     w = torch.randn(3, 8, 4, 4, dtype=torch.double)
-    out, m = _GateMix.apply(full, base, tau, 2.0, 1e-5, NORM_DIMS[norm])
+    out, m = _GateMix.apply(full, base, tau, scale, 2.0, 1e-5, NORM_DIMS[norm])
     (out * w).sum().backward()
-    g = [t.grad.clone() for t in (full, base, tau)]
-    for t in (full, base, tau):
+    g = [t.grad.clone() for t in leaves]
+    for t in leaves:
         t.grad = None
     m2 = smooth_step(normalise(base, norm) - tau[None, :, None, None], 2.0)
-    (((base + m2 * (full - base))) * w).sum().backward()
+    ms = m2 * scale[None, :, None, None] if scaled else m2
+    (((base + ms * (full - base))) * w).sum().backward()
     assert torch.equal(m, m2)
-    for a, t in zip(g, (full, base, tau)):
+    for a, t in zip(g, leaves):
         assert torch.allclose(a, t.grad, atol=1e-10)
     assert g[2].abs().sum() > 0                                     # the threshold learns
+    if scaled:
+        assert g[3].abs().sum() > 0                                 # and so does the scale
 
 
 def test_straight_through_gradient_is_the_alpha_sigmoid():
@@ -484,8 +490,28 @@ def test_monitor_lines_are_read_back_from_a_run_log_and_drawn(tmp_path, capsys):
     assert plot_monitor({"run": {}}, tmp_path / "n.png", "t") is None
 
 
-def test_cgnet_reuses_crop0_mask_and_one_base_path():
+def test_cgnet_masks_each_view_on_one_base_path():
+    """The CDG paper's CGNet baseline: one shared (diagonal) base path, each view's mask from its own input."""
     p = CGNet.from_params({})
+    host, online, mom, logs = host_for(p, momentum=True, method="byol")
+    opt = torch.optim.SGD(online.parameters(), lr=0.01)
+    x = torch.randn(2, 4, 3, 32, 32)
+    seen = []
+    c = online.layer2[0].conv2
+    orig = c._base
+    c._base = lambda xx, assign: (seen.append(list(assign)), orig(xx, assign))[1]
+    two_view_step(host, online, opt, x, mom)
+    assert seen == [[0, 1, 2, 3], [0, 1, 2, 3]]                    # the diagonal base path for both views
+    assert set(c._ss_last) == {"a1", "a1_own"}
+    assert not torch.equal(c._ss_last["a1"], c._ss_last["a1_own"])  # different views, their own masks
+    assert mask_similarity(online)["layer2.0.conv2"] < 1.0
+    assert "solo_sparse/sparsity/a1_own" in logs
+    assert CGNet.eval_paths() == ("a1",)
+
+
+def test_cgnet_unified_reuses_crop0_mask():
+    """unified: true is the paper's Table 1 ablation: crop 1 reuses crop 0's masks."""
+    p = CGNet.from_params({"unified": True})
     host, online, mom, _ = host_for(p, momentum=True, method="byol")
     opt = torch.optim.SGD(online.parameters(), lr=0.01)
     x = torch.randn(2, 4, 3, 32, 32)

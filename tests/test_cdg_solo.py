@@ -56,22 +56,28 @@ def test_cdg_main_pretrain_then_main_linear(tmp_path):
 
     data = make_image_folder(tmp_path / "imgs")
     cfgs = config_dir(tmp_path, pre=(FMNIST_CONFIGS / "simclr_cdg_cg8.yaml").read_text(),
-                      lin=linear_config("cdg", "solo_sparse:\n  cg: 8\n"))
+                      lin=linear_config("cdg", ""))      # the one line: the layout comes from the checkpoint
 
     def run(script, name, *over):
         return run_solo(script, cfgs, name, *over, cwd=tmp_path)
 
-    r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", f"++checkpoint.dir={tmp_path / 'pre'}")
+    r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", f"++checkpoint.dir={tmp_path / 'pre'}",
+            "++solo_sparse.stages=[1,2,3]")
     assert r.returncode == 0, r.stderr[-3000:]
     ck = next((tmp_path / "pre").rglob("*.ckpt"))
     state = torch.load(ck, map_location="cpu", weights_only=True)
     sd = state["state_dict"]
-    assert "backbone.layer4.1.conv2.tau" in sd
+    assert "backbone.layer3.1.conv2.tau" in sd and "backbone.layer4.1.conv2.tau" not in sd
     assert state["solo_sparse"]["cdg"]["config"]["cg"] == 8
+    # main_linear.py with the line alone rebuilds stages [1, 2, 3] and cg 8 from the checkpoint
     r = run("main_linear.py", "lin.yaml", *linear_overrides(data, ck, tmp_path / "lin"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "evaluating the branch a1 (gated) path" in r.stderr
     assert_backbone_kept(sd, tmp_path / "lin")
+    # a linear override that contradicts pre-training is refused, naming both values
+    r = run("main_linear.py", "lin.yaml", *linear_overrides(data, ck, tmp_path / "lin2"), "++solo_sparse.cg=4")
+    assert r.returncode != 0 and "solo_sparse.cg=4 in the linear config" in r.stderr and "cg=8" in r.stderr, \
+        r.stderr[-2000:]
     # bad input is refused before training: G not dividing a gated layer's channels, another method
     r = run("main_pretrain.py", "pre.yaml", f"++data.train_path={data / 'train'}", "++solo_sparse.groups=3",
             f"++checkpoint.dir={tmp_path / 'x'}")

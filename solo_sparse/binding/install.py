@@ -61,5 +61,45 @@ def install_from_config(cfg) -> List[Plugin]:
         if name not in BaseMethod._BACKBONES:
             raise ConfigError(f"backbone.name={name!r} is not registered; "
                               f"available: {', '.join(BaseMethod._BACKBONES)}")
+        plugins = plugins_as_trained(plugins, cfg.get(PREFIX, None), str(cfg.pretrained_feature_extractor))
         BaseMethod._BACKBONES[name] = _eval_builder(BaseMethod._BACKBONES[name], plugins)
     return plugins
+
+
+def plugins_as_trained(plugins: Sequence[Plugin], section, ckpt_path: str) -> List[Plugin]:
+    """``main_linear.py``: each plugin rebuilt from the config its pre-training checkpoint records (stages,
+    groups, cg, norm, scales, ...), so the one ``- solo_sparse: <plugin>`` line is enough; a key the linear
+    config sets to another value than pre-training did is refused naming both. Plugins the checkpoint holds
+    no state for keep the line's config."""
+    import torch
+
+    from solo_sparse.core.config import _to_plain, config_to_state
+
+    try:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - main_linear.py reports an unreadable checkpoint itself
+        return list(plugins)
+    saved_all = ck.get("solo_sparse") or {} if isinstance(ck, dict) else {}
+    section = dict(_to_plain(section) or {})
+    out = []
+    for p in plugins:
+        saved = saved_all.get(p.name)
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            out.append(p)
+            continue
+        cls = type(p)
+        mine = section.get(p.name) if len(plugins) > 1 else section
+        explicit = {k: v for k, v in dict(mine or {}).items() if k not in ("plugin", "plugins")}
+        from_saved = getattr(cls, "from_saved", cls.from_params)
+        trained = from_saved(saved["config"])
+        if explicit:
+            asked = config_to_state(from_saved({**saved["config"], **explicit}).config)
+            was = config_to_state(trained.config)
+            diff = [k for k in explicit if asked.get(k) != was.get(k)]
+            if diff:
+                k = diff[0]
+                raise ConfigError(f"{PREFIX}.{k}={asked.get(k)!r} in the linear config, but {ckpt_path} was "
+                                  f"pre-trained with {PREFIX}.{k}={was.get(k)!r}: the backbone is rebuilt as "
+                                  f"trained; drop the override (the '- solo_sparse: {p.name}' line is enough)")
+        out.append(trained)
+    return out

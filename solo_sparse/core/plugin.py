@@ -219,6 +219,12 @@ class Plugin:
         return None
 
     @classmethod
+    def deploy_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any]) -> Dict[str, Any]:
+        """Fold training-only reparametrisations of a rebuilt backbone into its weights, in place, for
+        export (the zoo); returns the config that rebuilds the folded network. Identity by default."""
+        return dict(config)
+
+    @classmethod
     def evaluates_masked(cls, config: Mapping[str, Any]) -> bool:
         """Whether a run's online backbone is evaluated with its mask buffers applied (weight sparsity: yes;
         a plugin whose masks only damage a training branch evaluates the dense weights)."""

@@ -20,6 +20,7 @@ current s.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
@@ -81,7 +82,7 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
 
     # ------------------------------------------------------------------ subclass policy
     def route(self, branch: Branch) -> str:
-        """Base-path / mask policy of a training crop: a1 | a2 | follow."""
+        """Base-path / mask policy of a training crop: a1 | a2 | a1_own | follow."""
         raise NotImplementedError
 
     def gate_loss(self, online) -> Optional[torch.Tensor]:
@@ -215,8 +216,13 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
         self.pairs.step_end()
         return loss
 
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Per-epoch values beyond the step averages (subclasses add theirs)."""
+        return {}
+
     def on_epoch_end(self, epoch: int) -> None:
-        self.log({**{k: v / self._epoch_n[k] for k, v in self._epoch_sums.items()}, **self.monitor_epoch(epoch)})
+        self.log({**{k: v / self._epoch_n[k] for k, v in self._epoch_sums.items()}, **self.epoch_metrics(),
+                  **self.monitor_epoch(epoch)})
         self._epoch_sums, self._epoch_n = {}, {}
 
 
@@ -244,6 +250,14 @@ class ThresholdGatingConfig(GatingConfig):
     ramp: Union[int, str] = "50%"
     #: target sparsity at step 0 when ramping, in [0, target]
     ramp_from: float = 0.0
+    #: the learnable per-output-channel scale gamma of the conditional path, Y = Y_base + gamma M Y_cond (our
+    #: choice): its initial value (>= 0; 0 starts from the smooth base-path network), or "none" for the
+    #: paper's form (no scale, gamma = 1 fixed)
+    cond_scale: Union[str, float, None] = 0.0
+    #: static controls (no data-dependent gate): "none" | "base_only" (the G-grouped base path alone; with
+    #: groups=2 the static network of about the gated one's MACs) | "random" (a fixed data-independent
+    #: pattern instead of the normalised base output, same thresholds and schedule)
+    control: str = "none"
 
     def __post_init__(self):
         GatingConfig.__post_init__(self)
@@ -260,6 +274,21 @@ class ThresholdGatingConfig(GatingConfig):
         check_choice("norm", self.norm, ("channel", "sample"))
         self.ramp = StepSpec.parse("ramp", self.ramp)
         self.ramp_from = check_range("ramp_from", self.ramp_from, 0.0, self.target)
+        if self.cond_scale is None or (isinstance(self.cond_scale, str) and self.cond_scale.lower() == "none"):
+            self.cond_scale = "none"
+        elif isinstance(self.cond_scale, bool) or not isinstance(self.cond_scale, (int, float)) \
+                or not math.isfinite(self.cond_scale) or self.cond_scale < 0:
+            raise key_error("cond_scale", self.cond_scale, "the initial value of the learnable conditional-path "
+                                                           "scale, a number >= 0 (0: start from the base path), "
+                                                           "or 'none' for the paper's form (no scale)")
+        else:
+            self.cond_scale = float(self.cond_scale)
+        check_choice("control", self.control, cgnet.CONTROLS)
+
+    @property
+    def scale_init(self) -> Optional[float]:
+        """The conditional-path scale's initial value, or None for the paper's form."""
+        return None if self.cond_scale == "none" else float(self.cond_scale)
 
     @property
     def s(self) -> float:
@@ -274,11 +303,14 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
     """CGNet/CDG threshold gates (see the module docstring); subclasses choose the crop routing."""
 
     Config = ThresholdGatingConfig
-    gate_param_names = ("tau",)
-    #: CGNet's unified gating: crop 1 reuses crop 0's masks (route "follow")
-    unified: ClassVar[bool] = False
+    gate_param_names = ("tau", "cond_scale")
     #: runs saved before these keys existed trained with these values
-    legacy_defaults = {"norm": "sample", "ramp": 0}
+    legacy_defaults = {"norm": "sample", "ramp": 0, "cond_scale": "none", "control": "none"}
+
+    @property
+    def unified(self) -> bool:
+        """CGNet's unified gating: crop 1 reuses crop 0's masks (route "follow")."""
+        return bool(getattr(self.config, "unified", False))
 
     def setup(self, view) -> None:
         c = self.config
@@ -310,16 +342,31 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
             if kind != "cgnet" or not convs or convs[0][1].ss_unified != self.unified:
                 raise ConfigError(f"backbone built with other gates than plugin '{self.name}' uses")
             first = convs[0][1]
-            if (first.ss_G, first.ss_cg) != (c.groups, c.cg):
-                raise ConfigError(f"backbone built with groups={first.ss_G}, cg={first.ss_cg} but {PREFIX}.groups="
-                                  f"{c.groups}, {PREFIX}.cg={c.cg}")
+            built = (first.ss_G, first.ss_cg, first.ss_control, first.cond_scale is not None)
+            if built != (c.groups, c.cg, c.control, c.scale_init is not None):
+                raise ConfigError(f"backbone built with groups={first.ss_G}, cg={first.ss_cg}, control="
+                                  f"{first.ss_control}, cond_scale {'learned' if built[3] else 'none'} but "
+                                  f"{PREFIX}.groups={c.groups}, {PREFIX}.cg={c.cg}, {PREFIX}.control={c.control}, "
+                                  f"{PREFIX}.cond_scale={c.cond_scale}")
             for _, conv in convs:
                 conv.ss_alpha, conv.ss_norm = c.alpha, c.norm
             return
         s0 = cgnet.target_threshold(c.ramp_from) if c.ramping else c.s
         tau0 = s0 if c.init_threshold == "target" else c.init_threshold
+        # the random control's patterns are seeded from the initial weights, not drawn from the global
+        # generator: converting consumes no random numbers, so the data order stays paired with the other rows
+        seed = int(float(backbone.conv1.weight.detach().abs().sum()) * 1e6) % (2 ** 31)
         cgnet.convert_resnet(backbone, groups=c.groups, cg=c.cg, alpha=c.alpha, init_tau=tau0, stages=c.stages,
-                             convs=c.convs, unified=self.unified, norm=c.norm)
+                             convs=c.convs, unified=self.unified, norm=c.norm, cond_scale=c.scale_init,
+                             control=c.control, seed=seed)
+
+    @classmethod
+    def deploy_backbone(cls, net, config: Dict[str, Any]) -> Dict[str, Any]:
+        """Fold the conditional-path scale into the weights (exact on the deployed a1 path) and return the
+        config that rebuilds the folded network (the paper's form: ``cond_scale`` none)."""
+        if cgnet.fold_cond_scale(net):
+            return {**config, "cond_scale": "none"}
+        return dict(config)
 
     def target_at(self, step: int) -> float:
         """Target conditional sparsity after ``step`` optimizer steps (the cubic ramp, or the target)."""
@@ -348,6 +395,16 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
                             conv.tau.add_(delta)
             self._s_applied = s_now
 
+    def epoch_metrics(self) -> Dict[str, float]:
+        """The conditional-path scale gamma: mean |gamma| per gated conv and over all of them."""
+        rows = [(n, float(c.cond_scale.detach().abs().mean())) for n, c in
+                gated_convs(self.view.groups["backbone"].online) if getattr(c, "cond_scale", None) is not None]
+        if not rows:
+            return {}
+        out = {f"cond_scale/{n}": v for n, v in rows}
+        out["cond_scale"] = sum(v for _, v in rows) / len(rows)
+        return out
+
     def extra_state(self) -> Dict[str, Any]:
         return {"s_applied": self._s_applied} if self.config.ramping else {}
 
@@ -358,7 +415,7 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
     def gate_loss(self, online) -> Optional[torch.Tensor]:
         if self.config.ramping:
             self.log({"target_sparsity": self.target_at(self.step)})
-        if self.config.threshold_weight == 0:
+        if self.config.threshold_weight == 0 or self.config.control == "base_only":
             return None
         loss = cgnet.threshold_loss(online, self.s_at(self.step))
         return None if loss is None else self.config.threshold_weight * loss

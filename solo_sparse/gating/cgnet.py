@@ -12,7 +12,20 @@ b(o) only; the *conditional path* is every other input group::
     Y_cond = conv(x, W) - Y_base                   the off-base weights
     z      = normal(Y_base) - tau                  tau: learnable, shape (C_out,)
     M      = step(z)                               forward exactly 0/1
-    Y      = Y_base + M * Y_cond
+    Y      = Y_base + gamma * M * Y_cond           gamma: learnable scale (C_out,), or absent (the paper's form)
+
+* ``cond_scale`` (our choice, not in the seed): a learnable per-output-channel scale gamma on the
+  conditional path, initialised at 0 by default. The paper's form (``cond_scale=None``) makes the
+  network discontinuous: at gate-on positions the conditional path carries most of the energy, so tiny
+  changes of the input or the weights reorder the gates and scramble the features (measured at random
+  init: a 1-px shift moves the pooled features by 1 - cos 0.06-0.07, dense <= 0.002; a 1e-3 relative
+  weight change flips 10% of the gates). With gamma = 0 training starts from the smooth base-path
+  network and adds conditional compute where the loss pays for it. gamma folds into the conditional
+  weights (:func:`fold_cond_scale`), so the deployed a1 network is exactly the paper's form.
+* ``control`` (static controls, no data-dependent gate): ``base_only`` — the base path alone (a G-grouped
+  conv, 1/G of the MACs, no conditional path); ``random`` — the mask compares a fixed, data-independent
+  N(0, 1) pattern per (channel, position) with tau instead of the normalised base output (same sparsity
+  schedule and thresholds as the gated network, no dependence on the input).
 
 * ``normal``: ``norm="channel"`` (default) normalises each sample's channel over (H, W) — instance
   normalisation, no affine, eps 1e-5, as the CGNet authors' code does (``Conv2d_CG``:
@@ -24,8 +37,12 @@ b(o) only; the *conditional path* is every other input group::
   target sparsity eta* and use s = Phi^-1(eta*).
 * **Gradient smoothing**: straight-through past the step, through an alpha-scaled sigmoid:
   dM/dz = alpha * sigmoid(alpha z) * (1 - sigmoid(alpha z)) (``alpha`` default 2).
-* **Structured** (seed §structured CDG): with ``cg`` > 1 the mask is decided per group of cg
-  consecutive output channels at each position (z averaged over the cg channels, repeated back).
+* **Structured** (seed §structured CDG, Alg. 1 lines 9-15): with ``cg`` > 1 the mask is decided per
+  group of cg consecutive output channels at each position: Y_base is averaged over the cg channels of
+  the group *before* the normalisation, the pooled map is normalised and compared with the group's
+  threshold (the mean of its channels' tau), and the decision is repeated back over the group. (Averaging
+  the normalised scores instead, as an earlier version did, shrinks their spread and gates almost
+  everything off: 0.969 at cg 8, 0.999 at cg 32 for a 0.75 target.)
 * **Base paths**: branch ``a1`` uses the diagonal, b(o) = o; branch ``a2`` the inverse diagonal,
   b(o) = G - 1 - o (disjoint from a1 for even G, the seed's assignment); for odd G, where the
   inverse diagonal meets the diagonal in the middle group, a2 uses the cyclic shift
@@ -38,7 +55,9 @@ b(o) only; the *conditional path* is every other input group::
 
 * CDG / CGNet:  exact = D/G + (1 - 1/G) D * mean(M) + gate, gate = 6 C_out H W (per-sample mean and
   variance: 2, normalise: 1, subtract tau and compare: 2, mask-multiply-add of Y_cond: 1;
-  + C_out H W for the group average when cg > 1). The seed's eq. 13, D_red = 1 / (1/G + (1 - eta)(1 - 1/G))
+  + C_out H W for the group average when cg > 1); gamma folds into the weights (no cost). Controls:
+  ``base_only`` = D/G; ``random`` = D/G + (1 - 1/G) D * mean(M) + C_out H W (the mask-multiply-add).
+  The seed's eq. 13, D_red = 1 / (1/G + (1 - eta)(1 - 1/G))
   with eta = 1 - mean(M) over all gated layers, counts conv MACs only and weighs every layer
   equally per output element; the exact count weighs layers by their MACs and adds the gates'
   own cost.
@@ -81,7 +100,8 @@ NORM_DIMS = {"channel": (2, 3), "sample": (1, 2, 3)}
 
 
 class _GateMix(torch.autograd.Function):
-    """Fused unstructured CDG gate: Y = Y_base + M (Y_full - Y_base), M = step(normal(Y_base) - tau).
+    """Fused unstructured CDG gate: Y = Y_base + gamma M (Y_full - Y_base), M = step(normal(Y_base) - tau)
+    (``scale`` gamma (C_out,) or None for the paper's form, gamma = 1).
 
     Same values and gradients as the composition of :func:`normalise`, the tau shift,
     :func:`smooth_step` and the mix (tested against it), in fewer passes over the (B, C, H, W)
@@ -89,26 +109,34 @@ class _GateMix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, full, base, tau, alpha, eps, dims=(2, 3)):
+    def forward(ctx, full, base, tau, scale, alpha, eps, dims=(2, 3)):
         mu = base.mean(dims, keepdim=True)
         rstd = torch.rsqrt(base.var(dims, keepdim=True, unbiased=False) + eps)
         n = (base - mu) * rstd
         z = n - tau[None, :, None, None]
         m = (z > 0).to(base.dtype)
         diff = full - base
-        out = torch.addcmul(base, m, diff)
-        ctx.save_for_backward(n, z, m, diff, rstd)
+        ms = m if scale is None else m * scale[None, :, None, None]
+        out = torch.addcmul(base, ms, diff)
+        ctx.save_for_backward(n, z, m, diff, rstd, scale)
+        ctx.has_scale = scale is not None
         ctx.alpha = alpha
         ctx.dims = tuple(dims)
         return out, m
 
     @staticmethod
     def backward(ctx, g, _gm):
-        n, z, m, diff, rstd = ctx.saved_tensors
+        n, z, m, diff, rstd, scale = ctx.saved_tensors
         a = ctx.alpha
-        g_full = g * m
+        g_scale = None
+        if ctx.has_scale:
+            g_scale = (g * m * diff).sum((0, 2, 3))
+            g_s = g * scale[None, :, None, None]
+        else:
+            g_s = g
+        g_full = g_s * m
         s = torch.sigmoid(z.mul_(a))                 # z is not needed afterwards
-        g_z = g * diff * s * (1 - s) * a
+        g_z = g_s * diff * s * (1 - s) * a
         g_tau = -g_z.sum((0, 2, 3))
         # normalisation backward over its dims: rstd * (g_n - mean(g_n) - n * mean(g_n * n))
         dims = ctx.dims
@@ -118,7 +146,7 @@ class _GateMix(torch.autograd.Function):
         mean_g = g_z.sum(dims, keepdim=True) / k
         mean_gn = (g_z * n).sum(dims, keepdim=True) / k
         g_base = (g_z - mean_g - n * mean_gn) * rstd + (g - g_full)
-        return g_full, g_base, g_tau, None, None, None
+        return g_full, g_base, g_tau, g_scale, None, None, None
 
 
 def base_assignment(groups: int, branch: str) -> List[int]:
@@ -150,23 +178,40 @@ def target_threshold(target_sparsity: float) -> float:
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(p)))
 
 
+#: static controls of the gated conv: "none" (the data-dependent gate), "base_only", "random"
+CONTROLS = ("none", "base_only", "random")
+
+
 class CGNetConv2d(GatedConvBase):
-    """A ``nn.Conv2d`` (same ``weight``) with a CGNet/CDG conditional path and a learnable threshold
-    ``tau`` (C_out,). Created by class swap (:func:`convert_resnet`); ``ss_mode`` ``dense`` runs the
-    plain conv. Records per forward (see :mod:`solo_sparse.gating.channel`) the mask (B, C_out, H, W)."""
+    """A ``nn.Conv2d`` (same ``weight``) with a CGNet/CDG conditional path, a learnable threshold
+    ``tau`` (C_out,) and, unless the paper's form is asked for, a learnable conditional-path scale
+    ``cond_scale`` (C_out,). Created by class swap (:func:`convert_resnet`); ``ss_mode`` ``dense`` runs
+    the plain conv. Records per forward (see :mod:`solo_sparse.gating.channel`) the mask (B, C_out, H, W)."""
 
     def _gate_init(self, groups: int, cg: int, alpha: float, init_tau: float, unified: bool = False,
-                   norm: str = "channel") -> None:
+                   norm: str = "channel", cond_scale: Optional[float] = None, control: str = "none",
+                   seed: int = 0) -> None:
         self._gate_base_init()
         self.ss_G, self.ss_cg, self.ss_alpha = int(groups), int(cg), float(alpha)
         self.ss_unified = bool(unified)
         if norm not in NORM_DIMS:
             raise ValueError(f"norm must be one of {tuple(NORM_DIMS)}")
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}")
         self.ss_norm = norm
+        self.ss_control = control
         self.eq13_groups = self.ss_G
         self._ss_cache: Optional[torch.Tensor] = None      # unified gating: a1's last mask
+        self._ss_pattern: Optional[torch.Tensor] = None    # control "random": the fixed N(0, 1) pattern
         c_out = self.weight.shape[0]
         self.tau = nn.Parameter(torch.full((c_out,), float(init_tau)))
+        if cond_scale is None:
+            self.cond_scale = None
+        else:
+            self.cond_scale = nn.Parameter(torch.full((c_out,), float(cond_scale)))
+        if control == "random":
+            # the pattern is a function of this seed and the map shape: saved with the checkpoint
+            self.register_buffer("pattern_seed", torch.tensor(int(seed), dtype=torch.int64))
 
     def clear(self) -> None:
         super().clear()
@@ -189,12 +234,37 @@ class CGNetConv2d(GatedConvBase):
             xs = x.view(b, G, c_in // G, h, w)[:, torch.tensor(assign, device=x.device)].reshape(b, c_in, h, w)
         return F.conv2d(xs, self._base_weight(assign), None, self.stride, self.padding, self.dilation, G)
 
+    def _group_tau(self) -> torch.Tensor:
+        """tau per mask decision: (C_out,) or, structured, the mean over each group of cg channels."""
+        if self.ss_cg == 1:
+            return self.tau
+        return self.tau.view(-1, self.ss_cg).mean(1)
+
+    def _pattern(self, shape) -> torch.Tensor:
+        """Control ``random``: a fixed N(0, 1) pattern (1, C_out / cg, H, W), a function of the saved seed."""
+        c, h, w = shape[1] // self.ss_cg, shape[2], shape[3]
+        pat = self._ss_pattern
+        if pat is None or pat.shape[1:] != (c, h, w) or pat.device != self.tau.device:
+            gen = torch.Generator().manual_seed(int(self.pattern_seed))
+            pat = torch.randn(1, c, h, w, generator=gen).to(device=self.tau.device, dtype=self.tau.dtype)
+            self._ss_pattern = pat
+        return pat
+
     def _mask(self, y_base: torch.Tensor) -> torch.Tensor:
-        z = normalise(y_base, self.ss_norm) - self.tau[None, :, None, None]
-        if self.ss_cg > 1:
-            b, c, h, w = z.shape
-            z = z.view(b, c // self.ss_cg, self.ss_cg, h, w).mean(2).repeat_interleave(self.ss_cg, 1)
-        return smooth_step(z, self.ss_alpha)
+        """M (B, C_out, H, W) from the base output: pooled over groups of cg channels first (Alg. 1), then
+        normalised, shifted by tau and thresholded (straight-through)."""
+        b, c, h, w = y_base.shape
+        if self.ss_control == "random":
+            z = self._pattern(y_base.shape).expand(b, -1, -1, -1)
+        else:
+            pooled = y_base if self.ss_cg == 1 else y_base.view(b, c // self.ss_cg, self.ss_cg, h, w).mean(2)
+            z = normalise(pooled, self.ss_norm)
+        m = smooth_step(z - self._group_tau()[None, :, None, None], self.ss_alpha)
+        return m if self.ss_cg == 1 else m.repeat_interleave(self.ss_cg, 1)
+
+    def _mix(self, y_base: torch.Tensor, full: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        ms = m if self.cond_scale is None else m * self.cond_scale[None, :, None, None]
+        return y_base + ms * (full - y_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._ss_stats = None
@@ -202,17 +272,23 @@ class CGNetConv2d(GatedConvBase):
             return self._conv_forward(x, self.weight, self.bias)
         branch = self.ss_branch
         assign = base_assignment(self.ss_G, "a2" if branch == "a2" else "a1")
-        full = self._conv_forward(x, self.weight, self.bias)
         y_base = self._base(x, assign)
+        if self.ss_control == "base_only":
+            if self.ss_record:
+                self._ss_stats = self._stats(None, y_base.shape)
+            return y_base if self.bias is None else y_base + self.bias[None, :, None, None]
+        full = self._conv_forward(x, self.weight, self.bias)
         cached = self._ss_cache
         if branch == "follow" and cached is not None and cached.shape == y_base.shape:
             m = cached
-            out = y_base + m * (full - y_base)
-        elif self.ss_cg == 1 and not self.ss_unified:   # unified: crop 1 reuses m, keep its graph
-            out, m = _GateMix.apply(full, y_base, self.tau, self.ss_alpha, 1e-5, NORM_DIMS[self.ss_norm])
+            out = self._mix(y_base, full, m)
+        elif self.ss_cg == 1 and not self.ss_unified and self.ss_control == "none":
+            # unified: crop 1 reuses m, keep its graph
+            out, m = _GateMix.apply(full, y_base, self.tau, self.cond_scale, self.ss_alpha, 1e-5,
+                                    NORM_DIMS[self.ss_norm])
         else:
             m = self._mask(y_base)
-            out = y_base + m * (full - y_base)
+            out = self._mix(y_base, full, m)
         if branch == "a1" and self.ss_unified:
             self._ss_cache = m
         if self.ss_record:
@@ -220,13 +296,43 @@ class CGNetConv2d(GatedConvBase):
             self._ss_stats = self._stats(m.detach(), y_base.shape)
         return out
 
-    def _stats(self, m: torch.Tensor, shape) -> Dict:
+    def _stats(self, m: Optional[torch.Tensor], shape) -> Dict:
         b, c_out, h, w = shape
         dense = float(h * w * self.weight.numel())
+        if m is None:                                   # control base_only: no conditional path, no gate
+            kept = torch.zeros(b)
+            return {"kept": kept, "cost": torch.full((b,), dense / self.ss_G), "dense": dense}
         kept = m.flatten(1).mean(1)
-        gate = (6 + (1 if self.ss_cg > 1 else 0)) * c_out * h * w
+        if self.ss_control == "random":
+            gate = c_out * h * w
+        else:
+            gate = (6 + (1 if self.ss_cg > 1 else 0)) * c_out * h * w
         cost = dense / self.ss_G + (1 - 1 / self.ss_G) * dense * kept + gate
         return {"kept": kept, "cost": cost, "dense": dense}
+
+
+@torch.no_grad()
+def fold_cond_scale(backbone: nn.Module) -> int:
+    """Fold every gated conv's ``cond_scale`` gamma into its conditional weights for the deployed a1 path
+    (W[o, b] *= gamma_o for every input group b other than a1's base group o) and drop the parameter, so
+    the network is exactly the paper's form. Outputs on branch a1 are unchanged (tested); branch a2, a
+    training-only route whose base blocks are a1's conditional ones, is not preserved. Returns the number of
+    convs folded."""
+    n = 0
+    for _, c in gated_convs(backbone):
+        if not isinstance(c, CGNetConv2d) or c.cond_scale is None:
+            continue
+        G = c.ss_G
+        c_out, c_in, kh, kw = c.weight.shape
+        w = c.weight.view(G, c_out // G, G, c_in // G, kh, kw)
+        gamma = c.cond_scale.view(G, c_out // G)
+        for o in range(G):
+            for b in range(G):
+                if b != o:
+                    w[o, :, b] *= gamma[o].view(-1, 1, 1, 1)
+        c.cond_scale = None
+        n += 1
+    return n
 
 
 def _selected(block: nn.Module, convs: str) -> List[str]:
@@ -254,9 +360,11 @@ def block_convs(backbone: nn.Module, stages: Tuple[int, ...], convs: str) -> Lis
 
 def convert_resnet(backbone: nn.Module, *, groups: int = 4, cg: int = 1, alpha: float = 2.0, init_tau: float = 0.0,
                    stages: Tuple[int, ...] = (1, 2, 3, 4), convs: str = "3x3", unified: bool = False,
-                   norm: str = "channel") -> nn.Module:
+                   norm: str = "channel", cond_scale: Optional[float] = None, control: str = "none",
+                   seed: int = 0) -> nn.Module:
     """Gate a torchvision ResNet in place (see the module docstring). Refuses, naming the key and the
-    layer, a group count G or a structure size cg that does not divide a gated conv's channels."""
+    layer, a group count G or a structure size cg that does not divide a gated conv's channels.
+    ``control`` ``random``: conv i draws its fixed pattern from seed ``seed + i``."""
     if getattr(backbone, "ss_gating", None) is not None:
         raise ValueError("backbone is already gated")
     todo = block_convs(backbone, stages, convs)
@@ -269,9 +377,9 @@ def convert_resnet(backbone: nn.Module, *, groups: int = 4, cg: int = 1, alpha: 
                               f"{name} (in {c_in}, out {c_out})")
         if c_out % cg:
             raise ConfigError(f"{PREFIX}.cg={cg}: does not divide the output channels of gated conv {name} ({c_out})")
-    for _, _, conv in todo:
+    for i, (_, _, conv) in enumerate(todo):
         conv.__class__ = CGNetConv2d
-        conv._gate_init(groups, cg, alpha, init_tau, unified, norm)
+        conv._gate_init(groups, cg, alpha, init_tau, unified, norm, cond_scale, control, seed + i)
     backbone.ss_gating = "cgnet"
     return backbone
 

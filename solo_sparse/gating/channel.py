@@ -8,7 +8,8 @@ class swap. Per forward it may record ``_ss_stats`` = dict(kept (B,) share of th
 of the output channels, cost (B,) exact MACs per sample, dense MACs per sample), and keeps the last
 mask of each branch (``_ss_last``) for the similarity S_c.
 
-Branches: ``a1`` / ``a2`` (CDG's two base paths; FBS uses the names as labels only) and ``follow``
+Branches: ``a1`` / ``a2`` (CDG's two base paths; FBS uses the names as labels only), ``a1_own`` (CGNet with a
+mask per view: crop 1 on a1's base path with its own mask, recorded apart from crop 0's) and ``follow``
 (CGNet's unified gating: crop 1 reuses the mask crop 0 computed on branch a1).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-BRANCHES = ("a1", "a2", "follow")
+BRANCHES = ("a1", "a2", "a1_own", "follow")
 
 
 class GatedConvBase(nn.Conv2d):
@@ -83,12 +84,12 @@ def reduction_eq13(sparsity: float, groups: int) -> float:
 
 
 def mask_similarity(backbone: nn.Module) -> Dict[str, float]:
-    """S_c per gated conv: share of mask elements on which branch a1 and a2 (or follow) agree,
-    1 - mean(M_a1 XOR M_a2), from the last recorded forwards of each branch (same shapes only)."""
+    """S_c per gated conv: share of mask elements on which branch a1 and the second view's branch (a2, a1_own
+    or follow) agree, 1 - mean(M_a1 XOR M_a2), from the last recorded forwards of each branch (same shapes only)."""
     out = {}
     for n, c in gated_convs(backbone):
         a = c._ss_last.get("a1")
-        b = c._ss_last.get("a2", c._ss_last.get("follow"))
+        b = next((c._ss_last[k] for k in ("a2", "a1_own", "follow") if k in c._ss_last), None)
         if a is not None and b is not None and a.shape == b.shape:
             out[n] = 1.0 - float((a ^ b).float().mean())
     return out
