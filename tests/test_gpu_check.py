@@ -32,6 +32,6 @@ def test_gpu_check_cpu_tiny(tmp_path):
     sp = res["speed"]
     assert sp["ok"], sp.get("error")
     assert {r["path"] for r in sp["rows"]} >= {"compact-imp-d50", "dgnet-dual-t30", "cdg-cg8"}
-    assert all(r["speedup"] > 0 and r["macs_limit"] > 1 for r in sp["rows"])
+    assert all(r["speedup"] > 0 and r["macs_limit"] > (0 if r["fast"].startswith("exec-") else 1) for r in sp["rows"])
     assert (out / "speed" / "results.json").exists()
     assert "Speed (`solo-sparse speed` suite on cpu): ok" in (out / "gpu_check.md").read_text()

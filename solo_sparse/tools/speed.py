@@ -118,8 +118,9 @@ def _load(spec: Mapping[str, Any], root: Optional[Path]) -> Tuple[nn.Module, Opt
     if "checkpoint" in spec:
         from solo_sparse.tools.inputs import read_checkpoint
 
-        net, info = load_backbone(str(spec["checkpoint"]), spec.get("backbone", "resnet18"))
-        cfg = ((read_checkpoint(str(spec["checkpoint"])).get("solo_sparse") or {}).get(info["gating"]) or {})
+        ck = resolve_checkpoint(spec["checkpoint"])
+        net, info = load_backbone(str(ck), spec.get("backbone", "resnet18"))
+        cfg = ((read_checkpoint(str(ck)).get("solo_sparse") or {}).get(info["gating"]) or {})
         return net.eval(), info["gating"], dict(cfg.get("config", cfg)) if info["gating"] else {}
     if "plugin" in spec:
         cls = get_plugin(spec["plugin"])
@@ -133,6 +134,16 @@ def _load(spec: Mapping[str, Any], root: Optional[Path]) -> Tuple[nn.Module, Opt
         torch.manual_seed(int(spec.get("seed", 0)))
         return build_resnet(spec["backbone"]).eval(), None, {}
     raise ConfigError(f"speed suite path {spec.get('id')!r}: give one of zoo, checkpoint, plugin, backbone")
+
+
+def resolve_checkpoint(pattern: str) -> Path:
+    """A checkpoint file, or the newest file matching a glob pattern (``runs/x/**/*.ckpt``)."""
+    import glob
+
+    hits = sorted(glob.glob(str(pattern), recursive=True), key=os.path.getmtime)
+    if not hits:
+        raise FileNotFoundError(f"no checkpoint matches {pattern!r}")
+    return Path(hits[-1])
 
 
 def _compact_path(pid: str, net: nn.Module, spec: Mapping[str, Any]) -> SpeedPath:
@@ -239,13 +250,17 @@ def _cdg_path(pid: str, net: nn.Module, plugin: Optional[str], pcfg: Mapping[str
                                                  "eq13_reduction": m.get("eq13_reduction"),
                                                  "mean_sparsity": m.get("mean_sparsity"),
                                                  "executed_share": share["total"]}
-        # per-position (the ideal): the plugin's exact whole-network count; each granularity: the MACs it runs
+        # the training form's limit is the per-position ideal (the plugin's exact whole-network count, gates
+        # included); each executable form's is the MACs it runs: the base path (D/G) plus, for every executed
+        # (sample, block[, tile]), the block's full rows -- a dense kernel computing an output channel reads
+        # every input channel, its base group (already in Y_base) included, so an executed share a costs a * D
         d_net = _macs(dense, size)
-        conv_dense = sum(float(c.weight.numel()) * o for c, o in _conv_out_positions(net, size))
-        cond = sum(float(c.weight.numel()) * o * (1 - 1 / c.ss_G) for c, o in _conv_out_positions(net, size))
+        per_conv = _conv_out_positions(net, size)
+        conv_dense = sum(float(c.weight.numel()) * o for c, o in per_conv)
+        base = sum(float(c.weight.numel()) * o / c.ss_G for c, o in per_conv)
         out = {"training form": float(m.get("network_reduction", 1.0))}
         for g in grans:
-            ran = d_net - cond + cond * share["total"][g]     # base paths + executed conditional share
+            ran = d_net - conv_dense + base + conv_dense * share["total"][g]
             out[f"exec-{g}"] = d_net / ran
         info["measured"][size]["gated_conv_share_of_network_macs"] = conv_dense / d_net
         return out
@@ -393,6 +408,15 @@ def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, bat
     batches = [int(b) for b in (batches or suite.get("batches", (1, 64)))]
     reps = int(reps or suite.get("reps", 20))
     specs = [dict(s) for s in suite["paths"] if not only or s["id"] in only]
+    missing = []
+    for s in list(specs):          # optional paths whose checkpoint is not on this machine are left out, said
+        if s.get("optional") and "checkpoint" in s:
+            try:
+                resolve_checkpoint(s["checkpoint"])
+            except FileNotFoundError:
+                specs.remove(s)
+                missing.append(s["id"])
+                progress(f"path {s['id']}: left out, no checkpoint matches {s['checkpoint']!r} (optional)")
     if not specs:
         raise ConfigError(f"speed: no path selected (ids: {', '.join(s['id'] for s in suite['paths'])})")
     load_before = os.getloadavg()
@@ -412,7 +436,8 @@ def run(suite: Mapping[str, Any], *, out: Optional[Path] = None, sizes=None, bat
                            "threads": torch.get_num_threads(), "torch": torch.__version__, "sizes": sizes,
                            "batches": batches, "reps": reps, "warmup": 3, "note": note,
                            "load_before": list(load_before),
-                           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "paths": {}}
+                           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "paths": {},
+                           "left_out": missing}
     for p in paths:
         res["paths"][p.id] = {"kind": p.kind, "description": p.description, "variants": {
             v.name: v.what for v in p.variants}, "rows": [], "info": p.info}
@@ -519,6 +544,16 @@ def to_markdown(res: Mapping[str, Any]) -> str:
         lines.append(f"- `{pid}`: {p['description']}.{syn}{note}")
         for name, what in p["variants"].items():
             lines.append(f"  - {name}: {what}")
+        for size, m in sorted((p["info"].get("measured") or {}).items(), key=lambda kv: int(kv[0])):
+            if m.get("executed_share"):
+                e = m["executed_share"]
+                lines.append(f"  - {size} px: share of the conditional-path MACs on per position {e['position']:.3f}, "
+                             f"executed per (sample, block, tile) {e['tile']:.3f}, per (sample, block) "
+                             f"{e['block']:.3f} (MAC-weighted over the gated convs)")
+            elif m.get("kept_channels"):
+                kept = ", ".join(f"{k} {v:.2f}" for k, v in m["kept_channels"].items())
+                lines.append(f"  - {size} px: network MACs ratio {m.get('network_macs_ratio', float('nan')):.3f}; "
+                             f"kept share per block: {kept}")
         sk = p["info"].get("skipped")
         if sk:
             groups = [f"batch {b} / {sz} px" for b, sz in sk["path"]]
