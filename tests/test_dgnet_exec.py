@@ -219,3 +219,16 @@ def test_momentum_copy_of_a_planned_net_keeps_the_plan():
     attach_latency_table(net, 32, reps=1)
     twin = copy.deepcopy(net)
     assert [b.ss_plan for _, b in gated_blocks(twin)] == [b.ss_plan for _, b in gated_blocks(net)]
+
+
+def test_latency_threads_times_and_keys_the_table_at_the_deployment_thread_count():
+    threads = torch.get_num_threads()
+    want = 1 if threads != 1 else 2
+    p = DGNetDual.from_params({"budget": "latency", "latency_size": 32, "latency_threads": want})
+    _, online = _host(p, input_size=64)
+    assert torch.get_num_threads() == threads                      # restored
+    data = json.loads(open(p.latency_table["path"]).read())
+    assert data["key"]["threads"] == want
+    assert all(b.ss_latency is not None for _, b in gated_blocks(online))
+    with pytest.raises(ConfigError, match="latency_threads"):
+        DGNetDual.from_params({"latency_threads": -2})

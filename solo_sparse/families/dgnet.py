@@ -64,6 +64,8 @@ class DGNetConfig:
     budget: str = "macs"
     #: input size (px) of the latency table; 0 = the training crop size
     latency_size: int = 0
+    #: torch threads of the deployment the latency table describes; 0 = this process's
+    latency_threads: int = 0
 
     def __post_init__(self):
         t = self.target
@@ -84,6 +86,7 @@ class DGNetConfig:
             raise key_error("gather", self.gather, "expected true or false")
         check_choice("budget", self.budget, BUDGETS)
         self.latency_size = check_int("latency_size", self.latency_size, 0)
+        self.latency_threads = check_int("latency_threads", self.latency_threads, 0)
 
 
 class DGNetPlugin(GatedBackbonePlugin):
@@ -183,9 +186,11 @@ class DGNetPlugin(GatedBackbonePlugin):
         def say(msg: str) -> None:
             print(f"solo-sparse {self.name}: {msg}", file=sys.stderr, flush=True)
 
-        rep = attach_latency_table(backbone, int(size), progress=say)
+        threads = self.config.latency_threads or None
+        rep = attach_latency_table(backbone, int(size), progress=say, threads=threads)
         if not rep["built"]:
-            say(f"latency budget from the measured table {rep['path']} ({size} px, batch 1)")
+            say(f"latency budget from the measured table {rep['path']} ({size} px, batch 1, "
+                f"{threads or torch.get_num_threads()} thread(s))")
         return rep
 
     def param_groups(self, base_lr: float) -> list:

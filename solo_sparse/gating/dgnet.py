@@ -601,15 +601,24 @@ def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[
 
 
 def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, table: Optional[LatencyTable] = None,
-                         rebuild: bool = False, progress: Optional[Callable[[str], None]] = None
-                         ) -> Dict[str, object]:
+                         rebuild: bool = False, progress: Optional[Callable[[str], None]] = None,
+                         threads: Optional[int] = None) -> Dict[str, object]:
     """Give every gated block of ``backbone`` its measured batch-1 execution plan and latency curve at
-    ``size`` px (inputs of one image): entries come from the on-disk table of this machine
+    ``size`` px (inputs of one image), for ``threads`` torch threads (default: this process's): entries come
+    from the on-disk table of this machine
     (:class:`solo_sparse.engine.costmodel.LatencyTable`); missing ones (or all, ``rebuild``) are timed
     first, one progress line per block shape. Returns {"path": cache file, "built": [signatures timed],
     "blocks": {name: signature}}."""
     import time
 
+    if threads and threads != torch.get_num_threads():
+        # the table of the deployment's thread count, timed at it (this process's count restored after)
+        was = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            return attach_latency_table(backbone, size, reps=reps, table=table, rebuild=rebuild, progress=progress)
+        finally:
+            torch.set_num_threads(was)
     dev = next(backbone.parameters()).device
     table = table or LatencyTable(machine_key(str(dev)))
     shapes = block_input_shapes(backbone, size)
