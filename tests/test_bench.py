@@ -183,18 +183,43 @@ runs:
     assert "plain-dense = toy/dense" in (repo / "results" / "toy2" / "results.md").read_text()
 
 
-def test_versus_dense_marks_differences_inside_the_spread():
-    from solo_sparse.tools.bench import versus_dense
+def _rows(rid, values):
+    return {f"{rid}/seed{i}": {"id": rid, "seed": i, "status": "ok", "linear": v / 100} for i, v in enumerate(values)}
 
-    by = {"dense": {"id": "dense", "n": 3, "linear": 80.0, "linear_std": 0.5},
-          "moco-dense": {"id": "moco-dense", "n": 3, "linear": 83.0, "linear_std": 0.2}}
-    row = lambda rid, lin, sd, n=3: {"id": rid, "n": n, "linear": lin, "linear_std": sd}   # noqa: E731
-    assert versus_dense(row("gmp", 80.4, 0.1), by) == "+0.40 ≈"
-    assert versus_dense(row("gmp", 79.0, 0.1), by) == "-1.00"
-    assert versus_dense(row("moco-cdg", 82.9, 0.05), by) == "-0.10 ≈"                 # its own prefix's dense
-    assert versus_dense(row("moco-cdg", 82.0, 0.05), by) == "-1.00"
-    assert versus_dense(row("gmp", 79.0, None, n=1), by) == "-1.00 (n/a)"
-    assert versus_dense(row("dense", 80.0, 0.5), by) == "-"
+
+def test_versus_dense_is_paired_by_seed_and_calls_only_what_the_interval_decides():
+    """Seed-to-seed spread is large (79 / 81 / 83) but each seed's difference is the same: paired, it is decided;
+    a difference whose interval contains 0 is shown without the mark."""
+    from solo_sparse.tools.bench import aggregate, versus_dense
+
+    res = {"rows": {**_rows("dense", [79.0, 81.0, 83.0]), **_rows("gmp", [78.5, 80.4, 82.6]),
+                    **_rows("synccp", [79.5, 80.0, 83.4]), **_rows("moco-dense", [83.0, 83.0, 83.0]),
+                    **_rows("moco-cdg", [82.0, 82.1, 81.9]), **_rows("one", [70.0])}}
+    by = {a["id"]: a for a in aggregate(res)}
+    assert versus_dense(by["gmp"], by, res) == "-0.50 ± 0.10 [-0.75, -0.25] *"          # inside the unpaired spread
+    assert versus_dense(by["synccp"], by, res).endswith("]")                           # interval contains 0: no mark
+    assert versus_dense(by["moco-cdg"], by, res).startswith("-1.00 ± 0.10")           # its own prefix's dense
+    assert versus_dense(by["one"], by, res) == "-9.00 (1 seed)"
+    assert versus_dense(by["dense"], by, res) == "-"
+
+
+def test_claim_verdicts_follow_the_paired_interval():
+    from solo_sparse.tools import stats
+
+    a, b = {0: 80.0, 1: 81.0, 2: 82.0}, {0: 79.0, 1: 80.1, 2: 80.9}
+    p = stats.paired(a, b)
+    assert p["n"] == 3 and abs(p["mean"] - 1.0) < 1e-9
+    assert stats.verdict(p, 0.0) == "reproduced"                      # the whole interval above 0
+    assert stats.verdict(stats.paired(b, a), 0.0) == "not reproduced"
+    assert stats.verdict(p, 1.0) == "not decided"                     # the interval contains the margin
+    assert stats.verdict(stats.paired({0: 1.0}, {0: 0.0}), 0.0) == "one seed: not decided"
+    assert stats.verdict(None) == "not measured"
+    res = {"meta": {"suite": "s", "claims": [{"claim": "x >= y", "source": "P", "a": "x", "b": "y", "margin": -1}]},
+           "rows": {**_rows("x", [80.0, 81.0, 82.0]), **_rows("y", [80.5, 81.4, 82.6])}}
+    (row,) = stats.claim_rows(res)
+    assert row["verdict"] == "reproduced" and row["paired"]["n"] == 3   # within 1 pt: -0.5 ± 0.1
+    md = stats.claims_markdown([res])
+    assert "| x >= y | P | `s`: x − y | -1.0 |" in md and "**reproduced**" in md
 
 
 def test_regime_block_never_shows_a_spread_it_did_not_measure():

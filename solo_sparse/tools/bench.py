@@ -58,6 +58,7 @@ from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.flops import count_macs, training_macs_ratio
 from solo_sparse.engine.maskio import counts, encoder_masks, split_state
 from solo_sparse.engine.resnet import build_resnet
+from solo_sparse.tools import stats
 from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import (
@@ -81,7 +82,8 @@ def suite_root(suite_file: Path) -> Path:
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
-            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "status", "error", "command", "reused_from")
+            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity", "online_momentum_cos",
+            "status", "error", "command", "reused_from")
 KINDS = ("pretrain", "rounds")
 CONTROLS = ("random_reinit", "permuted", "global_random")
 
@@ -94,6 +96,14 @@ def _str_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+def _is_claim(c) -> bool:
+    """A claim of a suite: ``a − b ≥ margin`` in linear-probe points (:mod:`solo_sparse.tools.stats`)."""
+    return (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin"}
+            and {"claim", "a", "b"} <= set(c) and isinstance(c["claim"], str) and is_plain_name(c["a"])
+            and is_plain_name(c["b"]) and isinstance(c.get("source", ""), str)
+            and isinstance(c.get("margin", 0.0), (int, float)) and not isinstance(c.get("margin", 0.0), bool))
+
+
 #: {key: (check, what is allowed)} of a suite's top level and of one run — a suite is data from a file: every
 #: value is checked before it names a folder or a Hydra override (ids and names become paths under --out)
 SUITE_KEYS = {
@@ -104,6 +114,8 @@ SUITE_KEYS = {
     "seeds": (_int_in(1, 1000), "an integer in [1, 1000]"),
     "overrides": (_str_list, "a list of strings (Hydra overrides)"),
     "random_init": (lambda v: isinstance(v, bool), "true or false"),
+    "claims": (lambda v: isinstance(v, list) and all(_is_claim(c) for c in v),
+               "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)}"),
 }
 RUN_KEYS = {
     "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
@@ -120,6 +132,7 @@ RUN_KEYS = {
     "controls": (lambda v: isinstance(v, list) and all(c in CONTROLS for c in v), f"a list of {', '.join(CONTROLS)}"),
     "control_rounds": (lambda v: v is None or (isinstance(v, list) and all(_int_in(0, 100)(x) for x in v)),
                        "a list of round numbers or null"),
+    "baseline": (lambda v: v is None or is_plain_name(v), "the id of another run of the suite"),
 }
 
 
@@ -147,6 +160,8 @@ class RunSpec:
     seeds: Optional[int] = None
     overrides: List[str] = field(default_factory=list)
     eval_paths: List[Optional[str]] = field(default_factory=lambda: [None])
+    #: the run this one is compared with per seed ("vs baseline" column), beside its dense row
+    baseline: Optional[str] = None
     rounds: int = 3
     rate: float = 0.2
     rewind: str = "1ep"
@@ -165,6 +180,8 @@ class Suite:
     seeds: int = 1
     overrides: List[str] = field(default_factory=list)
     random_init: bool = True
+    #: paper claims decided by this suite's rows (:mod:`solo_sparse.tools.stats`)
+    claims: List[Dict[str, Any]] = field(default_factory=list)
     path: Optional[Path] = None
     #: config paths are relative to this folder (:func:`suite_root`)
     root: Path = field(default_factory=Path.cwd)
@@ -202,6 +219,16 @@ class Suite:
         ids = [r.id for r in runs]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{p}: run ids must be unique, got {ids}")
+        known = set(ids) | {f"{r.id}:{x}" for r in runs for x in r.eval_paths if x} | {"random-init"}
+        for r in runs:
+            if r.baseline is not None and r.baseline not in known:
+                raise ConfigError(f"{p}: run {r.id!r} baseline={r.baseline!r}: not a run of the suite "
+                                  f"({', '.join(sorted(known))})")
+        for c in raw.get("claims") or []:
+            for k in ("a", "b"):
+                if c[k] not in known:
+                    raise ConfigError(f"{p}: claim {c['claim'][:60]!r} {k}={c[k]!r}: not a run of the suite "
+                                      f"({', '.join(sorted(known))})")
         return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p, root=root)
 
 
@@ -281,6 +308,21 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
     return out
 
 
+def probe_stats(ck_path: str, net: torch.nn.Module, X: torch.Tensor, path: Optional[str]) -> Dict[str, Any]:
+    """Smoothness and twin agreement of a trained backbone on images ``X``: the shift sensitivity (1 - cos of the
+    pooled features under a 1-px shift) and, where the checkpoint holds a momentum encoder, the online/momentum
+    feature cosine (both on the evaluation path) — :mod:`solo_sparse.engine.probes`."""
+    from solo_sparse.engine.probes import shift_sensitivity, twin_agreement
+
+    out: Dict[str, Any] = {"shift_sensitivity": shift_sensitivity(net, X, 1)}
+    try:
+        mom, _ = load_backbone(ck_path, "resnet18", gated_path=path, prefix="momentum_backbone.")
+    except ConfigError:
+        mom = None                      # no momentum encoder in this checkpoint
+    out["online_momentum_cos"] = None if mom is None else twin_agreement(net, mom, X)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the harness
 class Bench:
     def __init__(self, suite: Suite, *, data_root: Path, out: Optional[Path] = None, seeds: Optional[int] = None,
@@ -330,7 +372,8 @@ class Bench:
                                if self.suite.path and self.suite.path.resolve().is_relative_to(self.suite.root)
                                else (self.suite.path.name if self.suite.path else None)),
                 "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__, "host": self.host,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "claims": self.suite.claims,
+                "baselines": {r.id: r.baseline for r in self.suite.runs if r.baseline}}
         if (self.data / "meta.json").exists():
             meta["data_meta"] = json.loads((self.data / "meta.json").read_text())
         self.results["meta"] = meta
@@ -527,6 +570,7 @@ class Bench:
             net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
             acc = evaluate_backbone(net, train, test)
             stats = checkpoint_stats(ck, self.suite.size, test[0][:2000], net, path)
+            stats.update(probe_stats(str(ck_path), net, test[0][-256:], path))
             row = {**base, "id": spec.id if path is None else f"{spec.id}:{path}", "path": path, "trained": True,
                    "epochs": int(ck.get("epoch", -1)) + 1, "method": method,
                    **stats, **acc, "wall_clock_s": seconds, "status": "ok",
@@ -636,7 +680,7 @@ def aggregate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             agg[k] = None if m is None else 100 * m
             agg[k + "_std"] = None if s is None else 100 * s
         for k in ("density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio",
-                  "gate_sparsity", "wall_clock_s"):
+                  "gate_sparsity", "wall_clock_s", "shift_sensitivity", "online_momentum_cos"):
             m, _, _ = _mean_std([r.get(k) for r in rows])
             agg[k] = m
         trig = [r.get("trigger_step") for r in rows if r.get("trigger_step") is not None]
@@ -653,17 +697,17 @@ def dense_of(rid: str, by: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]
     return by.get(f"{prefix}-dense") or by.get("dense")
 
 
-def versus_dense(a: Dict[str, Any], by: Dict[str, Dict[str, Any]]) -> str:
-    """``+0.31 ≈`` / ``-2.10`` / ``-0.40 (n/a)``: the linear-probe difference to the dense row, marked ≈ when it
-    is inside the larger seed-to-seed std of the two rows, n/a when either has a single seed."""
-    d = dense_of(a["id"], by)
-    if d is None or a["linear"] is None or d["linear"] is None:
+def versus(a: Dict[str, Any], other: Optional[Dict[str, Any]], results: Dict[str, Any]) -> str:
+    """The linear-probe difference to ``other``, paired by seed: ``mean ± std [95% interval]`` of the per-seed
+    differences, ``*`` where the interval excludes 0 (:mod:`solo_sparse.tools.stats`)."""
+    if other is None or a["linear"] is None or other["linear"] is None:
         return "-"
-    diff = a["linear"] - d["linear"]
-    if a["n"] < 2 or d["n"] < 2:
-        return f"{diff:+.2f} (n/a)"
-    spread = max(a["linear_std"] or 0.0, d["linear_std"] or 0.0)
-    return f"{diff:+.2f}" + (" ≈" if abs(diff) <= spread else "")
+    rows = list(results.get("rows", {}).values())
+    return stats.fmt(stats.paired(stats.by_seed(rows, a["id"]), stats.by_seed(rows, other["id"])))
+
+
+def versus_dense(a: Dict[str, Any], by: Dict[str, Dict[str, Any]], results: Dict[str, Any]) -> str:
+    return versus(a, dense_of(a["id"], by), results)
 
 
 def _f(v, fmt=".3f", dash="-"):
@@ -679,18 +723,24 @@ def to_markdown(results: Dict[str, Any]) -> str:
              f"torch {meta.get('torch')}, {meta.get('threads')} threads. Mean ± std over seeds."
              + (f" Trained through the {meta['host']} host." if meta.get("host") not in (None, "solo-learn") else ""),
              "",
-             "| run | seeds | linear probe | vs dense | kNN k=20 | kNN k=1 | online density | momentum density "
-             "| inference MACs | training MACs | gate sparsity | trigger step | train wall-clock |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| run | seeds | linear probe | vs dense | vs baseline | kNN k=20 | kNN k=1 | online density "
+             "| momentum density | inference MACs | training MACs | gate sparsity | shift 1−cos | online/momentum cos "
+             "| trigger step | train wall-clock |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    baselines = meta.get("baselines") or {}
     for a in agg:
         acc = [("-" if a[k] is None else f"{a[k]:.2f}" if a["n"] == 1 else f"{a[k]:.2f} ± {a[k + '_std']:.2f}")
                for k in ("linear", "knn20", "knn1")]
         trig = "-" if not a["trigger_step"] else ", ".join(str(t) for t in a["trigger_step"])
-        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {versus_dense(a, by)} | {acc[1]} | {acc[2]} | "
+        base_id = baselines.get(a["id"].split(":")[0])
+        vb = versus(a, by.get(base_id), results) if base_id else "-"
+        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {versus_dense(a, by, results)} | "
+                     f"{vb + f' ({base_id})' if base_id and vb != '-' else vb} | {acc[1]} | {acc[2]} | "
                      f"{_f(a['density_online'])} | "
                      f"{_f(a['density_momentum'])} | {_f(a['inference_macs_ratio'])} | "
                      f"{_f(a['training_macs_ratio'])} | "
-                     f"{_f(a['gate_sparsity'])} | {trig} | "
+                     f"{_f(a['gate_sparsity'])} | {_f(a.get('shift_sensitivity'), '.4f')} | "
+                     f"{_f(a.get('online_momentum_cos'), '.3f')} | {trig} | "
                      f"{'-' if not a['wall_clock_s'] else format(a['wall_clock_s'] / 60, '.1f') + ' min'} |")
     ri = by.get("random-init")
     for dense in (a for a in agg if a["id"] == "dense" or a["id"].endswith("-dense")):
@@ -705,9 +755,15 @@ def to_markdown(results: Dict[str, Any]) -> str:
     if reused:
         lines += ["", "Same training as another suite's row, reused (not trained twice): "
                   + "; ".join(f"{i} = {w}" for i, w in reused) + "."]
-    lines += ["", "vs dense: linear-probe difference to the run's dense row (`dense`, or `<prefix>-dense` for "
-                  "`<prefix>-...`); ≈ marks a difference no larger than the larger of the two seed-to-seed spreads "
-                  "(std), n/a where a row has one seed."]
+    lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "
+                  "`<prefix>-dense` for `<prefix>-...`) / to the baseline the suite names, paired by seed (runs of "
+                  "one seed share initialisation and data order): mean ± std of the per-seed differences [95% "
+                  "t-interval]; `*` where the interval excludes 0 — only those differences are called. Shift "
+                  "1−cos: 1 − cosine of the pooled features under a 1-px shift (256 val images, evaluation path); "
+                  "online/momentum cos: the two encoders' feature cosine on the same images."]
+    claims = stats.claim_rows(results)
+    if claims:
+        lines += ["", "Claims decided by this suite:", "", stats.claims_markdown([results]).rstrip()]
     failed = [r for r in results["rows"].values() if r.get("status") == "failed"]
     for r in failed:
         lines.append(f"- failed: {r['id']} seed {r.get('seed')}: {r.get('error')}")
@@ -797,6 +853,7 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
         res = json.loads(Path(p).read_text())
         tables[f"bench:{res['meta']['suite']}"] = to_markdown(res)
         tables[f"bench-regime:{res['meta']['suite']}"] = regime_markdown(res)
+        tables[f"bench-claims:{res['meta']['suite']}"] = stats.claims_markdown([res])
     changed = []
     for d in docs:
         text = Path(d).read_text()

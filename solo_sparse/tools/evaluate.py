@@ -39,8 +39,9 @@ def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, tor
 
 
 def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
-                  gated_path: Optional[str] = None) -> Tuple[nn.Module, Dict]:
-    """Build ``name`` and load a solo-learn checkpoint's online backbone; masks are applied.
+                  gated_path: Optional[str] = None, prefix: str = "backbone.") -> Tuple[nn.Module, Dict]:
+    """Build ``name`` and load a solo-learn checkpoint's online backbone (``prefix`` ``momentum_backbone.``: its
+    momentum encoder); masks are applied.
 
     Loads with ``weights_only=True``. A checkpoint trained with a plugin that rewrites the backbone
     (gates; read from its ``solo_sparse`` entry) is rebuilt by that plugin first and evaluated
@@ -49,9 +50,9 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
     weights. Returns the module and ``{"masked_layers", "density", "gating"}``.
     """
     ck = read_checkpoint(path)
-    state = backbone_state(ck)
+    state = backbone_state(ck, prefix)
     if not state:
-        raise ConfigError(f"{path}: no 'backbone.*' tensors — not a solo-learn pre-training checkpoint")
+        raise ConfigError(f"{path}: no '{prefix}*' tensors — not a solo-learn pre-training checkpoint")
     net = build_resnet(name, cifar_stem)
     _, gname, gcfg = rebuild_backbone(net, ck.get("solo_sparse"), gated_path)
     weights, masks = split_state(state, str(path))
