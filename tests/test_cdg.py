@@ -484,6 +484,7 @@ def test_monitor_lines_are_read_back_from_a_run_log_and_drawn(tmp_path, capsys):
     assert got["neg"][-1] == pytest.approx(m["pair/neg_cos"], abs=1e-4)
     assert got["probe_steps"] == [1, 2, 3, 4] and got["key_drift_cos"][0] is None
     assert got["online_momentum_cos"] == pytest.approx(seen, abs=1e-4)
+    assert got["shift"] == [None, None]                                # not images: no shift probe
     assert read_monitor(tmp_path / "absent") == {}
     pytest.importorskip("matplotlib")
     assert plot_monitor({"run": got}, tmp_path / "m.png", "t").stat().st_size > 1000
@@ -604,3 +605,35 @@ def test_backbone_variants_and_mismatch():
     assert math.isfinite(target_threshold(0.0))
     set_branch(net, "a2")
     assert all(c.ss_branch == "a2" for _, c in gated_convs(net))
+
+
+def test_monitor_reports_the_shift_sensitivity_of_the_eval_path_each_epoch(tmp_path, capsys):
+    from solo_sparse.engine.probes import shift_sensitivity
+    from solo_sparse.families.gating import PairMonitor
+    from solo_sparse.tools.report import read_monitor
+
+    routed = []
+
+    class P:
+        name = "cdg"
+
+        def log(self, m):
+            pass
+
+        def route_eval(self, net):
+            routed.append(net)
+
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    mon = PairMonitor(P())
+    mon.attach(online)
+    x = torch.randn(20, 3, 16, 16)
+    for crop in (0, 1):
+        mon.on_crop(crop)
+        online(x)
+    mon.step_end()
+    m = mon.epoch_end(0)
+    want = shift_sensitivity(online, x[:16], 1)
+    assert m["diag/shift_sensitivity"] == pytest.approx(want) and want > 0 and routed   # on the eval path
+    (tmp_path / "train.log").write_text(capsys.readouterr().err)
+    assert read_monitor(tmp_path)["shift"] == [pytest.approx(want, abs=1e-5)]

@@ -112,7 +112,8 @@ def _read_csi_log(run: Path) -> Dict[str, object]:
     return out if out["steps"] or out["trigger_step"] is not None else {}
 
 
-_PAIR_LINE = re.compile(r"solo-sparse (\S+) epoch (\d+): pair cosine positives=([-0-9.]+) random=([-0-9.]+)")
+_PAIR_LINE = re.compile(r"solo-sparse (\S+) epoch (\d+): pair cosine positives=([-0-9.]+) random=([-0-9.]+)"
+                        r"(?: shift=([-0-9.e]+))?")
 _PROBE_LINE = re.compile(r"solo-sparse (\S+) probe (\d+): online_momentum_cos=([-0-9.]+)(?: key_drift_cos=([-0-9.]+))?")
 
 
@@ -123,8 +124,8 @@ def read_monitor(run: Path) -> Dict[str, object]:
     reports in the run's logs (every run has them; a metrics.csv only when a logger ran). Empty when the run
     has no monitor."""
     run = Path(run)
-    out: Dict[str, list] = {"epochs": [], "pos": [], "neg": [], "probe_steps": [], "online_momentum_cos": [],
-                            "key_drift_cos": []}
+    out: Dict[str, list] = {"epochs": [], "pos": [], "neg": [], "shift": [], "probe_steps": [],
+                            "online_momentum_cos": [], "key_drift_cos": []}
     if not run.exists():
         return {}
     for f in (sorted(run.rglob("*.log")) if run.is_dir() else [run]):
@@ -134,6 +135,7 @@ def read_monitor(run: Path) -> Dict[str, object]:
                 out["epochs"].append(int(m.group(2)))
                 out["pos"].append(float(m.group(3)))
                 out["neg"].append(float(m.group(4)))
+                out["shift"].append(float(m.group(5)) if m.group(5) else None)
                 continue
             m = _PROBE_LINE.search(line)
             if m:
@@ -159,10 +161,13 @@ def plot_monitor(rows: Mapping[str, Mapping[str, object]], path: Path, title: st
     if not rows:
         return None
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     for label, m in rows.items():
         if m.get("epochs"):
             a.plot(m["epochs"], [p - n for p, n in zip(m["pos"], m["neg"])], marker=".", label=label)
+            sh = [(e, v) for e, v in zip(m["epochs"], m.get("shift") or []) if v is not None]
+            if sh:
+                c.plot([e for e, _ in sh], [v for _, v in sh], marker=".", label=label)
         if m.get("probe_steps"):
             b.plot(m["probe_steps"], m["online_momentum_cos"], marker=".", label=label)
     a.axhline(0.05, color="r", ls=":", lw=1, label="collapse warning (0.05)")
@@ -172,7 +177,11 @@ def plot_monitor(rows: Mapping[str, Mapping[str, object]], path: Path, title: st
     b.set_xlabel("optimizer step")
     b.set_ylabel("cos(online, momentum) on a fixed batch")
     b.set_title("do the two encoders compute the same function?", fontsize=9)
-    for ax in (a, b):
+    c.set_xlabel("epoch")
+    c.set_ylabel("1 - cos(f(x), f(x shifted 1 px))")
+    c.set_yscale("log")
+    c.set_title("shift sensitivity of the eval path (dense ~0.001)", fontsize=9)
+    for ax in (a, b, c):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
