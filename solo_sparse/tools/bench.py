@@ -308,6 +308,36 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
     return out
 
 
+def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
+    """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin).
+    Composed with Hydra as solo-learn's scripts compose it (the solo_sparse/ group is on the search path)."""
+    import hashlib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from solo_sparse.core.config import config_to_state
+    from solo_sparse.core.registry import build_plugins
+
+    config = Path(config).resolve()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config.parent), version_base="1.2"):
+            cfg = compose(config.stem, overrides=[o for o in overrides if not o.startswith("hydra.")])
+    except Exception as exc:  # noqa: BLE001 - Hydra raises many types: one line naming the config
+        raise ConfigError(f"{config.name} with {list(overrides)}: does not compose ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
+    finally:
+        GlobalHydra.instance().clear()
+    section = OmegaConf.to_container(cfg, resolve=False).get("solo_sparse")
+    plugins = build_plugins(section) if section else []
+    if not plugins:
+        return None
+    state = {p.name: config_to_state(p.config) for p in plugins}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def probe_stats(ck_path: str, net: torch.nn.Module, X: torch.Tensor, path: Optional[str]) -> Dict[str, Any]:
     """Smoothness and twin agreement of a trained backbone on images ``X``: the shift sensitivity (1 - cos of the
     pooled features under a 1-px shift) and, where the checkpoint holds a momentum encoder, the online/momentum
@@ -399,7 +429,20 @@ class Bench:
               spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds" else None]
         if self.host != "solo-learn":      # solo-learn rows keep the fingerprints they always had
             fp.append(f"host={self.host}")
+        plugins = self.plugin_digest(spec) if spec.kind == "pretrain" and spec.config else None
+        if plugins is not None:            # dense rows keep theirs; a changed plugin default retrains the row
+            fp.append(f"plugins={plugins}")
         return json.dumps(fp)
+
+    def plugin_digest(self, spec: RunSpec) -> Optional[str]:
+        """Digest of the run's effective plugin configs (every key, defaults included, as the run will save them),
+        or None without a plugin: a row trained before a plugin's default changed is not taken for this one."""
+        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(self.extra))
+        cache = self.__dict__.setdefault("_plugin_digests", {})
+        if key not in cache:
+            cache[key] = plugin_digest(self.suite.root / spec.config,
+                                       [*self.suite.overrides, *spec.overrides, *self.extra])
+        return cache[key]
 
     def plan(self) -> List[tuple]:
         """The (run, seed) pairs still to do, seed-major: every run's seed 0 first, then seed 1, ... — an
@@ -420,6 +463,10 @@ class Bench:
                         (self.results["rows"].get(f"{spec.id}:{pth}/seed{seed}") or {}).get("fingerprint") == fp
                         for pth in spec.eval_paths):
                     continue
+                for k in [key] + [f"{spec.id}:{pth}/seed{seed}" for pth in spec.eval_paths if pth]:
+                    old = self.results["rows"].get(k)
+                    if old and old.get("status") == "ok" and old.get("fingerprint") != fp:
+                        old["status"] = "stale"   # another config (e.g. a plugin default changed): out of the tables
                 todo.append((spec, seed))
         return todo
 
