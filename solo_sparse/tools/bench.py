@@ -486,6 +486,12 @@ class Bench:
                 else self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
             if "monitor" not in row:
                 row["monitor"] = read_monitor(run_dir) or None
+            ck_file = self.out / ck if row.get("checkpoint") else None
+            if row.get("shift_sensitivity") is None and ck_file is not None and ck_file.is_file():
+                net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
+                row.update(probe_stats(str(ck_file), net, self.eval_data()[1][0][-256:], row.get("path")))
+                self.log(f"[bench] {row['id']}/seed{row['seed']}: probes backfilled (shift "
+                         f"{row['shift_sensitivity']:.4f})")
             if row.get("csi") and run_dir.is_dir():
                 csi = read_csi(run_dir)
                 if csi:
