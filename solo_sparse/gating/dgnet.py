@@ -589,14 +589,26 @@ def time_block(blk: nn.Module, shape: Sequence[int], reps: int = 15, grid: Seque
 
 def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[float], float]]:
     """Per kept count k = 0..C: the measured cheaper path ("skip" at 0, then "gather" or "masked"); and the
-    latency curve (kept shares, gated ms, dense ms) of the budget loss."""
+    latency curve (kept shares, ms, dense ms) of the budget loss.
+
+    The loss curve is the skip time at 0 and a least-squares line through the gather timings (k > 0), its
+    slope kept positive -- not the runtime's min(gather, masked): that one is flat wherever masked wins (a few
+    closed channels save nothing there), so with every gate open, where training starts, the budget would
+    have no gradient (measured: the latency ratio stayed at 1.03 for 100 steps); and a line is robust to a
+    single noisy timing. Where the budget drives the gates (low kept shares) gather is the path that runs."""
     c1, keep, gather, masked = entry["channels"], entry["keep"], entry["gather_ms"], entry["masked_ms"]
     plan = ["skip"]
     for k in range(1, c1 + 1):
         t = float(interp(torch.tensor(float(k)), [float(v) for v in keep], gather))
         plan.append("gather" if t < masked else "masked")
     xs = [k / c1 for k in keep]
-    ys = [gather[0]] + [min(g, masked) for g in gather[1:]]
+    pts = [(x, y) for x, y in zip(xs, gather) if x > 0]
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    var = sum((x - mx) ** 2 for x, _ in pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / var if var > 0 else 0.0
+    slope = max(slope, 1e-3 * float(entry["dense_ms"]))
+    ys = [gather[0]] + [max(my + slope * (x - mx), gather[0]) for x in xs[1:]]
     return plan, (xs, ys, float(entry["dense_ms"]))
 
 
