@@ -246,3 +246,18 @@ def test_committed_results_and_docs_hold_no_machine_paths():
     bad = {str(f.relative_to(root)): m.group(0) for f in files if "runs" not in f.parts and "local" not in f.parts
            for m in [re.search(r"(?<![\w.<])/(work|tmp|root|home)/[\w.-]+", f.read_text(errors="replace"))] if m}
     assert not bad, f"machine paths in committed files: {bad}"
+
+
+@pytest.mark.parametrize("plugin", ["fbs", "dgnet_dual", "cdg"])
+def test_gated_checkpoints_never_get_a_dense_training_macs_figure(plugin):
+    """Which checkpoint is gated is asked of its plugin (rewrites_backbone), not guessed from parameter suffixes:
+    DGNet's gate is '...gate.w1' and FBS's 'phi'/'rho', which the old suffix test missed (training MACs x1.0)."""
+    from solo_sparse.engine.resnet import build_resnet
+    from solo_sparse.tools.bench import checkpoint_stats
+
+    net = build_resnet("resnet18")
+    sd = {f"{p}.{k}": v for p in ("backbone", "momentum_backbone") for k, v in net.state_dict().items()}
+    st = checkpoint_stats({"state_dict": sd, "solo_sparse": {plugin: {"config": {}}}}, 32, None, net, None)
+    assert st.get("training_macs_ratio") is None
+    st = checkpoint_stats({"state_dict": sd, "solo_sparse": {}}, 32, None, net, None)
+    assert st["training_macs_ratio"] == pytest.approx(1.0)

@@ -291,10 +291,11 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
                 out["gate_sparsity"] = m["gate_sparsity"]
     if "inference_macs_ratio" not in out:
         out["inference_macs_ratio"] = count_macs(net, (1, 3, size, size), from_weights=True).ratio
+    gated = any(get_plugin(name).rewrites_backbone for name in plugin_state)
     reports = []
     for prefix in ("backbone.", "momentum_backbone."):
         st = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not st or any(k.endswith((".tau", ".gate.w1.weight")) for k in st):
+        if not st or gated:
             reports.append(None)      # gated backbones: their cost is input-dependent (inference column)
             continue
         weights, masks = split_state(st)
