@@ -2,7 +2,7 @@
 """CPU latency of compact exports (physically removed block-internal channels, in their inference form: BN
 folded, channels-last) vs the uncompacted network, and of DGNet's batch-1 gated path (per-block plan from the
 measured cost model) vs its dense path, for zoo entries. Every path with spreads and MACs limits in one run:
-``solo-sparse speed`` (scripts/suites/speed.yaml).
+``solo-sparse speed`` (scripts/speed/suite.yaml).
 
     python scripts/compact_benchmark.py --out results/zoo_bench \\
         --compact resnet18-fmnist5k-mocov2plus-imp-ticket-d09 --channel-density 0.5 \\

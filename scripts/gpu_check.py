@@ -14,7 +14,7 @@ gated plugins the gate statistics. Semi-structured (2:4) sparse kernels exist fo
 convolutions: the N:M export reshapes each 2:4-masked conv weight to its GEMM form (out, kh·kw·in — the groups
 of 4 input channels at one position are consecutive there, as solo-sparse groups them) and times
 ``x @ W.T`` dense vs semi-structured on im2col-shaped inputs; CPU runs and GPUs older than sm80 record why not.
-The ``speed`` step runs ``solo-sparse speed``'s suite (``scripts/suites/speed.yaml``: compact export, DGNet's
+The ``speed`` step runs ``solo-sparse speed``'s suite (``scripts/speed/suite.yaml``: compact export, DGNet's
 batch-1 plan from a cost-model table timed on the device, CDG's executable forms, each against dense with its
 MACs limit) on the device, synchronised around every call (``--cpu-tiny``: 32 px, batches 1 and 2, 3 repeats).
 Results: ``<out>/gpu_check.json`` and ``gpu_check.md`` (and ``<out>/speed/results.json|md``).
@@ -136,7 +136,7 @@ def speed_step(out: Path, device: str, tiny: bool) -> dict:
     """The speed suite on ``device`` (every exported fast path vs dense, MACs limits): a summary row per ratio."""
     from solo_sparse.tools import speed
 
-    suite = speed.load_suite(REPO / "scripts" / "suites" / "speed.yaml")
+    suite = speed.load_suite(REPO / "scripts" / "speed" / "suite.yaml")
     kw = {"sizes": [32], "batches": [1, 2], "reps": 3} if tiny else {}
     if tiny:
         suite["table_reps"] = 1

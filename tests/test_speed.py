@@ -102,5 +102,5 @@ def test_suite_errors(tmp_path):
 def test_the_shipped_suite_loads():
     from pathlib import Path
 
-    s = speed.load_suite(Path(__file__).resolve().parents[1] / "scripts" / "suites" / "speed.yaml")
+    s = speed.load_suite(Path(__file__).resolve().parents[1] / "scripts" / "speed" / "suite.yaml")
     assert s["reps"] >= 20 and s["batches"] == [1, 64] and s["sizes"] == [32, 64, 224]

@@ -1,7 +1,7 @@
 """``solo-sparse speed``: every exported fast path against dense, side by side in one run, with the MACs
 limit beside each measured ratio.
 
-    solo-sparse speed scripts/suites/speed.yaml --out results/speed --docs docs/speed.md
+    solo-sparse speed scripts/speed/suite.yaml --out results/speed --docs docs/speed.md
 
 A suite (YAML, data -- it may name plugins; this module never does) lists *paths*::
 
@@ -594,7 +594,7 @@ def load_suite(path: Path) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- CLI
 def add_arguments(a) -> None:
-    a.add_argument("suite", nargs="?", default="scripts/suites/speed.yaml", help="speed suite YAML")
+    a.add_argument("suite", nargs="?", default="scripts/speed/suite.yaml", help="speed suite YAML")
     a.add_argument("--out", default=None, help="results folder (default: results/speed)")
     a.add_argument("--docs", nargs="*", default=None, metavar="MD",
                    help="rewrite the <!-- speed --> block of these markdown files")
