@@ -583,7 +583,7 @@ BAD_RUNS = [
     ("{id: a/b, config: c.yaml}", "id='a/b': expected a plain name"),
     ("{id: a, config: c.yaml, overrides: '++x=1'}", "run 'a': overrides='++x=1': expected a list of strings"),
     ("{id: a, config: c.yaml, seeds: 0}", "seeds=0: expected an integer in [1, 1000] or null"),
-    ("{id: a, config: c.yaml, controls: [../x]}", "controls=['../x']: expected a list of random_reinit"),
+    ("{id: a, config: c.yaml, controls: [../x]}", "controls=['../x']: expected a list of global_random, layer_permutation, random_reinit"),
     ("{id: a, config: c.yaml, eval_paths: ['../p']}", "eval_paths=['../p']: expected a non-empty list"),
     ("{id: a, config: c.yaml, bogus: 1}", "run 'a': unknown run key(s) bogus"),
     ("just-a-string", "runs[0] is 'just-a-string'; a run is a mapping with an 'id'"),

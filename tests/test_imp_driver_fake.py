@@ -169,3 +169,71 @@ def test_an_all_false_mask_is_refused_before_training(fake, tmp_path, monkeypatc
     with pytest.raises(ConfigError, match=r"keeps no weight \(2 layer\(s\), all False\): a dead backbone"):
         IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
     assert len(_calls(log)) == n                                                     # nothing trained
+
+
+# ----------------------------------------------------------------------------- refusals before round 0
+def test_more_rounds_than_the_smallest_layer_allows_are_refused_before_round_0(fake, tmp_path):
+    """(1 - rate)^R of ResNet-18's smallest pruned layer (layer2.0.downsample.0, 8192 weights) must keep one
+    weight: R <= 40 at rate 0.2; a backbone override is read (ResNet-50's smallest: 4096 weights, R <= 37)."""
+    from solo_sparse.core.config import ConfigError
+    from solo_sparse.tools.imp_driver import max_rounds
+
+    solo, cfg, log = fake
+    assert max_rounds(0.2, 8192) == 40 and 0.8 ** 40 * 8192 >= 1 > 0.8 ** 41 * 8192
+    IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "ok"), rounds=40), solo, "imp", log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"imp --rounds=41: at --rate=0.2 .* keeps less than one weight per layer "
+                                          r"\(resnet18's smallest pruned layer 'layer2.0.downsample.0' has 8192 "
+                                          r"weights\); allowed: --rounds 0..40 at this rate"):
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "a"), rounds=41), solo, "imp", log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"--rounds=38: .*resnet50's smallest pruned layer 'layer1.0.conv1' has "
+                                          r"4096 weights\); allowed: --rounds 0..37"):
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "b"), rounds=38, overrides=["++backbone.name=resnet50"]),
+                  solo, "imp", log=lambda *_: None)
+    assert not log.exists() and not (tmp_path / "a").exists()          # nothing trained, no run folder
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.2, 1.5, float("nan")])
+def test_a_rate_outside_0_1_is_refused_with_the_allowed_range(fake, tmp_path, rate):
+    from solo_sparse.core.config import ConfigError
+
+    solo, cfg, log = fake
+    with pytest.raises(ConfigError, match=r"imp --rate=.*: allowed: a number in \(0, 1\)"):
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rate=rate), solo, "imp", log=lambda *_: None)
+    assert not log.exists()
+
+
+def test_a_global_prune_that_empties_a_layer_stops_before_the_next_round(fake, tmp_path):
+    """Global magnitude pruning may strip a layer of small weights faster than the average (the fake's
+    layer1 weights are smaller than layer2's): the run stops naming the layer; round 1 never trains."""
+    from solo_sparse.core.config import ConfigError
+
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=1, rate=0.99, rewind="1ep")
+    with pytest.raises(ConfigError, match=r"imp round 0: the global prune at --rate=0.99 removes every weight of "
+                                          r"layer 'backbone.layer1.0.conv1' \(288 weights\): a dead backbone"):
+        IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    assert [c["name"] for c in _calls(log)] == ["imp-r0"]
+    assert not (tmp_path / "imp" / "round_1" / "masks.safetensors").exists()
+
+
+def test_permute_masks_default_control_is_global_and_names_are_checked(tmp_path, capsys):
+    from solo_sparse.engine.maskio import layer_densities, save_masks
+    from solo_sparse.tools.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    masks = {"backbone.a": torch.rand(64, 64, generator=g) < 0.9, "backbone.b": torch.rand(64, 64, generator=g) < 0.1}
+    src = save_masks(tmp_path / "ticket.safetensors", masks)
+    assert main(["permute-masks", str(src), str(tmp_path / "g.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "global random" in out
+    got = load_masks(tmp_path / "g.safetensors")[0]
+    assert sum(int(m.sum()) for m in got.values()) == sum(int(m.sum()) for m in masks.values())
+    assert abs(layer_densities(got)["backbone.a"] - layer_densities(masks)["backbone.a"]) > 0.2   # not per layer
+    assert main(["permute-masks", str(src), str(tmp_path / "p.safetensors"), "--control", "layer-permutation"]) == 0
+    assert "layer-wise permutation" in capsys.readouterr().out
+    assert layer_densities(load_masks(tmp_path / "p.safetensors")[0]) == layer_densities(masks)
+    with pytest.raises(SystemExit) as exc:
+        main(["permute-masks", str(src), str(tmp_path / "x.safetensors"), "--control", "layer"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "--control" in err and "'layer'" in err and "'global', 'layer-permutation'" in err, err

@@ -1,5 +1,5 @@
 """Iterative magnitude pruning (IMP) engine: global pruning of the remaining weights, mask files,
-rewind states and the random-mask control. Plain PyTorch + safetensors; nothing is ever unpickled.
+rewind states. Plain PyTorch + safetensors; nothing is ever unpickled (the mask controls are in maskio).
 
 Caron et al. (2020), "Pruning convolutional neural networks with self-supervision", follow
 Frankle & Carbin's IMP: each round trains under fixed masks, then removes ``rate`` (0.2) of the

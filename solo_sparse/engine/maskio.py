@@ -6,7 +6,7 @@ the key convention. Plain torch + safetensors; nothing is ever unpickled.
   ``backbone.`` / ``projector.`` / ``predictor.`` and its EMA twin under ``momentum_<group>.``.
   :func:`split_state` separates masks from weights, :func:`encoder_masks` splits a method's masks per
   encoder, :func:`density` / :func:`layer_densities` count them, :func:`apply_masks` puts them on a module.
-* A mask file (IMP rounds, the random-mask controls) holds one bool tensor per layer keyed
+* A mask file (IMP rounds, the mask controls) holds one bool tensor per layer keyed
   ``<group>.<module path>`` (e.g. ``backbone.layer1.0.conv1``, as
   :class:`~solo_sparse.engine.sparsifier.WeightSparsifier` names layers), metadata (strings)
   ``{"format": "solo-sparse-masks/1", "density", "round", ...}``.
@@ -108,7 +108,8 @@ def _meta(d: Mapping[str, object]) -> Dict[str, str]:
 
 @torch.no_grad()
 def permuted_masks(masks: Mapping[str, torch.Tensor], seed: int = 0) -> Dict[str, torch.Tensor]:
-    """The random-mask control: each layer's mask shuffled within the layer (same per-layer density)."""
+    """The layer-wise permutation control (ours, not the paper's global random control): each layer's mask
+    shuffled within the layer, so every layer keeps its density and only *which* weights are kept is random."""
     g = torch.Generator().manual_seed(int(seed))
     out = {}
     for n, m in masks.items():

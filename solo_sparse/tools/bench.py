@@ -20,11 +20,14 @@ A suite is data (``scripts/suites/*.yaml``)::
         eval_paths: [gated, dense]     # backbone-rewriting plugins: one row per evaluation path
         seeds: 1                       # at most one seed for this run
       - id: imp
-        kind: rounds                   # IMP rounds (``solo-sparse imp``) + the random controls
+        kind: rounds                   # IMP rounds (``solo-sparse imp``) + the controls (Bench.run_imp)
         plugin: imp                    # the fixed-mask plugin the rounds train with
         config: scripts/configs/fmnist/mocov2plus_imp.yaml
-        rounds: 3
-        rate: 0.55
+        rounds: 5
+        rate: 0.2
+        controls: [global_random, layer_permutation]
+        control_rounds: [1, 2, 3, 4, 5]
+        retrain_epochs: 12             # label re-training rows beside the linear-probe rows
 
 Every run trains through solo-learn's unchanged ``main_pretrain.py`` (``solo_sparse.tools.runner``),
 then the final checkpoint's online backbone is evaluated on the val split: weighted kNN (k=20, k=1) and
@@ -85,7 +88,9 @@ ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "e
             "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity", "online_momentum_cos",
             "status", "error", "command", "reused_from")
 KINDS = ("pretrain", "rounds")
-CONTROLS = ("random_reinit", "permuted", "global_random")
+#: the controls of an IMP ticket (kind: rounds): global random pruning at its density, the layer-wise permutation of
+#: its mask (ours), its mask from a fresh init
+CONTROLS = ("global_random", "layer_permutation", "random_reinit")
 
 
 def _int_in(lo, hi):
@@ -130,8 +135,9 @@ RUN_KEYS = {
     "rate": (lambda v: isinstance(v, float) and 0.0 < v < 1.0, "a number in (0, 1)"),
     "rewind": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "steps or 'Nep'"),
     "controls": (lambda v: isinstance(v, list) and all(c in CONTROLS for c in v), f"a list of {', '.join(CONTROLS)}"),
-    "control_rounds": (lambda v: v is None or (isinstance(v, list) and all(_int_in(0, 100)(x) for x in v)),
-                       "a list of round numbers or null"),
+    "control_rounds": (lambda v: v is None or (isinstance(v, list) and all(_int_in(1, 100)(x) for x in v)),
+                       "a list of pruned round numbers (1..rounds) or null"),
+    "retrain_epochs": (_int_in(0, 1000), "an integer in [0, 1000] (0: no label re-training)"),
     "baseline": (lambda v: v is None or is_plain_name(v), "the id of another run of the suite"),
 }
 
@@ -165,9 +171,21 @@ class RunSpec:
     rounds: int = 3
     rate: float = 0.2
     rewind: str = "1ep"
-    controls: List[str] = field(default_factory=lambda: ["random_reinit", "permuted", "global_random"])
+    controls: List[str] = field(default_factory=lambda: ["global_random", "layer_permutation", "random_reinit"])
     #: rounds whose masks get the controls (None: the last round only)
     control_rounds: Optional[List[int]] = None
+    #: epochs of label re-training of every ticket and control (0: none)
+    retrain_epochs: int = 0
+
+    def row_ids(self) -> List[str]:
+        """The row ids a ``kind: rounds`` run writes (what claims and baselines may name)."""
+        if self.kind != "rounds":
+            return []
+        ids = [f"{self.id}:ticket-r{k}" for k in range(self.rounds + 1)]
+        ids += [f"{self.id}:{c}-r{k}" for k in (self.control_rounds or [self.rounds]) for c in self.controls]
+        if self.retrain_epochs:
+            ids += [f"{self.id}:retrain-{x.split(':', 1)[1]}" for x in ids]
+        return ids
 
 
 @dataclass
@@ -212,6 +230,10 @@ class Suite:
             if spec.kind == "rounds" and not spec.plugin:
                 raise ConfigError(f"{p}: run {spec.id!r} (kind rounds) needs 'plugin', the fixed-mask plugin "
                                   "of the rounds")
+            late = [k for k in (spec.control_rounds or []) if k > spec.rounds]
+            if spec.kind == "rounds" and late:
+                raise ConfigError(f"{p}: run {spec.id!r} control_rounds={spec.control_rounds}: round {late[0]} is "
+                                  f"beyond rounds={spec.rounds}; allowed: 1..{spec.rounds}")
             if spec.config and not (root / spec.config).is_file():
                 raise ConfigError(f"{p}: run {spec.id!r} config {spec.config!r} not found under {root} (paths are "
                                   "relative to the repository holding scripts/suites/)")
@@ -219,7 +241,8 @@ class Suite:
         ids = [r.id for r in runs]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{p}: run ids must be unique, got {ids}")
-        known = set(ids) | {f"{r.id}:{x}" for r in runs for x in r.eval_paths if x} | {"random-init"}
+        known = (set(ids) | {f"{r.id}:{x}" for r in runs for x in r.eval_paths if x} | {"random-init"}
+                 | {x for r in runs for x in r.row_ids()})
         for r in runs:
             if r.baseline is not None and r.baseline not in known:
                 raise ConfigError(f"{p}: run {r.id!r} baseline={r.baseline!r}: not a run of the suite "
@@ -659,11 +682,26 @@ class Bench:
             self.save()
 
     def run_imp(self, spec: RunSpec, seed: int) -> None:
-        """IMP rounds through ``solo-sparse imp`` (its driver), each round's ticket evaluated, then the
-        controls at every pruned round's density: random re-initialisation of the same mask, the mask
-        permuted within each layer, and a global random mask (the paper's control)."""
+        """IMP rounds through ``solo-sparse imp`` (its driver), then, at each round's density, the ticket and its
+        controls, each evaluated twice:
+
+        - **linear probe** of its self-supervised training (rows ``<id>:ticket-r<k>``, ``<id>:<control>-r<k>``):
+          the ticket is round k's training; a control trains its mask with the same self-supervised config;
+        - **label re-training** (``spec.retrain_epochs`` > 0; rows ``<id>:retrain-ticket-r<k>``,
+          ``<id>:retrain-<control>-r<k>``, the top-1 after re-training in the ``linear`` column, ``path``
+          ``label-retrain``): the mask trained on the labels of the training split from its init
+          (:func:`solo_sparse.tools.retrain.retrain_supervised`).
+
+        Controls (``spec.controls`` at ``spec.control_rounds``, default the last round): ``global_random`` — as
+        many kept weights as the ticket, drawn uniformly over every layer; ``layer_permutation`` — each layer's
+        mask shuffled (our control); ``random_reinit`` — the ticket's mask from the method's fresh init at the
+        run's seed. The first two start from the ticket's own init (the rewind point with ``reset: rewind``), so
+        they differ from the ticket in the mask only (our choice). Every row is resumable: a finished one (same
+        fingerprint) is skipped, a control whose training finished is only evaluated."""
+        from solo_sparse.engine.imp import load_state
         from solo_sparse.engine.maskio import global_random_masks, load_masks, permuted_masks, save_masks
         from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+        from solo_sparse.tools.retrain import retrain_supervised
 
         if self.host != "solo-learn":
             raise ConfigError(f"run {spec.id!r} (kind rounds) trains through `solo-sparse imp`, which runs "
@@ -675,48 +713,94 @@ class Bench:
                      rate=spec.rate, rewind=spec.rewind, overrides=over, seed=seed)
         drv = IMPDriver(run, solo_learn_dir(self.solo_dir), plugin, log=self.log)
         train, test = self.eval_data()
-        drv.evaluate = lambda ck: evaluate_backbone(load_backbone(str(ck))[0], train, test)
         t0 = time.time()
         st = drv.run_all()
         self.paths = _Paths(repo=self.suite.root, **{"solo-learn": solo_learn_dir(self.solo_dir)}, data=self.data,
                             out=self.out)
+        fp = self.fingerprint(spec, seed)
+        rows = self.results["rows"]
         base = {"kind": "rounds", "config": spec.config, "seed": seed, "image_size": self.suite.size,
-                "fingerprint": self.fingerprint(spec, seed), "status": "ok"}
-        for k, r in st["rounds"].items():
-            self.results["rows"][f"{spec.id}:ticket-r{k}/seed{seed}"] = {
-                **base, "id": f"{spec.id}:ticket-r{k}", "density_online": r["density"],
-                "inference_macs_ratio": None, **r.get("eval", {}), "wall_clock_s": r.get("seconds"),
-                "command": self.paths(" ".join(r.get("command", []))) if isinstance(r.get("command"), list)
-                else self.paths(str(r.get("command", "")))}
-        self.save()
+                "overrides": [*self.suite.overrides, *spec.overrides, *self.extra], "status": "ok"}
+        init = drv.rewind_path if run.reset == "rewind" and drv.rewind_path.exists() else None
+        init_state = load_state(init)[0] if init is not None and spec.retrain_epochs else None
+        init_name = "rewind" if init is not None else "fresh"
+
+        def done(rid: str, fpx: str, status: str = "ok") -> bool:
+            row = rows.get(f"{rid}/seed{seed}") or {}
+            return row.get("fingerprint") == fpx and row.get("status") == status
+
+        def probe(rid: str, ck: Path, fpx: str, **extra) -> None:
+            net, info = load_backbone(str(ck))
+            acc = evaluate_backbone(net, train, test)
+            rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": fpx, "density_online": info["density"],
+                                         **acc, **extra,
+                                         "checkpoint": str(Path(ck).resolve().relative_to(self.out.resolve()))}
+            self.log(f"[bench] {rid}/seed{seed}: linear {100 * acc['linear']:.2f}  density {info['density']:.4f}")
+            self.save()
+
+        def retrain(what: str, k: int, mfile: Optional[Path], state) -> None:
+            rid = f"{spec.id}:retrain-{what}-r{k}"
+            rfp = json.dumps([fp, "retrain", what, spec.retrain_epochs, "init=" + ("fresh" if state is None
+                                                                                     else init_name)])
+            if not spec.retrain_epochs or done(rid, rfp):
+                return
+            t1 = time.time()
+            res = retrain_supervised(load_masks(mfile)[0] if mfile else None, state, train, test,
+                                     epochs=spec.retrain_epochs, seed=seed)
+            rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": rfp, "path": "label-retrain",
+                                         "linear": res["accuracy"], "density_online": res["density"],
+                                         "epochs": spec.retrain_epochs, "wall_clock_s": time.time() - t1}
+            self.log(f"[bench] {rid}/seed{seed}: label re-training top-1 {100 * res['accuracy']:.2f} at density "
+                     f"{res['density']:.4f} ({spec.retrain_epochs} epochs, init "
+                     f"{'fresh' if state is None else init_name})")
+            self.save()
+
+        for k in range(spec.rounds + 1):
+            r = st["rounds"][str(k)]
+            rid = f"{spec.id}:ticket-r{k}"
+            if not done(rid, fp):
+                probe(rid, drv.out / r["checkpoint"], fp, wall_clock_s=r.get("train_seconds"),
+                      command=self.paths(str(r.get("command", ""))))
+            retrain("ticket", k, drv.masks_path(k) if k > 0 else None, init_state)
         for k in (spec.control_rounds or [spec.rounds]):
             masks = load_masks(drv.masks_path(k))[0]
             for control in spec.controls:
                 rid = f"{spec.id}:{control}-r{k}"
-                if (self.results["rows"].get(f"{rid}/seed{seed}") or {}).get("fingerprint") == base["fingerprint"]:
-                    continue
                 cd = d / "controls" / f"{control}_{k}"
+                own_init = None if control == "random_reinit" else init
+                cfp = json.dumps([fp, control, "init=" + ("rewind" if own_init is not None else "fresh")])
                 if control == "random_reinit":
                     mfile = drv.masks_path(k)
                 else:
                     mfile = cd / "masks.safetensors"
-                    m = permuted_masks(masks, seed=seed * 100 + k) if control == "permuted" else \
-                        global_random_masks(masks, seed=seed * 100 + k)
-                    save_masks(mfile, m, control=control, round=k)
-                cmd = pretrain_command(self.suite.root / spec.config, solo_dir=solo_learn_dir(self.solo_dir),
-                                       name=f"{rid}-s{seed}", run_dir=cd, train_path=self.data / "train",
-                                       overrides=[*self._overrides(spec, seed), f"++solo_sparse.masks='{mfile}'"])
-                run = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
-                if not run.ok:
-                    self.results["rows"][f"{rid}/seed{seed}"] = {**base, "id": rid, "status": "failed",
-                                                                 "error": run.error}
-                    continue
-                net, info = load_backbone(str(run.checkpoint))
-                self.results["rows"][f"{rid}/seed{seed}"] = {
-                    **base, "id": rid, "density_online": info["density"], **evaluate_backbone(net, train, test),
-                    "wall_clock_s": run.seconds, "command": self.paths(shlex.join(cmd))}
-                self.save()
-        self.log(f"[bench] {spec.id} seed {seed}: IMP and controls done in {_fmt_time(time.time() - t0)}")
+                    if not mfile.exists():
+                        m = permuted_masks(masks, seed=seed * 100 + k) if control == "layer_permutation" else \
+                            global_random_masks(masks, seed=seed * 100 + k)
+                        save_masks(mfile, m, control=control, round=k)
+                if not done(rid, cfp):
+                    ck = newest_checkpoint(cd) if done(rid, cfp, "trained") else None
+                    cmd = pretrain_command(
+                        self.suite.root / spec.config, solo_dir=solo_learn_dir(self.solo_dir), name=f"{rid}-s{seed}",
+                        run_dir=cd, train_path=self.data / "train",
+                        overrides=[*([f"+solo_sparse={plugin}"] if drv.add_group else []),
+                                   *self._overrides(spec, seed), "++auto_resume.enabled=False",
+                                   f"++solo_sparse.masks='{mfile}'",
+                                   *([f"++solo_sparse.init='{own_init}'"] if own_init is not None else [])])
+                    seconds = (rows.get(f"{rid}/seed{seed}") or {}).get("wall_clock_s")
+                    if ck is None:
+                        res = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
+                        if not res.ok:
+                            rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "failed",
+                                                         "error": self.paths(str(res.error))}
+                            self.save()
+                            continue
+                        ck, seconds = res.checkpoint, res.seconds
+                        rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "trained",
+                                                     "wall_clock_s": seconds}
+                        self.save()
+                    probe(rid, ck, cfp, wall_clock_s=seconds, command=self.paths(shlex.join(cmd)))
+                retrain(control, k, mfile, None if control == "random_reinit" else init_state)
+        self.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")
 
 
 # ------------------------------------------------------------------------------------------ outputs

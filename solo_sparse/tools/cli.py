@@ -5,7 +5,7 @@
     solo-sparse sparsity CKPT                    per-layer densities of both encoders
     solo-sparse evaluate --data DIR [CKPT ...]   kNN + linear probe of backbones (no solo-learn needed)
     solo-sparse imp --config YAML --out DIR      iterative magnitude pruning over main_pretrain.py rounds
-    solo-sparse permute-masks IN OUT             the random-mask control (layer-wise shuffled masks)
+    solo-sparse permute-masks IN OUT             mask controls: global random (default) or layer-wise permutation
     solo-sparse retrain --data DIR --masks F     label re-training of a mask (+ init) on an image folder
 """
 from __future__ import annotations

@@ -10,6 +10,9 @@ from typing import Callable, Dict, Tuple
 
 from solo_sparse.tools.inputs import IMAGE_SIZE, SEED, number
 
+#: ``permute-masks --control``: global random (default) and the layer-wise permutation (ours)
+CONTROLS = ("global", "layer-permutation")
+
 
 def _args_imp(a: argparse.ArgumentParser) -> None:
     a.add_argument("--config", required=True, help="a solo-learn pre-training YAML (any method is the pretext)")
@@ -30,9 +33,11 @@ def _args_permute(a: argparse.ArgumentParser) -> None:
     a.add_argument("source")
     a.add_argument("dest")
     a.add_argument("--seed", type=SEED, default=0)
-    a.add_argument("--control", choices=("layer", "global"), default="layer",
-                   help="layer: each layer's mask shuffled (per-layer densities kept); global: the same total "
-                        "count of kept weights drawn uniformly over all layers (the paper's random control)")
+    a.add_argument("--control", choices=CONTROLS, default="global",
+                   help="global (default): the same total count of kept weights drawn uniformly over all layers "
+                        "(global random pruning at the ticket's density; per-layer densities not kept); "
+                        "layer-permutation: each layer's mask shuffled within the layer (per-layer densities kept; "
+                        "our control, not the paper's)")
 
 
 def _args_retrain(a: argparse.ArgumentParser) -> None:
@@ -79,9 +84,11 @@ def _cmd_permute(args) -> int:
     if args.control == "global":
         out = global_random_masks(masks, seed=args.seed)
         what, same = "global random", "same total density as"
-    else:
+    elif args.control == "layer-permutation":
         out = permuted_masks(masks, seed=args.seed)
         what, same = "layer-wise permutation", "same per-layer densities as"
+    else:                       # argparse refuses other names; a caller building args by hand gets the same line
+        raise ConfigError(f"permute-masks --control={args.control!r}: allowed: {', '.join(CONTROLS)}")
     save_masks(args.dest, out, source=str(args.source), control=what, seed=args.seed)
     print(f"{args.dest}: {len(out)} layers, density {total_density(out):.4f} ({what}; {same} {args.source})")
     return 0
@@ -117,6 +124,7 @@ def commands(plugin: str) -> Dict[str, Tuple[Callable, Callable, str]]:
     return {
         plugin: (add_imp, _cmd_imp, "iterative magnitude pruning with self-supervision over main_pretrain.py rounds"),
         "permute-masks": (_args_permute, _cmd_permute,
-                          "random-mask controls: each layer's mask shuffled, or global random (--control)"),
+                          "mask controls of a ticket: global random (default) or the layer-wise permutation "
+                          "(--control layer-permutation)"),
         "retrain": (_args_retrain, _cmd_retrain, "train a mask (+ init) on labels and report test accuracy"),
     }

@@ -20,10 +20,27 @@ Layout of ``--out``::
 A crash at any point resumes at the round it was in (from the round's newest solo-learn checkpoint
 that reads, when there is one: a half-written one is set aside with a line); re-running with a
 different config is refused, naming the differing keys.
+
+**The schedule on rewinding (our choice: restart).** Every round is a fresh ``main_pretrain.py`` run of
+the whole config: rounds k >= 1 load the rewind weights (online and momentum backbone, projector,
+predictor) and then run the full ``max_epochs`` schedule from its start — warm-up, cosine learning rate
+and the momentum encoder's tau schedule included — with a fresh optimizer (no SGD momentum buffers), a
+fresh online classifier and, for MoCo, a fresh queue. The rewind weights are those after ``--rewind``
+(one epoch) of round 0, so a round k >= 1 ticket has seen ``rewind + max_epochs`` epochs of updates with
+the learning-rate schedule replayed, not resumed at the rewind step (Frankle et al.'s rewinding resumes
+the schedule at the rewind iteration and trains the remaining ones). docs/plugins/imp.md says what the
+paper states and what it does not.
+
+Refused before round 0, one line naming the option, the value and what is allowed: ``--rate`` outside
+(0, 1); ``--rounds`` so many that the final density ``(1 - rate) ** rounds`` would keep less than one
+weight of the backbone's smallest pruned layer (:func:`check_rounds`); a rewind point beyond round 0.
+A global prune that empties a layer anyway (global magnitude pruning may strip one layer faster than
+the average) stops the run before the next round trains, naming the layer.
 """
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -58,10 +75,10 @@ class IMPRun:
 
     def validate(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0.0 < self.rate < 1.0:
-            raise ConfigError(f"imp --rate={self.rate!r}: must be in (0, 1) (share of the remaining weights "
-                              "pruned per round; the seed uses 0.2)")
+            raise ConfigError(f"imp --rate={self.rate!r}: allowed: a number in (0, 1), the share of the remaining "
+                              "weights pruned per round (the paper: 0.2)")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
-            raise ConfigError(f"imp --rounds={self.rounds!r}: expected an integer >= 0")
+            raise ConfigError(f"imp --rounds={self.rounds!r}: allowed: an integer >= 0")
         if self.reset not in ("rewind", "random"):
             raise ConfigError(f"imp --reset={self.reset!r}: allowed: rewind, random")
         spec = StepSpec.parse("rewind", self.rewind)
@@ -91,15 +108,59 @@ def _defaults_plugin(cfg_path: Path) -> Optional[str]:
     return None
 
 
-def _max_epochs(cfg_path: Path, overrides: List[str]) -> Optional[int]:
+def _config_value(cfg_path: Path, overrides: List[str], key: str):
+    """``key`` (dotted) of the YAML, the last override of it winning; None when neither sets it."""
     from omegaconf import OmegaConf
 
+    found = None
     for o in overrides:
         k, _, v = o.lstrip("+").partition("=")
-        if k == "max_epochs":
-            return int(v)
-    v = OmegaConf.load(cfg_path).get("max_epochs", None)
+        if k == key:
+            found = v.strip("'\"")
+    if found is not None:
+        return found
+    return OmegaConf.select(OmegaConf.load(cfg_path), key, default=None)
+
+
+def _max_epochs(cfg_path: Path, overrides: List[str]) -> Optional[int]:
+    v = _config_value(cfg_path, overrides, "max_epochs")
     return int(v) if v is not None else None
+
+
+def smallest_layer(backbone: str) -> Optional[tuple]:
+    """``(layer, weights)`` of the smallest conv / linear layer IMP may prune in ``backbone`` (a torchvision
+    ResNet as solo-learn builds it, the stem included); None for a backbone solo-sparse does not build."""
+    from solo_sparse.engine.resnet import build_resnet
+    from solo_sparse.engine.sparsifier import select_layers
+
+    try:
+        net = build_resnet(backbone)
+    except ConfigError:
+        return None
+    return min(((n, m.weight.numel()) for n, m in select_layers(net, exclude_stem=False)), key=lambda t: t[1])
+
+
+def max_rounds(rate: float, weights: int) -> int:
+    """The most rounds at ``rate`` after which a layer of ``weights`` weights pruned at the average rate keeps
+    at least one: the largest R with ``(1 - rate) ** R * weights >= 1``."""
+    r = int(math.floor(math.log(weights) / -math.log1p(-rate)))
+    while r > 0 and (1.0 - rate) ** r * weights < 1.0:      # floating-point edge
+        r -= 1
+    return r
+
+
+def check_rounds(rounds: int, rate: float, backbone: str) -> None:
+    """Refuse ``rounds`` whose final density ``(1 - rate) ** rounds`` keeps less than one weight of the
+    backbone's smallest prunable layer (one line: the option, the value, the layer, the allowed range)."""
+    small = smallest_layer(backbone)
+    if small is None:
+        return
+    layer, n = small
+    if (1.0 - rate) ** rounds * n < 1.0:
+        raise ConfigError(f"imp --rounds={rounds}: at --rate={rate} the final density (1 - {rate})^{rounds} = "
+                          f"{(1.0 - rate) ** rounds:.3g} keeps less than one weight per layer ({backbone}'s smallest "
+                          f"pruned layer {layer!r} has {n} weights); allowed: --rounds 0..{max_rounds(rate, n)} "
+                          "at this rate")
 
 
 def checkpoint_masks(ckpt: Path):
@@ -134,6 +195,8 @@ class IMPDriver:
         spec = StepSpec.parse("rewind", run.rewind)
         if run.reset == "rewind" and spec.unit == "epoch" and ep is not None and spec.value > ep:
             raise ConfigError(f"imp --rewind={run.rewind!r} is beyond the first round's length ({ep} epochs)")
+        check_rounds(run.rounds, run.rate, str(_config_value(self.cfg_path, run.overrides, "backbone.name")
+                                               or "resnet18"))
         self.state = self._load_or_init_state()
 
     # ------------------------------------------------------------------ state
@@ -253,6 +316,11 @@ class IMPDriver:
                 if k < R:
                     weights, masks = checkpoint_masks(ck)
                     new = global_magnitude_prune(weights, masks, rate)
+                    dead = [n for n, m in new.items() if not bool(m.any())]
+                    if dead:
+                        raise ConfigError(f"imp round {k}: the global prune at --rate={rate} removes every weight "
+                                          f"of layer {dead[0]!r} ({new[dead[0]].numel()} weights): a dead backbone; "
+                                          f"rounds {k + 1}..{R} not trained — use fewer --rounds or a smaller --rate")
                     save_masks(self.masks_path(k + 1), new, round=k + 1, rate=rate,
                                parent=str(ck.relative_to(self.out)), reset=self.run.reset)
                 rs["status"] = "done"

@@ -1,8 +1,11 @@
 """Label re-training of a pruned network (seed §4, evaluation mode (b)/(c)): a mask and an init,
 trained with cross-entropy on labels, test accuracy reported. Plain PyTorch, no solo-learn.
 
-Caron et al. compare masks found with self-supervision, re-trained on labels from their init,
-with the random-mask control (layer-wise permuted masks, fresh init, same per-layer densities).
+Caron et al. compare masks found with self-supervision, re-trained on labels from their init, with
+random masks re-trained the same way. The controls here (``solo-sparse permute-masks``): global random
+masks at the ticket's total density (per-layer densities not kept; the CLI default) and the layer-wise
+permutation (each layer's mask shuffled, per-layer densities kept; ours). The benchmark re-trains the
+controls from the same init as the ticket, so they differ from it in the mask only.
 Here the network is solo-learn's ResNet backbone (``build_resnet``, ``fc`` replaced by a fresh
 ``Linear(features, classes)``); masks (``backbone.<layer>`` keys of a mask file) stay fixed: the
 gradient of a pruned weight is masked in backward and weights are re-masked after every step (SGD

@@ -1,0 +1,209 @@
+"""The benchmark's ``kind: rounds`` run (``Bench.run_imp``) end to end without solo-learn, over a fake
+``main_pretrain.py`` that writes ResNet-18 checkpoints under the masks / init / rewind point it is given:
+
+- the ticket of every round and both controls at each listed density, each evaluated twice — the linear probe of
+  its self-supervised training and label re-training of its mask (rows ``<id>:retrain-...``);
+- the controls: global random (per-layer densities not kept) and the layer-wise permutation (kept), both trained
+  and re-trained from the ticket's own init (the rewind point), so they differ from it in the mask only;
+- a re-run trains and re-trains nothing that is done;
+- the suite file: claims may name these rows; control rounds beyond the last round are refused.
+"""
+import json
+
+import pytest
+from helpers import make_image_folder
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.tools.bench import Bench, Suite
+
+FAKE = r'''
+import json, os, pathlib, sys
+import torch
+from solo_sparse.engine.imp import load_state, save_state
+from solo_sparse.engine.maskio import load_masks
+from solo_sparse.engine.resnet import build_resnet
+from solo_sparse.engine.sparsifier import select_layers
+
+args = {}
+for a in sys.argv[1:]:
+    if a.startswith("+") and "=" in a:
+        k, v = a.lstrip("+").split("=", 1)
+        args[k] = v.strip("'")
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"name": args["name"], "argv": sys.argv[1:]}) + "\n")
+torch.manual_seed(int(args.get("seed", 0)))
+net = build_resnet("resnet18")
+layers = {f"backbone.{n}": m for n, m in select_layers(net, exclude_stem=False)}
+masks = load_masks(args["solo_sparse.masks"])[0] if "solo_sparse.masks" in args else {
+    k: torch.ones_like(m.weight, dtype=torch.bool) for k, m in layers.items()}
+if "solo_sparse.init" in args:
+    st = load_state(args["solo_sparse.init"])[0]
+    net.load_state_dict({k[len("backbone."):]: v for k, v in st.items() if k.startswith("backbone.")})
+if "solo_sparse.rewind_out" in args:
+    save_state(args["solo_sparse.rewind_out"], {f"backbone.{k}": v for k, v in net.state_dict().items()}, step=1)
+g = torch.Generator().manual_seed(len(args["name"]))
+with torch.no_grad():
+    for k, m in layers.items():           # "training": weights move, pruned ones stay 0
+        m.weight.add_(0.01 * torch.randn(m.weight.shape, generator=g)).mul_(masks[k])
+sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+sd.update({f"{k}.weight_mask": masks[k] for k in layers})
+out = pathlib.Path(args["checkpoint.dir"]) / "v0"
+out.mkdir(parents=True, exist_ok=True)
+torch.save({"state_dict": sd, "epoch": 1, "solo_sparse": {}}, out / f"{args['name']}-v0-ep=1.ckpt")
+'''
+
+SUITE = """
+suite: impt
+description: "IMP toy"
+data: tiny
+size: 32
+seeds: 1
+random_init: false
+overrides: ["++max_epochs=2"]
+runs:
+  - id: imp
+    kind: rounds
+    plugin: imp
+    config: cfg.yaml
+    rounds: 1
+    rate: 0.5
+    controls: [global_random, layer_permutation]
+    control_rounds: [1]
+    retrain_epochs: 1
+claims:
+  - {claim: "tickets >= global random (linear probe)", a: "imp:ticket-r1", b: "imp:global_random-r1"}
+  - {claim: "tickets >= global random (re-trained)", a: "imp:retrain-ticket-r1", b: "imp:retrain-global_random-r1"}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "scripts" / "suites").mkdir(parents=True)
+    (repo / "cfg.yaml").write_text("defaults:\n  - _self_\nmethod: byol\nmax_epochs: 2\n")
+    suite = repo / "scripts" / "suites" / "impt.yaml"
+    suite.write_text(SUITE)
+    make_image_folder(tmp_path / "data" / "tiny", train_per_class=4, val_per_class=2)
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    (solo / "main_pretrain.py").write_text(FAKE)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
+    return repo, suite, solo, tmp_path
+
+
+def _no_retrain(text):
+    return "\n".join(line for line in text.replace("retrain_epochs: 1", "retrain_epochs: 0").splitlines()
+                     if "re-trained" not in line)
+
+
+def _calls(tmp):
+    return [json.loads(line) for line in (tmp / "calls.jsonl").read_text().splitlines()]
+
+
+def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, monkeypatch):
+    import solo_sparse.tools.retrain as retrain_mod
+    from solo_sparse.engine.imp import load_state
+    from solo_sparse.engine.maskio import layer_densities, load_masks
+
+    repo, suite, solo, tmp = setup
+    seen = []
+    real = retrain_mod.retrain_supervised
+
+    def spy(masks, init, *a, **k):
+        seen.append((masks, init))
+        return real(masks, init, *a, **k)
+
+    monkeypatch.setattr(retrain_mod, "retrain_supervised", spy)
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None)
+    res = b.run()
+    rows = res["rows"]
+    probes = ["imp:ticket-r0", "imp:ticket-r1", "imp:global_random-r1", "imp:layer_permutation-r1"]
+    retrains = ["imp:retrain-ticket-r0", "imp:retrain-ticket-r1", "imp:retrain-global_random-r1",
+                "imp:retrain-layer_permutation-r1"]
+    assert set(rows) == {f"{r}/seed0" for r in probes + retrains}
+    assert all(rows[f"{r}/seed0"]["status"] == "ok" for r in probes + retrains)
+    for r in probes:      # linear probe of the self-supervised training
+        row = rows[f"{r}/seed0"]
+        assert row["linear"] is not None and row["knn20"] is not None and row["path"] is None
+    for r in retrains:    # label re-training: its top-1 in the linear column, no kNN
+        row = rows[f"{r}/seed0"]
+        assert row["path"] == "label-retrain" and 0.0 <= row["linear"] <= 1.0 and row["knn20"] is None
+        assert row["epochs"] == 1
+    assert rows["imp:ticket-r0/seed0"]["density_online"] == 1.0
+    for r in probes[1:] + retrains[1:]:
+        assert rows[f"{r}/seed0"]["density_online"] == pytest.approx(0.5, abs=1e-3), r
+    assert rows["imp:ticket-r1/seed0"]["wall_clock_s"] > 0
+    # the controls' masks: global random keeps the total count only, the layer-wise permutation every layer's
+    d = repo / "results" / "impt" / "runs" / "imp" / "seed0"
+    ticket = load_masks(d / "rounds" / "round_1" / "masks.safetensors")[0]
+    glob = load_masks(d / "controls" / "global_random_1" / "masks.safetensors")[0]
+    perm = load_masks(d / "controls" / "layer_permutation_1" / "masks.safetensors")[0]
+    lt, lg, lp = layer_densities(ticket), layer_densities(glob), layer_densities(perm)
+    assert all(lp[k] == pytest.approx(lt[k]) for k in lt)
+    assert max(abs(lg[k] - lt[k]) for k in lt) > 0.05
+    # both controls train from the ticket's own init (the rewind point) under their own masks
+    rewind = d / "rounds" / "rewind.safetensors"
+    calls = {c["name"]: c["argv"] for c in _calls(tmp)}
+    for control in ("global_random", "layer_permutation"):
+        argv = calls[f"imp:{control}-r1-s0"]
+        assert f"++solo_sparse.init='{rewind}'" in argv
+        assert f"++solo_sparse.masks='{d / 'controls' / f'{control}_1' / 'masks.safetensors'}'" in argv
+        assert "+solo_sparse=imp" in argv        # the config has no '- solo_sparse:' line
+    # label re-training: every mask from the same rewind init; the ticket of round 0 dense
+    want = load_state(rewind)[0]
+    assert len(seen) == 4 and seen[0][0] is None
+    for _masks, init in seen:
+        assert init is not None and all(init[k].equal(want[k]) for k in want)
+    assert [set(m) for m, _ in seen[1:]] == [set(ticket)] * 3
+    assert all(seen[2][0][k].equal(glob[k]) for k in glob) and all(seen[3][0][k].equal(perm[k]) for k in perm)
+    # claims naming these rows are decided from them
+    assert [c["a"] for c in res["meta"]["claims"]] == ["imp:ticket-r1", "imp:retrain-ticket-r1"]
+    # a re-run trains and re-trains nothing
+    n, m = len(_calls(tmp)), len(seen)
+    Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    assert len(_calls(tmp)) == n and len(seen) == m
+
+
+def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatch):
+    repo, suite, solo, tmp = setup
+    suite.write_text(_no_retrain(SUITE))
+    import solo_sparse.tools.bench as bench_mod
+
+    real = bench_mod.evaluate_backbone
+    state = {"n": 0}
+
+    def flaky(*a, **k):           # the first control's evaluation dies after its training
+        state["n"] += 1
+        if state["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench_mod, "evaluate_backbone", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    n = len(_calls(tmp))
+    res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    assert [c["name"] for c in _calls(tmp)[n:]] == ["imp:layer_permutation-r1-s0"]     # global_random not retrained
+    assert res["rows"]["imp:global_random-r1/seed0"]["status"] == "ok"
+    assert not any("retrain" in k for k in res["rows"])
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: s.replace("imp:retrain-ticket-r1", "imp:ticket-r9"), "imp:ticket-r9.*not a run of the suite"),
+    (lambda s: s.replace("control_rounds: [1]", "control_rounds: [2]"), r"control_rounds=\[2\].*allowed: 1..1"),
+    (lambda s: s.replace("[global_random, layer_permutation]", "[layer]"), "controls=.*global_random, "
+                                                                            "layer_permutation, random_reinit"),
+    (lambda s: s.replace("retrain_epochs: 1", "retrain_epochs: -1"), "retrain_epochs=-1"),
+])
+def test_suite_refusals_for_rounds_runs(setup, edit, match):
+    repo, suite, solo, tmp = setup
+    suite.write_text(edit(SUITE))
+    with pytest.raises(ConfigError, match=match):
+        Suite.load(suite)
+
+
+def test_retrain_rows_without_retrain_epochs_are_not_claimable(setup):
+    repo, suite, solo, tmp = setup
+    suite.write_text(SUITE.replace("retrain_epochs: 1", "retrain_epochs: 0"))
+    with pytest.raises(ConfigError, match="imp:retrain-ticket-r1.*not a run of the suite"):
+        Suite.load(suite)
