@@ -16,6 +16,12 @@ depth; VICReg / Barlow Twins with an expander per depth). The final loss is the 
   on — by default the pair with the largest contrastive loss, negatives included (the paper's eq. 4;
   ``hard_by: cosine`` keeps the lowest positive cosine instead), scored with head embeddings, no
   gradient; the resolution shrinks.
+* ``hard_pair_keys``: what the pairs are scored against. ``auto`` (default): on a method with a key
+  (momentum) encoder — MoCo v2+, BYOL — the query crops come from the online encoder and head, the key crops
+  from the momentum encoder and momentum head, the negatives from the depth's queue (MoCo v2+; BYOL: the
+  other images' keys): the paper's L_info; on the other methods both views through the online encoder,
+  in-batch negatives. ``key``: the key encoder, refused before step 0 on a method without one. ``online``:
+  both views through the online encoder on every method (our earlier rule).
 
 Steps the plugin runs itself (every step when ``hard_pairs`` or ``partial_backprop: false``; the
 intermediate-depth steps otherwise): solo-learn's online linear classifier is trained on the detached
@@ -35,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from solo_sparse.binding.objectives import SUPPORTED
+from solo_sparse.binding.objectives import MOMENTUM, SUPPORTED
 from solo_sparse.core.config import ConfigError, check_choice, check_int, check_range, key_error
 from solo_sparse.core.plugin import Branch, Plugin
 from solo_sparse.engine.interloss import (
@@ -53,6 +59,8 @@ from solo_sparse.engine.interloss import (
 )
 
 FINAL = len(STAGES)
+#: ``hard_pair_keys``: the key encoder where the method has one (auto), always (key), never (online)
+HARD_PAIR_KEYS = ("auto", "key", "online")
 
 
 def _blocks(key: str, v: Any, allow_empty: bool) -> List[int]:
@@ -86,6 +94,9 @@ class InterLossConfig:
     hard_by: str = "loss"
     #: temperature of the hard-pair scores (null: the method's method_kwargs.temperature, else 0.2)
     hard_temperature: Optional[float] = None
+    #: what hard pairs are scored against: auto (the key encoder and queue where the method has them: the
+    #: paper's L_info), key (the key encoder; refused on a method without one), online (both views online)
+    hard_pair_keys: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -98,6 +109,7 @@ class InterLossConfig:
         self.num_crops = check_int("num_crops", self.num_crops, 1)
         self.crop_fraction = check_range("crop_fraction", self.crop_fraction, 0.0, 1.0, lo_open=True)
         check_choice("hard_by", self.hard_by, ("loss", "cosine"))
+        check_choice("hard_pair_keys", self.hard_pair_keys, HARD_PAIR_KEYS)
         if self.hard_temperature is not None:
             self.hard_temperature = check_range("hard_temperature", self.hard_temperature, 0.0, float("inf"),
                                                 lo_open=True)
@@ -159,6 +171,19 @@ class InterLoss(Plugin):
     supported_methods = SUPPORTED
     method_requirement = "applies the method's own objective at every head's depth and knows these objectives"
 
+    @classmethod
+    def commands(cls):
+        """``solo-sparse epoch-time RESULTS.json``: seconds per training epoch of a suite's rows at equal batch
+        (the figure this plugin's speed claim is read from; :mod:`solo_sparse.tools.epoch_time`)."""
+        def add(a):
+            __import__("solo_sparse.tools.epoch_time", fromlist=["add_arguments"]).add_arguments(a)
+
+        def run(args):
+            return __import__("solo_sparse.tools.epoch_time", fromlist=["main"]).main(args)
+
+        return {"epoch-time": (add, run, "seconds per training epoch of a suite's rows at equal batch (not a "
+                                         "paper's batch-scaled GPU-days)")}
+
     # ------------------------------------------------------------------ construction
     def setup(self, view) -> None:
         super().setup(view)
@@ -169,6 +194,12 @@ class InterLoss(Plugin):
             raise ConfigError(f"plugin 'interloss' needs exactly two large crops and no multicrop (got "
                               f"{model.num_large_crops} large, {model.num_small_crops} small): hard pairs and "
                               f"per-depth objectives pair view 1 with view 2")
+        keyed = method in MOMENTUM
+        if self.config.hard_pair_keys == "key" and not keyed:
+            raise key_error("hard_pair_keys", "key", f"method {method!r} has no key (momentum) encoder to score hard "
+                            f"pairs against (methods with one: {', '.join(MOMENTUM)}); allowed here: auto, online")
+        #: hard pairs scored against the key encoder (and the queue, MoCo v2+): the paper's L_info
+        self.key_pairs = keyed and self.config.hard_pairs and self.config.hard_pair_keys in ("auto", "key")
         backbone = view.groups["backbone"].online
         try:
             check_backbone(backbone)
@@ -230,7 +261,7 @@ class InterLoss(Plugin):
         self._tau = float(upd.cur_tau) if upd is not None else None
 
     def training_step(self, model, batch, batch_idx: int):
-        from solo_sparse.binding.objectives import MOMENTUM, classifier_loss, objective
+        from solo_sparse.binding.objectives import classifier_loss, objective
 
         c = self.config
         depth = draw_depth(c.depths, c.probs, c.seed, self.step) if c.partial_backprop else FINAL
@@ -247,16 +278,28 @@ class InterLoss(Plugin):
         host = model.solo_sparse
         host.on_crop(Branch(crop=0, encoder="online"))
         temp = c.hard_temperature or float(self.view.method_kwargs.get("temperature", 0.2) or 0.2)
-        maps1, maps2, crops1, crops2, sims = two_view_forward(
-            model.backbone, x1, x2, depth, hard, lambda j: self.parts(model, j).embed, c.num_crops,
-            c.crop_fraction, gen, c.hard_by, temp)
         method = self.view.method
         g1 = g2 = None
-        if method in MOMENTUM:
-            host.on_crop(Branch(crop=0, encoder="momentum"))
-            with torch.no_grad():
-                g1 = forward_maps(model.momentum_backbone, x1, depth, crops1)
-                g2 = forward_maps(model.momentum_backbone, x2, depth, crops2)
+        if self.key_pairs and hard:
+            # queries online, keys from the momentum encoder and head, negatives from the depth's queue
+            def negatives(j):
+                q = getattr(self.mods, f"queue_{j}", None)
+                return None if q is None else (q[1].clone().detach(), q[0].clone().detach())
+
+            maps1, maps2, crops1, crops2, sims, g1, g2 = two_view_forward(
+                model.backbone, x1, x2, depth, hard, lambda j: self.parts(model, j).embed, c.num_crops,
+                c.crop_fraction, gen, c.hard_by, temp, key_backbone=model.momentum_backbone,
+                key_embed_at=lambda j: self.parts(model, j).momentum_projector, negatives_at=negatives,
+                switch=lambda enc: host.on_crop(Branch(crop=0, encoder=enc)))
+        else:
+            maps1, maps2, crops1, crops2, sims = two_view_forward(
+                model.backbone, x1, x2, depth, hard, lambda j: self.parts(model, j).embed, c.num_crops,
+                c.crop_fraction, gen, c.hard_by, temp)
+            if method in MOMENTUM:
+                host.on_crop(Branch(crop=0, encoder="momentum"))
+                with torch.no_grad():
+                    g1 = forward_maps(model.momentum_backbone, x1, depth, crops1)
+                    g2 = forward_maps(model.momentum_backbone, x2, depth, crops2)
         total = 0.0
         metrics = {}
         weights = dict(zip(c.depths, c.depth_weights))

@@ -144,6 +144,7 @@ def _cfg(**kw):
     ({"loss_weights": [1, 1]}, r"loss_weights=\[1, 1\]: 4 non-negative numbers"),
     ({"loss_weights": [1, -1, 1, 1]}, "loss_weights"), ({"loss_weights": [1, 1, 1, 0]}, "final loss needs a positive"),
     ({"hard_by": "random"}, "hard_by='random': allowed: loss, cosine"), ({"hard_temperature": 0}, "hard_temperature"),
+    ({"hard_pair_keys": "momentum"}, "hard_pair_keys='momentum': allowed: auto, key, online"),
 ])
 def test_config_errors_name_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
@@ -197,3 +198,75 @@ def test_unsupported_method_refused_by_the_plugin_contract():
     InterLoss.check_method("byol", "momentum")
     with pytest.raises(ConfigError, match=r"plugin 'interloss' .*method 'simsiam' is not supported \(supported: simclr"):
         InterLoss.check_method("simsiam", "shared")
+
+
+def _crop_embed(embed, x, off, b, size=6):
+    t, le = off[b].tolist()
+    return F.normalize(embed(x[b:b + 1, :, t:t + size, le:le + size]), dim=1)[0]
+
+
+@pytest.mark.parametrize("with_queue", [True, False])
+def test_hard_pair_against_the_key_encoder_is_the_largest_symmetric_infonce(with_queue):
+    """Queries from the online maps and head, keys from the momentum maps and momentum head at the same crop
+    places, negatives from the queue (MoCo v2+: queue[1] for view-1 queries, queue[0] for view-2 queries) or,
+    without one, the other images' keys — brute force over the M x M pairs."""
+    torch.manual_seed(0)
+    b, m, T = 4, 3, 0.2
+    y1, y2 = torch.randn(b, 6, 8, 8), torch.randn(b, 6, 8, 8)
+    k1, k2 = y1 + 0.5 * torch.randn_like(y1), y2 + 0.5 * torch.randn_like(y2)   # the key encoder's maps
+    eq, ek = nn.Sequential(nn.Flatten(1), nn.Linear(216, 5)), nn.Sequential(nn.Flatten(1), nn.Linear(216, 5))
+    negs = (F.normalize(torch.randn(5, 7), dim=0), F.normalize(torch.randn(5, 7), dim=0)) if with_queue else None
+    o1, o2, size, sim = IL.select_hard_pair_keys(y1, y2, k1, k2, eq, ek, m, 0.75, torch.Generator().manual_seed(7),
+                                                 by="loss", temperature=T, negatives=negs)
+    g = torch.Generator().manual_seed(7)
+    a1, a2 = IL.random_offsets(b, m, 8, 8, 6, 6, g), IL.random_offsets(b, m, 8, 8, 6, 6, g)
+
+    def nce(q, k, neg_list):
+        pos = float(q @ k) / T
+        return -pos + float(torch.logsumexp(torch.tensor([pos, *[float(q @ n) / T for n in neg_list]]), 0))
+
+    with torch.no_grad():
+        Q1 = [[_crop_embed(eq, y1, a1[i], n) for n in range(b)] for i in range(m)]
+        Q2 = [[_crop_embed(eq, y2, a2[i], n) for n in range(b)] for i in range(m)]
+        K1 = [[_crop_embed(ek, k1, a1[i], n) for n in range(b)] for i in range(m)]
+        K2 = [[_crop_embed(ek, k2, a2[i], n) for n in range(b)] for i in range(m)]
+        for n in range(b):
+            best = None
+            for i in range(m):
+                for j in range(m):
+                    if with_queue:
+                        n1, n2 = list(negs[0].T), list(negs[1].T)
+                    else:          # every key crop of the other images, of the other view
+                        n1 = [K2[c][o] for c in range(m) for o in range(b) if o != n]
+                        n2 = [K1[c][o] for c in range(m) for o in range(b) if o != n]
+                    loss = (nce(Q1[i][n], K2[j][n], n1) + nce(Q2[j][n], K1[i][n], n2)) / 2
+                    if best is None or loss > best[0]:
+                        cos = (float(Q1[i][n] @ K2[j][n]) + float(Q2[j][n] @ K1[i][n])) / 2
+                        best = (loss, a1[i, n].tolist(), a2[j, n].tolist(), cos)
+            assert o1[n].tolist() == best[1] and o2[n].tolist() == best[2], n
+            assert float(sim[n]) == pytest.approx(best[3], abs=1e-5)
+    # scoring against the key encoder is not scoring the online maps twice
+    p1, p2, _, _ = IL.select_hard_pair(y1, y2, eq, m, 0.75, torch.Generator().manual_seed(7), by="loss", temperature=T)
+    assert (p1.tolist(), p2.tolist()) != (o1.tolist(), o2.tolist())
+
+
+def test_two_view_forward_with_a_key_encoder_returns_its_cropped_maps():
+    torch.manual_seed(0)
+    net, key = build_resnet("resnet18").eval(), build_resnet("resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    head = {j: IL.adapt_head(nn.Sequential(nn.Linear(512, 16), nn.ReLU(), nn.Linear(16, 8)), c)
+            for j, c in zip((1, 2), (64, 128))}
+    khead = {j: IL.frozen_copy(h) for j, h in head.items()}
+    order = []
+    with torch.no_grad():
+        m1, m2, c1, c2, sims, g1, g2 = IL.two_view_forward(
+            net, x, x.flip(3), 3, (1, 2), lambda j: head[j], 4, 0.75, torch.Generator().manual_seed(1),
+            key_backbone=key, key_embed_at=lambda j: khead[j], negatives_at=lambda j: None, switch=order.append)
+        r1, r2 = IL.forward_maps(key, x, 3, c1), IL.forward_maps(key, x.flip(3), 3, c2)
+        q1 = IL.forward_maps(net, x, 3, c1)
+    for j in (1, 2, 3):          # the key maps are the key encoder's, cropped where the online maps were
+        torch.testing.assert_close(g1[j], r1[j])
+        torch.testing.assert_close(g2[j], r2[j])
+        torch.testing.assert_close(m1[j], q1[j])
+    assert not torch.equal(g1[3], m1[3])
+    assert order[:2] == ["online", "momentum"] and order[-1] == "online" and order.count("momentum") == 4

@@ -160,3 +160,64 @@ def test_channels_last_and_mixed_precision(precision, hard_pairs):
     assert seen and all(dt == want for dt, _ in seen)
     assert any(cl for _, cl in seen), "stage inputs were never channels_last"
     assert len(losses) == 16 and all(torch.isfinite(torch.tensor(v)) for v in losses), losses
+
+
+@pytest.mark.parametrize("method,keys,keyed", [("mocov2plus", "auto", True), ("byol", "key", True),
+                                               ("mocov2plus", "online", False), ("simclr", "auto", False)])
+def test_hard_pairs_are_scored_against_the_key_encoder_and_queue(monkeypatch, method, keys, keyed):
+    """MoCo v2+ / BYOL (hard_pair_keys auto or key): queries from the online encoder, keys from the momentum
+    encoder and head, negatives from the depth's queue (MoCo v2+: queue[1] for view-1 queries, queue[0] for
+    view-2) — the paper's L_info; 'online' and methods without a key encoder score both views online."""
+    from solo_sparse.engine import interloss as IL
+
+    calls = {"keys": [], "online": 0}
+    real_keys, real_online = IL.select_hard_pair_keys, IL.select_hard_pair
+
+    def spy_keys(y1, y2, k1, k2, eq, ek, *a, **kw):
+        calls["keys"].append((k1.detach().clone(), ek, a[-1] if len(a) >= 6 else kw.get("negatives")))
+        return real_keys(y1, y2, k1, k2, eq, ek, *a, **kw)
+
+    def spy_online(*a, **kw):
+        calls["online"] += 1
+        return real_online(*a, **kw)
+
+    monkeypatch.setattr(IL, "select_hard_pair_keys", spy_keys)
+    monkeypatch.setattr(IL, "select_hard_pair", spy_online)
+    torch.manual_seed(0)
+    model = _quiet(_model(method, weights=[1, 0, 0, 0], hard_pair_keys=keys)).train()   # depth 1: hard block 1
+    plug = model.solo_sparse.plugins[0]
+    queue = getattr(plug.mods, "queue_1", None)
+    queue = None if queue is None else queue.clone()
+    batch = _batch(8)
+    model.solo_sparse.on_step_start()
+    loss = model.solo_sparse.training_step(model, batch, 0)
+    assert torch.isfinite(loss)
+    if not keyed:
+        assert calls["keys"] == [] and calls["online"] == 1
+        return
+    assert calls["online"] == 0 and len(calls["keys"]) == 1
+    k1, ek, negs = calls["keys"][0]
+    from solo_sparse.engine.interloss import forward_maps
+
+    with torch.no_grad():
+        torch.testing.assert_close(k1, forward_maps(model.momentum_backbone, batch[1][0], 1)[1])
+    assert ek is plug.mods.momentum_heads["1"]
+    if method == "mocov2plus":
+        assert torch.equal(negs[0], queue[1]) and torch.equal(negs[1], queue[0])
+    else:
+        assert negs is None                  # BYOL keeps no queue: the other images' keys
+
+
+def test_key_encoder_hard_pairs_refused_on_a_method_without_one():
+    import solo.methods as sm
+    from test_solo_integration import tiny_cfg
+
+    import solo_sparse
+    from solo_sparse.core.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        solo_sparse.wrap(sm.METHODS["simclr"], "interloss", hard_pair_keys="key")(tiny_cfg("simclr"))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith("solo_sparse.hard_pair_keys='key': method 'simclr' has no key (momentum) encoder") and \
+        msg.endswith("allowed here: auto, online"), msg

@@ -20,6 +20,12 @@ Choices where the paper is vague (README, "Intermediate contrastive loss"):
   default). ``by="cosine"`` keeps the pair with the lowest positive cosine instead (our earlier rule).
   Only the chosen crops go on; the momentum encoder crops its maps at the same places. Selection
   needs head j, so hard-pair blocks must have heads.
+* **Hard pairs against a key encoder** (:func:`select_hard_pair_keys`, momentum methods): the query
+  crops come from the online encoder and head, the key crops from the momentum (key) encoder and its
+  momentum head, the negatives from the depth's queue where the method keeps one (MoCo v2+), else the
+  other images' keys — the paper's L_info (query, key encoder, queue). Pair (a, c) of an image is scored
+  with the symmetric loss the method trains: ½ [ℓ(q1_a, k2_c, N1) + ℓ(q2_c, k1_a, N2)] (MoCo v2+
+  contrasts view-1 queries with view-2 keys against ``queue[1]`` and the reverse against ``queue[0]``).
 """
 from __future__ import annotations
 
@@ -101,6 +107,64 @@ def pair_losses(e1: torch.Tensor, e2: torch.Tensor, temperature: float) -> torch
     return torch.logaddexp(pos, neg[:, :, None]) - pos
 
 
+def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: Optional[torch.Tensor], temperature: float
+             ) -> torch.Tensor:
+    """InfoNCE of every (query crop a, key crop c) pair of every image, (B, M, M), from normalised query
+    embeddings ``q`` and key embeddings ``k`` (M, B, D): -log e^{q·k/T} / (e^{q·k/T} + Σ_n e^{q·n/T}).
+
+    ``negatives``: a (D, K) bank of normalised keys (MoCo's queue: the same for every query), or None — then
+    every key crop of every other image of the batch."""
+    m, b, _ = q.shape
+    pos = torch.einsum("abd,cbd->bac", q, k) / temperature                          # (B, M_q, M_k)
+    if negatives is not None:
+        neg = (torch.einsum("abd,dn->ban", q, negatives) / temperature).logsumexp(2)     # (B, M_q)
+    else:
+        sim = torch.einsum("abd,ckd->bakc", q, k) / temperature                     # (B, M_q, B, M_k)
+        other = ~torch.eye(b, dtype=torch.bool, device=sim.device)
+        neg = sim.masked_fill(~other[:, None, :, None], float("-inf")).flatten(2).logsumexp(2)
+    return torch.logaddexp(pos, neg[:, :, None]) - pos
+
+
+@torch.no_grad()
+def select_hard_pair_keys(y1: torch.Tensor, y2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, embed_q,
+                          embed_k, m: int, fraction: float, gen: torch.Generator, by: str = "loss",
+                          temperature: float = 0.2, negatives: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int], torch.Tensor]:
+    """Choose, per image, the hardest of the M×M crop pairs scored against a key encoder.
+
+    ``y1, y2``: the online encoder's maps of the two views (queries, ``embed_q``: the online head); ``k1, k2``:
+    the momentum (key) encoder's maps at the same block (keys, ``embed_k``: its momentum head), (B, C, H, W).
+    Crop a of view 1 and crop c of view 2 are taken at the same places in both encoders. ``by="loss"``: the
+    pair with the largest symmetric InfoNCE ½ [ℓ(q1_a, k2_c, N1) + ℓ(q2_c, k1_a, N2)] (``negatives`` = (N1, N2),
+    (D, K) each: MoCo's ``queue[1]``, ``queue[0]``; None: the other images' keys); ``by="cosine"``: the pair with
+    the lowest ½ [cos(q1_a, k2_c) + cos(q2_c, k1_a)]. The offsets are drawn exactly as
+    :func:`select_hard_pair` draws them. Returns the chosen offsets of view 1 and view 2 (B, 2), the crop size
+    and the chosen pairs' query-key cosine (the mean of both directions) (B,)."""
+    b, _, h, w = y1.shape
+    ch, cw = crop_size(h, w, fraction)
+    o1 = random_offsets(b, m, h, w, ch, cw, gen)
+    o2 = random_offsets(b, m, h, w, ch, cw, gen)
+
+    def emb(x, offs, fn):
+        c = torch.cat([take_crops(x, offs[i], ch, cw) for i in range(m)])
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize(fn(c.float()).float(), dim=-1).view(m, b, -1)
+
+    q1, q2 = emb(y1, o1, embed_q), emb(y2, o2, embed_q)
+    e1, e2 = emb(k1, o1, embed_k), emb(k2, o2, embed_k)
+    # (B, M1, M2): crop a of view 1 with crop c of view 2, both directions
+    sim = (torch.einsum("abd,cbd->bac", q1, e2) + torch.einsum("cbd,abd->bac", q2, e1)) / 2
+    if by == "loss":
+        n1, n2 = (None, None) if negatives is None else (negatives[0].float(), negatives[1].float())
+        score = (info_nce(q1, e2, n1, temperature) + info_nce(q2, e1, n2, temperature).transpose(1, 2)) / 2
+        flat = score.reshape(b, -1).argmax(1)
+    else:
+        flat = sim.reshape(b, -1).argmin(1)
+    a, c = flat // m, flat % m
+    bi = torch.arange(b)
+    return o1[a.cpu(), bi], o2[c.cpu(), bi], (ch, cw), sim.reshape(b, -1)[bi.to(sim.device), flat]
+
+
 @torch.no_grad()
 def select_hard_pair(x1: torch.Tensor, x2: torch.Tensor, embed, m: int, fraction: float,
                      gen: torch.Generator, by: str = "loss", temperature: float = 0.2
@@ -148,27 +212,61 @@ def forward_maps(backbone: nn.Module, x: torch.Tensor, stop: int,
 
 def two_view_forward(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor, stop: int,
                      hard_blocks: Sequence[int] = (), embed_at=None, m: int = 4, fraction: float = 0.75,
-                     gen: Optional[torch.Generator] = None, by: str = "loss", temperature: float = 0.2):
+                     gen: Optional[torch.Generator] = None, by: str = "loss", temperature: float = 0.2,
+                     key_backbone: Optional[nn.Module] = None, key_embed_at=None, negatives_at=None,
+                     switch=None):
     """Both views through stages 1..stop with hard-pair selection after ``hard_blocks`` (≤ stop).
 
     Returns (maps1, maps2, crops1, crops2, sims): {j: stage-j map after any crop} per view, the crops
     taken ({block: (offsets (B, 2), (ch, cw))}, to replay on a momentum encoder with
     :func:`forward_maps`) and the chosen pairs' similarities {block: (B,)}. ``embed_at(j)`` maps
-    (N, C_j, h, w) crops to (N, D) embeddings."""
+    (N, C_j, h, w) crops to (N, D) embeddings.
+
+    With ``key_backbone`` (a momentum encoder) both views also run through it, stage by stage and without
+    gradient, and pairs are scored against its keys (:func:`select_hard_pair_keys`: ``key_embed_at(j)`` its
+    head, ``negatives_at(j)`` the (N1, N2) banks or None); the key maps, cropped at the same places, come back
+    as two more dicts: (maps1, maps2, crops1, crops2, sims, keys1, keys2). ``switch(encoder)`` ("online" /
+    "momentum") is called before each encoder's stage runs (the host's branch context)."""
+    keyed = key_backbone is not None
+    sw = switch or (lambda _enc: None)
+    sw("online")
     y1, y2 = stem(backbone, x1), stem(backbone, x2)
+    if keyed:
+        sw("momentum")
+        with torch.no_grad():
+            k1, k2 = stem(key_backbone, x1), stem(key_backbone, x2)
     maps1: Dict[int, torch.Tensor] = {}
     maps2: Dict[int, torch.Tensor] = {}
+    keys1: Dict[int, torch.Tensor] = {}
+    keys2: Dict[int, torch.Tensor] = {}
     crops1: Dict[int, tuple] = {}
     crops2: Dict[int, tuple] = {}
     sims: Dict[int, torch.Tensor] = {}
     for j in range(1, stop + 1):
+        sw("online")
         layer = getattr(backbone, STAGES[j - 1])
         y1, y2 = layer(y1), layer(y2)
+        if keyed:
+            sw("momentum")
+            with torch.no_grad():
+                klayer = getattr(key_backbone, STAGES[j - 1])
+                k1, k2 = klayer(k1), klayer(k2)
         if j in hard_blocks:
-            o1, o2, size, s = select_hard_pair(y1, y2, embed_at(j), m, fraction, gen, by, temperature)
+            if keyed:
+                o1, o2, size, s = select_hard_pair_keys(y1, y2, k1, k2, embed_at(j), key_embed_at(j), m, fraction,
+                                                        gen, by, temperature, negatives_at(j) if negatives_at
+                                                        else None)
+                k1, k2 = take_crops(k1, o1, *size), take_crops(k2, o2, *size)
+            else:
+                o1, o2, size, s = select_hard_pair(y1, y2, embed_at(j), m, fraction, gen, by, temperature)
             crops1[j], crops2[j], sims[j] = (o1, size), (o2, size), s
             y1, y2 = take_crops(y1, o1, *size), take_crops(y2, o2, *size)
         maps1[j], maps2[j] = y1, y2
+        if keyed:
+            keys1[j], keys2[j] = k1, k2
+    sw("online")
+    if keyed:
+        return maps1, maps2, crops1, crops2, sims, keys1, keys2
     return maps1, maps2, crops1, crops2, sims
 
 
