@@ -13,7 +13,7 @@ every group is N:M (density n/m).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from solo_sparse.core.config import MaskSpec, ScheduleSpec, check_density_pair
 from solo_sparse.engine.density import allocate_masks
@@ -80,3 +80,7 @@ class GMP(WeightSparsityPlugin):
         self.sparsifier.set_masks(self._allocate(d))
         self.log({"target_density": d})
         return True
+
+    @classmethod
+    def window_overrides(cls, start, end, config) -> Optional[Dict[str, Any]]:
+        return {"start": start, "end": end}

@@ -3,19 +3,27 @@
 Both encoders are sparse; the momentum (offline) encoder is denser than the online one by
 ``density_gap`` (Δs) throughout: initial masks at ``init_density`` (online) and the momentum density
 that trails it by Δs, final densities ``final_density`` and the same rule; cubic schedule in between,
-started by the contrastive sparsification indicator (``start: csi``, after ``csi_warmup``, for
-``csi_ramp`` steps) or at an explicit step (then ending at ``end``). Δs is in density units at element,
-block and channel granularity; at ``granularity: nm`` it is in units of N:M groups, as the paper states
-it ("the percentage of N:M sparse groups as 30% and 0%"): the momentum encoder's share of N:M groups
-trails the online one's by Δs (at 2:4 and Δs = 0.3 it ends with 70% of its groups N:M, density 0.65).
+started by the contrastive sparsification indicator (``start: csi``, checked from the end of
+``csi_warmup``, for ``csi_ramp`` steps or, with ``csi_ramp: null``, until ``end``) or at an explicit step
+(then ending at ``end``). Δs is in density units at element, block and channel granularity; at
+``granularity: nm`` it is in units of N:M groups, as the paper states it ("the percentage of N:M sparse
+groups as 30% and 0%"): the momentum encoder's share of N:M groups trails the online one's by Δs, and the
+default start has 30% of the online groups N:M (at 2:4 and Δs = 0.3 the momentum encoder ends with 70% of
+its groups N:M, density 0.65).
+
+CSI: the paper's literal rule by default (fires when I equals Δs, i.e. r ≤ ``csi_fire``); solo-learn
+builds the momentum encoder as a copy, so it fires at the first check after the learning-rate warm-up
+and the start is in effect a hyper-parameter. I and r are logged at every check. ``csi_rule: resync``
+(arm on divergence, fire on re-synchronisation) is our option.
 
 After every schedule step the online encoder prunes-and-regrows ``regrow_fraction`` of its active units,
 regrowing by an EMA of the gradient magnitude with ``score_ema`` the weight of the newest gradient
 (the paper's "EMA momentum 0.1 for gentle gradient score averaging", read in the BatchNorm convention:
 memory ≈ 10 steps; 1.0 = the instant gradient). The momentum mask is ``nested`` (the online mask plus
-the largest momentum weights outside it) or ``own`` (its own magnitude mask at its density).
-Shared-encoder methods have one encoder: CSI then compares the online pseudo masks of consecutive
-epochs (``csi_tau``). Family: ``solo_sparse.families.dynamic``.
+the largest momentum weights outside it) or ``own`` (the top-(d + Δs) of |W_momentum| recomputed at every
+update: a weight the momentum encoder dropped can return; momentum methods only). Shared-encoder methods
+have one encoder: with ``csi_tau`` CSI compares the online pseudo masks of consecutive epochs, without it
+the schedule starts at the first check after ``csi_warmup``. Family: ``solo_sparse.families.dynamic``.
 """
 from __future__ import annotations
 
@@ -35,6 +43,9 @@ from solo_sparse.core.config import (
 )
 from solo_sparse.families.dynamic import CSI_RULES, MOMENTUM_POLICIES, DynamicSparsityPlugin, parse_start
 
+#: share of the online N:M groups at the start (the paper's "30% and 0%" of N:M groups)
+NM_START_SHARE = 0.3
+
 
 @dataclass
 class SyncCPConfig(ScheduleSpec, MaskSpec):
@@ -49,9 +60,11 @@ class SyncCPConfig(ScheduleSpec, MaskSpec):
     #: None = "erk", or "uniform" for granularity nm (every layer ends at n/m)
     distribution: Optional[str] = None
     start: Any = "csi"
+    #: explicit start: where the schedule ends; start: csi with csi_ramp: null: where the ramp ends
     end: Any = "75%"
     every: Any = 100
-    init_density: float = 0.7
+    #: None = 0.7, or at granularity nm 30% of the groups N:M (1 - 0.3 (1 - n/m); 0.85 at 2:4), as the paper
+    init_density: Optional[float] = None
     #: None = 0.1, or n/m for granularity nm
     final_density: Optional[float] = None
     density_gap: float = 0.3
@@ -60,18 +73,20 @@ class SyncCPConfig(ScheduleSpec, MaskSpec):
     score_ema: float = 0.1
     #: momentum mask: nested (contains the online mask) | own (its own magnitude mask)
     momentum_mask: str = "nested"
-    #: CSI rule: resync (arm on divergence, fire on re-synchronisation) | literal (fire when I reaches Δs)
-    csi_rule: str = "resync"
+    #: CSI rule: literal (the paper's: fire when I equals Δs, i.e. r <= csi_fire) | resync (arm on divergence,
+    #: fire on re-synchronisation)
+    csi_rule: str = "literal"
     #: resync: arm once r, the share of the online pseudo mask outside the momentum one, reaches this
     csi_arm: float = 0.05
     #: fire when r is back at or below this (resync: once armed; literal: at the first such check)
     csi_fire: float = 0.02
     #: no check before this point: "lr" (solo-learn's learning-rate warm-up) or steps / "Nep" / "P%"
     csi_warmup: Any = "lr"
-    #: length of the cubic schedule once CSI fires (kept when the trigger comes late, capped at the end)
+    #: length of the cubic schedule once CSI fires (kept when the trigger comes late, capped at the end);
+    #: null: the ramp ends at `end`
     csi_ramp: Any = "50%"
-    #: shared-encoder methods (required there with start: csi): fires when I between consecutive epochs
-    #: is below this
+    #: shared-encoder methods: fires when I between consecutive epochs is below this; null: the schedule starts
+    #: at the first check after csi_warmup
     csi_tau: Optional[float] = None
     #: start anyway at this point if CSI has not fired
     csi_timeout: Any = "50%"
@@ -81,12 +96,15 @@ class SyncCPConfig(ScheduleSpec, MaskSpec):
         if self.distribution is None:
             self.distribution = "uniform" if self.granularity == "nm" else "erk"
         MaskSpec.__post_init__(self)
+        if self.init_density is None:
+            self.init_density = 1.0 - NM_START_SHARE * (1.0 - self.nm_density) if self.granularity == "nm" else 0.7
         parse_start(self, allow_csi=True)
         ScheduleSpec.__post_init__(self)
         self.csi_timeout = StepSpec.parse("csi_timeout", self.csi_timeout)
-        self.csi_ramp = StepSpec.parse("csi_ramp", self.csi_ramp)
-        if self.csi_ramp.value <= 0:
-            raise key_error("csi_ramp", str(self.csi_ramp), "must be > 0")
+        if self.csi_ramp is not None:
+            self.csi_ramp = StepSpec.parse("csi_ramp", self.csi_ramp)
+            if self.csi_ramp.value <= 0:
+                raise key_error("csi_ramp", str(self.csi_ramp), "must be > 0, or null (the ramp ends at end)")
         if self.csi_warmup != "lr":
             self.csi_warmup = StepSpec.parse("csi_warmup", self.csi_warmup)
         check_density_pair(self)
@@ -137,8 +155,16 @@ class SyncCP(DynamicSparsityPlugin):
         return min(1.0, online_density + c.density_gap)
 
     def setup(self, view) -> None:
-        if self.config.use_csi and view.family == "shared" and self.config.csi_tau is None:
-            raise ConfigError(f"{PREFIX}.start=csi on '{view.method}', which has no momentum encoder: CSI then "
-                              f"compares the online pseudo masks of consecutive epochs and needs {PREFIX}.csi_tau "
-                              "(the share of differing positions below which it fires, e.g. 0.1)")
+        if self.config.momentum_mask == "own" and view.family != "momentum":
+            raise key_error("momentum_mask", "own", f"needs a momentum encoder and '{view.method}' has none; allowed "
+                                                    "there: nested (the default; without a momentum encoder it "
+                                                    "masks the one encoder)")
         super().setup(view)
+
+    @classmethod
+    def window_overrides(cls, start, end, config) -> Dict[str, Any]:
+        """An explicit start keeps start/end; with CSI the indicator is checked first at ``start`` (the literal
+        rule fires there on copy-initialised encoders, the timeout otherwise) and the ramp ends at ``end``."""
+        if config.use_csi:
+            return {"csi_warmup": start, "csi_timeout": start, "csi_ramp": None, "end": end}
+        return {"start": start, "end": end}

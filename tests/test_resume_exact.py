@@ -34,7 +34,7 @@ def _pair(seed=0):
 
 def _csi():
     return get_plugin("synccp").from_params({"final_density": 0.2, "density_gap": 0.3, "every": 1,
-                                             "distribution": "uniform", "csi_warmup": 0})
+                                             "distribution": "uniform", "csi_warmup": 0, "csi_rule": "resync"})
 
 
 def _convs(net):

@@ -73,7 +73,8 @@ def test_regrown_weights_start_at_zero_and_are_gradient_chosen():
 
 def test_csi_arms_on_divergence_then_fires_and_logs_its_scale():
     logs = {}
-    p = plugin("synccp", final_density=0.2, density_gap=0.3, every=1, distribution="uniform", csi_warmup=0)
+    p = plugin("synccp", final_density=0.2, density_gap=0.3, every=1, distribution="uniform", csi_warmup=0,
+               csi_rule="resync")
     on, mo = pair()
     host, on, mo, opt = run(p, 1, on, mo, logs=logs)
     # copies: the pseudo masks are nested, I = the gap, r = 0 (the literal rule would fire here)
@@ -99,7 +100,7 @@ def test_csi_arms_on_divergence_then_fires_and_logs_its_scale():
 
 def test_csi_hysteresis_does_not_fire_between_the_thresholds():
     p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=0, csi_arm=0.3,
-               csi_fire=0.01)
+               csi_fire=0.01, csi_rule="resync")
     host, on, mo, opt = run(p, 1)
     p._csi_armed = True
     seen = []
@@ -113,10 +114,20 @@ def test_csi_hysteresis_does_not_fire_between_the_thresholds():
     assert seen[:3] == [None, None, None] and seen[3] is not None
 
 
-def test_csi_literal_rule_fires_at_the_first_check_on_copies():
-    p = plugin("synccp", final_density=0.2, every=1, distribution="uniform", csi_warmup=0, csi_rule="literal")
-    run(p, 1)
-    assert p.trigger_step == 1
+def test_csi_literal_rule_is_the_default_fires_at_the_first_check_on_copies_and_keeps_logging():
+    logs, seen = {}, []
+    p = plugin("synccp", final_density=0.2, every=2, distribution="uniform", csi_warmup=3)
+    assert p.config.csi_rule == "literal"
+    on, mo = pair()
+    host = make_host(p, on, mo, log=lambda m: (logs.update(m), seen.append(dict(m))))
+    opt = torch.optim.SGD(on.parameters(), lr=0.05, momentum=0.9)
+    train(host, on, mo, opt, 2)
+    assert p.trigger_step is None and "solo_sparse/csi/I" not in logs          # nothing before the warm-up ends
+    train(host, on, mo, opt, 1, seed=2)
+    assert p.trigger_step == 3 and logs["solo_sparse/csi/r"] == 0.0            # copies: r = 0, I = Δs at once
+    train(host, on, mo, opt, 4, seed=3)
+    checks = [m["solo_sparse/csi/r"] for m in seen if "solo_sparse/csi/r" in m]
+    assert len(checks) == 3 and p.trigger_step == 3                            # steps 3, 5, 7: still measured
 
 
 def test_csi_waits_for_its_warmup_and_keeps_the_ramp_length_when_late():
@@ -140,7 +151,8 @@ def test_csi_waits_for_its_warmup_and_keeps_the_ramp_length_when_late():
 
 def test_csi_timeout_starts_the_schedule():
     logs = {}
-    p = plugin("synccp", final_density=0.2, every=1, csi_timeout=5, csi_warmup=0, distribution="uniform")
+    p = plugin("synccp", final_density=0.2, every=1, csi_timeout=5, csi_warmup=0, distribution="uniform",
+               csi_rule="resync")
     with pytest.warns(UserWarning, match="CSI did not fire by"):
         run(p, 6, logs=logs)
     assert p.trigger_step == 5 and logs["solo_sparse/csi/timed_out"] == 1.0
@@ -208,7 +220,8 @@ def test_sdclr_soft_masks_rederived_each_epoch():
     on, mo = pair()
     host = make_host(p, on, mo)
     sp = p.sparsifier
-    assert sp.density("online") == pytest.approx(0.2, abs=3e-3) and sp.density("momentum") == 1.0
+    assert sp.density("online") == pytest.approx(0.2, abs=3e-3)
+    assert all(torch.equal(m, sp.masks("momentum")[k]) for k, m in sp.masks().items())   # the momentum copy too
     assert float((on.layer1[0].weight != 0).float().mean()) == 1.0   # stored weights stay dense
     x = torch.randn(2, 3, 8, 8)
     ref = copy.deepcopy(on)
@@ -318,10 +331,24 @@ def test_momentum_mask_own_is_its_own_magnitude_mask():
                for k, m in nested.sparsifier.masks("online").items()) == 0
 
 
-def test_csi_on_a_shared_encoder_needs_csi_tau():
+def test_synccp_defaults_on_a_shared_encoder_start_at_the_first_check_after_the_warmup():
+    logs = {}
+    p = plugin("synccp", every=3, csi_warmup=4)                      # csi_tau unset: no pair to synchronise
     on, _ = pair()
-    with pytest.raises(ConfigError, match=r"start=csi on 'toy', which has no momentum encoder.*csi_tau"):
-        make_host(plugin("synccp"), on, None)
+    host = make_host(p, on, None, log=logs.update)
+    opt = torch.optim.SGD(on.parameters(), lr=0.05, momentum=0.9)
+    train(host, on, None, opt, 3)
+    assert p.trigger_step is None
+    train(host, on, None, opt, 1, seed=3)
+    assert p.trigger_step == 4 and logs["solo_sparse/csi/trigger_step"] == 4
+    assert p.sparsifier.density() == pytest.approx(0.7, abs=3e-3)   # the ramp starts from init_density
+
+
+def test_momentum_mask_own_is_refused_on_a_shared_encoder():
+    on, _ = pair()
+    with pytest.raises(ConfigError, match=r"^solo_sparse.momentum_mask='own': needs a momentum encoder and 'toy' "
+                                          r"has none; allowed there: nested"):
+        make_host(plugin("synccp", momentum_mask="own"), on, None)
 
 
 def test_csi_warmup_or_ramp_longer_than_training_is_refused():
@@ -372,8 +399,8 @@ def test_synccp_resume_is_exact():
     ({"score_ema": 0.0}, r"score_ema=0.0: must be in \(0.0, 1.0\]"),
     ({"score_ema": 1.5}, r"score_ema=1.5: must be in \(0.0, 1.0\]"),
     ({"momentum_mask": "shared"}, r"momentum_mask='shared': allowed: nested, own"),
-    ({"csi_rule": "sometimes"}, r"csi_rule='sometimes': allowed: resync, literal"),
-    ({"csi_arm": 0.02, "csi_fire": 0.05}, r"csi_fire=0.05: must be below solo_sparse.csi_arm=0.02"),
+    ({"csi_rule": "sometimes"}, r"csi_rule='sometimes': allowed: literal, resync"),
+    ({"csi_arm": 0.02, "csi_fire": 0.05, "csi_rule": "resync"}, r"csi_fire=0.05: must be below solo_sparse.csi_arm"),
     ({"csi_ramp": 0}, r"csi_ramp='0': must be > 0"),
     ({"csi_warmup": "soon"}, r"solo_sparse.csi_warmup='soon'"),
     ({"start": "soon"}, r"solo_sparse.start='soon': expected 'csi'"),
@@ -419,7 +446,8 @@ def test_csi_curve_is_read_from_the_run_log_and_drawn(tmp_path, capsys):
     run(p, 2)
     (tmp_path / "train.log").write_text("noise\n" + capsys.readouterr().err)   # what the runner keeps
     curve = read_csi(tmp_path)
-    assert curve["steps"] == [1] and curve["I"] == [pytest.approx(0.3, abs=1e-3)] and curve["r"] == [0.0]
+    # the check at step 1 fires; the one at step 2 is still measured (after the trigger)
+    assert curve["steps"] == [1, 2] and curve["I"][0] == pytest.approx(0.3, abs=1e-3) and curve["r"][0] == 0.0
     assert curve["gap"] == pytest.approx(0.3) and curve["trigger_step"] == 1 and not curve["timed_out"]
     png = plot_csi(curve, tmp_path / "csi.png", "test")
     assert png.exists() and png.stat().st_size > 1000

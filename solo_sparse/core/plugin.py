@@ -225,6 +225,14 @@ class Plugin:
         return dict(config)
 
     @classmethod
+    def window_overrides(cls, start: str, end: str, config: Any) -> Optional[Dict[str, Any]]:
+        """The plugin's own keys (``{key: value}``, value None = null) that make a run with ``config`` (its
+        validated Config) prune over the steps ``start`` .. ``end`` (each an int of steps, ``"Nep"`` or
+        ``"P%"``), so that every sparse row of a benchmark suite prunes over the same window; None when the
+        plugin has no schedule window (e.g. a fixed density from step 0)."""
+        return None
+
+    @classmethod
     def evaluates_masked(cls, config: Mapping[str, Any]) -> bool:
         """Whether a run's online backbone is evaluated with its mask buffers applied (weight sparsity: yes;
         a plugin whose masks only damage a training branch evaluates the dense weights)."""

@@ -18,6 +18,7 @@ Invariants kept by the callers (the plugin binding):
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
@@ -30,7 +31,8 @@ from solo_sparse.core.plugin import ModuleGroup
 from solo_sparse.engine.maskio import MASK
 from solo_sparse.engine.masks import check_layer_shape
 
-__all__ = ["MASK", "ModuleGroup", "SoftMaskedConv2d", "SoftMaskedLinear", "WeightSparsifier", "select_layers"]
+__all__ = ["MASK", "BranchNorms", "ModuleGroup", "SoftMaskedConv2d", "SoftMaskedLinear", "WeightSparsifier",
+           "select_layers"]
 _CLASSIFIER_NAMES = {"fc", "head", "classifier"}
 
 
@@ -67,6 +69,90 @@ def set_damaged(module: nn.Module, damaged: bool) -> None:
     for m in module.modules():
         if type(m) in _SOFT.values():
             m.ss_damaged = damaged
+
+
+class BranchNorms(nn.Module):
+    """Twin BatchNorms for a damaged branch (SDCLR's separate BN for the pruned branch).
+
+    Every BatchNorm under ``roots`` (``{name: module}``: the online backbone, projector, ...) gets a twin
+    here, a BatchNorm of the same kind with its state copied. While :attr:`active` a forward hook returns the
+    twin's output in place of the BN's, whose own forward (on the damaged batch as well, its output discarded)
+    leaves its running statistics unchanged. The network keeps its modules, names and ``state_dict``: a
+    linear evaluation, a zoo export or a strict load never sees the twins, which live in this module (the
+    binding registers a plugin's :meth:`~solo_sparse.core.plugin.Plugin.modules` as
+    ``solo_sparse_modules.<plugin>``: trained, moved to the device and checkpointed with the method).
+
+    ``sync_batchnorm: True`` replaces every BatchNorm of the model after set-up (the twins too: they are
+    plain BatchNorm children here): :meth:`bind` finds the network's current modules by name and hooks the
+    new ones; call it before activating.
+    """
+
+    def __init__(self, roots: Mapping[str, nn.Module]):
+        super().__init__()
+        self.twins = nn.ModuleDict()
+        self.active = False
+        self._roots = dict(roots)                 # plain attributes: not registered, not in the state_dict
+        self._where: Dict[str, Tuple[str, str]] = {}
+        self._bound: Dict[str, nn.Module] = {}
+        self._handles: Dict[str, tuple] = {}
+        self._saved: Dict[str, tuple] = {}
+        for rname, root in self._roots.items():
+            for qn, mod in root.named_modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    key = f"{rname}--{qn.replace('.', '-')}"
+                    self.twins[key] = _twin_bn(mod)
+                    self._where[key] = (rname, qn)
+        self.bind()
+
+    def bind(self) -> None:
+        """Hook the network's current BatchNorm at every recorded name (again where one was replaced)."""
+        for key, (rname, qn) in self._where.items():
+            mod = self._roots[rname].get_submodule(qn)
+            if self._bound.get(key) is mod:
+                continue
+            for h in self._handles.pop(key, ()):
+                h.remove()
+            self._handles[key] = (mod.register_forward_pre_hook(functools.partial(self._pre, key)),
+                                  mod.register_forward_hook(functools.partial(self._post, key)))
+            self._bound[key] = mod
+
+    def set_active(self, active: bool) -> None:
+        if active:
+            self.bind()
+        self.active = bool(active)
+        for key in list(self._saved):            # a forward that raised between the two hooks
+            self._restore(key)
+
+    def _pre(self, key, mod, args):
+        # the BN's own forward still runs on the damaged batch (its output is discarded): a momentum of 0 keeps its
+        # running statistics exactly (updated in place by the op itself, which autograd allows; a copy back after
+        # the forward would invalidate what the op saved for backward)
+        if self.active and mod.training and mod.track_running_stats:
+            nbt = mod.num_batches_tracked
+            self._saved[key] = (mod, mod.momentum, None if nbt is None else nbt.clone())
+            mod.momentum = 0.0
+
+    def _restore(self, key) -> None:
+        mod, momentum, nbt = self._saved.pop(key)
+        mod.momentum = momentum
+        if nbt is not None:
+            with torch.no_grad():
+                mod.num_batches_tracked.copy_(nbt)
+
+    def _post(self, key, mod, args, out):
+        if key in self._saved:
+            self._restore(key)
+        if not self.active:
+            return None
+        return self.twins[key](args[0])
+
+
+def _twin_bn(bn: nn.Module) -> nn.Module:
+    kw = dict(eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
+    twin = type(bn)(bn.num_features, **kw)
+    twin.load_state_dict(bn.state_dict())
+    ref = next(iter(bn.parameters()), None) if bn.affine else bn.running_mean
+    return twin.to(ref.device) if ref is not None else twin
 
 
 def make_soft(mod: nn.Module) -> None:

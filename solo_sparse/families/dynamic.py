@@ -1,36 +1,47 @@
 """Dynamic sparsity with prune-and-regrow for two encoders (the family of ``synccp`` and ``granet``).
 
-Per schedule step (cubic, from the start step t0 to the end every ``every``):
+Per mask update (cubic schedule from the start step t0 to the end, every ``every`` steps; for plugins that
+say so — GraNet — also every ``every`` steps after the end, at the final density, until training ends):
 
-1. online encoder: magnitude pruning to the scheduled density d_t (pruned weights stay pruned), then
-   prune-and-regrow: ``regrow_fraction`` of the active units with the smallest magnitude die and as many
-   inactive units with the largest gradient score grow back (at zero: masked weights are exact zeros).
-   Score: the instant |gradient| (GraNet) or its EMA (SyncCP; :mod:`solo_sparse.engine.scores`).
-2. momentum encoder, by policy:
+1. online encoder: magnitude pruning to the scheduled density d_t (pruned weights stay pruned; the split
+   over layers follows ``distribution``: one global threshold for GraNet, ERK for SyncCP), then
+   prune-and-regrow: a share (the plugin's :meth:`death_rate`: constant for SyncCP, cosine-decayed for
+   GraNet) of each layer's active units with the smallest magnitude die and as many inactive units with
+   the largest gradient score grow back (at zero: masked weights are exact zeros). Score: the instant
+   |gradient| (GraNet) or its EMA (SyncCP; :mod:`solo_sparse.engine.scores`).
+2. momentum encoder, by policy (:meth:`momentum_policy`):
 
    - ``nested`` (SyncCP's SyncS as we read it): the online mask plus the momentum weights of largest
      magnitude outside it, at the momentum density — the online mask always lies inside the momentum
      mask and the gap is exactly Δs (:func:`solo_sparse.engine.regrow.nested_masks`);
-   - ``own``: the momentum encoder's own magnitude mask at its scheduled density (monotone), no
-     coupling — GraNet in SSL, and SyncCP's ``momentum_mask: own``.
+   - ``own`` (SyncCP's ``momentum_mask: own``; our reading of the momentum encoder as a delayed online
+     network): the top-d_m of |W_momentum|
+     recomputed at every update, non-monotone — the momentum encoder is soft-masked (its stored weights
+     stay the dense EMA of the online weights, its forward is masked), so a weight it dropped returns
+     when the online encoder's regrowth makes it large again;
+   - ``gradual`` (GraNet in SSL): the momentum encoder's own magnitude pruning on its own schedule,
+     monotone (hard masks, like the online encoder's gradual pruning).
 
 **Start.** An explicit step (``start``; the schedule then ends at ``end``), or the contrastive
-sparsification indicator (``start: csi``), checked every ``every`` steps after ``csi_warmup``:
+sparsification indicator (``start: csi``), checked every ``every`` steps from the end of ``csi_warmup``:
 
 - momentum methods: pseudo masks by magnitude at the *final* densities of both encoders (not applied);
   I = mean(M_online ⊕ M_momentum) (the paper's indicator) and r = |M_online \\ M_momentum| / |M_online|,
   the share of the online pseudo mask that left the momentum one — I on the scale of the masks
-  (I = gap + 2 r d_online). ``csi_rule: resync`` (default, our choice): the indicator *arms* once
-  r ≥ ``csi_arm`` (the encoders have diverged) and *fires* when r ≤ ``csi_fire`` again (they
-  re-synchronised; hysteresis between the two). ``csi_rule: literal`` (the paper's "starts when I
-  equals Δs"): fires at the first check with r ≤ ``csi_fire``. solo-learn builds the momentum encoder
-  as a copy of the online one, so at step 0 r = 0 and the literal rule fires at its first check.
-- shared-encoder methods: I between the online pseudo masks of two consecutive epochs; fires when
-  I < ``csi_tau``.
+  (I = gap + 2 r d_online). ``csi_rule: literal`` (default; the paper's "starts when I equals Δs"):
+  fires at the first check with r ≤ ``csi_fire``. solo-learn builds the momentum encoder as a copy of the
+  online one, so r ≈ 0 at the first checks and the literal rule fires at its first check: the start is in
+  effect a hyper-parameter (``csi_warmup``). ``csi_rule: resync`` (our option): arms once r ≥ ``csi_arm``
+  and fires when r ≤ ``csi_fire`` again (hysteresis between the two). I and r are logged at every check,
+  after the trigger too.
+- shared-encoder methods: with ``csi_tau``, I between the online pseudo masks of two consecutive epochs,
+  firing when I < ``csi_tau``; without it (one encoder, no pair to synchronise) the schedule starts at the
+  first check after ``csi_warmup``, as the literal rule does on copy-initialised encoders.
 - ``csi_timeout``: start anyway at that step (logged, one warning line).
 
-Once started by CSI the cubic schedule runs for ``csi_ramp`` steps; a late trigger keeps that length,
-capped by the end of training with a warning (never a silent compression).
+Once started by CSI the cubic schedule runs for ``csi_ramp`` steps (a late trigger keeps that length,
+capped by the end of training with a warning, never a silent compression), or with ``csi_ramp: null``
+until ``end`` (what a suite's one window sets).
 """
 from __future__ import annotations
 
@@ -47,8 +58,9 @@ from solo_sparse.engine.schedule import cubic_density, is_update_step
 from solo_sparse.engine.scores import GradientScore
 from solo_sparse.families.weight import WeightSparsityPlugin
 
+#: user-selectable momentum mask policies (SyncCP's ``momentum_mask``); "gradual" is GraNet-SSL's, internal
 MOMENTUM_POLICIES = ("nested", "own")
-CSI_RULES = ("resync", "literal")
+CSI_RULES = ("literal", "resync")
 
 
 class DynamicSparsityPlugin(WeightSparsityPlugin):
@@ -56,7 +68,8 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
 
     # ------------------------------------------------------------------ policy (subclasses)
     def momentum_policy(self) -> str:
-        return "own"
+        """``nested`` | ``own`` (non-monotone, soft-masked momentum encoder) | ``gradual`` (monotone)."""
+        return "gradual"
 
     def score_ema(self) -> Optional[float]:
         """Weight of the newest gradient in the score EMA; None = instant gradient before updates."""
@@ -68,6 +81,19 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
     def uses_csi(self) -> bool:
         return False
 
+    def death_rate(self, step: int) -> float:
+        """Share of each layer's active units pruned by magnitude and regrown by score at update ``step``."""
+        return self.config.regrow_fraction
+
+    def regrow_after_window(self) -> bool:
+        """Whether prune-and-regrow goes on every ``every`` steps after the schedule ends (GraNet: to the end
+        of training)."""
+        return False
+
+    def init_scores(self) -> Dict[str, torch.Tensor]:
+        """Scores the initial online mask keeps the largest of (default: weight magnitude)."""
+        return self.magnitude_scores()
+
     # ------------------------------------------------------------------ setup
     def setup(self, view) -> None:
         self.trigger_step: Optional[int] = None
@@ -75,26 +101,34 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         self._prev_pseudo: Optional[Dict[str, torch.Tensor]] = None
         self._resolved: Optional[Tuple[int, int, int]] = None
         self._csi: Dict[str, Optional[int]] = {}
+        if self.momentum_policy() == "own" and view.family == "momentum":
+            # the momentum encoder's stored weights stay the dense EMA of the online weights: a weight it
+            # dropped can return when it grows again there
+            self.soft_encoders = ("momentum",)
         super().setup(view)
         self.scores = GradientScore(self.sparsifier.layers, self.score_ema())
 
-    def _alloc(self, scores, density):
+    def _alloc(self, scores, density, distribution: Optional[str] = None):
         c = self.config
-        return allocate_masks(scores, density, c.distribution, c.granularity, n=c.n, m=c.m, block=c.block)
+        return allocate_masks(scores, density, distribution or c.distribution, c.granularity, n=c.n, m=c.m,
+                              block=c.block)
 
     def init_masks(self) -> None:
         c = self.config
         if c.init_density < 1.0:
-            self.sparsifier.set_masks(self._alloc(self.magnitude_scores(), c.init_density))
+            self.sparsifier.set_masks(self._alloc(self.init_scores(), c.init_density,
+                                                  getattr(c, "init_distribution", None)))
         if self.sparsifier.has_momentum:
             self._set_momentum_masks(self.momentum_density(c.init_density, 0))
 
     # ------------------------------------------------------------------ schedule
     def _lr_warmup_steps(self) -> int:
-        """solo-learn's learning-rate warm-up (``scheduler.warmup_epochs``) in optimizer steps, 0 if unknown."""
+        """solo-learn's learning-rate warm-up (``scheduler.warmup_epochs`` of its ``warmup_cosine`` scheduler, the
+        only one that warms up) in optimizer steps, 0 if unknown or without a warm-up."""
         model = getattr(self.view, "model", None)
         try:
-            ep = float(model.cfg.scheduler.warmup_epochs) if model is not None else 0.0
+            sched = model.cfg.scheduler if model is not None else None
+            ep = float(sched.warmup_epochs) if sched is not None and str(sched.name) == "warmup_cosine" else 0.0
         except AttributeError:
             ep = 0.0
         return int(round(ep * (self.steps_per_epoch or 0)))
@@ -105,18 +139,25 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         if self.uses_csi():
             spe, tot = self.steps_per_epoch, self.total_steps
             warm = self._lr_warmup_steps() if c.csi_warmup == "lr" else c.csi_warmup.resolve(spe, tot)
-            ramp = max(1, c.csi_ramp.resolve(spe, tot))
+            ramp = None if c.csi_ramp is None else max(1, c.csi_ramp.resolve(spe, tot))
             timeout = c.csi_timeout.resolve(spe, tot)
             if tot and warm >= tot:
                 raise ConfigError(f"{PREFIX}.csi_warmup={c.csi_warmup} is step {warm}, at or after the last training "
                                   f"step ({tot}): CSI would never be checked")
-            if tot and ramp > tot:
+            if tot and ramp is not None and ramp > tot:
                 raise ConfigError(f"{PREFIX}.csi_ramp={c.csi_ramp} is {ramp} steps, longer than training ({tot})")
             if timeout < warm:
                 raise ConfigError(f"{PREFIX}.csi_timeout={c.csi_timeout} (step {timeout}) is before the end of "
                                   f"{PREFIX}.csi_warmup (step {warm})")
-            self._csi = {"warmup": warm, "ramp": ramp, "timeout": timeout}
-            self.log({"csi/warmup_step": warm, "csi/ramp_steps": ramp, "csi/timeout_step": timeout})
+            if ramp is None:
+                c.check_fits(0, end, tot)
+                if timeout >= end:
+                    raise ConfigError(f"{PREFIX}.csi_timeout={c.csi_timeout} (step {timeout}) is not before "
+                                      f"{PREFIX}.end={c.end} (step {end}): with csi_ramp: null the ramp ends at end, "
+                                      "so the schedule must start before it")
+            self._csi = {"warmup": warm, "first": max(warm, 1), "ramp": ramp, "timeout": timeout, "end": end}
+            self.log({"csi/warmup_step": warm, "csi/timeout_step": timeout,
+                      **({"csi/ramp_steps": ramp} if ramp is not None else {"csi/ramp_end_step": end})})
         else:
             c.check_fits(start, end, self.total_steps)
             if self.trigger_step is None:
@@ -135,11 +176,26 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
             return None
         t0 = self.trigger_step
         if self.uses_csi():
+            if self._csi["ramp"] is None:
+                return t0, max(self._csi["end"], t0)
             end = t0 + self._csi["ramp"]
             if self.total_steps:
                 end = min(end, self.total_steps)
             return t0, max(end, t0)
         return t0, max(self.schedule()[1], t0)
+
+    def is_update(self, step: int) -> bool:
+        """Whether the masks change after optimizer step ``step``: the schedule's steps, and (GraNet) every
+        ``every`` steps after its end until training ends."""
+        w = self.window()
+        if w is None:
+            return False
+        t0, t_end = w
+        every = self.schedule()[2]
+        if is_update_step(step, t0, t_end, every):
+            return True
+        return self.regrow_after_window() and step > t_end and (step - t0) % every == 0 \
+            and (not self.total_steps or step <= self.total_steps)
 
     def online_density_at(self, step: int) -> float:
         c = self.config
@@ -152,31 +208,35 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
     def after_backward(self) -> None:
         if self.score_ema() is not None:
             self.scores.update()
-        else:
-            w = self.window()
-            if w is not None and is_update_step(self.step + 1, w[0], w[1], self.schedule()[2]):
-                self.scores.update()  # instant gradient, captured for the coming update step
+        elif self.is_update(self.step + 1):
+            self.scores.update()  # instant gradient, captured for the coming update step
         super().after_backward()
 
+    def _csi_check_due(self) -> bool:
+        first = self._csi["first"]
+        return self.step >= first and (self.step - first) % self.schedule()[2] == 0
+
     def update_masks(self, optimizer) -> bool:
-        _, _, every = self.schedule()
-        if self.trigger_step is None:
-            if self.uses_csi() and self.step >= self._csi["warmup"]:
-                if self.sparsifier.has_momentum and (self.step - self._csi["warmup"]) % every == 0:
-                    self._csi_momentum()
-                if self.trigger_step is None and self.step >= self._csi["timeout"]:
-                    self._fire(timed_out=True)
-            if self.trigger_step is None:
-                return False
-        t0, t_end = self.window()
-        if not is_update_step(self.step, t0, t_end, every):
+        self.schedule()
+        if self.uses_csi() and self.step >= self._csi["warmup"]:
+            due = self._csi_check_due()
+            if self.sparsifier.has_momentum:
+                if due:
+                    self._csi_momentum(monitor=self.trigger_step is not None)
+            elif self.trigger_step is None and getattr(self.config, "csi_tau", None) is None and due:
+                self._report("CSI: no momentum encoder and no csi_tau; the schedule starts at the first check "
+                             "after csi_warmup")
+                self._fire()
+            if self.trigger_step is None and self.step >= self._csi["timeout"]:
+                self._fire(timed_out=True)
+        if self.trigger_step is None or not self.is_update(self.step):
             return False
         d = self.online_density_at(self.step)
         sp = self.sparsifier
         masks = self._alloc(self.magnitude_scores(prune_only=True), d)
         died = grown = 0
         osc = []
-        frac = self.config.regrow_fraction
+        frac = self.death_rate(self.step)
         if frac > 0:
             weights = sp.weights("online")
             for k in list(masks):
@@ -195,7 +255,7 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
             self._set_momentum_masks(self.momentum_density(d, self.step))
         tot = sum(o[0] for o in osc)
         self.log({
-            "target_density": d, "regrow/died": died, "regrow/grown": grown,
+            "target_density": d, "regrow/death_rate": frac, "regrow/died": died, "regrow/grown": grown,
             "regrow/oscillation": (sum(o[0] * o[1] for o in osc) / tot) if tot else 0.0,
             "regrow/xor_share": (sum(o[2] for o in osc) / len(osc)) if osc else 0.0,
         })
@@ -203,7 +263,7 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
 
     def on_epoch_end(self, epoch: int) -> None:
         if self.uses_csi() and self.trigger_step is None and not self.sparsifier.has_momentum \
-                and self.step >= self._csi.get("warmup", 0):
+                and getattr(self.config, "csi_tau", None) is not None and self.step >= self._csi.get("warmup", 0):
             self._csi_shared()
         super().on_epoch_end(epoch)
 
@@ -220,8 +280,12 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
                          "momentum")
             return
         mom_w = sp.weights("momentum")
-        if self.momentum_policy() == "nested":
+        policy = self.momentum_policy()
+        if policy == "nested":
             masks = nested_masks(sp.masks("online"), {k: w.abs() for k, w in mom_w.items()}, density, self._alloc)
+        elif policy == "own":
+            # top-d of |W_momentum| over every position: the stored momentum weights are dense (soft mask)
+            masks = self._alloc({k: w.abs().float() for k, w in mom_w.items()}, density)
         else:
             current = sp.masks("momentum")
             prune_only = {k: torch.where(current[k], w.abs().float(),
@@ -249,7 +313,8 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         outside = sum(int((on[k] & ~mo[k]).sum()) for k in on)
         return self._xor_total(on, mo), outside / max(1, sum(int(on[k].sum()) for k in on))
 
-    def _csi_momentum(self) -> None:
+    def _csi_momentum(self, monitor: bool = False) -> None:
+        """One CSI check: log I and r; unless ``monitor`` (the schedule already started), fire by the rule."""
         c = self.config
         i, r = self.indicator()
         if c.csi_rule == "literal":
@@ -262,8 +327,9 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         self.log({"csi/I": i, "csi/r": r, "csi/armed": float(self._csi_armed), "csi/gap": gap})
         self._report(f"CSI I={i:.4f} r={r:.4f} gap={gap:.4f} (rule {c.csi_rule}: "
                      + (f"arms at r >= {c.csi_arm}, fires at r <= {c.csi_fire}; armed={self._csi_armed})"
-                        if c.csi_rule == "resync" else f"fires at r <= {c.csi_fire})"))
-        if fire:
+                        if c.csi_rule == "resync" else f"fires at r <= {c.csi_fire})")
+                     + (" [monitor: the schedule started]" if monitor else ""))
+        if fire and not monitor:
             self._fire()
 
     def _csi_shared(self) -> None:
@@ -288,7 +354,7 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         self._prev_pseudo = None
         t0, t_end = self.window()
         ramp = self._csi["ramp"]
-        capped = (t_end - t0) < ramp
+        capped = ramp is not None and (t_end - t0) < ramp
         self._report(("schedule starts (csi_timeout reached)" if timed_out else "schedule starts (CSI fired)")
                      + f"; cubic ramp to the final density over steps {t0}..{t_end}")
         self.log({"csi/trigger_step": self.step, "csi/timed_out": float(timed_out),

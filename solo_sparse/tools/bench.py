@@ -11,6 +11,8 @@ A suite is data (``scripts/suites/*.yaml``)::
     seeds: 3                           # seeds 0..n-1 (``--seeds`` overrides)
     overrides: ["max_epochs=15"]       # Hydra overrides of every run
     random_init: true                  # a random-init row per seed (the floor every table needs)
+    window: {start: "10%", end: "75%"} # one pruning window for every sparse run (each plugin says which of its
+                                       # keys set it; a run contradicting it is refused)
     runs:
       - id: dense
         config: scripts/configs/fmnist/byol.yaml
@@ -109,6 +111,19 @@ def _is_claim(c) -> bool:
             and isinstance(c.get("margin", 0.0), (int, float)) and not isinstance(c.get("margin", 0.0), bool))
 
 
+def _is_window(w) -> bool:
+    """A suite's one pruning window: ``{start: S, end: E}`` (steps, ``'Nep'`` or ``'P%'``)."""
+    from solo_sparse.core.config import StepSpec
+
+    if not isinstance(w, dict) or set(w) != {"start", "end"}:
+        return False
+    try:
+        a, b = StepSpec.parse("window.start", w["start"]), StepSpec.parse("window.end", w["end"])
+    except ConfigError:
+        return False
+    return not a.comparable(b) or b.value > a.value
+
+
 #: {key: (check, what is allowed)} of a suite's top level and of one run — a suite is data from a file: every
 #: value is checked before it names a folder or a Hydra override (ids and names become paths under --out)
 SUITE_KEYS = {
@@ -119,6 +134,8 @@ SUITE_KEYS = {
     "seeds": (_int_in(1, 1000), "an integer in [1, 1000]"),
     "overrides": (_str_list, "a list of strings (Hydra overrides)"),
     "random_init": (lambda v: isinstance(v, bool), "true or false"),
+    "window": (lambda v: _is_window(v), "{start: S, end: E}, each steps (an int), 'Nep' or 'P%' (every sparse "
+                                        "run prunes over these steps; its plugin says which of its keys set them)"),
     "claims": (lambda v: isinstance(v, list) and all(_is_claim(c) for c in v),
                "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)}"),
 }
@@ -200,6 +217,8 @@ class Suite:
     random_init: bool = True
     #: paper claims decided by this suite's rows (:mod:`solo_sparse.tools.stats`)
     claims: List[Dict[str, Any]] = field(default_factory=list)
+    #: one pruning window for every sparse run, ``{start, end}`` (:meth:`Bench.window_overrides`)
+    window: Optional[Dict[str, Any]] = None
     path: Optional[Path] = None
     #: config paths are relative to this folder (:func:`suite_root`)
     root: Path = field(default_factory=Path.cwd)
@@ -332,16 +351,13 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
     return out
 
 
-def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
-    """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin).
-    Composed with Hydra as solo-learn's scripts compose it (the solo_sparse/ group is on the search path)."""
-    import hashlib
-
+def compose_plugins(config: Path, overrides: Sequence[str]) -> list:
+    """The plugins (validated configs) a YAML + overrides compose to, composed with Hydra as solo-learn's scripts
+    compose it (the solo_sparse/ group is on the search path); [] without a plugin."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from solo_sparse.core.config import config_to_state
     from solo_sparse.core.registry import build_plugins
 
     config = Path(config).resolve()
@@ -355,7 +371,16 @@ def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
     finally:
         GlobalHydra.instance().clear()
     section = OmegaConf.to_container(cfg, resolve=False).get("solo_sparse")
-    plugins = build_plugins(section) if section else []
+    return build_plugins(section) if section else []
+
+
+def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
+    """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin)."""
+    import hashlib
+
+    from solo_sparse.core.config import config_to_state
+
+    plugins = compose_plugins(config, overrides)
     if not plugins:
         return None
     state = {p.name: config_to_state(p.config) for p in plugins}
@@ -418,6 +443,8 @@ class Bench:
                 import solo  # noqa: F401
             except ImportError:
                 pass
+        for spec in suite.runs if suite.window else ():   # a run contradicting the one window: refused now
+            self.window_overrides(spec)
 
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:
@@ -426,7 +453,7 @@ class Bench:
                                if self.suite.path and self.suite.path.resolve().is_relative_to(self.suite.root)
                                else (self.suite.path.name if self.suite.path else None)),
                 "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__, "host": self.host,
-                "threads": torch.get_num_threads(), "claims": self.suite.claims,
+                "threads": torch.get_num_threads(), "claims": self.suite.claims, "window": self.suite.window,
                 "baselines": {r.id: r.baseline for r in self.suite.runs if r.baseline}}
         if (self.data / "meta.json").exists():
             meta["data_meta"] = json.loads((self.data / "meta.json").read_text())
@@ -456,17 +483,50 @@ class Bench:
         plugins = self.plugin_digest(spec) if spec.kind == "pretrain" and spec.config else None
         if plugins is not None:            # dense rows keep theirs; a changed plugin default retrains the row
             fp.append(f"plugins={plugins}")
+        if self.window_overrides(spec):   # runs outside a window keep theirs
+            fp.append(f"window={self.window_overrides(spec)}")
         return json.dumps(fp)
 
     def plugin_digest(self, spec: RunSpec) -> Optional[str]:
         """Digest of the run's effective plugin configs (every key, defaults included, as the run will save them),
         or None without a plugin: a row trained before a plugin's default changed is not taken for this one."""
-        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(self.extra))
+        win = self.window_overrides(spec)
+        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra))
         cache = self.__dict__.setdefault("_plugin_digests", {})
         if key not in cache:
             cache[key] = plugin_digest(self.suite.root / spec.config,
-                                       [*self.suite.overrides, *spec.overrides, *self.extra])
+                                       [*self.suite.overrides, *spec.overrides, *win, *self.extra])
         return cache[key]
+
+    def window_overrides(self, spec: RunSpec) -> List[str]:
+        """The suite's one window (``window: {start, end}``) as Hydra overrides of the run's plugin keys — which
+        keys, each plugin says (:meth:`~solo_sparse.core.plugin.Plugin.window_overrides`; None: no window, e.g.
+        a fixed density from step 0). A run whose own overrides set one of those keys to another value is
+        refused: every sparse row of the suite prunes over the same steps."""
+        if not self.suite.window or spec.kind != "pretrain" or not spec.config:
+            return []
+        cache = self.__dict__.setdefault("_windows", {})
+        if spec.id not in cache:
+            from solo_sparse.core.config import PREFIX
+
+            start, end = str(self.suite.window["start"]), str(self.suite.window["end"])
+            explicit = [*self.suite.overrides, *spec.overrides, *self.extra]
+            plugins = compose_plugins(self.suite.root / spec.config, explicit)
+            out = []
+            for p in plugins:
+                keys = type(p).window_overrides(start, end, p.config)
+                path = PREFIX if len(plugins) == 1 else f"{PREFIX}.{p.name}"
+                for k, v in (keys or {}).items():
+                    want = "null" if v is None else str(v)
+                    for o in explicit:
+                        name, _, val = o.lstrip("+").partition("=")
+                        if name == f"{path}.{k}" and val.strip().strip("'\"") != want:
+                            raise ConfigError(f"{self.suite.path}: run {spec.id!r} sets {name}={val} but the suite's "
+                                              f"window (start={start}, end={end}) sets it to {want}: remove the "
+                                              "run's override (one window for every sparse run)")
+                    out.append(f"++{path}.{k}={want}")
+            cache[spec.id] = out
+        return cache[spec.id]
 
     def plan(self) -> List[tuple]:
         """The (run, seed) pairs still to do, seed-major: every run's seed 0 first, then seed 1, ... — an
@@ -552,7 +612,7 @@ class Bench:
         return self.results
 
     def _overrides(self, spec: RunSpec, seed: int) -> List[str]:
-        return [*self.suite.overrides, *spec.overrides, f"++seed={seed}", *self.extra]
+        return [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), f"++seed={seed}", *self.extra]
 
     def sibling_row(self, spec: RunSpec, seed: int) -> Optional[tuple]:
         """A finished row of another suite (a results.json beside this suite's output folder) that is the same
@@ -562,7 +622,8 @@ class Bench:
         if spec.kind != "pretrain" or spec.eval_paths != [None] or not spec.config:
             return None
         host = self.host
-        mine = [config_digest(self.suite.root / spec.config), [*self.suite.overrides, *spec.overrides, *self.extra],
+        mine = [config_digest(self.suite.root / spec.config),
+                [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), *self.extra],
                 seed, self.suite.size]
         for res in sorted(self.out.resolve().parent.glob("*/results.json")):
             if res.parent == self.out.resolve():
@@ -599,7 +660,8 @@ class Bench:
                                    train_path=self.data / "train", overrides=self._overrides(spec, seed))
         prev = self.results["rows"].get(key) or {}
         base = {"id": spec.id, "seed": seed, "kind": spec.kind, "config": spec.config,
-                "overrides": [*self.suite.overrides, *spec.overrides, *self.extra], "image_size": self.suite.size,
+                "overrides": [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), *self.extra],
+                "image_size": self.suite.size,
                 "fingerprint": self.fingerprint(spec, seed),
                 "command": self.paths(shlex.join(cmd))}
         if self.host != "solo-learn":
