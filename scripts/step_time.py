@@ -8,6 +8,8 @@ Steps where the plugin changed masks or evaluated CSI are excluded ("non-update 
 
     python scripts/step_time.py --dense scripts/configs/fmnist/byol.yaml \
         --sparse scripts/configs/fmnist/byol_synccp10.yaml --steps 60 --out results/step_time_synccp.json
+    python scripts/step_time.py --dense scripts/configs/fmnist/simclr.yaml --sparse scripts/configs/fmnist/simclr.yaml \
+        --overrides augmentations=grey64.yaml --sparse-overrides +solo_sparse=cdg --all-steps
 """
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ from pathlib import Path
 import torch
 
 
-def build(cfg_path: Path, wrap: bool):
+def build(cfg_path: Path, wrap: bool, overrides=()):
     from omegaconf import OmegaConf
     from solo.args.pretrain import parse_cfg
     from solo.methods import METHODS
 
     from solo_sparse.tools.cli import compose_config
 
-    cfg = compose_config(cfg_path)
+    cfg = compose_config(cfg_path, overrides)
     OmegaConf.set_struct(cfg, False)
     cfg.data.train_path = str(Path(__file__).resolve().parent)  # parse_cfg counts class folders; any dir works
     cfg = parse_cfg(cfg)
@@ -96,12 +98,15 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="steps dropped at the start of every block")
     ap.add_argument("--all-steps", action="store_true",
                     help="keep steps that logged plugin metrics (gating plugins log every step)")
+    ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of both configs")
+    ap.add_argument("--sparse-overrides", nargs="*", default=[], help="Hydra overrides of the sparse config only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     res = {"dense": [], "sparse": [], "sparse_update_steps": 0}
     for b in range(args.blocks):
-        for name, path, wrap in (("dense", args.dense, False), ("sparse", args.sparse, True)):
-            model, cfg = build(Path(path), wrap)
+        for name, path, wrap, extra in (("dense", args.dense, False, []),
+                                        ("sparse", args.sparse, True, args.sparse_overrides)):
+            model, cfg = build(Path(path), wrap, [*args.overrides, *extra])
             times, flags = run(model, cfg, args.steps)
             keep = [t for i, (t, f) in enumerate(zip(times, flags)) if i >= args.warmup and (args.all_steps or not f)]
             res[name] += keep
@@ -112,6 +117,7 @@ def main(argv=None) -> int:
         "dense_median_s": statistics.median(res["dense"]), "sparse_median_s": statistics.median(res["sparse"]),
         "n_dense": len(res["dense"]), "n_sparse": len(res["sparse"]), "excluded_update_steps": res["sparse_update_steps"],
         "dense": args.dense, "sparse": args.sparse, "threads": torch.get_num_threads(),
+        "overrides": args.overrides, "sparse_overrides": args.sparse_overrides,
     }
     out["overhead"] = out["sparse_median_s"] / out["dense_median_s"]
     print(json.dumps(out, indent=2))

@@ -13,7 +13,6 @@ from solo_sparse.core.config import ConfigError
 from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, PluginHost
 from solo_sparse.gating import fbs as fbs_gates
 from solo_sparse.gating.cgnet import (
-    NORM_DIMS,
     CGNetConv2d,
     _GateMix,
     base_assignment,
@@ -87,7 +86,7 @@ def test_fused_gate_matches_composition_in_value_and_gradient(norm, scaled):
     scale = (torch.rand(8, dtype=torch.double) + 0.1).requires_grad_() if scaled else None
     leaves = (full, base, tau) + ((scale,) if scaled else ())
     w = torch.randn(3, 8, 4, 4, dtype=torch.double)
-    out, m = _GateMix.apply(full, base, tau, scale, 2.0, 1e-5, NORM_DIMS[norm])
+    out, m = _GateMix.apply(full, base, normalise(base, norm), tau, scale, 2.0)
     (out * w).sum().backward()
     g = [t.grad.clone() for t in leaves]
     for t in leaves:
@@ -499,8 +498,8 @@ def test_cgnet_masks_each_view_on_one_base_path():
     x = torch.randn(2, 4, 3, 32, 32)
     seen = []
     c = online.layer2[0].conv2
-    orig = c._base
-    c._base = lambda xx, assign: (seen.append(list(assign)), orig(xx, assign))[1]
+    orig = c._paths
+    c._paths = lambda xx, assign: (seen.append(list(assign)), orig(xx, assign))[1]
     two_view_step(host, online, opt, x, mom)
     assert seen == [[0, 1, 2, 3], [0, 1, 2, 3]]                    # the diagonal base path for both views
     assert set(c._ss_last) == {"a1", "a1_own"}
@@ -554,7 +553,7 @@ def test_masks_follow_momentum_and_gate_params_group():
     assert all(not q.requires_grad for q in mom.parameters())
     groups = p.param_groups(0.3)
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(3.0) and groups[0]["weight_decay"] == 0.0
-    assert len(groups[0]["params"]) == 16
+    assert len(groups[0]["params"]) == 32                          # tau and the conditional-path scale of 16 convs
 
 
 @pytest.mark.parametrize("cls,params,match", [

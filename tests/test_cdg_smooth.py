@@ -171,3 +171,21 @@ def test_paper_form_and_legacy_runs_rebuild_as_they_trained():
     cg = get_plugin("cgnet")
     assert cg.from_saved({}).unified is True                               # old cgnet runs were unified
     assert cg.from_params({}).unified is False
+
+
+@pytest.mark.parametrize("assign", [[0, 1, 2, 3], [3, 2, 1, 0]])
+def test_the_split_conv_gives_the_dense_conv_and_the_grouped_base_path(assign):
+    """Training computes Y_full and Y_base as one conv split over the input groups (the dense MACs once)."""
+    net = resnet()
+    convert_resnet(net, groups=4, stages=(2,))
+    c = net.layer2[0].conv2
+    x = torch.randn(3, 128, 8, 8, requires_grad=True)
+    full, base = c._paths(x, assign)
+    assert torch.allclose(full, torch.nn.functional.conv2d(x, c.weight, None, c.stride, c.padding), atol=1e-4)
+    assert torch.allclose(base, c._base(x, assign), atol=1e-4)
+    (full.sum() + base.pow(2).sum()).backward()
+    g = x.grad.clone()
+    x.grad = None
+    ref_full = torch.nn.functional.conv2d(x, c.weight, None, c.stride, c.padding)
+    (ref_full.sum() + c._base(x, assign).pow(2).sum()).backward()
+    assert torch.allclose(g, x.grad, atol=1e-3)

@@ -355,7 +355,8 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
         tau0 = s0 if c.init_threshold == "target" else c.init_threshold
         # the random control's patterns are seeded from the initial weights, not drawn from the global
         # generator: converting consumes no random numbers, so the data order stays paired with the other rows
-        seed = int(float(backbone.conv1.weight.detach().abs().sum()) * 1e6) % (2 ** 31)
+        first = next(backbone.parameters(), None)
+        seed = 0 if first is None else int(float(first.detach().abs().sum()) * 1e6) % (2 ** 31)
         cgnet.convert_resnet(backbone, groups=c.groups, cg=c.cg, alpha=c.alpha, init_tau=tau0, stages=c.stages,
                              convs=c.convs, unified=self.unified, norm=c.norm, cond_scale=c.scale_init,
                              control=c.control, seed=seed)

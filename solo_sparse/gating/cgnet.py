@@ -100,53 +100,43 @@ NORM_DIMS = {"channel": (2, 3), "sample": (1, 2, 3)}
 
 
 class _GateMix(torch.autograd.Function):
-    """Fused unstructured CDG gate: Y = Y_base + gamma M (Y_full - Y_base), M = step(normal(Y_base) - tau)
-    (``scale`` gamma (C_out,) or None for the paper's form, gamma = 1).
+    """Fused CDG gate after the normalisation: Y = Y_base + gamma M (Y_full - Y_base), M = step(n - tau) with
+    ``n`` the normalised base output (computed by :func:`normalise`, whose own backward autograd runs: the
+    native instance/layer-norm kernels), ``scale`` gamma (C_out,) or None for the paper's form (gamma = 1).
 
-    Same values and gradients as the composition of :func:`normalise`, the tau shift,
-    :func:`smooth_step` and the mix (tested against it), in fewer passes over the (B, C, H, W)
-    maps. ``dims``: the normalisation's dims (:data:`NORM_DIMS`). Returns (Y, M).
+    Same values and gradients as the composition of the tau shift, :func:`smooth_step` and the mix (tested
+    against it), in fewer passes over the (B, C, H, W) maps. Returns (Y, M).
     """
 
     @staticmethod
-    def forward(ctx, full, base, tau, scale, alpha, eps, dims=(2, 3)):
-        mu = base.mean(dims, keepdim=True)
-        rstd = torch.rsqrt(base.var(dims, keepdim=True, unbiased=False) + eps)
-        n = (base - mu) * rstd
+    def forward(ctx, full, base, n, tau, scale, alpha):
         z = n - tau[None, :, None, None]
         m = (z > 0).to(base.dtype)
         diff = full - base
         ms = m if scale is None else m * scale[None, :, None, None]
         out = torch.addcmul(base, ms, diff)
-        ctx.save_for_backward(n, z, m, diff, rstd, scale)
+        ctx.save_for_backward(z, m, diff, scale)
         ctx.has_scale = scale is not None
         ctx.alpha = alpha
-        ctx.dims = tuple(dims)
         return out, m
 
     @staticmethod
     def backward(ctx, g, _gm):
-        n, z, m, diff, rstd, scale = ctx.saved_tensors
+        z, m, diff, scale = ctx.saved_tensors
         a = ctx.alpha
         g_scale = None
         if ctx.has_scale:
-            g_scale = (g * m * diff).sum((0, 2, 3))
+            gd = g * diff
+            g_scale = (gd * m).sum((0, 2, 3))
             g_s = g * scale[None, :, None, None]
+            gd = gd * scale[None, :, None, None]
         else:
-            g_s = g
+            g_s, gd = g, g * diff
         g_full = g_s * m
         s = torch.sigmoid(z.mul_(a))                 # z is not needed afterwards
-        g_z = g_s * diff * s * (1 - s) * a
-        g_tau = -g_z.sum((0, 2, 3))
-        # normalisation backward over its dims: rstd * (g_n - mean(g_n) - n * mean(g_n * n))
-        dims = ctx.dims
-        k = 1
-        for d in dims:
-            k *= n.shape[d]
-        mean_g = g_z.sum(dims, keepdim=True) / k
-        mean_gn = (g_z * n).sum(dims, keepdim=True) / k
-        g_base = (g_z - mean_g - n * mean_gn) * rstd + (g - g_full)
-        return g_full, g_base, g_tau, g_scale, None, None, None
+        g_n = gd.mul_(s).mul_(s.neg_().add_(1)).mul_(a)
+        g_tau = -g_n.sum((0, 2, 3))
+        return g_full, g - g_full, g_n, g_tau, g_scale, None
 
 
 def base_assignment(groups: int, branch: str) -> List[int]:
@@ -161,10 +151,14 @@ def base_assignment(groups: int, branch: str) -> List[int]:
 def normalise(y: torch.Tensor, norm: str = "channel", eps: float = 1e-5) -> torch.Tensor:
     """(B, C, H, W) normalised without affine: ``channel`` per sample and channel over (H, W) (instance
     norm, as CGNet's code), ``sample`` per sample over (C, H, W)."""
-    dims = NORM_DIMS[norm]
-    mu = y.mean(dims, keepdim=True)
-    var = y.var(dims, keepdim=True, unbiased=False)
-    return (y - mu) * torch.rsqrt(var + eps)
+    if norm not in NORM_DIMS:
+        raise ValueError(f"norm must be one of {tuple(NORM_DIMS)}")
+    # the native kernels (one pass for the statistics, a fused backward): 3x faster on CPU than mean/var/rsqrt
+    if norm == "channel":
+        if y.shape[-1] * y.shape[-2] == 1:
+            return y - y                # one position: every value normalises to 0 (the kernel refuses 1x1)
+        return F.instance_norm(y, eps=eps)
+    return F.layer_norm(y, y.shape[1:], eps=eps)
 
 
 def per_sample_normal(y: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -234,6 +228,24 @@ class CGNetConv2d(GatedConvBase):
             xs = x.view(b, G, c_in // G, h, w)[:, torch.tensor(assign, device=x.device)].reshape(b, c_in, h, w)
         return F.conv2d(xs, self._base_weight(assign), None, self.stride, self.padding, self.dilation, G)
 
+    def _paths(self, x: torch.Tensor, assign: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Y_full, Y_base) as a split of one conv: the G partial sums P_b = conv(x_b, W[:, b]) over the input
+        groups b (together the dense conv's MACs, once), Y_full = sum_b P_b and Y_base's output group o =
+        P_{b(o)}'s group o. On 2 CPU threads at batch 128 (64 px ResNet-18 shapes) this costs 1.09-1.26x a dense
+        conv's forward + backward, against 1.35-1.60x for a dense conv plus a separate grouped base conv."""
+        G = self.ss_G
+        c_out = self.weight.shape[0]
+        cg = c_out // G
+        xs, ws = x.chunk(G, 1), self.weight.chunk(G, 1)
+        parts = [F.conv2d(xs[b], ws[b], None, self.stride, self.padding, self.dilation) for b in range(G)]
+        full = parts[0]
+        for q in parts[1:]:
+            full = full + q
+        if self.bias is not None:
+            full = full + self.bias[None, :, None, None]
+        base = torch.cat([parts[assign[o]][:, o * cg:(o + 1) * cg] for o in range(G)], 1)
+        return full, base
+
     def _group_tau(self) -> torch.Tensor:
         """tau per mask decision: (C_out,) or, structured, the mean over each group of cg channels."""
         if self.ss_cg == 1:
@@ -272,20 +284,20 @@ class CGNetConv2d(GatedConvBase):
             return self._conv_forward(x, self.weight, self.bias)
         branch = self.ss_branch
         assign = base_assignment(self.ss_G, "a2" if branch == "a2" else "a1")
-        y_base = self._base(x, assign)
         if self.ss_control == "base_only":
+            y_base = self._base(x, assign)
             if self.ss_record:
                 self._ss_stats = self._stats(None, y_base.shape)
             return y_base if self.bias is None else y_base + self.bias[None, :, None, None]
-        full = self._conv_forward(x, self.weight, self.bias)
+        full, y_base = self._paths(x, assign)
         cached = self._ss_cache
         if branch == "follow" and cached is not None and cached.shape == y_base.shape:
             m = cached
             out = self._mix(y_base, full, m)
         elif self.ss_cg == 1 and not self.ss_unified and self.ss_control == "none":
             # unified: crop 1 reuses m, keep its graph
-            out, m = _GateMix.apply(full, y_base, self.tau, self.cond_scale, self.ss_alpha, 1e-5,
-                                    NORM_DIMS[self.ss_norm])
+            out, m = _GateMix.apply(full, y_base, normalise(y_base, self.ss_norm), self.tau, self.cond_scale,
+                                    self.ss_alpha)
         else:
             m = self._mask(y_base)
             out = self._mix(y_base, full, m)

@@ -71,8 +71,8 @@ def read_checkpoint(path) -> Dict[str, Any]:
     return solo_naming(ck)   # a run of another host (Lightning) in solo-learn's names: one format for every reader
 
 
-def compose_config(path):
-    """Compose a solo-learn YAML the way its scripts do (Hydra, with the solo_sparse group visible)."""
+def compose_config(path, overrides=()):
+    """Compose a solo-learn YAML (with Hydra ``overrides``) the way its scripts do (the solo_sparse group visible)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -80,7 +80,7 @@ def compose_config(path):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(p.resolve().parent), version_base="1.2"):
-            return compose(p.stem)
+            return compose(p.stem, overrides=list(overrides))
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf/YAML errors: one line naming the file
