@@ -45,3 +45,4 @@ def test_a_valid_section_without_solo_learn_still_stops_the_job(no_solo, capsys)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("solo-sparse: error: ") and "'solo'" in err, err      # names the module it lacks
+    assert "solo-learn 1.0.6" in err and "--ensure-solo-learn" in err, err       # and how to get it

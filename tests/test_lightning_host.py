@@ -765,7 +765,8 @@ def test_bench_trains_through_the_lightning_host_and_keeps_hosts_apart(tmp_path,
     assert b_solo.host == "solo-learn"
     spec = b_solo.suite.runs[0]
     assert b_solo.fingerprint(spec, 0) == json.dumps(
-        [json.loads(b_solo.fingerprint(spec, 0))[0], [], ["+solo_sparse=gmp"], [], 0, 32, "pretrain", None, None])
+        [json.loads(b_solo.fingerprint(spec, 0))[0], [], ["+solo_sparse=gmp"], [], 0, 32, "pretrain", None, None,
+         f"plugins={b_solo.plugin_digest(spec)}"])                # no host entry: solo-learn's form
     b_solo.run()
     b_lt = Bench(Suite.load(suite), data_root=tmp_path / "data", out=out_lt, log=print, host="lightning")
     assert b_lt.fingerprint(spec, 0) != b_solo.fingerprint(spec, 0)

@@ -42,9 +42,9 @@ class SoloSparseCallback(Callback):
             except ModuleNotFoundError as e:
                 if (e.name or "").split(".")[0] != "solo":
                     raise
-                raise ImportError("the '- solo_sparse:' line needs solo-learn 1.0.6, which is not installed here "
-                                  "(python -m solo_sparse.tools.doctor --ensure-solo-learn installs the pinned "
-                                  "commit)") from e
+                raise ImportError("the '- solo_sparse:' line needs solo-learn 1.0.6 (module 'solo'), which is not "
+                                  "installed here (python -m solo_sparse.tools.doctor --ensure-solo-learn installs "
+                                  "the pinned commit)") from e
 
             install_from_config(config)
         except Exception as e:  # noqa: BLE001 - re-raised as SystemExit on purpose

@@ -69,7 +69,8 @@ def install_from_config(cfg) -> List[Plugin]:
 def plugins_as_trained(plugins: Sequence[Plugin], section, ckpt_path: str) -> List[Plugin]:
     """``main_linear.py``: each plugin rebuilt from the config its pre-training checkpoint records (stages,
     groups, cg, norm, scales, ...), so the one ``- solo_sparse: <plugin>`` line is enough; a key the linear
-    config sets to another value than pre-training did is refused naming both. Plugins the checkpoint holds
+    config sets to another value than pre-training did is refused naming both, except the plugin's
+    ``evaluation_keys`` (which path to evaluate), which the linear config chooses. Plugins the checkpoint holds
     no state for keep the line's config."""
     import torch
 
@@ -91,7 +92,8 @@ def plugins_as_trained(plugins: Sequence[Plugin], section, ckpt_path: str) -> Li
         mine = section.get(p.name) if len(plugins) > 1 else section
         explicit = {k: v for k, v in dict(mine or {}).items() if k not in ("plugin", "plugins")}
         from_saved = getattr(cls, "from_saved", cls.from_params)
-        trained = from_saved(saved["config"])
+        chosen = {k: v for k, v in explicit.items() if k in cls.evaluation_keys}   # the linear run's to choose
+        trained = from_saved({**saved["config"], **chosen})
         if explicit:
             asked = config_to_state(from_saved({**saved["config"], **explicit}).config)
             was = config_to_state(trained.config)

@@ -129,6 +129,10 @@ class Plugin:
     #: ``(fast, dense)`` evaluation paths whose CPU latency is worth comparing (a path that skips
     #: computation at batch 1, e.g. DGNet's channel gather); empty when none does
     speed_paths: ClassVar[Tuple[str, ...]] = ()
+    #: config keys that choose how a trained network is evaluated, not how it is built (e.g. DGNet's
+    #: ``eval_path``): ``main_linear.py`` takes them from the linear config; every other key is rebuilt as
+    #: the checkpoint records it
+    evaluation_keys: ClassVar[Tuple[str, ...]] = ()
     Config: ClassVar[type]
 
     def __init__(self, config):

@@ -94,6 +94,7 @@ class DGNetPlugin(GatedBackbonePlugin):
     method_requirement = "needs a two-view symmetric method with exactly two large crops"
     crops_why = "crop 0 gated, crop 1 dense"
     speed_paths = ("gated", "dense")
+    evaluation_keys = ("eval_path", "gather")   # which path main_linear.py evaluates, and how it runs
     #: one gate set, shared-BN or separate-BN branches
     separate_bn: bool = False
 
