@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """The two hosts side by side: rows of a solo-learn suite and of the same suite trained through the Lightning host.
 
+    solo-sparse bench scripts/suites/synccp.yaml --host lightning --only dense gmp synccp --seeds 1 \
+        --out results/hosts                     # the suite's own rows (same YAML, window, seed) through Lightning
     python scripts/hosts_agree.py results/synccp/results.json results/hosts/results.json
 
 For every run id in both (seed 0 each): online / momentum density, inference and training MACs, the schedule's
