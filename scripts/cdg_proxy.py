@@ -40,6 +40,7 @@ from solo_sparse.tools.evaluate import extract_features, linear_probe, load_spli
 
 #: variant -> (plugin, params); None = dense
 VARIANTS: Dict[str, Optional[tuple]] = {
+    "random-init": None,                                                    # the dense network, 0 steps
     "dense": None,
     "cdg": ("cdg", {"target": 0.75}),                                      # learnable scale from 0 (default)
     "cdg-paper": ("cdg", {"target": 0.75, "cond_scale": "none"}),           # the paper's form
@@ -125,6 +126,8 @@ def mlp(d_in: int, d_hidden: int = 256, d_out: int = 64) -> nn.Module:
 def train(method: str, variant: str, seed: int, X: torch.Tensor, steps: int, batch: int = 128,
           width: int = 16, log=print) -> Dict:
     torch.manual_seed(seed)
+    if variant == "random-init":
+        steps = 0                  # the floor trained features must clear (same init as every variant's seed)
     online = narrow_resnet18(width)
     proj = mlp(8 * width)
     mom = copy.deepcopy(online) if method == "mocov2plus" else None
@@ -233,6 +236,46 @@ def evaluate(run: Dict, train_set, test_set, probe_x: torch.Tensor) -> Dict:
     return out
 
 
+#: the suite's comparisons, decided on the proxy as the bench decides claims (a - b, paired by seed, 95% interval)
+COMPARISONS = [("cdg", "dense"), ("cdg", "static-g2"), ("cdg", "base-only"), ("cdg", "random"),
+               ("cdg", "cdg-paper"), ("cdg-paper", "cgnet"), ("cdg-cg8", "cdg"), ("dense", "random-init")]
+
+
+def summary(res: Dict, method: str, steps: int) -> str:
+    """Markdown: per variant mean ± std over seeds (linear probe, shift sensitivity, gate sparsity, eq. 13, whole-
+    network MACs, online/momentum cosine), then the comparisons paired by seed with their 95% t-intervals."""
+    from solo_sparse.tools.stats import fmt, paired, verdict
+
+    by: Dict[str, Dict[int, Dict]] = {}
+    for key, row in res["rows"].items():
+        m, v, s, st = key.split("/")
+        if m == method and (st == f"steps{steps}" or v == "random-init"):
+            by.setdefault(v, {})[int(s[4:])] = row
+
+    def ms(v: str, k: str, scale: float = 1.0, nd: int = 2) -> str:
+        vals = [r[k] * scale for r in by[v].values() if r.get(k) is not None]
+        if not vals:
+            return "-"
+        sd = f" ± {statistics.stdev(vals):.{nd}f}" if len(vals) > 1 else ""
+        return f"{statistics.mean(vals):.{nd}f}{sd}"
+
+    lines = [f"{method}, {steps} steps (width-16 ResNet-18, 64 px, batch 128); mean ± std over seeds", "",
+             "| variant | seeds | linear probe | shift sensitivity | gate sparsity | eq. 13 | network MACs |"
+             " online/momentum cos |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = [v for v in VARIANTS if v in by]
+    for v in order:
+        lines.append(f"| {v} | {len(by[v])} | {ms(v, 'linear')} | {ms(v, 'shift', nd=4)} | "
+                     f"{ms(v, 'gate_sparsity', nd=3)} | {ms(v, 'eq13')} | {ms(v, 'network_macs_ratio', nd=3)} | "
+                     f"{ms(v, 'online_momentum_cos', nd=3)} |")
+    lines += ["", "| a − b | per-seed (pt) | mean ± std [95% interval] | verdict (a ≥ b) |", "|---|---|---|---|"]
+    for a, b in COMPARISONS:
+        if a in by and b in by:
+            p = paired({s: r["linear"] for s, r in by[a].items()}, {s: r["linear"] for s, r in by[b].items()})
+            per = ", ".join(f"{d:+.2f}" for d in p["diffs"]) if p else "-"
+            lines.append(f"| {a} − {b} | {per} | {fmt(p)} | {verdict(p)} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=("simclr", "mocov2plus"), default="simclr")
@@ -243,6 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--data", default="data/fmnist5k")
     ap.add_argument("--test-images", type=int, default=2000)
     ap.add_argument("--out", required=True, help="JSON file (rows are added; finished rows are kept)")
+    ap.add_argument("--summary", default=None, help="also write the summary table (markdown) to this file")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.test_images < 1:
         ap.error("--steps and --test-images must be >= 1")
@@ -267,22 +311,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(res, indent=1) + "\n")
             tmp.replace(out)
-    # summary: mean ± std per variant, and the paired difference to dense
-    print(f"\n{args.method}, {args.steps} steps:")
-    by: Dict[str, Dict[int, Dict]] = {}
-    for key, row in res["rows"].items():
-        m, v, s, st = key.split("/")
-        if m == args.method and st == f"steps{args.steps}":
-            by.setdefault(v, {})[int(s[4:])] = row
-    dense = by.get("dense", {})
-    for v, rows in by.items():
-        lin = [r["linear"] for r in rows.values()]
-        sh = [r["shift"] for r in rows.values()]
-        diffs = [rows[s]["linear"] - dense[s]["linear"] for s in rows if s in dense]
-        d = (f" vs dense {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else
-             f" vs dense {diffs[0]:+.2f}" if diffs else "")
-        sd = f" ± {statistics.stdev(lin):.2f}" if len(lin) > 1 else ""
-        print(f"  {v:14s} n={len(lin)} linear {statistics.mean(lin):.2f}{sd}{d}  shift {statistics.mean(sh):.4f}")
+    md = summary(res, args.method, args.steps)
+    print("\n" + md)
+    if args.summary:
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(md + "\n")
     return 0
 
 
