@@ -49,4 +49,4 @@ for e in $(solo-sparse zoo list --names); do
 done
 solo-sparse evaluate --data data/$data results/local/zoo/*.ckpt --random-init-densities 1.0 \
   --out results/local/zoo_eval.json
-solo-sparse report zoo --out results/local
+solo-sparse report results/local/zoo_eval.json --out results/local   # this run's numbers, random-init line

@@ -99,3 +99,30 @@ def test_evaluate_on_an_image_folder(tmp_path, sparse_ckpt, capsys):
     assert res[0]["macs_ratio"] == 1.0 and 0.5 < res[1]["macs_ratio"] < 0.6 and res[2]["macs_ratio"] < 0.2
     for r in res:  # three well-separated grey levels: every backbone separates them
         assert r["knn1"] == 1.0 and 0.0 <= r["linear"] <= 1.0
+    assert [(r["kind"], r["name"]) for r in res] == [("random-init", "random-init d1"),
+                                                     ("random-init", "random-init d0.5"),
+                                                     ("checkpoint", sparse_ckpt.stem)]
+    # the main job's fallback plots this run's numbers (not the zoo manifest's), random-init drawn as the floor
+    plotted = {}
+    import matplotlib.axes
+
+    real_axhline = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *a, **k):
+        plotted.setdefault("floor", []).append(y)
+        return real_axhline(self, y, *a, **k)
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "axhline", spy)
+        assert main(["report", str(out), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "r.png").stat().st_size > 1000
+    assert plotted["floor"] == [pytest.approx(100 * res[0]["linear"])]
+
+
+def test_report_refuses_a_json_that_is_not_an_evaluation(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"rows": {}}))
+    assert main(["report", str(bad), "--out", str(tmp_path)]) == 2
+    assert "not an evaluation file" in capsys.readouterr().err

@@ -165,17 +165,18 @@ def _cmd_evaluate(args) -> int:
             with torch.no_grad():
                 for k, m in layers.items():
                     m.weight.mul_(masks[k])
-        rows.append((f"random-init, magnitude-pruned to {d}", net, {}))
+        rows.append((f"random-init, magnitude-pruned to {d}", net, {},
+                     {"kind": "random-init", "name": f"random-init d{d:g}", "density": d}))
     for ck in args.checkpoints:
         net, info = load_backbone(ck, args.backbone, cifar_stem=args.cifar_stem)
-        rows.append((f"{ck} ({describe(info)})", net, info))
+        rows.append((f"{ck} ({describe(info)})", net, info, {"kind": "checkpoint", "name": Path(ck).stem}))
     print(f"loading {data}/train and {data}/val ...", flush=True)     # after the checkpoints: a bad one fails fast
     train, test = load_splits(data, args.input_size)
     results = []
-    for name, net, info in rows:
+    for name, net, info, tags in rows:
         acc = evaluate_backbone(net, train, test, progress=True)
         cost = backbone_macs(net, info, test[0][:MEASURE_IMAGES])
-        results.append({"backbone": name, **acc, **cost})
+        results.append({"backbone": name, **tags, **acc, **cost})
         gates = f"  gate sparsity {cost['gate_sparsity']:.3f}" if "gate_sparsity" in cost else ""
         print(f"{name}: kNN20 {100 * acc['knn20']:.2f}  kNN1 {100 * acc['knn1']:.2f}  "
               f"linear {100 * acc['linear']:.2f}  MACs x{cost['macs_ratio']:.3f}{gates}", flush=True)
@@ -263,9 +264,12 @@ def _cmd_report(args) -> int:
         for p in report.plot_run(Path(src), out):
             print(p)
         return 0
+    if Path(src).is_file() and src.endswith(".json"):
+        print(report.plot_evaluation(Path(src), out))
+        return 0
     if Path(src).exists():
         raise ConfigError(f"{src}: is a file; report takes a run directory (holding metrics.csv / checkpoints), "
-                          "a zoo entry name, or 'zoo'")
+                          "an evaluation JSON (solo-sparse evaluate --out), a zoo entry name, or 'zoo'")
     names = [e["name"] for e in zoo.list_entries(Path(args.zoo) if args.zoo else None)]
     if src not in names:
         raise ConfigError(f"{src}: no such run directory, and not a zoo entry (entries: {', '.join(names)})")
@@ -402,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
         a = sub.add_parser(verb, help=helptext)
         add_args(a)
         a.set_defaults(fn=run)
-    a = sub.add_parser("report", help="PNG plots of a run directory, a zoo entry, or 'zoo' (accuracy vs FLOPs)")
-    a.add_argument("source", help="run directory | zoo entry name | zoo")
+    a = sub.add_parser("report", help="PNG plots of a run directory, an evaluation JSON, a zoo entry, or 'zoo' "
+                                      "(accuracy vs FLOPs)")
+    a.add_argument("source", help="run directory | EVAL.json (solo-sparse evaluate --out) | zoo entry name | zoo")
     a.add_argument("--out", default="report")
     a.add_argument("--zoo", default=None)
     a.add_argument("--reference", type=number(float, 0.0, 100.0), default=None,

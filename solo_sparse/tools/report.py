@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -299,6 +300,39 @@ def plot_run(run: Path, out: Path) -> List[Path]:
     if not written:
         raise FileNotFoundError(f"{run}: no metrics.csv with solo_sparse metrics and no checkpoint with masks found")
     return written
+
+
+def plot_evaluation(path: Path, out: Path) -> Path:
+    """Linear probe vs MACs ratio of the backbones one ``solo-sparse evaluate --out`` run measured (gated
+    backbones at the MACs their gates executed): checkpoints as labelled points, random-init references as grey
+    crosses, the dense random-init accuracy as a dashed line (the floor SSL features must clear)."""
+    rows = json.loads(Path(path).read_text())
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: not an evaluation file (a JSON list of rows written by solo-sparse evaluate --out)")
+    missing = [i for i, r in enumerate(rows) if r.get("linear") is None or r.get("macs_ratio") is None]
+    if missing:
+        raise ValueError(f"{path}: row {missing[0]} lacks 'linear' or 'macs_ratio' (written by an older "
+                         f"solo-sparse evaluate? run it again)")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for r in rows:
+        x, y = float(r["macs_ratio"]), 100 * float(r["linear"])
+        name = r.get("name") or str(r.get("backbone", "?"))[:40]
+        if r.get("kind") == "random-init":
+            ax.scatter(x, y, marker="x", c="grey")
+            if float(r.get("density", 0.0)) >= 1.0:
+                ax.axhline(y, ls="--", c="grey", lw=1, label=f"random init ({y:.2f})")
+        else:
+            ax.scatter(x, y)
+        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.35, y=0.15)
+    ax.set_xlabel("MACs vs dense (measured: gated backbones on their gates)")
+    ax.set_ylabel("linear probe top-1 (%)")
+    ax.set_title(f"solo-sparse evaluate: {Path(path).name}")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(out) / f"{Path(path).stem}.png")
 
 
 def plot_zoo(out: Path, root: Optional[Path] = None, reference: Optional[float] = None) -> Path:
