@@ -4,7 +4,8 @@
 # solo-learn is installed, else through the Lightning host (Lightly's building blocks + the Sparsify callback, the
 # same suite YAML; results/local/<suite>-lightning), and says which; SOLO_SPARSE_HOST=solo-learn|lightning forces one.
 #   bash scripts/main.sh           the full run: 5,000 images at 64 px, 12 epochs (about 35 min on 2 cores)
-#   bash scripts/main.sh --quick   a first look: 1,000 images at 32 px, 2 epochs (8.5 min measured, 2 busy cores)
+#   bash scripts/main.sh --quick   a first look: 1,000 images at 32 px, 2 epochs (2.5 min measured from a clean clone, solo-learn
+#     present, 2 cores with nothing else training: trainings 23 / 25 / 31 s; 8.5 min beside another job)
 #     (through the Lightning host: 17 min measured from a fresh venv without solo-learn — install, data, three
 #     trainings of 3.3 / 2.9 / 3.6 min against solo-learn's 2.4 / 2.4 / 2.5 min back to back, load average 7-9)
 # It installs solo-sparse, solo-learn at the pinned commit (when missing and GitHub can be reached) and the
