@@ -2,8 +2,8 @@
 to another value is refused naming both; an evaluation key (the plugin's ``evaluation_keys``) is the linear run's."""
 import pytest
 import torch
-
 from conftest import needs_solo
+
 from solo_sparse.core.config import ConfigError, config_to_state
 from solo_sparse.core.registry import build_plugins
 
