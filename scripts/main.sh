@@ -6,8 +6,9 @@
 #   bash scripts/main.sh           the full run: 5,000 images at 64 px, 12 epochs (about 35 min on 2 cores)
 #   bash scripts/main.sh --quick   a first look: 1,000 images at 32 px, 2 epochs (2.5 min measured from a clean clone, solo-learn
 #     present, 2 cores with nothing else training: trainings 23 / 25 / 31 s; 8.5 min beside another job)
-#     (through the Lightning host: 17 min measured from a fresh venv without solo-learn — install, data, three
-#     trainings of 3.3 / 2.9 / 3.6 min against solo-learn's 2.4 / 2.4 / 2.5 min back to back, load average 7-9)
+#     (through the Lightning host, SOLO_SPARSE_HOST=lightning: 6.8 min from a clean clone, trainings 19 / 21 s on
+#     idle cores and 3.2 min for the third once another job started beside it; 17 min from a fresh venv without
+#     solo-learn at load average 7-9, install included)
 # It installs solo-sparse, solo-learn at the pinned commit (when missing and GitHub can be reached) and the
 # Debian package dataset-fashion-mnist (when apt-get can). With neither host it evaluates the model zoo instead.
 set -euo pipefail
