@@ -14,6 +14,7 @@ from solo_sparse.tools.bench import ROW_KEYS, Bench, Suite, to_markdown, update_
 
 FAKE = r'''
 import json, sys, pathlib, torch, torchvision
+from solo_sparse.core import events
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.startswith("++"))
 d = pathlib.Path(args["++checkpoint.dir"]) / "fake" / "0"
 d.mkdir(parents=True, exist_ok=True)
@@ -32,11 +33,11 @@ if "+solo_sparse=gmp" in sys.argv:
     state = {"gmp": {"config": {"every": 20}, "step": 10, "epoch": 1, "extra": {}}}
 (d / "args.json").write_text(json.dumps({"method": "fakemethod"}))
 torch.save({"state_dict": sd, "solo_sparse": state, "epoch": 1}, d / "fake-ep=1.ckpt")
-print("solo-sparse synccp step 5: CSI I=0.3000 r=0.0000 gap=0.3000 (rule literal: fires at r <= 0.02)", file=sys.stderr)
-print("solo-sparse synccp step 5: schedule starts (CSI fired); cubic ramp", file=sys.stderr)
+events.emit("synccp", "csi", 5, I=0.3, r=0.0, gap=0.3, note=" (rule literal: fires at r <= 0.02)")
+events.emit("synccp", "schedule_start", 5, cause="CSI fired", note="; cubic ramp")
 if "+solo_sparse=gmp" in sys.argv:     # what a gated run's monitor prints
-    print("solo-sparse cdg probe 32: online_momentum_cos=0.9100", file=sys.stderr)
-    print("solo-sparse cdg epoch 0: pair cosine positives=0.8000 random=0.2000", file=sys.stderr)
+    events.emit("cdg", "probe", 32, online_momentum_cos=0.91)
+    events.emit("cdg", "pairs", 0, positives=0.8, random=0.2)
 if args.get("++fail") == "yes":
     sys.exit(3)
 '''

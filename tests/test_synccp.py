@@ -459,6 +459,7 @@ def test_csi_curve_prefers_every_check_and_a_restarted_run_is_not_doubled(tmp_pa
     check. A run killed and restarted in the same folder leaves two metrics.csv with the same steps."""
     import os
 
+    from solo_sparse.core import events
     from solo_sparse.tools.report import read_csi, read_metrics
 
     header = "epoch,step,solo_sparse/csi/I,solo_sparse/csi/r\n"
@@ -468,8 +469,8 @@ def test_csi_curve_prefers_every_check_and_a_restarted_run_is_not_doubled(tmp_pa
         (d / "metrics.csv").write_text(header + f"2,99,{v},0.0\n")
         os.utime(d / "metrics.csv", (1000 + i, 1000 + i))
     assert read_metrics(tmp_path)["solo_sparse/csi/I"] == [(99, 0.3)]   # the newest file wins
-    lines = [f"solo-sparse synccp step {s}: CSI I=0.3000 r=0.0000 gap=0.3000 (rule resync: ...)" for s in (39, 59, 79, 99)]
-    lines.append("solo-sparse synccp step 117: schedule starts (csi_timeout reached); cubic ramp ...")
+    lines = [events.line("synccp", "csi", s, I=0.3, r=0.0, gap=0.3, note=" (rule resync: ...)") for s in (39, 59, 79, 99)]
+    lines.append(events.line("synccp", "schedule_start", 117, cause="csi_timeout reached", note="; cubic ramp ..."))
     (tmp_path / "train.log").write_text("\n".join(lines) + "\n")
     curve = read_csi(tmp_path)
     assert curve["steps"] == [39, 59, 79, 99] and curve["r"] == [0.0] * 4

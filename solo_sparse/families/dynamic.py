@@ -45,12 +45,12 @@ until ``end`` (what a suite's one window sets).
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from solo_sparse.core import events
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec, key_error
 from solo_sparse.engine.density import allocate_masks
 from solo_sparse.engine.regrow import nested_masks, nm_prune_and_regrow, prune_and_regrow
@@ -325,10 +325,11 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
             fire = self._csi_armed and r <= c.csi_fire
         gap = self.momentum_density(c.final_density, self.step) - c.final_density
         self.log({"csi/I": i, "csi/r": r, "csi/armed": float(self._csi_armed), "csi/gap": gap})
-        self._report(f"CSI I={i:.4f} r={r:.4f} gap={gap:.4f} (rule {c.csi_rule}: "
-                     + (f"arms at r >= {c.csi_arm}, fires at r <= {c.csi_fire}; armed={self._csi_armed})"
-                        if c.csi_rule == "resync" else f"fires at r <= {c.csi_fire})")
-                     + (" [monitor: the schedule started]" if monitor else ""))
+        events.emit(self.name, "csi", self.step, I=i, r=r, gap=gap,
+                    note=f" (rule {c.csi_rule}: "
+                    + (f"arms at r >= {c.csi_arm}, fires at r <= {c.csi_fire}; armed={self._csi_armed})"
+                       if c.csi_rule == "resync" else f"fires at r <= {c.csi_fire})")
+                    + (" [monitor: the schedule started]" if monitor else ""))
         if fire and not monitor:
             self._fire()
 
@@ -344,10 +345,8 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         self._prev_pseudo = cur
 
     def _report(self, msg: str) -> None:
-        """One line on stderr (rank 0): CSI is visible even when solo-learn runs without a logger."""
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-            print(f"solo-sparse {self.name} step {self.step}: {msg}", file=sys.stderr, flush=True)
+        """A line for a person on stderr (rank 0): CSI is visible even when solo-learn runs without a logger."""
+        events.emit(self.name, "message", self.step, note=msg)
 
     def _fire(self, timed_out: bool = False) -> None:
         self.trigger_step = self.step
@@ -355,8 +354,9 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         t0, t_end = self.window()
         ramp = self._csi["ramp"]
         capped = ramp is not None and (t_end - t0) < ramp
-        self._report(("schedule starts (csi_timeout reached)" if timed_out else "schedule starts (CSI fired)")
-                     + f"; cubic ramp to the final density over steps {t0}..{t_end}")
+        events.emit(self.name, "schedule_start", self.step,
+                    cause="csi_timeout reached" if timed_out else "CSI fired",
+                    note=f"; cubic ramp to the final density over steps {t0}..{t_end}")
         self.log({"csi/trigger_step": self.step, "csi/timed_out": float(timed_out),
                   "csi/ramp_end_step": t_end, "csi/ramp_capped": float(capped)})
         if timed_out:

@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from solo_sparse.core import events
 from solo_sparse.core.config import PREFIX, ConfigError
 from solo_sparse.core.plugin import ModelView, Plugin
 
@@ -135,8 +136,8 @@ class PairMonitor:
             out["diag/key_drift_cos"] = float((k * self.prev_key).sum(1).mean())
         self.prev_key = k
         self.plugin.log(out)
-        print(f"solo-sparse {self.plugin.name} probe {self.steps}: " + " ".join(
-            f"{k.split('/')[1]}={v:.4f}" for k, v in out.items()), file=sys.stderr, flush=True)
+        events.emit(self.plugin.name, "probe", self.steps, online_momentum_cos=out["diag/online_momentum_cos"],
+                    key_drift_cos=out.get("diag/key_drift_cos"))
         return out
 
     def shift(self) -> Optional[float]:
@@ -154,8 +155,7 @@ class PairMonitor:
         pos, neg = self.sums[0] / self.n, self.sums[1] / self.n
         self.sums, self.n = [0.0, 0.0], 0
         sh = self.shift()
-        print(f"solo-sparse {self.plugin.name} epoch {epoch}: pair cosine positives={pos:.4f} random={neg:.4f}"
-              + (f" shift={sh:.5f}" if sh is not None else ""), file=sys.stderr, flush=True)
+        events.emit(self.plugin.name, "pairs", epoch, positives=pos, random=neg, shift=sh)
         if epoch >= 1 and pos - neg < self.margin and not self.warned:
             self.warned = True
             msg = (f"solo-sparse {self.plugin.name}: collapse: at epoch {epoch} the two views of an image are no more "

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import torch
 
+from solo_sparse.core import events
 from solo_sparse.core.files import atomic_path
 
 
@@ -54,10 +54,6 @@ def read_metrics(run: Path) -> Dict[str, List[tuple]]:
     return {k: sorted(v.items()) for k, v in merged.items()}
 
 
-_CSI_LINE = re.compile(r"solo-sparse (\S+) step (\d+): CSI I=([0-9.]+) r=([0-9.]+)(?: gap=([0-9.]+))?")
-_START_LINE = re.compile(r"solo-sparse (\S+) step (\d+): schedule starts \((CSI fired|csi_timeout reached)\)")
-
-
 def read_csi(run: Path) -> Dict[str, object]:
     """The CSI curve of a run: ``{"steps", "I", "r", "gap", "trigger_step", "timed_out"}`` from Lightning's
     ``metrics.csv`` or from the one-line CSI reports the plugin prints on stderr (:mod:`solo_sparse.tools.runner`
@@ -89,33 +85,23 @@ def read_csi(run: Path) -> Dict[str, object]:
 
 
 def _read_csi_log(run: Path) -> Dict[str, object]:
-    """The CSI curve from the plugin's one-line reports in the run's ``*.log`` files (the last attempt's
-    value wins at a repeated step)."""
+    """The CSI curve from the plugin's ``csi`` / ``schedule_start`` events in the run's ``*.log`` files
+    (:mod:`solo_sparse.core.events`; the last attempt's value wins at a repeated step)."""
     out: Dict[str, object] = {"steps": [], "I": [], "r": [], "gap": None, "trigger_step": None, "timed_out": False}
-    logs = sorted(run.rglob("*.log"), key=lambda f: (f.stat().st_mtime, str(f))) if run.is_dir() else [run]
     checks: Dict[int, tuple] = {}
-    for f in logs:
-        for line in Path(f).read_text(errors="replace").splitlines():
-            mm = _CSI_LINE.search(line)
-            if mm:
-                checks[int(mm.group(2))] = (float(mm.group(3)), float(mm.group(4)))
-                if mm.group(5):
-                    out["gap"] = float(mm.group(5))
-                continue
-            mm = _START_LINE.search(line)
-            if mm:
-                out["trigger_step"] = int(mm.group(2))
-                out["timed_out"] = mm.group(3) != "CSI fired"
+    for ev in events.read(events.log_files(run)):
+        if ev.kind == "csi":
+            checks[ev.at] = (ev.values["I"], ev.values["r"])
+            if ev.values["gap"] is not None:
+                out["gap"] = ev.values["gap"]
+        elif ev.kind == "schedule_start":
+            out["trigger_step"] = ev.at
+            out["timed_out"] = ev.values["cause"] != "CSI fired"
     for step in sorted(checks):
         out["steps"].append(step)
         out["I"].append(checks[step][0])
         out["r"].append(checks[step][1])
     return out if out["steps"] or out["trigger_step"] is not None else {}
-
-
-_PAIR_LINE = re.compile(r"solo-sparse (\S+) epoch (\d+): pair cosine positives=([-0-9.]+) random=([-0-9.]+)"
-                        r"(?: shift=([-0-9.e]+))?")
-_PROBE_LINE = re.compile(r"solo-sparse (\S+) probe (\d+): online_momentum_cos=([-0-9.]+)(?: key_drift_cos=([-0-9.]+))?")
 
 
 def read_monitor(run: Path) -> Dict[str, object]:
@@ -129,20 +115,16 @@ def read_monitor(run: Path) -> Dict[str, object]:
                             "online_momentum_cos": [], "key_drift_cos": []}
     if not run.exists():
         return {}
-    for f in (sorted(run.rglob("*.log")) if run.is_dir() else [run]):
-        for line in Path(f).read_text(errors="replace").splitlines():
-            m = _PAIR_LINE.search(line)
-            if m:
-                out["epochs"].append(int(m.group(2)))
-                out["pos"].append(float(m.group(3)))
-                out["neg"].append(float(m.group(4)))
-                out["shift"].append(float(m.group(5)) if m.group(5) else None)
-                continue
-            m = _PROBE_LINE.search(line)
-            if m:
-                out["probe_steps"].append(int(m.group(2)))
-                out["online_momentum_cos"].append(float(m.group(3)))
-                out["key_drift_cos"].append(float(m.group(4)) if m.group(4) else None)
+    for ev in events.read(events.log_files(run, by="name")):
+        if ev.kind == "pairs":
+            out["epochs"].append(ev.at)
+            out["pos"].append(ev.values["positives"])
+            out["neg"].append(ev.values["random"])
+            out["shift"].append(ev.values["shift"])
+        elif ev.kind == "probe":
+            out["probe_steps"].append(ev.at)
+            out["online_momentum_cos"].append(ev.values["online_momentum_cos"])
+            out["key_drift_cos"].append(ev.values["key_drift_cos"])
     return out if out["epochs"] or out["probe_steps"] else {}
 
 
