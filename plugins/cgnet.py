@@ -41,6 +41,12 @@ class CGNet(ThresholdGatingPlugin):
     #: runs saved before ``unified`` existed used unified gating
     legacy_defaults = {**ThresholdGatingPlugin.legacy_defaults, "unified": True}
 
+    def __init__(self, config):
+        super().__init__(config)
+        # control: base_only trains no gate: tau and cond_scale are kept (the checkpoint layout) but get no
+        # gradient, so DDP without find_unused_parameters is refused before step 0
+        self.leaves_parameters_unused = self.config.control == "base_only"
+
     @classmethod
     def eval_paths(cls):
         return ("a1",)          # one base path: a2 is never trained

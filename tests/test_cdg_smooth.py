@@ -189,3 +189,20 @@ def test_the_split_conv_gives_the_dense_conv_and_the_grouped_base_path(assign):
     ref_full = torch.nn.functional.conv2d(x, c.weight, None, c.stride, c.padding)
     (ref_full.sum() + c._base(x, assign).pow(2).sum()).backward()
     assert torch.allclose(g, x.grad, atol=1e-3)
+
+
+def test_base_only_control_refuses_ddp_without_find_unused_parameters():
+    """The base-only control leaves tau and cond_scale without gradient: plain DDP would fail at run time."""
+    from solo_sparse.binding.host import check_plugins
+
+    cls = get_plugin("cgnet")
+    p = cls.from_params({"control": "base_only"})
+    with pytest.raises(ConfigError, match="plugin 'cgnet' leaves parameters without gradients"):
+        check_plugins([p], "simclr", "shared", ddp_without_unused=True)
+    check_plugins([p], "simclr", "shared", ddp_without_unused=False)
+    check_plugins([cls.from_params({"control": "random"})], "simclr", "shared", ddp_without_unused=True)
+    net = resnet()
+    convert_resnet(net, control="base_only", cond_scale=0.0)
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    unused = [n for n, q in net.named_parameters() if q.grad is None]
+    assert unused and all(n.endswith(("tau", "cond_scale")) for n in unused)
