@@ -75,6 +75,7 @@ class IMP(WeightSparsityPlugin):
     description = ("one round of iterative magnitude pruning with self-supervision: fixed masks from a file, "
                    "rewind capture (Caron et al. 2020); driven by `solo-sparse imp`")
     families = ("momentum", "shared")
+    density_key = None          # the masks come from a file
     Config = IMPConfig
 
     def __init__(self, config: IMPConfig):

@@ -69,6 +69,7 @@ class SDCLR(WeightSparsityPlugin):
                    "threshold, re-derived every epoch, weights kept dense) — crop 1's branch with BatchNorms of "
                    "its own (shared-encoder methods) or the online encoder, seen by the momentum encoder too")
     families = ("momentum", "shared")
+    density_key = "density"
     Config = SDCLRConfig
     momentum_follows_online = False
     #: the damaged branch depends on the crop for shared-encoder methods

@@ -6,8 +6,12 @@
 * only the Lightning binding (``solo_sparse/lightning``) imports Lightly, and it never imports solo-learn;
   the host-neutral core of both bindings (``binding/host.py``) imports neither, nor Lightning;
 * each layer imports only the layers below it;
-* no module outside ``plugins/`` names a plugin: no imports of ``solo_sparse_plugins`` and no plugin
-  name as a string in the layers that consume plugins (core, binding, zoo, tools);
+* no module outside ``plugins/`` names a plugin: no imports of ``solo_sparse_plugins`` (scripts/ included) and
+  no plugin name as a string in the layers that consume plugins (core, binding, zoo, tools) nor in the layers
+  plugins are built from (engine, families; gating only as a gate-kind tag, ``ss_gating = "fbs"``);
+* consumers reach a plugin only through the contract, by no other route: they call no method that only a family
+  defines (``route_eval``, ``sparsifier`` ...; ask ``Plugin.route_backbone`` ...) and read no plugin config key by
+  name (``.get("every")``, ``getattr(c, "final_density")``: ask ``Plugin.dense_gradient_share`` ...);
 * every plugin entry point has a config-group YAML and vice versa.
 """
 import ast
@@ -104,14 +108,100 @@ def _strings(tree):
             yield node.value
 
 
+CONSUMERS = ("core", "binding", "zoo", "tools", "root", "lightning")
+
+
 def test_no_consumer_module_names_a_plugin():
     names = _plugin_names()
     assert {"gmp", "synccp", "cdg", "dgnet_dual", "imp"} <= names
     for path, tree in _sources():
-        if _layer(path) not in ("core", "binding", "zoo", "tools", "root", "lightning"):
+        if _layer(path) not in (*CONSUMERS, "engine", "families", "gating"):
             continue
-        for s in _strings(tree):
-            assert s not in names, f"{path}: names plugin {s!r}; use a capability of the Plugin class"
+        tags = set()
+        if _layer(path) == "gating":     # a gated backbone's gate-kind tag (ss_gating) may read like a plugin name
+            tags = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    and any(isinstance(tg, ast.Attribute) and tg.attr == "ss_gating" for tg in n.targets)}
+        docs = set(_strings(tree))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names \
+                    and node.value in docs and id(node) not in tags:
+                raise AssertionError(f"{path}:{node.lineno}: names plugin {node.value!r}; use a capability of the "
+                                     "Plugin class")
+
+
+def test_scripts_ask_the_registry_not_the_plugins_package():
+    for path in sorted((ROOT / "scripts").rglob("*.py")):
+        for mod, _ in _imports(ast.parse(path.read_text(), str(path))):
+            assert mod.split(".")[0] != "solo_sparse_plugins", f"{path}: imports {mod}; ask the registry instead"
+
+
+def _plugin_classes(tree):
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(isinstance(b, ast.Name) and b.id.endswith("Plugin")
+                                                  for b in node.bases):
+            yield node
+
+
+def _family_only_methods():
+    """Public methods the families define on their plugin classes that the Plugin contract does not have."""
+    contract = {b.name for n in ast.parse((PKG / "core" / "plugin.py").read_text()).body
+                if isinstance(n, ast.ClassDef) and n.name == "Plugin" for b in n.body if isinstance(b, ast.FunctionDef)}
+    out = set()
+    for f in (PKG / "families").glob("*.py"):
+        for c in _plugin_classes(ast.parse(f.read_text())):
+            out |= {b.name for b in c.body if isinstance(b, ast.FunctionDef) and not b.name.startswith("_")}
+    return out - contract
+
+
+#: family method names that are also other objects' APIs consumers call (PIL's Image.convert, a bench suite's window)
+OTHER_APIS = {"convert", "window"}
+
+
+def test_consumers_call_no_family_only_method():
+    family = _family_only_methods()
+    assert {"route_eval", "update_masks"} <= family      # the check sees them
+    family -= OTHER_APIS
+    for path, tree in _sources():
+        if _layer(path) not in CONSUMERS:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in family | {"sparsifier"}:
+                raise AssertionError(f"{path}:{node.lineno}: .{node.attr} exists only on a family of plugins; ask "
+                                     "the Plugin contract (solo_sparse.core.plugin) instead")
+
+
+#: config key names that are also the tools' own words (a row's density or seed, a suite window's start/end, ...)
+GENERIC_KEYS = {"density", "seed", "start", "end", "warmup", "num_crops"}
+
+
+def _config_keys():
+    keys = set()
+    for f in [*(ROOT / "plugins").glob("*.py"), *(PKG / "families").glob("*.py")]:
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Config"):
+                keys |= {b.target.id for b in node.body if isinstance(b, ast.AnnAssign) and isinstance(b.target, ast.Name)
+                         and b.target.id.islower()}     # fields, not class constants
+    return keys - GENERIC_KEYS
+
+
+def test_consumers_read_no_plugin_config_key_by_name():
+    keys = _config_keys()
+    assert {"every", "final_density", "csi_rule", "target"} <= keys
+    for path, tree in _sources():
+        if _layer(path) not in CONSUMERS:
+            continue
+        for node in ast.walk(tree):
+            key = None
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and (
+                    isinstance(node.func, ast.Attribute) and node.func.attr == "get"):
+                key = node.args[0].value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") \
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+                key = node.args[1].value
+            elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+                key = node.slice.value
+            assert key not in keys, (f"{path}:{node.lineno}: reads plugin config key {key!r}; ask the plugin "
+                                     "(a Plugin classmethod taking the saved config)")
 
 
 def test_every_entry_point_has_a_group_yaml_and_vice_versa():

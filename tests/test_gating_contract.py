@@ -1,4 +1,4 @@
-"""What every backbone-rewriting (gating) plugin shares — cdg, cgnet, fbs, dgnet_dual, dgnet_gated:
+"""What every backbone-rewriting (gating) plugin shares (today cdg, cgnet, fbs, dgnet_dual, dgnet_gated):
 the refusals before training and the online/momentum conversion of solo_sparse.core.plugin.convert_encoders."""
 import copy
 
@@ -9,10 +9,11 @@ import torchvision
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.plugin import ModelView, PluginHost
-from solo_sparse.core.registry import get_plugin
+from solo_sparse.core.registry import available_plugins, get_plugin
 from solo_sparse.engine.sparsifier import ModuleGroup
 
-GATING = ("cdg", "cgnet", "fbs", "dgnet_dual", "dgnet_gated")
+#: every installed plugin that rewrites the backbone (the registry's answer, not a hand-kept list)
+GATING = tuple(available_plugins(rewrites_backbone=True))
 
 
 def view_for(backbone, momentum=None, crops=2, method="simclr"):

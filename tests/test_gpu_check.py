@@ -35,3 +35,16 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert all(r["speedup"] > 0 and r["macs_limit"] > (0 if r["fast"].startswith("exec-") else 1) for r in sp["rows"])
     assert (out / "speed" / "results.json").exists()
     assert "Speed (`solo-sparse speed` suite on cpu): ok" in (out / "gpu_check.md").read_text()
+
+
+def test_the_gpu_check_covers_every_installed_plugin():
+    """Its runs are data (each plugin's overrides); which plugins exist is the registry's answer."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert gpu_check.missing_plugins() == []
+    refs = gpu_check.reference_runs()
+    assert refs["gmp"] == "mocov2plus" and refs["cdg"] == "simclr" and refs["dgnet_gated"] == "vicreg"
+    assert set(refs.values()) <= {rid for rid, _, ov in gpu_check.RUNS if not ov}

@@ -91,7 +91,7 @@ def plugins_as_trained(plugins: Sequence[Plugin], section, ckpt_path: str) -> Li
         cls = type(p)
         mine = section.get(p.name) if len(plugins) > 1 else section
         explicit = {k: v for k, v in dict(mine or {}).items() if k not in ("plugin", "plugins")}
-        from_saved = getattr(cls, "from_saved", cls.from_params)
+        from_saved = cls.from_saved
         chosen = {k: v for k, v in explicit.items() if k in cls.evaluation_keys}   # the linear run's to choose
         trained = from_saved({**saved["config"], **chosen})
         if explicit:

@@ -17,9 +17,11 @@ solo-learn method and calls the host's hooks at these points of every training s
 
 Plugins describe themselves (class attributes and classmethods below), so that the CLI, checkpoint
 loading, the zoo, compact export and the benchmarks ask the registry instead of naming plugins:
-``rewrites_backbone`` + :meth:`Plugin.rebuild_backbone` / :meth:`Plugin.measure_backbone` (gated
-backbones), ``dense_gradients`` (training-cost accounting), ``compactable``, :meth:`Plugin.commands`
-(CLI verbs a plugin contributes).
+``rewrites_backbone`` + :meth:`Plugin.rebuild_backbone` / :meth:`Plugin.route_backbone` /
+:meth:`Plugin.measure_backbone` (gated backbones), ``dense_gradients`` + :meth:`Plugin.dense_gradient_share`
+(training-cost accounting), :meth:`Plugin.run_summary` (what a checkpoint's plugin state says about the run),
+``compactable``, ``speed_paths`` + :meth:`Plugin.prepare_fast_path`, :meth:`Plugin.commands` (CLI verbs a
+plugin contributes). Capability values are checked when a plugin class is defined.
 
 Several plugins may be stacked on one host (``PluginHost([a, b])``): hooks run in list order
 (the order of the ``solo_sparse.plugins`` list), extra losses are summed, each plugin keeps its own
@@ -37,6 +39,9 @@ from solo_sparse.core.config import PREFIX, ConfigError, build_config, config_to
 FAMILIES = ("momentum", "shared")
 #: values of :attr:`Plugin.dense_gradients`
 DENSE_GRADIENTS = ("never", "updates", "every")
+#: the boolean capabilities of :class:`Plugin` (``registry.available_plugins(**capabilities)`` filters on them)
+CAPABILITY_FLAGS = ("leaves_parameters_unused", "drives_step", "branch_independent", "rewrites_backbone",
+                    "masks_weights", "compactable")
 
 
 @dataclass
@@ -135,6 +140,29 @@ class Plugin:
     evaluation_keys: ClassVar[Tuple[str, ...]] = ()
     Config: ClassVar[type]
 
+    def __init_subclass__(cls, **kwargs):
+        """Capability values are checked when a plugin class is defined, not when a tool first asks."""
+        super().__init_subclass__(**kwargs)
+        where = f"plugin class {cls.__module__}.{cls.__qualname__}"
+        bad = [f for f in cls.families if f not in FAMILIES]
+        if bad or not isinstance(cls.families, tuple):
+            raise TypeError(f"{where}: families={cls.families!r}; a tuple of {FAMILIES}")
+        if cls.dense_gradients not in DENSE_GRADIENTS:
+            raise TypeError(f"{where}: dense_gradients={cls.dense_gradients!r}; one of {DENSE_GRADIENTS}")
+        inherited = cls.dense_gradient_share.__func__ is Plugin.dense_gradient_share.__func__
+        if cls.dense_gradients == "updates" and inherited:
+            raise TypeError(f"{where}: dense_gradients='updates' needs dense_gradient_share(config): the share "
+                            "of steps that update masks")
+        for flag in CAPABILITY_FLAGS:
+            if not isinstance(getattr(cls, flag), bool):
+                raise TypeError(f"{where}: {flag}={getattr(cls, flag)!r}; True or False")
+        if len(cls.speed_paths) not in (0, 2):
+            raise TypeError(f"{where}: speed_paths={cls.speed_paths!r}; empty or (fast, dense)")
+        for key in ("refused_methods", "supported_methods", "evaluation_keys", "speed_paths"):
+            v = getattr(cls, key)
+            if not isinstance(v, tuple) or not all(isinstance(s, str) for s in v):
+                raise TypeError(f"{where}: {key}={v!r}; a tuple of strings")
+
     def __init__(self, config):
         self.config = config
         self.view: Optional[ModelView] = None
@@ -147,6 +175,12 @@ class Plugin:
     @classmethod
     def from_params(cls, params: Optional[Mapping[str, Any]] = None) -> "Plugin":
         return cls(build_config(cls.Config, params, cls.name))
+
+    @classmethod
+    def from_saved(cls, config: Mapping[str, Any]) -> "Plugin":
+        """The plugin as a run's saved config describes it (``checkpoint["solo_sparse"][name]["config"]``);
+        plugins whose keys changed fill what older checkpoints lack. Default: :meth:`from_params`."""
+        return cls.from_params(dict(config))
 
     @classmethod
     def check_method(cls, method: str, family: str) -> None:
@@ -215,6 +249,21 @@ class Plugin:
         return net
 
     @classmethod
+    def route_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any],
+                       path: Optional[str] = None) -> Optional[str]:
+        """Route a backbone already rebuilt by :meth:`rebuild_backbone` to evaluation path ``path`` (one of
+        :meth:`eval_paths`; None: the configured one); returns the path's name, None for plugins without paths."""
+        return None
+
+    @classmethod
+    def prepare_fast_path(cls, net: torch.nn.Module, size: int, progress: Optional[Callable[[str], None]] = None,
+                          **options: Any) -> Optional[Dict[str, Any]]:
+        """Before timing a backbone routed to the fast one of :attr:`speed_paths` at ``size`` px: attach what that
+        path needs to run at batch 1 (e.g. a measured per-block execution plan; ``options`` are the plugin's,
+        such as ``reps``, ``rebuild``). Returns a report of what was attached, or None when nothing is needed."""
+        return None
+
+    @classmethod
     def measure_backbone(cls, net: torch.nn.Module, X: torch.Tensor) -> Optional[Dict[str, Any]]:
         """Input-dependent cost of a rebuilt backbone on images ``X`` (N, 3, H, W), or None where the
         cost is static (weight masks: count it from the weights). At least ``network_macs_ratio``
@@ -234,6 +283,25 @@ class Plugin:
         validated Config) prune over the steps ``start`` .. ``end`` (each an int of steps, ``"Nep"`` or
         ``"P%"``), so that every sparse row of a benchmark suite prunes over the same window; None when the
         plugin has no schedule window (e.g. a fixed density from step 0)."""
+        return None
+
+    @classmethod
+    def dense_gradient_share(cls, config: Mapping[str, Any]) -> float:
+        """Share of optimizer steps that need the dense weight gradient of masked layers in a run with this saved
+        config (training-cost accounting): 1 for ``dense_gradients="every"``, 0 for ``"never"``; a plugin that
+        declares ``"updates"`` says how often its masks update (checked when the class is defined)."""
+        return 1.0 if cls.dense_gradients == "every" else 0.0
+
+    @classmethod
+    def run_summary(cls, extra_state: Mapping[str, Any]) -> Dict[str, Any]:
+        """Benchmark-row columns a trained run's saved plugin state answers (:meth:`extra_state` as
+        checkpointed), e.g. ``{"trigger_step": 40}`` for a schedule started by an indicator; {} by default."""
+        return {}
+
+    def preview_backbone(self, net: torch.nn.Module) -> Optional[str]:
+        """Apply to a fresh backbone ``net`` the static sparsity a run of this config ends with, as far as it is
+        known before training (``solo-sparse flops CONFIG``: weight masks at the final density from the
+        random-init magnitudes); returns what was applied, in words, or None (nothing static to show)."""
         return None
 
     @classmethod

@@ -4,6 +4,8 @@ A third party ships a plugin the same way solo-sparse does, in its own ``setup.p
 
     entry_points={"solo_sparse.plugins": ["myplugin = mypkg.myplugin:MyPlugin"]}
 
+That one line is all it needs: ``- solo_sparse: myplugin`` in a solo-learn YAML works without a YAML inside
+solo-sparse (the group entry is generated when a Hydra app starts, :mod:`solo_sparse.binding.groups`).
 ``register_plugin`` adds one in-process (tests, notebooks).
 """
 from __future__ import annotations
@@ -33,8 +35,32 @@ def _entry_points() -> Dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
 
 
-def available_plugins() -> List[str]:
-    return sorted(set(_entry_points()) | set(_LOCAL))
+def available_plugins(**capabilities: Any) -> List[str]:
+    """Names of the installed plugins (entry points and in-process registrations), sorted; with keyword
+    arguments only those whose class attributes match, e.g. ``available_plugins(rewrites_backbone=True)``,
+    ``available_plugins(dense_gradients="every")``; ``True``/``False`` for a tuple attribute (``speed_paths``,
+    ``commands``) asks whether it is non-empty. Tests, the GPU check and the docs derive their lists here."""
+    names = sorted(set(_entry_points()) | set(_LOCAL))
+    if not capabilities:
+        return names
+    for key in capabilities:
+        if key.startswith("_") or not hasattr(Plugin, key):
+            raise TypeError(f"available_plugins: {key!r} is not a Plugin capability")
+
+    def value(cls, key):
+        v = getattr(cls, key)
+        return v() if key == "commands" else v
+
+    def matches(cls) -> bool:
+        for key, want in capabilities.items():
+            have = value(cls, key)
+            if isinstance(want, bool) and not isinstance(have, bool):
+                have = bool(have)
+            if have != want:
+                return False
+        return True
+
+    return [n for n in names if matches(get_plugin(n))]
 
 
 def get_plugin(name: str) -> Type[Plugin]:

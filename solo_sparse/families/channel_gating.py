@@ -336,10 +336,9 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
 
     def convert(self, backbone) -> None:
         c = self.config
-        kind = gating_kind(backbone)
-        if kind is not None:
+        if gating_kind(backbone) is not None:        # built gated (a backbone variant): check it is these gates
             convs = gated_convs(backbone)
-            if kind != "cgnet" or not convs or convs[0][1].ss_unified != self.unified:
+            if not convs or not isinstance(convs[0][1], cgnet.CGNetConv2d) or convs[0][1].ss_unified != self.unified:
                 raise ConfigError(f"backbone built with other gates than plugin '{self.name}' uses")
             first = convs[0][1]
             built = (first.ss_G, first.ss_cg, first.ss_control, first.cond_scale is not None)

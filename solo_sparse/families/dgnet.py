@@ -155,6 +155,12 @@ class DGNetPlugin(GatedBackbonePlugin):
         kept = list(m["kept_channels"].values())
         return {**m, "gate_sparsity": 1.0 - sum(kept) / len(kept) if kept else 0.0}
 
+    @classmethod
+    def prepare_fast_path(cls, net, size, progress=None, **options):
+        """The gated path at batch 1: every gated block's measured execution plan at ``size`` px
+        (:func:`~solo_sparse.gating.dgnet.attach_latency_table`; ``options``: ``reps``, ``rebuild``, ``threads``)."""
+        return attach_latency_table(net, size, progress=progress, **options) if is_gated(net) else None
+
     def convert(self, backbone) -> None:
         c = self.config
         if is_gated(backbone):

@@ -66,6 +66,22 @@ CSI_RULES = ("literal", "resync")
 class DynamicSparsityPlugin(WeightSparsityPlugin):
     momentum_follows_online = False
 
+    # ------------------------------------------------------------------ describing itself
+    @classmethod
+    def dense_gradient_share(cls, config) -> float:
+        """``dense_gradients="updates"``: one step in ``every`` (the mask-update period; 0 where ``every`` is not
+        a plain step count, as the benchmark has always counted it)."""
+        if cls.dense_gradients == "updates":
+            every = (config or {}).get("every", 100)
+            return 1.0 / float(every) if str(every).isdigit() else 0.0
+        return super().dense_gradient_share(config)
+
+    @classmethod
+    def run_summary(cls, extra_state) -> Dict[str, object]:
+        """The step the sparsity schedule started at (``trigger_step``), once it has."""
+        trig = (extra_state or {}).get("trigger_step")
+        return {} if trig is None else {"trigger_step": trig}
+
     # ------------------------------------------------------------------ policy (subclasses)
     def momentum_policy(self) -> str:
         """``nested`` | ``own`` (non-monotone, soft-masked momentum encoder) | ``gradual`` (monotone)."""

@@ -219,6 +219,11 @@ class GatedBackbonePlugin(Plugin):
         plugin.route_eval(net, path)
         return net
 
+    @classmethod
+    def route_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any],
+                       path: Optional[str] = None) -> Optional[str]:
+        return cls.from_saved(config).route_eval(net, path)
+
     # ------------------------------------------------------------------ main_linear.py
     def prepare_eval_backbone(self, backbone: torch.nn.Module) -> None:
         self.convert(backbone)

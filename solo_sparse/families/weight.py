@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Dict
+from typing import ClassVar, Dict, Optional
 
 import torch
 
-from solo_sparse.core.plugin import ModelView, Plugin
+from solo_sparse.core.plugin import ModelView, ModuleGroup, Plugin
+from solo_sparse.engine.density import allocate_masks
 from solo_sparse.engine.sparsifier import MASK, WeightSparsifier, select_layers
 
 log = logging.getLogger("solo_sparse")
@@ -27,6 +28,8 @@ class WeightSparsityPlugin(Plugin):
     momentum_follows_online: bool = True
     #: encoders masked in the forward only, their stored weights kept dense (SDCLR)
     soft_encoders: tuple = ()
+    #: the config key of the density a run ends at; None where it is not known before training (masks from a file)
+    density_key: ClassVar[Optional[str]] = "final_density"
 
     def setup(self, view: ModelView) -> None:
         super().setup(view)
@@ -34,6 +37,19 @@ class WeightSparsityPlugin(Plugin):
         self.init_masks()
         self._sync_momentum()
         self.sparsifier.apply_masks()
+
+    def preview_backbone(self, net: torch.nn.Module) -> Optional[str]:
+        """Masks at the final density from ``net``'s random-init magnitudes (``solo-sparse flops CONFIG``)."""
+        c = self.config
+        final = getattr(c, self.density_key, None) if self.density_key else None
+        if final is None:
+            return None
+        self.setup(ModelView({"backbone": ModuleGroup("backbone", net)}, "shared"))
+        sp = self.sparsifier
+        sp.set_masks(allocate_masks({k: w.abs() for k, w in sp.weights().items()}, final, c.distribution,
+                                    c.granularity, n=c.n, m=c.m, block=c.block))
+        return (f"{self.name} at final density {final} ({c.distribution}, {c.granularity}; "
+                "masks from random-init magnitudes)")
 
     # ------------------------------------------------------------------ to override
     def init_masks(self) -> None:

@@ -318,14 +318,8 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
     g = 0.0
     for name, st in plugin_state.items():
         cls = get_plugin(name)
-        if cls.dense_gradients == "every":
-            g = 1.0
-        elif cls.dense_gradients == "updates":
-            every = (st.get("config") or {}).get("every", 100)
-            g = max(g, 1.0 / float(every) if str(every).isdigit() else 0.0)
-        trig = (st.get("extra") or {}).get("trigger_step")
-        if trig is not None:
-            out["trigger_step"] = trig
+        g = max(g, cls.dense_gradient_share(st.get("config") or {}))
+        out.update(cls.run_summary(st.get("extra") or {}))
         if cls.rewrites_backbone and X is not None:
             m = cls.measure_backbone(net, X)
             if m is not None:

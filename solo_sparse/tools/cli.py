@@ -61,23 +61,15 @@ def _cmd_flops(args) -> int:
     if path.suffix in (".yaml", ".yml"):
         from omegaconf import OmegaConf
 
-        from solo_sparse.core.plugin import ModelView, ModuleGroup
         from solo_sparse.core.registry import build_plugins
-        from solo_sparse.engine.density import allocate_masks
 
         cfg, net = _backbone_from_config(path)
         section = OmegaConf.to_container(cfg.get("solo_sparse", {}) or {}, resolve=True)
         what = "dense (no solo_sparse section)"
         for plugin in (build_plugins(section) if section else []):
-            c = plugin.config
-            final = getattr(c, "final_density", getattr(c, "density", None))
-            if plugin.masks_weights and final is not None:
-                plugin.setup(ModelView({"backbone": ModuleGroup("backbone", net)}, "shared"))
-                sp = plugin.sparsifier
-                sp.set_masks(allocate_masks({k: w.abs() for k, w in sp.weights().items()}, final, c.distribution,
-                                            c.granularity, n=c.n, m=c.m, block=c.block))
-                what = (f"{plugin.name} at final density {final} ({c.distribution}, {c.granularity}; "
-                        "masks from random-init magnitudes)")
+            shown = plugin.preview_backbone(net)
+            if shown is not None:
+                what = shown
             elif plugin.rewrites_backbone:
                 what = (f"dense: '{plugin.name}' gates per input, so its cost needs data — run "
                         "`solo-sparse flops CKPT` on a trained checkpoint, or the benchmark's gate measurement")

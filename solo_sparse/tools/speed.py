@@ -187,9 +187,9 @@ def _speed_paths_path(pid: str, net: nn.Module, plugin: str, pcfg: Mapping[str, 
     cls = get_plugin(plugin)
     fast_path, dense_path = cls.speed_paths
     dense = copy.deepcopy(net)
-    cls.from_saved(pcfg).route_eval(dense, dense_path)
+    cls.route_backbone(dense, pcfg, dense_path)
     fast = copy.deepcopy(net)
-    cls.from_saved(pcfg).route_eval(fast, fast_path)
+    cls.route_backbone(fast, pcfg, fast_path)
     variants = []
     info: Dict[str, Any] = {"plugin_paths": [fast_path, dense_path]}
     if dgnet.is_gated(fast):
@@ -199,8 +199,7 @@ def _speed_paths_path(pid: str, net: nn.Module, plugin: str, pcfg: Mapping[str, 
 
         def prepare(size: int, progress: Callable[[str], None]) -> None:
             rebuild = bool(spec.get("rebuild_table")) and size not in tables
-            tables[size] = dgnet.attach_latency_table(fast, size, reps=reps_table, rebuild=rebuild,
-                                                      progress=progress)
+            tables[size] = cls.prepare_fast_path(fast, size, progress, reps=reps_table, rebuild=rebuild)
         variants.append(Variant(f"{fast_path}", fast, f"{fast_path} path, batch-1 plan from the measured cost "
                                                       f"model (gather / masked / skip per block)", prepare=prepare))
         variants.append(Variant(f"{fast_path} (fixed rule)", rule, f"{fast_path} path, gather when <= "

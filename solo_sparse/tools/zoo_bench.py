@@ -1,6 +1,7 @@
 """``solo-sparse zoo bench``: CPU latency of a zoo entry's compact export (inference form: BN folded,
 channels-last) vs the uncompacted network, or of a gated entry's fast evaluation path vs its dense path
-(plugins that declare ``speed_paths``; DGNet-gated blocks with their measured batch-1 plan). Every path of
+(plugins that declare ``speed_paths``, each path prepared by the plugin: DGNet-gated blocks get their measured
+batch-1 plan). Every path of
 the zoo at once, with the MACs limits: ``solo-sparse speed``."""
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch
 from solo_sparse import zoo
 from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.compact import channel_prune, compact, latency, macs, optimise, widths
-from solo_sparse.gating import dgnet
 
 
 def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,), batches=(1, 64), reps: int = 30,
@@ -32,13 +32,13 @@ def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,),
         fast_path, dense_path = cls.speed_paths
         pcfg = e["plugins"][plugin]
         dense = copy.deepcopy(net)
-        cls.from_saved(pcfg).route_eval(dense, dense_path)
-        cls.from_saved(pcfg).route_eval(net, fast_path)
+        cls.route_backbone(dense, pcfg, dense_path)
+        cls.route_backbone(net, pcfg, fast_path)
         nets, batches = {"dense": dense, "fast": net}, (1,)
         res["kind"] = f"{plugin} {fast_path} path (batch 1) vs {dense_path} path"
-        if dgnet.is_gated(net):
-            def prepare(size):
-                dgnet.attach_latency_table(net, size, progress=print if progress else None)
+
+        def prepare(size):
+            cls.prepare_fast_path(net, size, progress=print if progress else None)
     elif cls is not None:
         raise ValueError(f"zoo entry {name!r} is {plugin}-gated: its gates choose per input what to compute, which "
                          f"dense CPU kernels cannot skip; no latency comparison is meaningful")
