@@ -2,10 +2,13 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+
+from solo_sparse.core.registry import available_plugins
 
 PRIMARY = textwrap.dedent("""
     defaults:
@@ -89,8 +92,7 @@ def test_callback_validates_before_the_job(cfg_dir):
     assert "solo_sparse.final_density=3.0: must be in (0, 1]" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("group,expect", [("imp", "imp"), ("dgnet_dual", "dgnet_dual"), ("dgnet_gated", "dgnet_gated"),
-                                          ("methods", None)])
+@pytest.mark.parametrize("group,expect", [*((n, n) for n in available_plugins()), ("methods", None)])
 def test_every_group_file_composes_and_validates(tmp_path, group, expect):
     from solo_sparse.core.registry import build_plugins
 
@@ -125,3 +127,44 @@ def test_stacked_plugins_compose_and_build(tmp_path):
     plugins = build_plugins(cfg.solo_sparse)
     assert [p.name for p in plugins] == ["synccp", "interloss"]
     assert plugins[0].config.final_density == 0.1 and plugins[1].config.num_crops == 2
+
+
+def test_a_third_party_plugin_needs_no_yaml_in_the_package(tmp_path):
+    """Its entry point alone (here: an in-process registration): '- solo_sparse: <name>' composes to the same
+    content a shipped group YAML has (the plugin's name, the callback), and the plugin builds from it."""
+    from dataclasses import dataclass
+
+    from solo_sparse.binding import groups
+    from solo_sparse.core import registry
+    from solo_sparse.core.plugin import Plugin
+
+    @dataclass
+    class Cfg:
+        strength: float = 0.5
+
+    registry.register_plugin(type("ThirdParty", (Plugin,), {"name": "third_party_y", "Config": Cfg}))
+    try:
+        assert groups.missing() == ["third_party_y"] and "gmp" in groups.shipped()
+        (tmp_path / "app.yaml").write_text(PRIMARY.replace("solo_sparse: gmp", "solo_sparse: third_party_y")
+                                           .replace("  final_density: 0.3\n  every: 5\n", "  strength: 0.25\n"))
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(tmp_path), version_base="1.2"):
+            cfg = compose("app", return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        assert cfg.solo_sparse.plugin == "third_party_y" and cfg.solo_sparse.strength == 0.25
+        assert cfg.hydra.callbacks.solo_sparse._target_ == groups.CALLBACK
+        assert cfg.hydra.callbacks.solo_sparse.line == "third_party_y"
+        [p] = registry.build_plugins(cfg.solo_sparse)
+        assert p.name == "third_party_y" and p.config.strength == 0.25
+    finally:
+        registry._LOCAL.pop("third_party_y", None)
+
+
+def test_a_generated_group_entry_is_what_a_shipped_yaml_holds():
+    from omegaconf import OmegaConf
+
+    from solo_sparse.binding.groups import group_node
+
+    shipped = OmegaConf.to_container(OmegaConf.load(
+        Path(__file__).resolve().parents[1] / "solo_sparse" / "configs" / "solo_sparse" / "gmp.yaml"))
+    assert group_node("gmp") == shipped
