@@ -74,6 +74,7 @@ runs:
     return repo, suite, solo, tmp_path
 
 
+@pytest.mark.slow   # measured 40-85 s on 2 busy cores (pytest --durations)
 def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     repo, suite, solo, tmp = setup
     b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
@@ -154,6 +155,7 @@ def test_every_shipped_suite_loads():
         assert s.runs and json.dumps([r.id for r in s.runs])
 
 
+@pytest.mark.slow   # measured 40-85 s on 2 busy cores (pytest --durations)
 def test_the_same_training_in_another_suite_is_reused_not_trained_twice(setup, capsys):
     repo, suite, solo, tmp = setup
     Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, seeds=1, only=["dense"], log=print).run()

@@ -24,6 +24,7 @@ def _zoo_names():
     return {e["algorithm"]: e["name"] for e in entries}
 
 
+@pytest.mark.slow   # measured 40-85 s on 2 busy cores (pytest --durations)
 def test_one_run_measures_every_path_with_its_limit(tmp_path):
     names = _zoo_names()
     if "imp" not in names or "dgnet_dual" not in names:
