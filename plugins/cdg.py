@@ -39,7 +39,8 @@ class CDGConfig(ThresholdGatingConfig):
         if self.control != "none":
             raise key_error("control", self.control, "the static controls are single-path networks (one base path "
                                                      "for both views); cdg trains two gated branches with disjoint "
-                                                     "base paths: use '- solo_sparse: cgnet' with this control")
+                                                     "base paths; allowed on cdg: none (use '- solo_sparse: cgnet' "
+                                                     "with this control)")
 
 
 class CDG(ThresholdGatingPlugin):

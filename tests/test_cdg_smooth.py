@@ -146,7 +146,7 @@ def test_scale_sits_in_the_gate_group_without_weight_decay():
     ("cdg", {"cond_scale": -0.5}, "solo_sparse.cond_scale=-0.5"),
     ("cdg", {"cond_scale": float("nan")}, "solo_sparse.cond_scale=nan"),
     ("cdg", {"cond_scale": True}, "solo_sparse.cond_scale=True"),
-    ("cdg", {"control": "base_only"}, "use '- solo_sparse: cgnet'"),
+    ("cdg", {"control": "base_only"}, "solo_sparse.control='base_only'"),
     ("cgnet", {"control": "static"}, "solo_sparse.control='static'"),
     ("cgnet", {"control": "random", "unified": True}, "set unified: false"),
     ("cgnet", {"unified": "yes"}, "solo_sparse.unified='yes'"),
@@ -156,9 +156,16 @@ def test_bad_values_are_refused_naming_key_and_value(plugin, params, match):
         get_plugin(plugin).from_params(params)
 
 
+def test_a_control_on_cdg_says_what_is_allowed_and_where_the_control_lives():
+    with pytest.raises(ConfigError) as e:
+        get_plugin("cdg").from_params({"control": "random"})
+    assert str(e.value).startswith("solo_sparse.control='random'") and "allowed on cdg: none" in str(e.value)
+    assert "- solo_sparse: cgnet" in str(e.value)
+
+
 def test_cg_not_dividing_the_channels_is_refused_before_step_0():
     p = get_plugin("cdg").from_params({"cg": 48})
-    with pytest.raises(ConfigError, match=r"solo_sparse\.cg=48: does not divide"):
+    with pytest.raises(ConfigError, match=r"solo_sparse\.cg=48: does not divide .*allowed: a divisor of 64 \(1, 2, 4"):
         _host(p)
 
 

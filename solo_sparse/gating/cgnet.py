@@ -64,6 +64,7 @@ b(o) only; the *conditional path* is every other input group::
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -373,6 +374,10 @@ def block_convs(backbone: nn.Module, stages: Tuple[int, ...], convs: str) -> Lis
     return out
 
 
+def _divisors(ds: List[int]) -> str:
+    return ", ".join(map(str, ds)) if len(ds) <= 8 else ", ".join(map(str, ds[:6])) + ", ..., " + str(ds[-1])
+
+
 def convert_resnet(backbone: nn.Module, *, groups: int = 4, cg: int = 1, alpha: float = 2.0, init_tau: float = 0.0,
                    stages: Tuple[int, ...] = (1, 2, 3, 4), convs: str = "3x3", unified: bool = False,
                    norm: str = "channel", cond_scale: Optional[float] = None, control: str = "none",
@@ -388,10 +393,13 @@ def convert_resnet(backbone: nn.Module, *, groups: int = 4, cg: int = 1, alpha: 
         if conv.groups != 1:
             raise ConfigError(f"{PREFIX}: {name} is a grouped conv; CDG gates dense convs only")
         if c_in % groups or c_out % groups:
+            ok = [d for d in range(1, math.gcd(c_in, c_out) + 1) if c_in % d == 0 and c_out % d == 0]
             raise ConfigError(f"{PREFIX}.groups={groups}: does not divide the channels of gated conv "
-                              f"{name} (in {c_in}, out {c_out})")
+                              f"{name} (in {c_in}, out {c_out}); allowed: a common divisor ({_divisors(ok)})")
         if c_out % cg:
-            raise ConfigError(f"{PREFIX}.cg={cg}: does not divide the output channels of gated conv {name} ({c_out})")
+            ok = [d for d in range(1, c_out + 1) if c_out % d == 0]
+            raise ConfigError(f"{PREFIX}.cg={cg}: does not divide the output channels of gated conv {name} ({c_out}); "
+                              f"allowed: a divisor of {c_out} ({_divisors(ok)})")
     for i, (_, _, conv) in enumerate(todo):
         conv.__class__ = CGNetConv2d
         conv._gate_init(groups, cg, alpha, init_tau, unified, norm, cond_scale, control, seed + i)
