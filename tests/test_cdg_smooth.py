@@ -213,3 +213,32 @@ def test_base_only_control_refuses_ddp_without_find_unused_parameters():
     net(torch.randn(2, 3, 32, 32)).sum().backward()
     unused = [n for n, q in net.named_parameters() if q.grad is None]
     assert unused and all(n.endswith(("tau", "cond_scale")) for n in unused)
+
+
+def test_random_control_pattern_follows_a_loaded_seed():
+    """The pattern is a function of the saved seed: a checkpoint loaded after a forward brings its own pattern."""
+    net, other = resnet(), resnet()
+    convert_resnet(net, control="random", cond_scale=0.0, seed=0)
+    convert_resnet(other, control="random", cond_scale=0.0, seed=100)
+    net.eval(), other.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        net(x)                                    # caches seed-0 patterns
+        conv = next(c for _, c in gated_convs(net))
+        before = conv._ss_pattern.clone()
+        net.load_state_dict(other.state_dict())
+        assert torch.equal(net(x), other(x))
+    assert not torch.equal(conv._ss_pattern, before)
+
+
+def test_static_controls_gate_1x1_maps_without_the_normalisation_refusal():
+    """base_only and random never normalise Y_base: layer4's 1x1 maps at 32 px are no reason to refuse them."""
+    def host32(params):
+        view = ModelView({"backbone": ModuleGroup("backbone", resnet(), None)}, "shared", method="simclr",
+                         num_large_crops=2, input_size=32)
+        PluginHost([get_plugin("cgnet").from_params(params)]).setup(view)
+
+    with pytest.warns(UserWarning):          # the small-map warning stays
+        host32({"control": "base_only"})
+    with pytest.raises(ConfigError, match="1x1 maps"):
+        host32({"target": 0.75})

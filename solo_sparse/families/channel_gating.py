@@ -316,7 +316,7 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
         c = self.config
         small = small_maps(view.groups["backbone"].online, view.input_size, c.stages)
         ones = [(s, hw) for s, hw in small if hw == (1, 1)]
-        if ones and c.norm == "channel":
+        if ones and c.norm == "channel" and c.control == "none":     # the static controls do not normalise
             raise ConfigError(f"{PREFIX}.stages={list(c.stages)}: at {view.input_size} px the gated convs of "
                               f"layer{ones[0][0]} see 1x1 maps, where per-channel normalisation is degenerate "
                               "(every value normalises to 0, so a whole channel is on or off by the sign of tau); "

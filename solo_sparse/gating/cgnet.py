@@ -259,11 +259,13 @@ class CGNetConv2d(GatedConvBase):
     def _pattern(self, shape) -> torch.Tensor:
         """Control ``random``: a fixed N(0, 1) pattern (1, C_out / cg, H, W), a function of the saved seed."""
         c, h, w = shape[1] // self.ss_cg, shape[2], shape[3]
-        pat = self._ss_pattern
-        if pat is None or pat.shape[1:] != (c, h, w) or pat.device != self.tau.device:
-            gen = torch.Generator().manual_seed(int(self.pattern_seed))
+        pat, seed = self._ss_pattern, int(self.pattern_seed)
+        # keyed by the seed too: a checkpoint loaded after a forward brings its own seed
+        if pat is None or pat.shape[1:] != (c, h, w) or pat.device != self.tau.device \
+                or getattr(self, "_ss_pattern_seed", None) != seed:
+            gen = torch.Generator().manual_seed(seed)
             pat = torch.randn(1, c, h, w, generator=gen).to(device=self.tau.device, dtype=self.tau.dtype)
-            self._ss_pattern = pat
+            self._ss_pattern, self._ss_pattern_seed = pat, seed
         return pat
 
     def _mask(self, y_base: torch.Tensor) -> torch.Tensor:
