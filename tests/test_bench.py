@@ -264,3 +264,24 @@ def test_gated_checkpoints_never_get_a_dense_training_macs_figure(plugin):
     assert st.get("training_macs_ratio") is None
     st = checkpoint_stats({"state_dict": sd, "solo_sparse": {}}, 32, None, net, None)
     assert st["training_macs_ratio"] == pytest.approx(1.0)
+
+
+def test_update_docs_skips_files_that_are_not_bench_results_and_refuses_two_of_one_suite(tmp_path, capsys):
+    """`bench --update-docs DOC -- results/*/results.json` as docs/claims.md documents it: speed / history files are
+    skipped with a line; two results of one suite (e.g. a --host copy) would overwrite each other's blocks."""
+    from solo_sparse.core.config import ConfigError
+    from solo_sparse.tools.bench import update_docs
+
+    other = tmp_path / "speed.json"
+    other.write_text(json.dumps({"rows": [], "machine": {}}))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for p in (a, b):
+        p.write_text(json.dumps({"meta": {"suite": "toy"}, "rows": {}}))
+    doc = tmp_path / "doc.md"
+    doc.write_text("x\n<!-- bench-claims:toy -->\n<!-- /bench-claims:toy -->\n")
+    assert update_docs([other, a], [doc]) == [doc]
+    assert f"skipped {other}: not a bench results file" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="are both results of suite 'toy'"):
+        update_docs([a, b], [doc])
+    with pytest.raises(ConfigError, match="no such results file"):
+        update_docs([tmp_path / "missing.json"], [doc])

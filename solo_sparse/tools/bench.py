@@ -1043,8 +1043,19 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
     the suites' results.json (the README's result tables are generated, never typed)."""
     tables = {}
+    seen: Dict[str, Path] = {}
     for p in results_paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"{p}: no such results file")
         res = json.loads(Path(p).read_text())
+        suite = (res.get("meta") or {}).get("suite") if isinstance(res, dict) else None
+        if not suite or "rows" not in res:
+            print(f"skipped {p}: not a bench results file (no meta.suite / rows)", flush=True)
+            continue
+        if suite in seen:
+            raise ConfigError(f"{seen[suite]} and {p} are both results of suite {suite!r}: their doc blocks would "
+                              "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
+        seen[suite] = Path(p)
         tables[f"bench:{res['meta']['suite']}"] = to_markdown(res)
         tables[f"bench-regime:{res['meta']['suite']}"] = regime_markdown(res)
         tables[f"bench-claims:{res['meta']['suite']}"] = stats.claims_markdown([res])
