@@ -220,7 +220,8 @@ def test_random_control_pattern_follows_a_loaded_seed():
     net, other = resnet(), resnet()
     convert_resnet(net, control="random", cond_scale=0.0, seed=0)
     convert_resnet(other, control="random", cond_scale=0.0, seed=100)
-    net.eval(), other.eval()
+    net.eval()
+    other.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         net(x)                                    # caches seed-0 patterns

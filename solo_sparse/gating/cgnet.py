@@ -231,9 +231,9 @@ class CGNetConv2d(GatedConvBase):
 
     def _paths(self, x: torch.Tensor, assign: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(Y_full, Y_base) as a split of one conv: the G partial sums P_b = conv(x_b, W[:, b]) over the input
-        groups b (together the dense conv's MACs, once), Y_full = sum_b P_b and Y_base's output group o =
-        P_{b(o)}'s group o: the dense conv's MACs once, where a dense conv plus a separate grouped base conv runs
-        1 + 1/G of them. Measured on 2 idle CPU threads at batch 128, 64 px: one conv alone 1.09-1.26x a dense
+        groups b, Y_full = sum_b P_b and Y_base's output group o = P_{b(o)}'s group o: the dense conv's MACs
+        once, where a dense conv plus a separate grouped base conv runs 1 + 1/G of them. Measured on 2 idle
+        CPU threads at batch 128, 64 px: one conv alone 1.09-1.26x a dense
         conv's forward + backward (vs 1.35-1.60x); a whole gated ResNet-18 1.47-1.63x dense either way (the
         slices' gradient copies and the gate's elementwise passes eat the difference), so the gain is MACs, not
         CPU time. One grouped conv producing all G partial sums measured slower (1.89x)."""
