@@ -176,7 +176,7 @@ class IMP(WeightSparsityPlugin):
 
     # ------------------------------------------------------------------ state
     def extra_state(self):
-        return {"captured": self.captured}
+        return {**super().extra_state(), "captured": self.captured}
 
     def load_extra_state(self, state) -> None:
         self.captured = bool(state.get("captured", False))

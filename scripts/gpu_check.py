@@ -26,7 +26,9 @@ import json
 import re
 import statistics
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -94,20 +96,27 @@ def step_seconds(log: Path) -> float:
 
 @torch.no_grad()
 def check_masks(ckpt: Path, device: str) -> dict:
-    """Mask invariants of a checkpoint, on ``device``: pruned weights zero in both encoders, densities."""
+    """Mask invariants of a checkpoint, on ``device``: pruned weights zero in both encoders, densities. An encoder
+    its plugin soft-masks (stored weights dense by design, the plugin contract's ``stored_dense_encoders``) is
+    reported ``soft``, its weights outside the mask not counted as leaked."""
+    from solo_sparse.core.registry import get_plugin
     from solo_sparse.engine.maskio import encoder_masks
 
-    sd = {k: v.to(device) for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()}
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    soft = {e for name, saved in (ck.get("solo_sparse") or {}).items()
+            for e in get_plugin(name).stored_dense_encoders(saved.get("extra") or {})}
+    sd = {k: v.to(device) for k, v in ck["state_dict"].items()}
     out = {}
     for enc, masks in encoder_masks(sd).items():
         prefix = "" if enc == "online" else "momentum_"
         leaked = kept = total = 0
         for layer, m in masks.items():
             w = sd[f"{prefix}{layer}.weight"]
-            leaked += int(((w != 0) & ~m).sum())
+            if enc not in soft:
+                leaked += int(((w != 0) & ~m).sum())
             kept += int(m.sum())
             total += m.numel()
-        out[enc] = {"leaked": leaked, "density": kept / max(total, 1)}
+        out[enc] = {"leaked": "soft" if enc in soft else leaked, "density": kept / max(total, 1)}
     return out
 
 
@@ -166,14 +175,19 @@ def speed_step(out: Path, device: str, tiny: bool) -> dict:
         res = speed.run(suite, out=out / "speed", device=device, note=f"gpu_check on {device}", **kw)
     except Exception as e:  # noqa: BLE001 - recorded, the check goes on
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return {"ok": True, "rows": speed_rows(res), "results": "speed/results.json"}
+
+
+def speed_rows(res: dict) -> list:
+    """One row per measured ratio of a speed result (every reference: ``dense`` and, where the suite times it,
+    ``dense+opt`` — the same inference optimisations without the sparsity, the fair reference of ``compact+opt``)."""
     rows = []
     for pid, p in res["paths"].items():
         for row in p["rows"]:
             for r in row["ratios"]:
-                if r["reference"] == "dense":
-                    rows.append({"path": pid, "fast": r["fast"], "batch": row["batch"], "size": row["size"],
-                                 "speedup": r["median"], "macs_limit": r["macs_limit"]})
-    return {"ok": True, "rows": rows, "results": str(out / "speed" / "results.json")}
+                rows.append({"path": pid, "fast": r["fast"], "reference": r["reference"], "batch": row["batch"],
+                             "size": row["size"], "speedup": r["median"], "macs_limit": r.get("macs_limit")})
+    return rows
 
 
 def tiny_data(root: Path) -> Path:
@@ -200,6 +214,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--cpu-tiny", action="store_true", help="CPU, 4 steps of batch 8 on a tiny random image folder")
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="trainings run side by side on the device (their step times are then indicative only)")
+    ap.add_argument("--workers", type=int, default=8, help="data workers in all, shared between the lanes (GPU)")
     args = ap.parse_args(argv)
     missing = missing_plugins()
     if missing:
@@ -216,19 +233,22 @@ def main(argv=None) -> int:
             print("gpu_check: no CUDA device here; use --cpu-tiny for the CPU path", file=sys.stderr)
             return 2
         device, steps, bs, data = "cuda", args.steps, args.batch_size, Path(args.data).resolve()
-        hw = ["accelerator=gpu", "++devices=[0]", "++precision=bf16-mixed", "++data.num_workers=8"]
+        hw = ["accelerator=gpu", "++devices=[0]", "++precision=bf16-mixed", f"++data.num_workers={args.workers}"]
     solo = solo_learn_dir()
     res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
-           "steps": steps, "batch_size": bs, "runs": {}}
+           "steps": steps, "batch_size": bs, "lanes": args.lanes, "runs": {}}
     epoch_steps = max(1, len(list((data / "train").rglob("*.png"))) // bs)
     epochs = max(1, -(-steps // epoch_steps))
     if not args.only or "speed" in args.only:
         print(f"[gpu_check] speed: exported fast paths vs dense on {device} ...", flush=True)
         res["speed"] = speed_step(out, device, args.cpu_tiny)
         print(f"[gpu_check] speed: {'ok' if res['speed']['ok'] else 'FAILED ' + res['speed']['error']}", flush=True)
-    for rid, cfg, over in RUNS:
-        if args.only and rid not in args.only:
-            continue
+        write_results(out, res)
+    if device == "cuda" and args.lanes > 1:        # the data workers shared between the trainings side by side
+        hw[-1] = f"++data.num_workers={max(2, args.workers // args.lanes)}"
+    lock = threading.Lock()
+
+    def one(rid, cfg, over):
         run_dir = out / "runs" / rid
         cmd = pretrain_command(CFG / cfg, solo_dir=solo, name=f"gpucheck-{rid}", run_dir=run_dir,
                                train_path=data / "train",
@@ -248,18 +268,44 @@ def main(argv=None) -> int:
             row["masks"] = check_masks(ck, device)
             if rid == "synccp-2:4":
                 row["nm_export"] = nm_export(ck, device)
-        res["runs"][rid] = row
+        with lock:                     # every finished run is on disk at once: a check cut short keeps its rows
+            res["runs"][rid] = row
+            write_results(out, res)
         print(f"[gpu_check] {rid}: {'ok' if r.ok else 'FAILED ' + r.error} {row['step_s']:.3f} s/step", flush=True)
+
+    todo = [r for r in RUNS if not args.only or r[0] in args.only]
+    with ThreadPoolExecutor(max_workers=max(1, args.lanes)) as pool:
+        for f in [pool.submit(one, *r) for r in todo]:
+            f.result()
+    lines = write_results(out, res)
+    print("\n".join(lines))
+    failed = [rid for rid, row in res["runs"].items() if not row["ok"] or any(
+        v.get("leaked") not in (0, "soft") for v in row.get("masks", {}).values())]
+    sp = res.get("speed")
+    if sp and not sp["ok"]:
+        failed.append("speed")
+    return 1 if failed else 0
+
+
+def write_results(out: Path, res: dict) -> list:
+    """``gpu_check.json`` and ``gpu_check.md`` from what has run so far (ratios to the plain runs present)."""
     base = reference_runs()
     for rid, row in res["runs"].items():
         ref = res["runs"].get(base.get(rid, ""), {})
         if ref.get("step_s") and row.get("step_s"):
             row["step_ratio"] = row["step_s"] / ref["step_s"]
     (out / "gpu_check.json").write_text(json.dumps(res, indent=2))
+    steps, bs, lanes = res["steps"], res["batch_size"], res.get("lanes", 1)
+    side = ("" if lanes <= 1 else
+            f" {lanes} trainings ran side by side on the one device (the check's time limit): the step times and "
+            "ratios are indicative, not a benchmark.")
     lines = [f"GPU check on {res['device']} (torch {res['torch']}), {steps} steps of batch {bs} per run, "
-             f"{'bf16-mixed' if device == 'cuda' else 'fp32'}, channels-last.", "",
+             f"{'bf16-mixed' if res['device'] != 'cpu' else 'fp32'}, channels-last.{side}", "",
              "| run | ok | s/step | vs plain | leaked (online/momentum) | density online |", "|---|---|---:|---:|---:|---:|"]
-    for rid, row in res["runs"].items():
+    if res.get("note"):
+        lines[1:1] = ["", res["note"]]
+    order = [r[0] for r in RUNS]
+    for rid, row in sorted(res["runs"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         mk = row.get("masks", {})
         leak = "/".join(str(mk.get(e, {}).get("leaked", "-")) for e in ("online", "momentum"))
         dens = mk.get("online", {}).get("density")
@@ -275,21 +321,17 @@ def main(argv=None) -> int:
                              f"{r['dense_ms']:.3f} ms, 2:4 {r['sparse_ms']:.3f} ms ({r['speedup']:.2f}x)")
     sp = res.get("speed")
     if sp:
-        lines += ["", f"Speed (`solo-sparse speed` suite on {res['device']}): "
+        lines += ["", f"Speed (`solo-sparse speed` suite on {res['device']}, run alone before the trainings): "
                   + ("ok" if sp["ok"] else f"FAILED: {sp['error']}")]
         if sp.get("rows"):
-            lines += ["", "| path | fast | batch | size | speed-up vs dense | MACs limit |", "|---|---|---:|---:|---:|---:|"]
+            lines += ["", "| path | fast | vs | batch | size | speed-up | MACs limit |",
+                      "|---|---|---|---:|---:|---:|---:|"]
             for r in sp["rows"]:
-                lim = "-" if r["macs_limit"] is None else f"{r['macs_limit']:.2f}x"
-                lines.append(f"| {r['path']} | {r['fast']} | {r['batch']} | {r['size']} | {r['speedup']:.2f}x | {lim} |")
+                lim = "-" if r.get("macs_limit") is None else f"{r['macs_limit']:.2f}x"
+                lines.append(f"| {r['path']} | {r['fast']} | {r.get('reference', 'dense')} | {r['batch']} | "
+                             f"{r['size']} | {r['speedup']:.2f}x | {lim} |")
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    failed = [rid for rid, row in res["runs"].items() if not row["ok"] or any(
-        v.get("leaked") for v in row.get("masks", {}).values())]
-    if sp and not sp["ok"]:
-        failed.append("speed")
-    return 1 if failed else 0
-
+    return lines
 
 if __name__ == "__main__":
     sys.exit(main())

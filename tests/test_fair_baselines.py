@@ -77,6 +77,20 @@ def test_sdclr_online_damage_the_momentum_encoder_sees_the_pruned_online_network
     assert float((on.layer1[0].weight != 0).float().mean()) == 1.0   # the online stored weights stay dense
 
 
+def test_a_checkpoint_says_which_encoders_keep_dense_stored_weights():
+    """The GPU check's leak count asks the contract (stored_dense_encoders of the saved state): SDCLR's online
+    encoder keeps dense stored weights by design, its momentum encoder and gmp's encoders are hard-masked."""
+    p = plugin("sdclr", density=0.2)
+    on, mo = pair()
+    make_host(p, on, mo)
+    assert get_plugin("sdclr").stored_dense_encoders(p.extra_state()) == ("online",)
+    g = plugin("gmp", final_density=0.2)
+    on, mo = pair()
+    make_host(g, on, mo)
+    assert get_plugin("gmp").stored_dense_encoders(g.extra_state()) == ()
+    assert get_plugin("gmp").stored_dense_encoders({}) == ()                 # checkpoints before the key
+
+
 def test_sdclr_prunes_by_one_global_threshold_the_stem_included():
     p = plugin("sdclr", density=0.3)
     on, mo = pair()

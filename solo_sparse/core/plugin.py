@@ -305,6 +305,14 @@ class Plugin:
         return None
 
     @classmethod
+    def stored_dense_encoders(cls, extra_state: Mapping[str, Any]) -> Tuple[str, ...]:
+        """Encoders ("online"/"momentum") whose masks act in the forward only, their stored weights dense by
+        design (SDCLR's pruned view, SyncCP's own-mask momentum encoder), as a run's saved plugin state
+        (:meth:`extra_state`) says: a checkpoint's non-zero weights outside those masks are not a leak. () by
+        default."""
+        return ()
+
+    @classmethod
     def evaluates_masked(cls, config: Mapping[str, Any]) -> bool:
         """Whether a run's online backbone is evaluated with its mask buffers applied (weight sparsity: yes;
         a plugin whose masks only damage a training branch evaluates the dense weights)."""

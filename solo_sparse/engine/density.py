@@ -59,7 +59,8 @@ def _global_masks(scores: Mapping[str, torch.Tensor], density: float, granularit
     target = density * total
     order = torch.argsort(allu, descending=True, stable=True)
     csum = torch.cumsum(alls[order], 0)
-    n_take = int(torch.searchsorted(csum, torch.tensor(target + 1e-6, dtype=csum.dtype), right=True).item())
+    goal = torch.tensor(target + 1e-6, dtype=csum.dtype, device=csum.device)   # on the scores' device (CUDA)
+    n_take = int(torch.searchsorted(csum, goal, right=True).item())
     keep_flat = torch.zeros_like(allu, dtype=torch.bool)
     keep_flat[order[:n_take]] = True
     out, off = {}, 0

@@ -385,7 +385,8 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
 
     # ------------------------------------------------------------------ state
     def extra_state(self):
-        st = {"trigger_step": self.trigger_step, "csi_armed": self._csi_armed, "scores": self.scores.state_dict()}
+        st = {**super().extra_state(), "trigger_step": self.trigger_step, "csi_armed": self._csi_armed,
+              "scores": self.scores.state_dict()}
         if self._prev_pseudo is not None:
             st["prev_pseudo"] = {k: v.clone() for k, v in self._prev_pseudo.items()}
         return st

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 
@@ -37,6 +37,14 @@ class WeightSparsityPlugin(Plugin):
         self.init_masks()
         self._sync_momentum()
         self.sparsifier.apply_masks()
+
+    def extra_state(self) -> Dict[str, Any]:
+        """The soft-masked encoders, so a checkpoint says which stored weights are dense by design."""
+        return {"soft_encoders": list(self.soft_encoders)} if self.soft_encoders else {}
+
+    @classmethod
+    def stored_dense_encoders(cls, extra_state) -> Tuple[str, ...]:
+        return tuple((extra_state or {}).get("soft_encoders", ()))
 
     def preview_backbone(self, net: torch.nn.Module) -> Optional[str]:
         """Masks at the final density from ``net``'s random-init magnitudes (``solo-sparse flops CONFIG``)."""
