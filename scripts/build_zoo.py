@@ -29,7 +29,7 @@ import torch
 from solo_sparse import zoo
 from solo_sparse.core.registry import backbone_plugin, get_plugin
 from solo_sparse.engine.flops import count_macs
-from solo_sparse.engine.maskio import split_state
+from solo_sparse.engine.maskio import MASK, split_state
 from solo_sparse.tools.evaluate import backbone_state, evaluate_backbone, load_splits
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command
 
@@ -45,6 +45,14 @@ def pack_checkpoint(ck: Path, out: Path, fp16: bool, method: str = None) -> dict
     masks = {f"{layer}.weight": m for layer, m in layer_masks.items()}
     plugin_state = state_all.get("solo_sparse") or {}
     gname, gcfg = backbone_plugin(plugin_state)
+    if gname:
+        # training-only reparametrisations (CDG's conditional-path scale) folded into the weights: the entry
+        # is the deployed network, rebuilt from the config deploy_backbone returns
+        net = zoo.build_module(weights, masks, {"arch": "resnet18", "gating": {"plugin": gname, "config": gcfg}})
+        gcfg = get_plugin(gname).deploy_backbone(net, gcfg)
+        folded = net.state_dict()
+        weights = {k: v for k, v in folded.items() if not k.endswith("." + MASK)}
+        masks = {f"{k[: -len(MASK) - 1]}.weight": v for k, v in folded.items() if k.endswith("." + MASK)}
     zoo.save_backbone(out, weights, masks, arch="resnet18", fp16=fp16,
                       gating={"plugin": gname, "config": gcfg} if gname else None, method=method)
     # local file paths in a plugin config (IMP's masks/init) mean nothing to users: keep the file name
