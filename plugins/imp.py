@@ -1,7 +1,7 @@
 """``imp`` — training under fixed masks from a mask file, with rewind capture (one IMP round).
 
 One round of iterative magnitude pruning with self-supervision (Caron et al. 2020), usable alone
-or driven round by round by ``solo-sparse imp`` (``solo_sparse.tools.imp_driver``):
+or driven round by round by ``solo-sparse imp`` (``solo_sparse.tools.imp.driver``):
 
 - ``masks``: a solo-sparse mask file (``solo_sparse.engine.maskio.save_masks``); its layers must match the
   model's maskable layers exactly (the first mismatching layer is named). No file = dense (round 0).
@@ -87,7 +87,7 @@ class IMP(WeightSparsityPlugin):
 
     @classmethod
     def commands(cls):
-        from solo_sparse.tools.imp_cli import commands
+        from solo_sparse.tools.imp.verbs import commands
 
         return commands(cls.name)
 

@@ -12,7 +12,11 @@
 * consumers reach a plugin only through the contract, by no other route: they call no method that only a family
   defines (``route_eval``, ``sparsifier`` ...; ask ``Plugin.route_backbone`` ...) and read no plugin config key by
   name (``.get("every")``, ``getattr(c, "final_density")``: ask ``Plugin.dense_gradient_share`` ...);
-* every plugin entry point has a config-group YAML and vice versa.
+* every plugin entry point has a config-group YAML and vice versa;
+* inside ``tools`` the rooms keep their order: the CLI is imported by nothing, the benchmark (``tools/bench/``) only
+  by the CLI, the IMP room (``tools/imp/``) only by the benchmark's rounds and the imp plugin, the shared tools
+  (evaluation, runner, reports ...) import no room, and in ``bench/`` the suite, measurements and results import no
+  other part of the harness.
 """
 import ast
 import re
@@ -212,3 +216,55 @@ def test_every_entry_point_has_a_group_yaml_and_vice_versa():
         text = (PKG / "configs" / "solo_sparse" / f"{n}.yaml").read_text()
         assert f"plugin: {n}\n" in text and "solo_sparse.binding.hydra_callback.SoloSparseCallback" in text
         assert "init_density" not in text and "final_density" not in text   # keys live in the config class only
+
+
+#: the rooms of ``tools``: module prefix -> who may import it (module prefixes, ``plugins`` = plugins/)
+TOOLS_ROOMS = {
+    "solo_sparse.tools.cli": (),
+    "solo_sparse.tools.bench": ("solo_sparse.tools.cli", "solo_sparse.tools.bench"),
+    "solo_sparse.tools.imp": ("solo_sparse.tools.imp", "solo_sparse.tools.bench.rounds", "plugins"),
+}
+#: inside the benchmark: submodule -> the bench submodules it may import (a suite is data; results are made from rows)
+BENCH_ALLOWED = {"suite": set(), "measure": set(), "results": set(), "harness": {"suite", "measure", "results", "rounds"},
+                 "rounds": {"harness", "suite"}}
+
+
+def _module_name(path: Path) -> str:
+    if path.parts[len(ROOT.parts)] == "plugins":
+        return "plugins." + path.stem
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+
+
+def _full_imports(tree: ast.AST):
+    """Every imported module name, ``from a.b import c`` giving ``a.b.c`` as well as ``a.b``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import of {node.module} (line {node.lineno}): import absolutely"
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_tools_rooms_keep_their_order():
+    rooms_seen = set()
+    for path, tree in _sources():
+        me = _module_name(path)
+        for mod in set(_full_imports(tree)):
+            for room, importers in TOOLS_ROOMS.items():
+                if _within(mod, room) and not _within(me, room):
+                    rooms_seen.add(room)
+                    assert any(_within(me, i) for i in importers), \
+                        f"{path}: imports {mod}; {room} may be imported only by {', '.join(importers) or 'nothing'}"
+            if _within(me, "solo_sparse.tools.bench") and _within(mod, "solo_sparse.tools.bench") and me.count(".") == 3:
+                sub, other = me.split(".")[3], mod.split(".")[3] if mod.count(".") >= 3 else None
+                if other is not None and other != sub:
+                    assert other in BENCH_ALLOWED[sub], (f"{path}: imports {mod}; bench.{sub} may import only "
+                                                         f"{sorted(BENCH_ALLOWED[sub]) or 'no other bench module'}")
+    assert {"solo_sparse.tools.bench", "solo_sparse.tools.imp"} <= rooms_seen      # the check sees the rooms
+    assert set(BENCH_ALLOWED) == {p.stem for p in (PKG / "tools" / "bench").glob("*.py")} - {"__init__"}

@@ -235,7 +235,7 @@ def test_retrain_keeps_masks_and_learns(tmp_path):
 
 
 def test_imp_driver_refuses_changed_config_and_long_rewind(tmp_path):
-    from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+    from solo_sparse.tools.imp.driver import IMPDriver, IMPRun
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("defaults:\n  - _self_\nmax_epochs: 2\nmethod: byol\n")

@@ -167,9 +167,9 @@ def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, 
 def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatch):
     repo, suite, solo, tmp = setup
     suite.write_text(_no_retrain(SUITE))
-    import solo_sparse.tools.bench as bench_mod
+    import solo_sparse.tools.bench.rounds as rounds_mod  # where run_rounds looks the name up
 
-    real = bench_mod.evaluate_backbone
+    real = rounds_mod.evaluate_backbone
     state = {"n": 0}
 
     def flaky(*a, **k):           # the first control's evaluation dies after its training
@@ -178,7 +178,7 @@ def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(bench_mod, "evaluate_backbone", flaky)
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", flaky)
     with pytest.raises(KeyboardInterrupt):
         Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
     n = len(_calls(tmp))

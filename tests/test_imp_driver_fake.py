@@ -1,4 +1,4 @@
-"""The IMP driver without solo-learn (``solo_sparse.tools.imp_driver.IMPDriver``), over a fake
+"""The IMP driver without solo-learn (``solo_sparse.tools.imp.driver.IMPDriver``), over a fake
 ``main_pretrain.py`` (as tests/test_runner.py fakes it) that reads the overrides the driver passes and writes
 solo-learn-like checkpoints (``<name>-<version>-ep=<E>.ckpt`` in a new version folder per invocation, with
 ``backbone.`` and ``momentum_backbone.`` weights and ``weight_mask`` buffers).
@@ -17,7 +17,7 @@ import torch
 
 from solo_sparse.engine.imp import global_magnitude_prune
 from solo_sparse.engine.maskio import load_masks
-from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+from solo_sparse.tools.imp.driver import IMPDriver, IMPRun
 
 FAKE = r'''
 import json, os, pathlib, sys
@@ -78,7 +78,7 @@ def _calls(log):
 
 
 def _last_ckpt_weights(round_dir):
-    from solo_sparse.tools.imp_driver import checkpoint_masks
+    from solo_sparse.tools.imp.driver import checkpoint_masks
 
     cks = sorted(round_dir.rglob("*.ckpt"), key=lambda p: int(p.stem.rsplit("ep=", 1)[1]))
     return checkpoint_masks(cks[-1])
@@ -176,7 +176,7 @@ def test_more_rounds_than_the_smallest_layer_allows_are_refused_before_round_0(f
     """(1 - rate)^R of ResNet-18's smallest pruned layer (layer2.0.downsample.0, 8192 weights) must keep one
     weight: R <= 40 at rate 0.2; a backbone override is read (ResNet-50's smallest: 4096 weights, R <= 37)."""
     from solo_sparse.core.config import ConfigError
-    from solo_sparse.tools.imp_driver import max_rounds
+    from solo_sparse.tools.imp.driver import max_rounds
 
     solo, cfg, log = fake
     assert max_rounds(0.2, 8192) == 40 and 0.8 ** 40 * 8192 >= 1 > 0.8 ** 41 * 8192

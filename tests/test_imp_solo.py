@@ -93,7 +93,7 @@ def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
 
     from solo_sparse.engine.imp import load_state
     from solo_sparse.engine.maskio import load_masks
-    from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+    from solo_sparse.tools.imp.driver import IMPDriver, IMPRun
 
     data = make_image_folder(tmp_path / "imgs") / "train"
     cfgs = _cfg_dir(tmp_path)

@@ -735,7 +735,7 @@ def test_bench_trains_through_the_lightning_host_and_keeps_hosts_apart(tmp_path,
 
     from test_bench import FAKE
 
-    import solo_sparse.tools.bench as bench
+    import solo_sparse.tools.bench.harness as harness  # where Bench.run_pretrain looks the name up
     from solo_sparse.tools.bench import Bench, Suite
     from solo_sparse.tools.runner import lightning_command
 
@@ -759,7 +759,7 @@ def test_bench_trains_through_the_lightning_host_and_keeps_hosts_apart(tmp_path,
         assert cmd[1:3] == ["-m", "solo_sparse.lightning.train"]
         return [sys.executable, str(fake), *cmd[3:]]
 
-    monkeypatch.setattr(bench, "lightning_command", fake_command)
+    monkeypatch.setattr(harness, "lightning_command", fake_command)
     out_solo, out_lt = tmp_path / "results" / "toy", tmp_path / "results" / "toy-lightning"
     b_solo = Bench(Suite.load(suite), data_root=tmp_path / "data", out=out_solo, solo_dir=solo, log=print)
     assert b_solo.host == "solo-learn"

@@ -53,7 +53,7 @@ def _args_retrain(a: argparse.ArgumentParser) -> None:
 
 
 def _cmd_imp(args) -> int:
-    from solo_sparse.tools.imp_driver import IMPDriver, IMPRun
+    from solo_sparse.tools.imp.driver import IMPDriver, IMPRun
     from solo_sparse.tools.runner import solo_learn_dir
 
     run = IMPRun(config=args.config, out=args.out, rounds=args.rounds, rate=args.rate, rewind=args.rewind,

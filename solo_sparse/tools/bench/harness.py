@@ -1,0 +1,402 @@
+"""The harness that turns a suite's runs into rows (:class:`Bench`): the plan (which run and seed is still to do,
+by fingerprint), training through the host's trainer (solo-learn's unchanged ``main_pretrain.py`` or the Lightning
+binding's), evaluation of the final checkpoint, rows reused from a sibling suite, random-init rows, resuming after
+an interruption; ``kind: rounds`` runs are :mod:`.rounds`. Rows, tables and plots are written after every row
+(:mod:`.results`)."""
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.files import write_atomic
+from solo_sparse.engine.resnet import build_resnet
+from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats
+from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, to_markdown
+from solo_sparse.tools.bench.suite import RunSpec, Suite, compose_plugins, plugin_digest
+from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
+from solo_sparse.tools.inputs import read_checkpoint
+from solo_sparse.tools.runner import (
+    config_digest,
+    lightning_command,
+    newest_checkpoint,
+    pretrain_command,
+    resolve_host,
+    run_command,
+    solo_learn_dir,
+)
+
+
+class _Paths:
+    """Placeholders for machine paths in what is written to results."""
+
+    def __init__(self, **roots: Path):
+        self.roots = sorted(((k, str(Path(v).resolve())) for k, v in roots.items()), key=lambda kv: -len(kv[1]))
+
+    def __call__(self, s: str) -> str:
+        for k, v in self.roots:
+            s = s.replace(v, f"<{k}>")
+        return s.replace(sys.executable, "python")
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
+
+
+
+class Bench:
+    """One suite's rows in ``out`` (default ``results/<suite>/``): :meth:`plan` lists what is still to do,
+    :meth:`run` does it and writes ``results.json``, ``results.md`` and the plots after every row."""
+
+    def __init__(self, suite: Suite, *, data_root: Path, out: Optional[Path] = None, seeds: Optional[int] = None,
+                 solo_dir: Optional[Path] = None, only: Sequence[str] = (), eval_only: bool = False,
+                 extra_overrides: Sequence[str] = (), log=print, host: str = "auto"):
+        self.suite = suite
+        self.data = Path(data_root) / suite.data
+        if not (self.data / "train").is_dir() or not (self.data / "val").is_dir():
+            raise ConfigError(f"data folder {self.data} lacks train/ and val/: run scripts/prepare_fashion_mnist.py "
+                              f"--out {self.data} (see the suite's header)")
+        self.out = Path(out) if out else suite.root / "results" / suite.suite
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.seeds = list(range(seeds if seeds is not None else suite.seeds))
+        self.only = set(only)
+        self.eval_only = eval_only
+        self.extra = list(extra_overrides)
+        self.log = log
+        self.solo_dir = solo_dir
+        # the training host: solo-learn's main_pretrain.py (also whenever --solo-learn names a checkout), or the
+        # Lightning binding's trainer on the same YAML; 'auto' takes solo-learn where it is installed
+        self._host_error: Optional[str] = None
+        self.host = "solo-learn" if solo_dir is not None and host == "auto" else host
+        if self.host == "auto":
+            try:
+                self.host = resolve_host("auto")
+            except ConfigError as e:           # refused when a run would train, not for --dry-run/--eval-only
+                self.host, self._host_error = "solo-learn", str(e)
+        elif self.host != "solo-learn" or solo_dir is None:
+            resolve_host(self.host)
+        self.path = self.out / "results.json"
+        self.results = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
+        self._eval = None
+        self.paths = None
+        import warnings
+
+        with warnings.catch_warnings():       # import solo-learn once, quietly (timm registry warnings)
+            warnings.simplefilter("ignore")
+            try:
+                import solo  # noqa: F401
+            except ImportError:
+                pass
+        for spec in suite.runs if suite.window else ():   # a run contradicting the one window: refused now
+            self.window_overrides(spec)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def save(self) -> None:
+        meta = {"suite": self.suite.suite, "description": self.suite.description,
+                "suite_file": (str(self.suite.path.resolve().relative_to(self.suite.root))
+                               if self.suite.path and self.suite.path.resolve().is_relative_to(self.suite.root)
+                               else (self.suite.path.name if self.suite.path else None)),
+                "data": self.suite.data, "image_size": self.suite.size, "torch": torch.__version__, "host": self.host,
+                "threads": torch.get_num_threads(), "claims": self.suite.claims, "window": self.suite.window,
+                "baselines": {r.id: r.baseline for r in self.suite.runs if r.baseline}}
+        if (self.data / "meta.json").exists():
+            meta["data_meta"] = json.loads((self.data / "meta.json").read_text())
+        self.results["meta"] = meta
+        for key, row in self.results["rows"].items():        # one schema: every column in every row
+            self.results["rows"][key] = {**{k: None for k in ROW_KEYS}, **row}
+        write_atomic(self.path, json.dumps(self.results, indent=2))
+        write_atomic(self.out / "results.md", to_markdown(self.results))
+        try:
+            plot(self.results, self.out / f"{self.suite.suite}.png")
+            plot_monitors(self.results, self.out / "monitor.png")
+        except ImportError:   # matplotlib is an extra
+            pass
+
+    def eval_data(self):
+        if self._eval is None:
+            self.log(f"[bench {self.suite.suite}] loading {self.suite.data} at {self.suite.size} px ...")
+            self._eval = load_splits(self.data, self.suite.size, log=self.log)
+        return self._eval
+
+    def fingerprint(self, spec: RunSpec, seed: int) -> str:
+        cfg = config_digest(self.suite.root / spec.config) if spec.config else "-"
+        fp = [cfg, self.suite.overrides, spec.overrides, self.extra, seed, self.suite.size,
+              spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds" else None]
+        if self.host != "solo-learn":      # solo-learn rows keep the fingerprints they always had
+            fp.append(f"host={self.host}")
+        plugins = self.plugin_digest(spec) if spec.kind == "pretrain" and spec.config else None
+        if plugins is not None:            # dense rows keep theirs; a changed plugin default retrains the row
+            fp.append(f"plugins={plugins}")
+        if self.window_overrides(spec):   # runs outside a window keep theirs
+            fp.append(f"window={self.window_overrides(spec)}")
+        return json.dumps(fp)
+
+    def plugin_digest(self, spec: RunSpec) -> Optional[str]:
+        """Digest of the run's effective plugin configs (every key, defaults included, as the run will save them),
+        or None without a plugin: a row trained before a plugin's default changed is not taken for this one."""
+        win = self.window_overrides(spec)
+        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra))
+        cache = self.__dict__.setdefault("_plugin_digests", {})
+        if key not in cache:
+            cache[key] = plugin_digest(self.suite.root / spec.config,
+                                       [*self.suite.overrides, *spec.overrides, *win, *self.extra])
+        return cache[key]
+
+    def window_overrides(self, spec: RunSpec) -> List[str]:
+        """The suite's one window (``window: {start, end}``) as Hydra overrides of the run's plugin keys — which
+        keys, each plugin says (:meth:`~solo_sparse.core.plugin.Plugin.window_overrides`; None: no window, e.g.
+        a fixed density from step 0). A run whose own overrides set one of those keys to another value is
+        refused: every sparse row of the suite prunes over the same steps."""
+        if not self.suite.window or spec.kind != "pretrain" or not spec.config:
+            return []
+        cache = self.__dict__.setdefault("_windows", {})
+        if spec.id not in cache:
+            from solo_sparse.core.config import PREFIX
+
+            start, end = str(self.suite.window["start"]), str(self.suite.window["end"])
+            explicit = [*self.suite.overrides, *spec.overrides, *self.extra]
+            plugins = compose_plugins(self.suite.root / spec.config, explicit)
+            out = []
+            for p in plugins:
+                keys = type(p).window_overrides(start, end, p.config)
+                path = PREFIX if len(plugins) == 1 else f"{PREFIX}.{p.name}"
+                for k, v in (keys or {}).items():
+                    want = "null" if v is None else str(v)
+                    for o in explicit:
+                        name, _, val = o.lstrip("+").partition("=")
+                        if name == f"{path}.{k}" and val.strip().strip("'\"") != want:
+                            raise ConfigError(f"{self.suite.path}: run {spec.id!r} sets {name}={val} but the suite's "
+                                              f"window (start={start}, end={end}) sets it to {want}: remove the "
+                                              "run's override (one window for every sparse run)")
+                    out.append(f"++{path}.{k}={want}")
+            cache[spec.id] = out
+        return cache[spec.id]
+
+    def plan(self) -> List[tuple]:
+        """The (run, seed) pairs still to do, seed-major: every run's seed 0 first, then seed 1, ... — an
+        interrupted suite has its rows at comparable seed counts."""
+        todo = []
+        for seed in self.seeds:
+            for spec in self.suite.runs:
+                if self.only and spec.id not in self.only:
+                    continue
+                if seed not in (self.seeds[: spec.seeds] if spec.seeds else self.seeds):
+                    continue
+                key = f"{spec.id}/seed{seed}"
+                row = self.results["rows"].get(key)
+                fp = self.fingerprint(spec, seed)
+                if row and row.get("fingerprint") == fp and row.get("status") == "ok":
+                    continue
+                if spec.eval_paths != [None] and all(
+                        (self.results["rows"].get(f"{spec.id}:{pth}/seed{seed}") or {}).get("fingerprint") == fp
+                        for pth in spec.eval_paths):
+                    continue
+                for k in [key] + [f"{spec.id}:{pth}/seed{seed}" for pth in spec.eval_paths if pth]:
+                    old = self.results["rows"].get(k)
+                    if old and old.get("status") == "ok" and old.get("fingerprint") != fp:
+                        old["status"] = "stale"   # another config (e.g. a plugin default changed): out of the tables
+                todo.append((spec, seed))
+        return todo
+
+    # ------------------------------------------------------------------ running
+    def backfill(self) -> None:
+        """Fill per-run curves a row lacks (rows written by an older harness) from the run's own logs, and
+        re-read CSI curves (an older harness took them from the CSV logger, one point per 50 steps)."""
+        from solo_sparse.tools.report import read_csi, read_monitor
+
+        for row in self.results["rows"].values():
+            if row.get("kind") != "pretrain" or row.get("status") != "ok" or row.get("reused_from"):
+                continue
+            # runs/<run id>/seed<k>/...: from the checkpoint (a run id may itself contain ':', as in 'synccp-2:4';
+            # evaluated paths are 'id:path' rows of one run)
+            ck = Path(row.get("checkpoint") or "")
+            run_dir = self.out / Path(*ck.parts[:3]) if len(ck.parts) > 3 and ck.parts[0] == "runs" \
+                else self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
+            if "monitor" not in row:
+                row["monitor"] = read_monitor(run_dir) or None
+            ck_file = self.out / ck if row.get("checkpoint") else None
+            if row.get("shift_sensitivity") is None and ck_file is not None and ck_file.is_file():
+                net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
+                row.update(probe_stats(str(ck_file), net, self.eval_data()[1][0][-256:], row.get("path")))
+                self.log(f"[bench] {row['id']}/seed{row['seed']}: probes backfilled (shift "
+                         f"{row['shift_sensitivity']:.4f})")
+            if row.get("csi") and run_dir.is_dir():
+                csi = read_csi(run_dir)
+                if csi:
+                    row["csi"] = {"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
+
+    def run(self) -> Dict[str, Any]:
+        self.backfill()
+        if self.suite.random_init:
+            self.random_init_rows()
+        todo = self.plan()
+        total = len(todo)
+        done_s: List[float] = []
+        t0 = time.time()
+        if not total:
+            self.log(f"[bench {self.suite.suite}] every row is done already ({len(self.results['rows'])} rows)")
+        elif not self.eval_only:
+            if self._host_error:
+                raise ConfigError(self._host_error)
+            self.log(f"[bench {self.suite.suite}] host: {self.host} ("
+                     + ("solo-learn's unchanged main_pretrain.py" if self.host == "solo-learn" else
+                        "Lightly's building blocks + the solo_sparse.lightning.Sparsify callback, same YAML") + ")")
+        for i, (spec, seed) in enumerate(todo):
+            eta = (statistics.fmean(done_s) * (total - i)) if done_s else None
+            self.log(f"[bench {self.suite.suite}] run {i + 1}/{total}: {spec.id} seed {seed} — elapsed "
+                     f"{_fmt_time(time.time() - t0)}" + (f", ETA {_fmt_time(eta)}" if eta is not None else ""))
+            t1 = time.time()
+            if spec.kind == "rounds":
+                self.run_imp(spec, seed)
+            else:
+                self.run_pretrain(spec, seed)
+            done_s.append(time.time() - t1)
+            self.save()
+        self.save()
+        return self.results
+
+    def _overrides(self, spec: RunSpec, seed: int) -> List[str]:
+        return [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), f"++seed={seed}", *self.extra]
+
+    def sibling_row(self, spec: RunSpec, seed: int) -> Optional[tuple]:
+        """A finished row of another suite (a results.json beside this suite's output folder) that is the same
+        training — same config content, the same override list (suite + run + extra), seed, image size — so
+        it is not trained twice (the cdg suite's moco-dense is the synccp suite's dense). ``("suite/key",
+        row)`` or None."""
+        if spec.kind != "pretrain" or spec.eval_paths != [None] or not spec.config:
+            return None
+        host = self.host
+        mine = [config_digest(self.suite.root / spec.config),
+                [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), *self.extra],
+                seed, self.suite.size]
+        for res in sorted(self.out.resolve().parent.glob("*/results.json")):
+            if res.parent == self.out.resolve():
+                continue
+            try:
+                rows = json.loads(res.read_text()).get("rows", {})
+            except (OSError, ValueError):
+                continue
+            for k, r in rows.items():
+                if r.get("status") != "ok" or r.get("kind") != "pretrain" or r.get("path") or r.get("reused_from") \
+                        or (r.get("host") or "solo-learn") != host:
+                    continue
+                try:
+                    digest = json.loads(r["fingerprint"])[0]
+                except (KeyError, TypeError, ValueError, IndexError):
+                    continue
+                if [digest, list(r.get("overrides") or []), r.get("seed"), r.get("image_size")] == mine:
+                    return f"{res.parent.name}/{k}", r
+        return None
+
+    def run_pretrain(self, spec: RunSpec, seed: int) -> None:
+        key = f"{spec.id}/seed{seed}"
+        run_dir = self.out / "runs" / spec.id / f"seed{seed}"
+        if self.host == "lightning":
+            self.paths = _Paths(repo=self.suite.root, data=self.data, out=self.out)
+            cmd = lightning_command(self.suite.root / spec.config, name=f"{self.suite.suite}-{spec.id}-s{seed}",
+                                    run_dir=run_dir, train_path=self.data / "train",
+                                    overrides=self._overrides(spec, seed))
+        else:
+            solo = solo_learn_dir(self.solo_dir)
+            self.paths = _Paths(repo=self.suite.root, **{"solo-learn": solo}, data=self.data, out=self.out)
+            cmd = pretrain_command(self.suite.root / spec.config, solo_dir=solo,
+                                   name=f"{self.suite.suite}-{spec.id}-s{seed}", run_dir=run_dir,
+                                   train_path=self.data / "train", overrides=self._overrides(spec, seed))
+        prev = self.results["rows"].get(key) or {}
+        base = {"id": spec.id, "seed": seed, "kind": spec.kind, "config": spec.config,
+                "overrides": [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), *self.extra],
+                "image_size": self.suite.size,
+                "fingerprint": self.fingerprint(spec, seed),
+                "command": self.paths(shlex.join(cmd))}
+        if self.host != "solo-learn":
+            base["host"] = self.host
+        ck_path = None
+        sibling = self.sibling_row(spec, seed)
+        if sibling is not None:
+            where, row = sibling
+            self.results["rows"][key] = {**row, "id": spec.id, "fingerprint": base["fingerprint"], "reused_from": where,
+                                         "checkpoint": f"../{where.split('/')[0]}/{row['checkpoint']}"
+                                         if row.get("checkpoint") else None}
+            self.log(f"[bench] {key}: the same training (config, overrides, seed, size) is {where}: reused, "
+                     f"linear {100 * row['linear']:.2f}")
+            return
+        if prev.get("fingerprint") == base["fingerprint"] and prev.get("trained") and newest_checkpoint(run_dir):
+            ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
+        elif self.eval_only:
+            ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
+            if ck_path is None:
+                self.log(f"[bench] {key}: --eval-only but no checkpoint in {run_dir}; skipped")
+                return
+        if ck_path is None:
+            run = run_command(cmd, run_dir, log=run_dir / "train.log", cwd=run_dir)
+            seconds = run.seconds
+            if not run.ok:
+                tail = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
+                self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
+                                             "error": self.paths(f"{run.error}: {tail[0][:300] if tail else ''}")}
+                who = "main_pretrain.py" if self.host == "solo-learn" else f"the {self.host} trainer"
+                self.log(f"[bench] {key}: {who} failed ({run.error}); log: {run.log}")
+                return
+            ck_path = run.checkpoint
+            self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "status": "trained"}
+            self.save()
+        from solo_sparse.tools.report import read_csi, read_monitor
+
+        csi = read_csi(run_dir)
+        monitor = read_monitor(run_dir) or None
+        ck = read_checkpoint(ck_path)
+        args_json = next(Path(ck_path).parent.glob("args.json"), None)
+        method = json.loads(args_json.read_text()).get("method") if args_json else None
+        train, test = self.eval_data()
+        for path in spec.eval_paths:
+            rkey = key if path is None else f"{spec.id}:{path}/seed{seed}"
+            net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
+            acc = evaluate_backbone(net, train, test)
+            stats = checkpoint_stats(ck, self.suite.size, test[0][:2000], net, path)
+            stats.update(probe_stats(str(ck_path), net, test[0][-256:], path))
+            row = {**base, "id": spec.id if path is None else f"{spec.id}:{path}", "path": path, "trained": True,
+                   "epochs": int(ck.get("epoch", -1)) + 1, "method": method,
+                   **stats, **acc, "wall_clock_s": seconds, "status": "ok",
+                   "csi": ({"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
+                           if csi else None),
+                   "monitor": monitor,
+                   "checkpoint": str(Path(ck_path).resolve().relative_to(self.out.resolve()))}
+            self.results["rows"][rkey] = row
+            self.log(f"[bench] {rkey}: linear {100 * acc['linear']:.2f}  kNN20 {100 * acc['knn20']:.2f}  "
+                     f"kNN1 {100 * acc['knn1']:.2f}  density {row['density_online']:.3f}  "
+                     f"MACs x{row['inference_macs_ratio']:.3f}  ({_fmt_time(seconds or 0)})")
+        if spec.eval_paths != [None] and key in self.results["rows"]:
+            del self.results["rows"][key]      # the per-path rows replace the training row
+
+    def random_init_rows(self) -> None:
+        train, test = None, None
+        for seed in self.seeds:
+            key = f"random-init/seed{seed}"
+            fp = json.dumps(["random-init", seed, self.suite.size])
+            if (self.results["rows"].get(key) or {}).get("fingerprint") == fp:
+                continue
+            if train is None:
+                train, test = self.eval_data()
+            torch.manual_seed(seed)
+            net = build_resnet("resnet18").eval()
+            acc = evaluate_backbone(net, train, test)
+            self.results["rows"][key] = {"id": "random-init", "seed": seed, "kind": "random-init", "fingerprint": fp,
+                                         "image_size": self.suite.size, "density_online": 1.0,
+                                         "inference_macs_ratio": 1.0, **acc, "status": "ok", "wall_clock_s": 0.0}
+            self.log(f"[bench] random-init seed {seed}: linear {100 * acc['linear']:.2f}  kNN20 "
+                     f"{100 * acc['knn20']:.2f}")
+            self.save()
+
+    def run_imp(self, spec: RunSpec, seed: int) -> None:
+        """A ``kind: rounds`` run: IMP rounds, the tickets and their controls (:func:`.rounds.run_rounds`)."""
+        from solo_sparse.tools.bench.rounds import run_rounds
+
+        run_rounds(self, spec, seed)

@@ -1,0 +1,242 @@
+"""What a suite's rows become: the one row schema (:data:`ROW_KEYS`), mean ± std per run over seeds
+(:func:`aggregate`), the paired comparisons with the dense row and the named baseline (:mod:`solo_sparse.tools.stats`),
+the markdown table (:func:`to_markdown`), the regime table (:func:`regime_markdown`), the plots (:func:`plot`,
+:func:`plot_monitors`) and the generated doc blocks (:func:`update_docs`)."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.files import write_atomic
+from solo_sparse.tools import stats
+
+#: the columns of every row (absent values are None)
+ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
+            "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
+            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity", "online_momentum_cos",
+            "status", "error", "command", "reused_from")
+
+
+def _mean_std(vals: Sequence[float]):
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def aggregate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per id (in first-seen order): n, mean ± std of the accuracies, mean of the rest."""
+    groups: Dict[str, List[Dict]] = {}
+    for r in results["rows"].values():
+        if r.get("status") == "ok":
+            groups.setdefault(r["id"], []).append(r)
+    out = []
+    for rid, rows in groups.items():
+        agg = {"id": rid, "n": len(rows), "seeds": sorted(r.get("seed") for r in rows)}
+        for k in ("linear", "knn20", "knn1"):
+            m, s, _ = _mean_std([r.get(k) for r in rows])
+            agg[k] = None if m is None else 100 * m
+            agg[k + "_std"] = None if s is None else 100 * s
+        for k in ("density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio",
+                  "gate_sparsity", "wall_clock_s", "shift_sensitivity", "online_momentum_cos"):
+            m, _, _ = _mean_std([r.get(k) for r in rows])
+            agg[k] = m
+        trig = [r.get("trigger_step") for r in rows if r.get("trigger_step") is not None]
+        agg["trigger_step"] = trig or None
+        out.append(agg)
+    return out
+
+
+def dense_of(rid: str, by: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The dense row a run is compared with: ``<prefix>-dense`` for ``<prefix>-...``, else ``dense``."""
+    if rid == "dense" or rid.endswith("-dense") or rid == "random-init":
+        return None
+    prefix = rid.split("-")[0]
+    return by.get(f"{prefix}-dense") or by.get("dense")
+
+
+def versus(a: Dict[str, Any], other: Optional[Dict[str, Any]], results: Dict[str, Any]) -> str:
+    """The linear-probe difference to ``other``, paired by seed: ``mean ± std [95% interval]`` of the per-seed
+    differences, ``*`` where the interval excludes 0 (:mod:`solo_sparse.tools.stats`)."""
+    if other is None or a["linear"] is None or other["linear"] is None:
+        return "-"
+    rows = list(results.get("rows", {}).values())
+    return stats.fmt(stats.paired(stats.by_seed(rows, a["id"]), stats.by_seed(rows, other["id"])))
+
+
+def versus_dense(a: Dict[str, Any], by: Dict[str, Dict[str, Any]], results: Dict[str, Any]) -> str:
+    return versus(a, dense_of(a["id"], by), results)
+
+
+def _f(v, fmt=".3f", dash="-"):
+    return dash if v is None else format(v, fmt)
+
+
+def to_markdown(results: Dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    agg = aggregate(results)
+    by = {a["id"]: a for a in agg}
+    lines = [f"Suite `{meta.get('suite')}` ({meta.get('suite_file')}): {meta.get('description', '')}",
+             f"Data `{meta.get('data')}` {json.dumps(meta.get('data_meta', {}))}, {meta.get('image_size')} px; "
+             f"torch {meta.get('torch')}, {meta.get('threads')} threads. Mean ± std over seeds."
+             + (f" Trained through the {meta['host']} host." if meta.get("host") not in (None, "solo-learn") else ""),
+             "",
+             "| run | seeds | linear probe | vs dense | vs baseline | kNN k=20 | kNN k=1 | online density "
+             "| momentum density | inference MACs | training MACs | gate sparsity | shift 1−cos | online/momentum cos "
+             "| trigger step | train wall-clock |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    baselines = meta.get("baselines") or {}
+    for a in agg:
+        acc = [("-" if a[k] is None else f"{a[k]:.2f}" if a["n"] == 1 else f"{a[k]:.2f} ± {a[k + '_std']:.2f}")
+               for k in ("linear", "knn20", "knn1")]
+        trig = "-" if not a["trigger_step"] else ", ".join(str(t) for t in a["trigger_step"])
+        base_id = baselines.get(a["id"].split(":")[0])
+        vb = versus(a, by.get(base_id), results) if base_id else "-"
+        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {versus_dense(a, by, results)} | "
+                     f"{vb + f' ({base_id})' if base_id and vb != '-' else vb} | {acc[1]} | {acc[2]} | "
+                     f"{_f(a['density_online'])} | "
+                     f"{_f(a['density_momentum'])} | {_f(a['inference_macs_ratio'])} | "
+                     f"{_f(a['training_macs_ratio'])} | "
+                     f"{_f(a['gate_sparsity'])} | {_f(a.get('shift_sensitivity'), '.4f')} | "
+                     f"{_f(a.get('online_momentum_cos'), '.3f')} | {trig} | "
+                     f"{'-' if not a['wall_clock_s'] else format(a['wall_clock_s'] / 60, '.1f') + ' min'} |")
+    ri = by.get("random-init")
+    for dense in (a for a in agg if a["id"] == "dense" or a["id"].endswith("-dense")):
+        if ri and ri["linear"] is not None and dense["linear"] is not None:
+            gap = dense["linear"] - ri["linear"]
+            spread = [f"±{a['linear_std']:.2f} over {a['n']} seeds" if a["n"] > 1 else "one seed: spread unmeasured"
+                      for a in (dense, ri)]
+            lines += ["", f"Regime: {dense['id']} − random-init linear probe = {gap:+.2f} pt "
+                          f"({dense['id']} {spread[0]}; random-init {spread[1]})."]
+    reused = sorted({(r["id"], r["reused_from"].rsplit("/", 1)[0]) for r in results["rows"].values()
+                     if r.get("reused_from")})
+    if reused:
+        lines += ["", "Same training as another suite's row, reused (not trained twice): "
+                  + "; ".join(f"{i} = {w}" for i, w in reused) + "."]
+    lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "
+                  "`<prefix>-dense` for `<prefix>-...`) / to the baseline the suite names, paired by seed (runs of "
+                  "one seed share initialisation and data order): mean ± std of the per-seed differences [95% "
+                  "t-interval]; `*` where the interval excludes 0 — only those differences are called. Shift "
+                  "1−cos: 1 − cosine of the pooled features under a 1-px shift (256 val images, evaluation path); "
+                  "online/momentum cos: the two encoders' feature cosine on the same images."]
+    claims = stats.claim_rows(results)
+    if claims:
+        lines += ["", "Claims decided by this suite:", "", stats.claims_markdown([results]).rstrip()]
+    failed = [r for r in results["rows"].values() if r.get("status") == "failed"]
+    for r in failed:
+        lines.append(f"- failed: {r['id']} seed {r.get('seed')}: {r.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def regime_markdown(results: Dict[str, Any]) -> str:
+    """The random-init and dense rows of a suite (every id starting with ``dense`` or ending in ``-dense``), per seed
+    and mean ± std, with the margin: what docs/regime.md shows."""
+    rows = [r for r in results["rows"].values() if r.get("status") == "ok" and (
+        r["id"] == "random-init" or r["id"] == "dense" or r["id"].endswith("-dense"))]
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    lines = ["| run | linear probe per seed | mean ± std | kNN k=20 mean |", "|---|---|---:|---:|"]
+    stats = {}
+    for rid in ids:
+        rs = sorted((r for r in rows if r["id"] == rid), key=lambda r: r.get("seed", 0))
+        lin = [100 * r["linear"] for r in rs]
+        m, sd, _ = _mean_std(lin)
+        k, _, _ = _mean_std([100 * r["knn20"] for r in rs])
+        stats[rid] = (m, sd, len(lin))
+        ms = f"{m:.2f} ± {sd:.2f}" if len(lin) > 1 else f"{m:.2f} (one seed)"
+        lines.append(f"| {rid} | {', '.join(f'{v:.2f}' for v in lin)} | {ms} | {k:.2f} |")
+    if "random-init" in stats:
+        for rid, (m, sd, n) in stats.items():
+            if rid != "random-init":
+                spread = f"seed-to-seed spread ±{sd:.2f} over {n} seeds" if n > 1 else "one seed: spread unmeasured"
+                lines.append(f"\n{rid}: {m - stats['random-init'][0]:+.2f} pt over random-init features ({spread}).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    """Linear probe vs inference MACs (error bars: std over seeds), random-init and dense lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = [a for a in aggregate(results) if a["linear"] is not None]
+    if not agg:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for a in agg:
+        if a["id"] in ("random-init", "dense"):
+            continue
+        x = a["inference_macs_ratio"] if a["inference_macs_ratio"] is not None else a.get("density_online") or 1.0
+        ax.errorbar([x], [a["linear"]], yerr=[a["linear_std"] or 0], fmt="o", capsize=3, label=a["id"])
+    for rid, style in (("dense", "-"), ("random-init", "--")):
+        a = next((b for b in agg if b["id"] == rid), None)
+        if a:
+            ax.axhline(a["linear"], ls=style, color="k" if rid == "dense" else "gray", lw=1,
+                       label=f"{rid} ({a['linear']:.1f})")
+            if a["linear_std"]:
+                ax.axhspan(a["linear"] - a["linear_std"], a["linear"] + a["linear_std"],
+                           color="k" if rid == "dense" else "gray", alpha=0.08)
+    meta = results.get("meta", {})
+    ax.set_xlim(0.0, 1.05)
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    ax.set_xlabel("inference MACs vs dense")
+    ax.set_ylabel("linear probe top-1 (%)")
+    ax.set_title(f"{meta.get('suite')}: {meta.get('data')} at {meta.get('image_size')} px, mean ± std over seeds",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    from solo_sparse.tools.report import _save
+
+    return _save(fig, path)
+
+
+def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    """The collapse/momentum monitor of every run that has one (seed 0, else the lowest seed)."""
+    from solo_sparse.tools.report import plot_monitor
+
+    best: Dict[str, Dict[str, Any]] = {}
+    for row in results.get("rows", {}).values():
+        if row.get("monitor") and (row["id"] not in best or row["seed"] < best[row["id"]]["seed"]):
+            best[row["id"]] = row
+    meta = results.get("meta", {})
+    return plot_monitor({f"{k} (seed {r['seed']})": r["monitor"] for k, r in sorted(best.items())}, path,
+                        f"{meta.get('suite')}: collapse / momentum monitor")
+
+
+def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:
+    """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
+    the suites' results.json (the README's result tables are generated, never typed)."""
+    tables = {}
+    seen: Dict[str, Path] = {}
+    for p in results_paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"{p}: no such results file")
+        res = json.loads(Path(p).read_text())
+        suite = (res.get("meta") or {}).get("suite") if isinstance(res, dict) else None
+        if not suite or "rows" not in res:
+            print(f"skipped {p}: not a bench results file (no meta.suite / rows)", flush=True)
+            continue
+        if suite in seen:
+            raise ConfigError(f"{seen[suite]} and {p} are both results of suite {suite!r}: their doc blocks would "
+                              "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
+        seen[suite] = Path(p)
+        tables[f"bench:{res['meta']['suite']}"] = to_markdown(res)
+        tables[f"bench-regime:{res['meta']['suite']}"] = regime_markdown(res)
+        tables[f"bench-claims:{res['meta']['suite']}"] = stats.claims_markdown([res])
+    changed = []
+    for d in docs:
+        text = Path(d).read_text()
+        new = text
+        for name, table in tables.items():
+            start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+            i, j = new.find(start), new.find(end)
+            if i >= 0 and j > i:
+                new = new[:i + len(start)] + "\n" + table + new[j:]
+        if new != text:
+            write_atomic(d, new)
+            changed.append(Path(d))
+    return changed

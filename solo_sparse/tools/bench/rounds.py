@@ -1,0 +1,138 @@
+"""A ``kind: rounds`` run of a suite (:meth:`~solo_sparse.tools.bench.harness.Bench.run_imp`): IMP rounds through
+the IMP driver (:mod:`solo_sparse.tools.imp.driver`, what ``solo-sparse imp`` runs), then the tickets and their
+controls, each with a linear probe and, optionally, label re-training (:mod:`solo_sparse.tools.retrain`)."""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Optional
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.tools.bench.harness import Bench, _fmt_time, _Paths
+from solo_sparse.tools.bench.suite import RunSpec
+from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone
+from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command, solo_learn_dir
+
+
+def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
+    """IMP rounds through ``solo-sparse imp`` (its driver), then, at each round's density, the ticket and its
+    controls, each evaluated twice:
+
+    - **linear probe** of its self-supervised training (rows ``<id>:ticket-r<k>``, ``<id>:<control>-r<k>``):
+      the ticket is round k's training; a control trains its mask with the same self-supervised config;
+    - **label re-training** (``spec.retrain_epochs`` > 0; rows ``<id>:retrain-ticket-r<k>``,
+      ``<id>:retrain-<control>-r<k>``, the top-1 after re-training in the ``linear`` column, ``path``
+      ``label-retrain``): the mask trained on the labels of the training split from its init
+      (:func:`solo_sparse.tools.retrain.retrain_supervised`).
+
+    Controls (``spec.controls`` at ``spec.control_rounds``, default the last round): ``global_random`` — as
+    many kept weights as the ticket, drawn uniformly over every layer; ``layer_permutation`` — each layer's
+    mask shuffled (our control); ``random_reinit`` — the ticket's mask from the method's fresh init at the
+    run's seed. The first two start from the ticket's own init (the rewind point with ``reset: rewind``), so
+    they differ from the ticket in the mask only (our choice). Every row is resumable: a finished one (same
+    fingerprint) is skipped, a control whose training finished is only evaluated."""
+    from solo_sparse.engine.imp import load_state
+    from solo_sparse.engine.maskio import global_random_masks, load_masks, permuted_masks, save_masks
+    from solo_sparse.tools.imp.driver import IMPDriver, IMPRun
+    from solo_sparse.tools.retrain import retrain_supervised
+
+    if bench.host != "solo-learn":
+        raise ConfigError(f"run {spec.id!r} (kind rounds) trains through `solo-sparse imp`, which runs "
+                          f"solo-learn's main_pretrain.py; the {bench.host} host trains kind: pretrain runs only")
+    plugin = spec.plugin
+    d = bench.out / "runs" / spec.id / f"seed{seed}"
+    over = [*bench._overrides(spec, seed), f"++data.train_path={bench.data / 'train'}"]
+    run = IMPRun(config=str(bench.suite.root / spec.config), out=str(d / "rounds"), rounds=spec.rounds,
+                 rate=spec.rate, rewind=spec.rewind, overrides=over, seed=seed)
+    drv = IMPDriver(run, solo_learn_dir(bench.solo_dir), plugin, log=bench.log)
+    train, test = bench.eval_data()
+    t0 = time.time()
+    st = drv.run_all()
+    bench.paths = _Paths(repo=bench.suite.root, **{"solo-learn": solo_learn_dir(bench.solo_dir)}, data=bench.data,
+                         out=bench.out)
+    fp = bench.fingerprint(spec, seed)
+    rows = bench.results["rows"]
+    base = {"kind": "rounds", "config": spec.config, "seed": seed, "image_size": bench.suite.size,
+            "overrides": [*bench.suite.overrides, *spec.overrides, *bench.extra], "status": "ok"}
+    init = drv.rewind_path if run.reset == "rewind" and drv.rewind_path.exists() else None
+    init_state = load_state(init)[0] if init is not None and spec.retrain_epochs else None
+    init_name = "rewind" if init is not None else "fresh"
+
+    def done(rid: str, fpx: str, status: str = "ok") -> bool:
+        row = rows.get(f"{rid}/seed{seed}") or {}
+        return row.get("fingerprint") == fpx and row.get("status") == status
+
+    def probe(rid: str, ck: Path, fpx: str, **extra) -> None:
+        net, info = load_backbone(str(ck))
+        acc = evaluate_backbone(net, train, test)
+        rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": fpx, "density_online": info["density"],
+                                     **acc, **extra,
+                                     "checkpoint": str(Path(ck).resolve().relative_to(bench.out.resolve()))}
+        bench.log(f"[bench] {rid}/seed{seed}: linear {100 * acc['linear']:.2f}  density {info['density']:.4f}")
+        bench.save()
+
+    def retrain(what: str, k: int, mfile: Optional[Path], state) -> None:
+        rid = f"{spec.id}:retrain-{what}-r{k}"
+        rfp = json.dumps([fp, "retrain", what, spec.retrain_epochs, "init=" + ("fresh" if state is None
+                                                                                 else init_name)])
+        if not spec.retrain_epochs or done(rid, rfp):
+            return
+        t1 = time.time()
+        res = retrain_supervised(load_masks(mfile)[0] if mfile else None, state, train, test,
+                                 epochs=spec.retrain_epochs, seed=seed)
+        rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": rfp, "path": "label-retrain",
+                                     "linear": res["accuracy"], "density_online": res["density"],
+                                     "epochs": spec.retrain_epochs, "wall_clock_s": time.time() - t1}
+        bench.log(f"[bench] {rid}/seed{seed}: label re-training top-1 {100 * res['accuracy']:.2f} at density "
+                 f"{res['density']:.4f} ({spec.retrain_epochs} epochs, init "
+                 f"{'fresh' if state is None else init_name})")
+        bench.save()
+
+    for k in range(spec.rounds + 1):
+        r = st["rounds"][str(k)]
+        rid = f"{spec.id}:ticket-r{k}"
+        if not done(rid, fp):
+            probe(rid, drv.out / r["checkpoint"], fp, wall_clock_s=r.get("train_seconds"),
+                  command=bench.paths(str(r.get("command", ""))))
+        retrain("ticket", k, drv.masks_path(k) if k > 0 else None, init_state)
+    for k in (spec.control_rounds or [spec.rounds]):
+        masks = load_masks(drv.masks_path(k))[0]
+        for control in spec.controls:
+            rid = f"{spec.id}:{control}-r{k}"
+            cd = d / "controls" / f"{control}_{k}"
+            own_init = None if control == "random_reinit" else init
+            cfp = json.dumps([fp, control, "init=" + ("rewind" if own_init is not None else "fresh")])
+            if control == "random_reinit":
+                mfile = drv.masks_path(k)
+            else:
+                mfile = cd / "masks.safetensors"
+                if not mfile.exists():
+                    m = permuted_masks(masks, seed=seed * 100 + k) if control == "layer_permutation" else \
+                        global_random_masks(masks, seed=seed * 100 + k)
+                    save_masks(mfile, m, control=control, round=k)
+            if not done(rid, cfp):
+                ck = newest_checkpoint(cd) if done(rid, cfp, "trained") else None
+                cmd = pretrain_command(
+                    bench.suite.root / spec.config, solo_dir=solo_learn_dir(bench.solo_dir), name=f"{rid}-s{seed}",
+                    run_dir=cd, train_path=bench.data / "train",
+                    overrides=[*([f"+solo_sparse={plugin}"] if drv.add_group else []),
+                               *bench._overrides(spec, seed), "++auto_resume.enabled=False",
+                               f"++solo_sparse.masks='{mfile}'",
+                               *([f"++solo_sparse.init='{own_init}'"] if own_init is not None else [])])
+                seconds = (rows.get(f"{rid}/seed{seed}") or {}).get("wall_clock_s")
+                if ck is None:
+                    res = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
+                    if not res.ok:
+                        rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "failed",
+                                                     "error": bench.paths(str(res.error))}
+                        bench.save()
+                        continue
+                    ck, seconds = res.checkpoint, res.seconds
+                    rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "trained",
+                                                 "wall_clock_s": seconds}
+                    bench.save()
+                probe(rid, ck, cfp, wall_clock_s=seconds, command=bench.paths(shlex.join(cmd)))
+            retrain(control, k, mfile, None if control == "random_reinit" else init_state)
+    bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")

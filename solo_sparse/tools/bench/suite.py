@@ -1,0 +1,243 @@
+"""A benchmark suite: the YAML file (top-level keys, its runs, claims, the one pruning window), every value
+checked before it names a folder or a Hydra override (:class:`Suite`, :class:`RunSpec`), and what a run's config
+composes to with Hydra (:func:`compose_plugins`, :func:`plugin_digest`). The file format:
+:mod:`solo_sparse.tools.bench`."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from solo_sparse.core.config import ConfigError
+from solo_sparse.core.files import PLAIN_NAME_RULE, is_plain_name
+
+
+def suite_root(suite_file: Path) -> Path:
+    """The folder that a suite's config paths are relative to: the repository holding ``scripts/suites/``
+    (the suite file's grandparent's parent), else the current directory."""
+    p = Path(suite_file).resolve()
+    if p.parent.name == "suites" and p.parent.parent.name == "scripts":
+        return p.parents[2]
+    return Path.cwd()
+
+
+#: what a run trains: one pre-training (``pretrain``) or IMP rounds with their controls (``rounds``)
+KINDS = ("pretrain", "rounds")
+#: the controls of an IMP ticket (kind: rounds): global random pruning at its density, the layer-wise permutation of
+#: its mask (ours), its mask from a fresh init
+CONTROLS = ("global_random", "layer_permutation", "random_reinit")
+
+
+def _int_in(lo, hi):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_claim(c) -> bool:
+    """A claim of a suite: ``a − b ≥ margin`` in linear-probe points (:mod:`solo_sparse.tools.stats`)."""
+    return (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin"}
+            and {"claim", "a", "b"} <= set(c) and isinstance(c["claim"], str) and is_plain_name(c["a"])
+            and is_plain_name(c["b"]) and isinstance(c.get("source", ""), str)
+            and isinstance(c.get("margin", 0.0), (int, float)) and not isinstance(c.get("margin", 0.0), bool))
+
+
+def _is_window(w) -> bool:
+    """A suite's one pruning window: ``{start: S, end: E}`` (steps, ``'Nep'`` or ``'P%'``)."""
+    from solo_sparse.core.config import StepSpec
+
+    if not isinstance(w, dict) or set(w) != {"start", "end"}:
+        return False
+    try:
+        a, b = StepSpec.parse("window.start", w["start"]), StepSpec.parse("window.end", w["end"])
+    except ConfigError:
+        return False
+    return not a.comparable(b) or b.value > a.value
+
+
+#: {key: (check, what is allowed)} of a suite's top level and of one run — a suite is data from a file: every
+#: value is checked before it names a folder or a Hydra override (ids and names become paths under --out)
+SUITE_KEYS = {
+    "suite": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "data": (is_plain_name, "a folder name under --data-root (a plain name)"),
+    "size": (_int_in(8, 1024), "an integer in [8, 1024] (pixels)"),
+    "seeds": (_int_in(1, 1000), "an integer in [1, 1000]"),
+    "overrides": (_str_list, "a list of strings (Hydra overrides)"),
+    "random_init": (lambda v: isinstance(v, bool), "true or false"),
+    "window": (lambda v: _is_window(v), "{start: S, end: E}, each steps (an int), 'Nep' or 'P%' (every sparse "
+                                        "run prunes over these steps; its plugin says which of its keys set them)"),
+    "claims": (lambda v: isinstance(v, list) and all(_is_claim(c) for c in v),
+               "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)}"),
+}
+RUN_KEYS = {
+    "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
+    "config": (lambda v: isinstance(v, str) and v != "", "a config path (a string)"),
+    "kind": (lambda v: v in KINDS, " or ".join(KINDS)),
+    "plugin": (lambda v: v is None or is_plain_name(v), "a plugin name"),
+    "seeds": (lambda v: v is None or _int_in(1, 1000)(v), "an integer in [1, 1000] or null"),
+    "overrides": (_str_list, "a list of strings (Hydra overrides)"),
+    "eval_paths": (lambda v: isinstance(v, list) and v != [] and all(x is None or is_plain_name(x) for x in v),
+                   "a non-empty list of evaluation path names"),
+    "rounds": (_int_in(0, 100), "an integer in [0, 100]"),
+    "rate": (lambda v: isinstance(v, float) and 0.0 < v < 1.0, "a number in (0, 1)"),
+    "rewind": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "steps or 'Nep'"),
+    "controls": (lambda v: isinstance(v, list) and all(c in CONTROLS for c in v), f"a list of {', '.join(CONTROLS)}"),
+    "control_rounds": (lambda v: v is None or (isinstance(v, list) and all(_int_in(1, 100)(x) for x in v)),
+                       "a list of pruned round numbers (1..rounds) or null"),
+    "retrain_epochs": (_int_in(0, 1000), "an integer in [0, 1000] (0: no label re-training)"),
+    "baseline": (lambda v: v is None or is_plain_name(v), "the id of another run of the suite"),
+}
+
+
+def _check_keys(p: Path, where: str, raw: Dict[str, Any], spec: Dict[str, tuple]) -> None:
+    """Unknown keys and ill-typed values of a suite mapping: one line naming the file, the key and the value."""
+    bad = sorted(str(k) for k in raw if k not in spec)
+    if bad:
+        raise ConfigError(f"{p}: {where or 'unknown suite key(s) '}{'unknown run key(s) ' if where else ''}"
+                          f"{', '.join(bad)}; allowed: {', '.join(sorted(spec))}")
+    for k, v in raw.items():
+        check, allowed = spec[k]
+        if not check(v):
+            shown = repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."
+            raise ConfigError(f"{p}: {where}{k}={shown}: expected {allowed}")
+
+
+@dataclass
+class RunSpec:
+    id: str
+    config: Optional[str] = None
+    kind: str = "pretrain"
+    plugin: Optional[str] = None
+    #: at most this many seeds for this run (a costly row or a diagnostic), None = the suite's
+    seeds: Optional[int] = None
+    overrides: List[str] = field(default_factory=list)
+    eval_paths: List[Optional[str]] = field(default_factory=lambda: [None])
+    #: the run this one is compared with per seed ("vs baseline" column), beside its dense row
+    baseline: Optional[str] = None
+    rounds: int = 3
+    rate: float = 0.2
+    rewind: str = "1ep"
+    controls: List[str] = field(default_factory=lambda: ["global_random", "layer_permutation", "random_reinit"])
+    #: rounds whose masks get the controls (None: the last round only)
+    control_rounds: Optional[List[int]] = None
+    #: epochs of label re-training of every ticket and control (0: none)
+    retrain_epochs: int = 0
+
+    def row_ids(self) -> List[str]:
+        """The row ids a ``kind: rounds`` run writes (what claims and baselines may name)."""
+        if self.kind != "rounds":
+            return []
+        ids = [f"{self.id}:ticket-r{k}" for k in range(self.rounds + 1)]
+        ids += [f"{self.id}:{c}-r{k}" for k in (self.control_rounds or [self.rounds]) for c in self.controls]
+        if self.retrain_epochs:
+            ids += [f"{self.id}:retrain-{x.split(':', 1)[1]}" for x in ids]
+        return ids
+
+
+@dataclass
+class Suite:
+    suite: str
+    runs: List[RunSpec]
+    description: str = ""
+    data: str = "fmnist5k"
+    size: int = 32
+    seeds: int = 1
+    overrides: List[str] = field(default_factory=list)
+    random_init: bool = True
+    #: paper claims decided by this suite's rows (:mod:`solo_sparse.tools.stats`)
+    claims: List[Dict[str, Any]] = field(default_factory=list)
+    #: one pruning window for every sparse run, ``{start, end}`` (:meth:`Bench.window_overrides`)
+    window: Optional[Dict[str, Any]] = None
+    path: Optional[Path] = None
+    #: config paths are relative to this folder (:func:`suite_root`)
+    root: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def load(cls, path) -> "Suite":
+        from omegaconf import OmegaConf
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such suite file")
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        except Exception as exc:  # noqa: BLE001 - YAML/OmegaConf errors: one line naming the file
+            raise ConfigError(f"{p}: not a readable suite YAML ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from None
+        if not isinstance(raw, dict) or "suite" not in raw or not isinstance(raw.get("runs"), list) \
+                or not raw["runs"]:
+            raise ConfigError(f"{p}: a suite needs 'suite' and a non-empty 'runs' list")
+        root = suite_root(p)
+        _check_keys(p, "", {k: v for k, v in raw.items() if k != "runs"}, SUITE_KEYS)
+        runs = []
+        for i, r in enumerate(raw["runs"]):
+            if not isinstance(r, dict) or "id" not in r:
+                raise ConfigError(f"{p}: runs[{i}] is {str(r)[:80]!r}; a run is a mapping with an 'id'")
+            _check_keys(p, f"run {str(r['id'])[:80]!r}: ", r, RUN_KEYS)   # repr: no control character prints raw
+            spec = RunSpec(**r)
+            if spec.kind == "rounds" and not spec.plugin:
+                raise ConfigError(f"{p}: run {spec.id!r} (kind rounds) needs 'plugin', the fixed-mask plugin "
+                                  "of the rounds")
+            late = [k for k in (spec.control_rounds or []) if k > spec.rounds]
+            if spec.kind == "rounds" and late:
+                raise ConfigError(f"{p}: run {spec.id!r} control_rounds={spec.control_rounds}: round {late[0]} is "
+                                  f"beyond rounds={spec.rounds}; allowed: 1..{spec.rounds}")
+            if spec.config and not (root / spec.config).is_file():
+                raise ConfigError(f"{p}: run {spec.id!r} config {spec.config!r} not found under {root} (paths are "
+                                  "relative to the repository holding scripts/suites/)")
+            runs.append(spec)
+        ids = [r.id for r in runs]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{p}: run ids must be unique, got {ids}")
+        known = (set(ids) | {f"{r.id}:{x}" for r in runs for x in r.eval_paths if x} | {"random-init"}
+                 | {x for r in runs for x in r.row_ids()})
+        for r in runs:
+            if r.baseline is not None and r.baseline not in known:
+                raise ConfigError(f"{p}: run {r.id!r} baseline={r.baseline!r}: not a run of the suite "
+                                  f"({', '.join(sorted(known))})")
+        for c in raw.get("claims") or []:
+            for k in ("a", "b"):
+                if c[k] not in known:
+                    raise ConfigError(f"{p}: claim {c['claim'][:60]!r} {k}={c[k]!r}: not a run of the suite "
+                                      f"({', '.join(sorted(known))})")
+        return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p, root=root)
+
+
+def compose_plugins(config: Path, overrides: Sequence[str]) -> list:
+    """The plugins (validated configs) a YAML + overrides compose to, composed with Hydra as solo-learn's scripts
+    compose it (the solo_sparse/ group is on the search path); [] without a plugin."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from solo_sparse.core.registry import build_plugins
+
+    config = Path(config).resolve()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config.parent), version_base="1.2"):
+            cfg = compose(config.stem, overrides=[o for o in overrides if not o.startswith("hydra.")])
+    except Exception as exc:  # noqa: BLE001 - Hydra raises many types: one line naming the config
+        raise ConfigError(f"{config.name} with {list(overrides)}: does not compose ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
+    finally:
+        GlobalHydra.instance().clear()
+    section = OmegaConf.to_container(cfg, resolve=False).get("solo_sparse")
+    return build_plugins(section) if section else []
+
+
+def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
+    """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin)."""
+    import hashlib
+
+    from solo_sparse.core.config import config_to_state
+
+    plugins = compose_plugins(config, overrides)
+    if not plugins:
+        return None
+    state = {p.name: config_to_state(p.config) for p in plugins}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:12]
