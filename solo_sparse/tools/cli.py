@@ -53,43 +53,56 @@ def _backbone_from_config(path: Path):
     return cfg, build_resnet(str(name), cifar_stem=cifar)
 
 
+def _flops_of_config(path: Path, size: tuple):
+    """(MACs report, what it shows) of the backbone a YAML composes to: the static masks its plugins end with."""
+    from omegaconf import OmegaConf
+
+    from solo_sparse.core.registry import build_plugins
+    from solo_sparse.engine.flops import count_macs
+
+    cfg, net = _backbone_from_config(path)
+    section = OmegaConf.to_container(cfg.get("solo_sparse", {}) or {}, resolve=True)
+    what = "dense (no solo_sparse section)"
+    for plugin in (build_plugins(section) if section else []):
+        shown = plugin.preview_backbone(net)
+        if shown is not None:
+            what = shown
+        elif plugin.rewrites_backbone:
+            what = (f"dense: '{plugin.name}' gates per input, so its cost needs data — run "
+                    "`solo-sparse flops CKPT` on a trained checkpoint, or the benchmark's gate measurement")
+    return count_macs(net, size), what
+
+
+def _flops_of_gated_checkpoint(args, path: Path, net, info, size: tuple) -> int:
+    """A gated checkpoint's input-dependent MACs, measured from its gates on the images of ``--data``."""
+    from solo_sparse.tools.evaluate import MEASURE_IMAGES, backbone_macs, describe, load_images
+
+    if not args.data:
+        raise ConfigError(f"{path}: a {info['gating']}-gated backbone computes per input; pass --data DIR "
+                          "(an image folder) to measure its MACs on images")
+    folder = Path(args.data) / "val" if (Path(args.data) / "val").is_dir() else Path(args.data)
+    X = load_images(folder, args.input_size)[0][:MEASURE_IMAGES]
+    cost = backbone_macs(net, info, X)
+    print(f"{path.name}: checkpoint, {describe(info)}")
+    r = cost["macs_ratio"]
+    print(f"input {tuple(size)}: MACs ratio {r:.4f} ({1 / max(r, 1e-12):.2f}x fewer), gate sparsity "
+          f"{cost.get('gate_sparsity', 0.0):.4f}, mean over {len(X)} images of {folder}")
+    return 0
+
+
 def _cmd_flops(args) -> int:
     from solo_sparse.engine.flops import count_macs
 
     path = Path(args.source)
     size = (1, 3, args.input_size, args.input_size)
     if path.suffix in (".yaml", ".yml"):
-        from omegaconf import OmegaConf
-
-        from solo_sparse.core.registry import build_plugins
-
-        cfg, net = _backbone_from_config(path)
-        section = OmegaConf.to_container(cfg.get("solo_sparse", {}) or {}, resolve=True)
-        what = "dense (no solo_sparse section)"
-        for plugin in (build_plugins(section) if section else []):
-            shown = plugin.preview_backbone(net)
-            if shown is not None:
-                what = shown
-            elif plugin.rewrites_backbone:
-                what = (f"dense: '{plugin.name}' gates per input, so its cost needs data — run "
-                        "`solo-sparse flops CKPT` on a trained checkpoint, or the benchmark's gate measurement")
-        rep = count_macs(net, size)
+        rep, what = _flops_of_config(path, size)
     else:
-        from solo_sparse.tools.evaluate import MEASURE_IMAGES, backbone_macs, describe, load_backbone, load_images
+        from solo_sparse.tools.evaluate import load_backbone
 
         net, info = load_backbone(str(path), args.backbone, cifar_stem=args.cifar_stem)
         if info["gating"]:        # input-dependent cost: measured from the gates on images
-            if not args.data:
-                raise ConfigError(f"{path}: a {info['gating']}-gated backbone computes per input; pass --data DIR "
-                                  "(an image folder) to measure its MACs on images")
-            folder = Path(args.data) / "val" if (Path(args.data) / "val").is_dir() else Path(args.data)
-            X = load_images(folder, args.input_size)[0][:MEASURE_IMAGES]
-            cost = backbone_macs(net, info, X)
-            print(f"{path.name}: checkpoint, {describe(info)}")
-            r = cost["macs_ratio"]
-            print(f"input {tuple(size)}: MACs ratio {r:.4f} ({1 / max(r, 1e-12):.2f}x fewer), gate sparsity "
-                  f"{cost.get('gate_sparsity', 0.0):.4f}, mean over {len(X)} images of {folder}")
-            return 0
+            return _flops_of_gated_checkpoint(args, path, net, info, size)
         rep = count_macs(net, size, from_weights=True)
         what = f"checkpoint, masked layers at density {info['density']:.4f}"
     if args.per_layer:
@@ -130,23 +143,13 @@ def _cmd_sparsity(args) -> int:
     return 0
 
 
-def _cmd_evaluate(args) -> int:
-    from solo_sparse.core.files import write_atomic
+def _random_init_rows(args) -> list:
+    """``--random-init-densities``: random-init backbones at ``--seed``, one-shot magnitude-pruned to each density
+    below 1 (a reference, not a method)."""
     from solo_sparse.engine.density import allocate_masks
     from solo_sparse.engine.sparsifier import select_layers
-    from solo_sparse.tools.evaluate import (
-        MEASURE_IMAGES,
-        backbone_macs,
-        build_resnet,
-        describe,
-        evaluate_backbone,
-        load_backbone,
-        load_splits,
-    )
+    from solo_sparse.tools.evaluate import build_resnet
 
-    data = Path(args.data)
-    if args.out and Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out} is a directory; give a file name (e.g. {Path(args.out) / 'eval.json'})")
     rows = []
     for d in args.random_init_densities or []:
         torch.manual_seed(args.seed)
@@ -159,6 +162,24 @@ def _cmd_evaluate(args) -> int:
                     m.weight.mul_(masks[k])
         rows.append((f"random-init, magnitude-pruned to {d}", net, {},
                      {"kind": "random-init", "name": f"random-init d{d:g}", "density": d}))
+    return rows
+
+
+def _cmd_evaluate(args) -> int:
+    from solo_sparse.core.files import write_atomic
+    from solo_sparse.tools.evaluate import (
+        MEASURE_IMAGES,
+        backbone_macs,
+        describe,
+        evaluate_backbone,
+        load_backbone,
+        load_splits,
+    )
+
+    data = Path(args.data)
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give a file name (e.g. {Path(args.out) / 'eval.json'})")
+    rows = _random_init_rows(args)
     for ck in args.checkpoints:
         net, info = load_backbone(ck, args.backbone, cifar_stem=args.cifar_stem)
         rows.append((f"{ck} ({describe(info)})", net, info, {"kind": "checkpoint", "name": Path(ck).stem}))
@@ -177,36 +198,47 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _cmd_zoo(args) -> int:
+def _zoo_list(args, root: Optional[Path]) -> int:
     from solo_sparse import zoo
 
-    root = Path(args.zoo) if args.zoo else None
-    if args.zoo_cmd == "list":
-        rows = zoo.list_entries(root)
-        if args.names:
-            print("\n".join(e["name"] for e in rows))
-            return 0
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        print(f"{'name':44s} {'algorithm':12s} {'method':11s} {'density':>8s} {'FLOPs':>6s} {'kNN20':>6s} "
-              f"{'linear':>6s} {'MB':>6s}")
-        for e in rows:
-            acc = e.get("accuracy") or {}
-            dens = "-" if e.get("density") is None else f"{e['density']:.3f}"
-            print(f"{e['name']:44s} {e['algorithm']:12s} {str(e.get('method')):11s} {dens:>8s} "
-                  f"{e.get('flops_ratio', 1.0):6.3f} {acc.get('knn20', float('nan')):6.2f} "
-                  f"{acc.get('linear', float('nan')):6.2f} {e['size_bytes'] / 1e6:6.1f}")
+    rows = zoo.list_entries(root)
+    if args.names:
+        print("\n".join(e["name"] for e in rows))
         return 0
-    if args.zoo_cmd == "show":
-        print(json.dumps(zoo.entry(args.name, root), indent=2))
+    if args.json:
+        print(json.dumps(rows, indent=2))
         return 0
-    if args.zoo_cmd == "verify":
-        res = zoo.verify(args.name, root)
-        for n, r in res.items():
-            print(f"{n}: {r}")
-        return 0 if all(r == "ok" for r in res.values()) else 1
-    if args.zoo_cmd == "export" and args.format == "compact":
+    print(f"{'name':44s} {'algorithm':12s} {'method':11s} {'density':>8s} {'FLOPs':>6s} {'kNN20':>6s} "
+          f"{'linear':>6s} {'MB':>6s}")
+    for e in rows:
+        acc = e.get("accuracy") or {}
+        dens = "-" if e.get("density") is None else f"{e['density']:.3f}"
+        print(f"{e['name']:44s} {e['algorithm']:12s} {str(e.get('method')):11s} {dens:>8s} "
+              f"{e.get('flops_ratio', 1.0):6.3f} {acc.get('knn20', float('nan')):6.2f} "
+              f"{acc.get('linear', float('nan')):6.2f} {e['size_bytes'] / 1e6:6.1f}")
+    return 0
+
+
+def _zoo_show(args, root: Optional[Path]) -> int:
+    from solo_sparse import zoo
+
+    print(json.dumps(zoo.entry(args.name, root), indent=2))
+    return 0
+
+
+def _zoo_verify(args, root: Optional[Path]) -> int:
+    from solo_sparse import zoo
+
+    res = zoo.verify(args.name, root)
+    for n, r in res.items():
+        print(f"{n}: {r}")
+    return 0 if all(r == "ok" for r in res.values()) else 1
+
+
+def _zoo_export(args, root: Optional[Path]) -> int:
+    from solo_sparse import zoo
+
+    if args.format == "compact":
         rep = zoo.export_compact(args.name, Path(args.out), args.channel_density, root, fp16=args.fp16)
         kept, full = rep["internal_channels"]
         print(f"wrote {rep['path']} (compact): internal channels {kept}/{full}, MACs at 32 px "
@@ -214,43 +246,69 @@ def _cmd_zoo(args) -> int:
               f"max |output diff| {rep['max_abs_diff']:.2e}, "
               f"{rep['size_bytes'] / 1e6:.2f} MB; load it with solo_sparse.zoo.load_file()")
         return 0
-    if args.zoo_cmd == "bench":
-        from solo_sparse.tools.zoo_bench import bench_entry
+    if args.channel_density is not None:
+        raise ConfigError("--channel-density applies to --format compact only")
+    out = zoo.export(args.name, Path(args.out), args.format, root)
+    e = zoo.entry(args.name, root)
+    print(f"wrote {out} ({args.format})")
+    if args.format == "solo":
+        from solo_sparse.core.registry import get_plugin
 
-        res = bench_entry(args.name, args.channel_density, tuple(args.sizes), tuple(args.batches), args.reps, root)
-        print(res["kind"] + (f"; max |output diff| {res['max_abs_diff']:.2e}" if "max_abs_diff" in res else ""))
-        for r in res["rows"]:
-            print(f"batch {r['batch']:3d} {r['size']:4d} px: dense {r['dense_ms']:8.2f} ms  fast {r['fast_ms']:8.2f} ms"
-                  f"  speed-up {r['speedup']:.2f}x")
-        if args.out:
-            from solo_sparse.core.files import write_atomic
+        gated = [p for p in sorted(e.get("plugins") or {}) if get_plugin(p).rewrites_backbone]
+        line = f" with '- solo_sparse: {gated[0]}' (and its keys) in the linear YAML" if gated else ""
+        print(f"main_linear.py: ++pretrained_feature_extractor='{out}'{line}")
+    return 0
 
-            write_atomic(args.out, json.dumps(res, indent=2))
-        return 0
-    if args.zoo_cmd == "export":
-        if args.channel_density is not None:
-            raise ConfigError("--channel-density applies to --format compact only")
-        out = zoo.export(args.name, Path(args.out), args.format, root)
-        e = zoo.entry(args.name, root)
-        print(f"wrote {out} ({args.format})")
-        if args.format == "solo":
-            from solo_sparse.core.registry import get_plugin
 
-            gated = [p for p in sorted(e.get("plugins") or {}) if get_plugin(p).rewrites_backbone]
-            line = f" with '- solo_sparse: {gated[0]}' (and its keys) in the linear YAML" if gated else ""
-            print(f"main_linear.py: ++pretrained_feature_extractor='{out}'{line}")
-        return 0
-    raise AssertionError(args.zoo_cmd)
+def _zoo_bench(args, root: Optional[Path]) -> int:
+    from solo_sparse.tools.zoo_bench import bench_entry
+
+    res = bench_entry(args.name, args.channel_density, tuple(args.sizes), tuple(args.batches), args.reps, root)
+    print(res["kind"] + (f"; max |output diff| {res['max_abs_diff']:.2e}" if "max_abs_diff" in res else ""))
+    for r in res["rows"]:
+        print(f"batch {r['batch']:3d} {r['size']:4d} px: dense {r['dense_ms']:8.2f} ms  fast {r['fast_ms']:8.2f} ms"
+              f"  speed-up {r['speedup']:.2f}x")
+    if args.out:
+        from solo_sparse.core.files import write_atomic
+
+        write_atomic(args.out, json.dumps(res, indent=2))
+    return 0
+
+
+#: ``solo-sparse zoo <verb>``
+_ZOO_VERBS = {"list": _zoo_list, "show": _zoo_show, "verify": _zoo_verify, "export": _zoo_export, "bench": _zoo_bench}
+
+
+def _cmd_zoo(args) -> int:
+    return _ZOO_VERBS[args.zoo_cmd](args, Path(args.zoo) if args.zoo else None)
+
+
+def _report_zoo_entry(src: str, out: Path, root: Optional[Path]) -> int:
+    """``solo-sparse report NAME``: the per-layer density plot of a zoo entry's weight masks."""
+    from solo_sparse import zoo
+    from solo_sparse.tools import report
+
+    names = [e["name"] for e in zoo.list_entries(root)]
+    if src not in names:
+        raise ConfigError(f"{src}: no such run directory, and not a zoo entry (entries: {', '.join(names)})")
+    e = zoo.entry(src, root)
+    _, masks, _ = zoo.read_backbone(zoo.fetch(e, root))
+    p = report.plot_layer_density(masks, out / f"{src}_layer_density.png", src)
+    if p is None:
+        raise RuntimeError(f"zoo entry {src!r} has no weight masks (a gated backbone: its sparsity is dynamic; "
+                           f"run `solo-sparse report <its training run dir>` for the logged gate sparsity)")
+    print(p)
+    return 0
 
 
 def _cmd_report(args) -> int:
-    from solo_sparse import zoo
     from solo_sparse.tools import report
 
     out = Path(args.out)
     src = args.source
+    root = Path(args.zoo) if args.zoo else None
     if src == "zoo":
-        print(report.plot_zoo(out, Path(args.zoo) if args.zoo else None, args.reference))
+        print(report.plot_zoo(out, root, args.reference))
         return 0
     if Path(src).is_dir():
         for p in report.plot_run(Path(src), out):
@@ -262,17 +320,7 @@ def _cmd_report(args) -> int:
     if Path(src).exists():
         raise ConfigError(f"{src}: is a file; report takes a run directory (holding metrics.csv / checkpoints), "
                           "an evaluation JSON (solo-sparse evaluate --out), a zoo entry name, or 'zoo'")
-    names = [e["name"] for e in zoo.list_entries(Path(args.zoo) if args.zoo else None)]
-    if src not in names:
-        raise ConfigError(f"{src}: no such run directory, and not a zoo entry (entries: {', '.join(names)})")
-    e = zoo.entry(src, Path(args.zoo) if args.zoo else None)
-    _, masks, _ = zoo.read_backbone(zoo.fetch(e, Path(args.zoo) if args.zoo else None))
-    p = report.plot_layer_density(masks, out / f"{src}_layer_density.png", src)
-    if p is None:
-        raise RuntimeError(f"zoo entry {src!r} has no weight masks (a gated backbone: its sparsity is dynamic; "
-                           f"run `solo-sparse report <its training run dir>` for the logged gate sparsity)")
-    print(p)
-    return 0
+    return _report_zoo_entry(src, out, root)
 
 
 def _cmd_bench(args) -> int:
