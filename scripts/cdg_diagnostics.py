@@ -13,8 +13,8 @@ a1's base path). Reported: top-1 retrieval of the positive among the N images by
 backbone features, mean positive cosine and mean cosine over all pairs. If view 1 is retrieved only
 when it carries view 0's masks, the features encode the masks, not the image.
 
-    python scripts/cdg_diagnostics.py init --data data/fmnist5k --out results/fmnist_cdg/diag_init.json
-    python scripts/cdg_diagnostics.py shortcut --data data/fmnist5k --out results/fmnist_cdg/diag_shortcut.json \\
+    python scripts/cdg_diagnostics.py init --data data/fmnist5k --out history/results/fmnist_cdg/diag_init.json
+    python scripts/cdg_diagnostics.py shortcut --data data/fmnist5k --out history/results/fmnist_cdg/diag_shortcut.json \\
         --checkpoints simclr_cgnet=RUN/...ckpt simclr_cdg=RUN/...ckpt
 """
 from __future__ import annotations

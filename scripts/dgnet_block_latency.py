@@ -8,7 +8,7 @@ which path it took (skip, gather or masked): with ``--plan`` chosen per block by
 GATHER_MAX_KEEP. Forward hooks time each module; the sum is close to, not equal to, the whole forward.
 
     python scripts/dgnet_block_latency.py --checkpoint results/.../ep=9.ckpt --data data/fmnist5k \\
-        --size 224 --reps 30 --out results/fmnist_dgnet10/block_latency_t50_b50.json
+        --size 224 --reps 30 --out history/results/fmnist_dgnet10/block_latency_t50_b50.json
 """
 from __future__ import annotations
 

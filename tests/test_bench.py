@@ -245,7 +245,8 @@ def test_committed_results_and_docs_hold_no_machine_paths():
     import re
 
     root = Path(__file__).resolve().parents[1]
-    files = [root / "README.md", *root.glob("docs/**/*.md"), *root.glob("results/*/*.json"), *root.glob("results/*/*.md")]
+    files = [root / "README.md", *root.glob("docs/**/*.md"), *root.glob("results/*/*.json"), *root.glob("results/*/*.md"),
+             *root.glob("history/**/*.json"), *root.glob("history/**/*.md")]
     bad = {str(f.relative_to(root)): m.group(0) for f in files if "runs" not in f.parts and "local" not in f.parts
            for m in [re.search(r"(?<![\w.<])/(work|tmp|root|home)/[\w.-]+", f.read_text(errors="replace"))] if m}
     assert not bad, f"machine paths in committed files: {bad}"
