@@ -10,7 +10,7 @@ solo-learn (its package, its metadata and every ``.pth`` file, which is how edit
 and without solo-sparse, installs this checkout into it (a regular install, as ``scripts/test.sh`` does),
 checks that ``import solo`` fails there, and runs pytest from ``tests/`` with the venv's interpreter.
 
-The filtered-site builder is shared with ``tests/test_editable_install.py``.
+The filtered-site builder is shared with ``tests/integration/test_editable_install.py``.
 """
 from __future__ import annotations
 

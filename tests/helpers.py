@@ -359,3 +359,37 @@ def invariant_checker(sparsifier_of, clip_norm=None, score_check=None):
                 h.remove()
 
     return InvariantChecker()
+
+
+#: a fake ``main_pretrain.py`` for the benchmark harness's tests (tools/test_bench.py, the Lightning host's bench
+#: test): a ResNet-18 checkpoint in solo-learn's shape, gmp-style masks and plugin state with ``+solo_sparse=gmp``,
+#: args.json, the event lines a run prints; ``++fail=yes`` exits 3
+FAKE_PRETRAIN = r'''
+import json, sys, pathlib, torch, torchvision
+from solo_sparse.core import events
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.startswith("++"))
+d = pathlib.Path(args["++checkpoint.dir"]) / "fake" / "0"
+d.mkdir(parents=True, exist_ok=True)
+seed = int(args.get("++seed", 0))
+torch.manual_seed(seed)
+net = torchvision.models.resnet18()
+net.fc = torch.nn.Identity()
+sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+state = {}
+if "+solo_sparse=gmp" in sys.argv:
+    for k in list(sd):
+        if k.endswith("conv2.weight"):
+            m = torch.rand(sd[k].shape) < 0.1
+            sd[k] = sd[k] * m
+            sd[k[:-len("weight")] + "weight_mask"] = m
+    state = {"gmp": {"config": {"every": 20}, "step": 10, "epoch": 1, "extra": {}}}
+(d / "args.json").write_text(json.dumps({"method": "fakemethod"}))
+torch.save({"state_dict": sd, "solo_sparse": state, "epoch": 1}, d / "fake-ep=1.ckpt")
+events.emit("synccp", "csi", 5, I=0.3, r=0.0, gap=0.3, note=" (rule literal: fires at r <= 0.02)")
+events.emit("synccp", "schedule_start", 5, cause="CSI fired", note="; cubic ramp")
+if "+solo_sparse=gmp" in sys.argv:     # what a gated run's monitor prints
+    events.emit("cdg", "probe", 32, online_momentum_cos=0.91)
+    events.emit("cdg", "pairs", 0, positives=0.8, random=0.2)
+if args.get("++fail") == "yes":
+    sys.exit(3)
+'''

@@ -10,7 +10,7 @@ from conftest import needs_solo
 
 from solo_sparse.tools.bench import Bench, Suite, plugin_digest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUITES = ROOT / "scripts" / "suites"
 
 

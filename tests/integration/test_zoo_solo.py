@@ -12,7 +12,7 @@ from helpers import assert_backbone_kept, config_dir, linear_config, linear_over
 from solo_sparse import zoo
 
 pytestmark = needs_solo
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind,plugin_line", [("imp", None), ("dgnet_dual", "dgnet_dual")])

@@ -15,7 +15,7 @@ from helpers import FMNIST_CONFIGS, config_dir, make_image_folder, run_solo
 
 pytestmark = needs_solo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_cfg(method="byol", **solo_sparse):

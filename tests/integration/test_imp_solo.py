@@ -11,7 +11,7 @@ from conftest import needs_solo
 from solo_sparse.core.config import ConfigError
 
 pytestmark = needs_solo
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rotnet_cfg(**solo_sparse):

@@ -42,8 +42,7 @@ from solo_sparse.core.plugin import Plugin  # noqa: E402
 from solo_sparse.core.registry import _LOCAL, register_plugin  # noqa: E402
 from solo_sparse.lightning import Sparsify  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------ tiny Lightly modules
@@ -733,7 +732,7 @@ def test_bench_trains_through_the_lightning_host_and_keeps_hosts_apart(tmp_path,
     import json
     import sys
 
-    from test_bench import FAKE
+    from helpers import FAKE_PRETRAIN as FAKE
 
     import solo_sparse.tools.bench.harness as harness  # where Bench.run_pretrain looks the name up
     from solo_sparse.tools.bench import Bench, Suite

@@ -166,5 +166,5 @@ def test_a_generated_group_entry_is_what_a_shipped_yaml_holds():
     from solo_sparse.binding.groups import group_node
 
     shipped = OmegaConf.to_container(OmegaConf.load(
-        Path(__file__).resolve().parents[1] / "solo_sparse" / "configs" / "solo_sparse" / "gmp.yaml"))
+        Path(__file__).resolve().parents[2] / "solo_sparse" / "configs" / "solo_sparse" / "gmp.yaml"))
     assert group_node("gmp") == shipped

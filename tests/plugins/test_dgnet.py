@@ -302,7 +302,7 @@ def test_dgnet_refusals():
     with pytest.raises(ConfigError, match="reduction=3"):
         host_for(DGNetDual.from_params({"reduction": 3}))
     with pytest.raises(ConfigError, match="two-view"):       # MoCo is not symmetric (the other refusals:
-        DGNetDual.check_method("mocov2plus", "momentum")       # tests/test_gating_contract.py)
+        DGNetDual.check_method("mocov2plus", "momentum")       # tests/core/test_gating_contract.py)
 
 
 def test_prepare_eval_backbone_strict_round_trip():

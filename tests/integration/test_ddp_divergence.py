@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from test_ddp import PRUNE_REGROW, assert_ranks_equal, spawn_and_load
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/: conftest, helpers
 DIVERGE_AFTER = 3          # rank 1 diverges after optimizer step 3; masks are updated at steps 4, 5, 6
 LAST_UPDATE = 6
 

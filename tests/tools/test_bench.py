@@ -7,40 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import FAKE_PRETRAIN as FAKE
 from helpers import make_image_folder
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.tools.bench import ROW_KEYS, Bench, Suite, to_markdown, update_docs
-
-FAKE = r'''
-import json, sys, pathlib, torch, torchvision
-from solo_sparse.core import events
-args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.startswith("++"))
-d = pathlib.Path(args["++checkpoint.dir"]) / "fake" / "0"
-d.mkdir(parents=True, exist_ok=True)
-seed = int(args.get("++seed", 0))
-torch.manual_seed(seed)
-net = torchvision.models.resnet18()
-net.fc = torch.nn.Identity()
-sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
-state = {}
-if "+solo_sparse=gmp" in sys.argv:
-    for k in list(sd):
-        if k.endswith("conv2.weight"):
-            m = torch.rand(sd[k].shape) < 0.1
-            sd[k] = sd[k] * m
-            sd[k[:-len("weight")] + "weight_mask"] = m
-    state = {"gmp": {"config": {"every": 20}, "step": 10, "epoch": 1, "extra": {}}}
-(d / "args.json").write_text(json.dumps({"method": "fakemethod"}))
-torch.save({"state_dict": sd, "solo_sparse": state, "epoch": 1}, d / "fake-ep=1.ckpt")
-events.emit("synccp", "csi", 5, I=0.3, r=0.0, gap=0.3, note=" (rule literal: fires at r <= 0.02)")
-events.emit("synccp", "schedule_start", 5, cause="CSI fired", note="; cubic ramp")
-if "+solo_sparse=gmp" in sys.argv:     # what a gated run's monitor prints
-    events.emit("cdg", "probe", 32, online_momentum_cos=0.91)
-    events.emit("cdg", "pairs", 0, positives=0.8, random=0.2)
-if args.get("++fail") == "yes":
-    sys.exit(3)
-'''
 
 
 @pytest.fixture
@@ -147,7 +118,7 @@ def test_bad_suites_are_refused(tmp_path, text, match):
 
 
 def test_every_shipped_suite_loads():
-    root = Path(__file__).resolve().parents[1] / "scripts" / "suites"
+    root = Path(__file__).resolve().parents[2] / "scripts" / "suites"
     suites = sorted(root.glob("*.yaml"))
     assert {p.stem for p in suites} >= {"synccp", "cdg", "main", "main-quick"}
     for p in suites:
@@ -244,7 +215,7 @@ def test_regime_block_never_shows_a_spread_it_did_not_measure():
 def test_committed_results_and_docs_hold_no_machine_paths():
     import re
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = [root / "README.md", *root.glob("docs/**/*.md"), *root.glob("results/*/*.json"), *root.glob("results/*/*.md"),
              *root.glob("history/**/*.json"), *root.glob("history/**/*.md")]
     bad = {str(f.relative_to(root)): m.group(0) for f in files if "runs" not in f.parts and "local" not in f.parts

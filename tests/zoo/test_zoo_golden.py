@@ -16,7 +16,7 @@ import torch
 
 from solo_sparse import zoo
 
-GOLDEN = Path(__file__).parent / "data" / "zoo_golden.safetensors"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "zoo_golden.safetensors"
 C1, C2 = "layer1.0.conv1.weight", "layer1.0.conv2.weight"
 SHAPES = {C1: [2, 1, 3, 3], C2: [1, 2, 2, 2]}
 KEPT = {C1: [0, 3, 9, 10, 17], C2: [1, 6]}

@@ -1,5 +1,5 @@
 """The IMP driver without solo-learn (``solo_sparse.tools.imp.driver.IMPDriver``), over a fake
-``main_pretrain.py`` (as tests/test_runner.py fakes it) that reads the overrides the driver passes and writes
+``main_pretrain.py`` (as tests/tools/test_runner.py fakes it) that reads the overrides the driver passes and writes
 solo-learn-like checkpoints (``<name>-<version>-ep=<E>.ckpt`` in a new version folder per invocation, with
 ``backbone.`` and ``momentum_backbone.`` weights and ``weight_mask`` buffers).
 

@@ -2,7 +2,7 @@
 ``momentum_mask: own`` recomputed, its N:M start in group units, and one pruning window for every plugin.
 
 Plain torch (TinyNet pairs driven through the PluginHost hooks as the binding drives them); the solo-learn
-matrix is in test_defaults_matrix_solo.py, the harness's window in test_bench_window.py."""
+matrix is in integration/test_defaults_matrix_solo.py, the harness's window in tools/test_bench_window.py."""
 import copy
 import math
 

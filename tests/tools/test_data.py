@@ -9,7 +9,7 @@ import pytest
 
 from solo_sparse.tools.data import FMNIST_CLASSES, FashionMNISTMissing, export_image_folder, load_fashion_mnist
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_idx(path, arr):
