@@ -199,7 +199,10 @@ def _speed_paths_path(pid: str, net: nn.Module, plugin: str, pcfg: Mapping[str, 
 
         def prepare(size: int, progress: Callable[[str], None]) -> None:
             rebuild = bool(spec.get("rebuild_table")) and size not in tables
-            tables[size] = cls.prepare_fast_path(fast, size, progress, reps=reps_table, rebuild=rebuild)
+            rep = cls.prepare_fast_path(fast, size, progress, reps=reps_table, rebuild=rebuild)
+            if isinstance(rep, dict) and isinstance(rep.get("path"), str):   # a machine's cache file: no local path
+                rep = {**rep, "path": f"<latency cache>/{Path(rep['path']).name}"}
+            tables[size] = rep
         variants.append(Variant(f"{fast_path}", fast, f"{fast_path} path, batch-1 plan from the measured cost "
                                                       f"model (gather / masked / skip per block)", prepare=prepare))
         variants.append(Variant(f"{fast_path} (fixed rule)", rule, f"{fast_path} path, gather when <= "
