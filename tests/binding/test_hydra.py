@@ -45,6 +45,7 @@ def test_command_line_override_and_group_listing(cfg_dir):
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow
 def test_real_hydra_main_app_sees_the_group(cfg_dir):
     """A @hydra.main app in a fresh process (the way solo-learn's scripts run) composes the group."""
     app = cfg_dir / "app.py"

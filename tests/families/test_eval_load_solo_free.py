@@ -106,6 +106,7 @@ def _fine_tune(net, steps=4):
     return seen, layers
 
 
+@pytest.mark.slow
 def test_fine_tuning_runs_the_sparse_network_at_every_training_forward():
     sd, _ = _sparse_checkpoint(zero_pruned=True)
     _, net = _prepared()
@@ -116,6 +117,7 @@ def test_fine_tuning_runs_the_sparse_network_at_every_training_forward():
     assert any(not torch.equal(before[n], mod.weight) for n, mod in select_layers(net))   # it did fine-tune
 
 
+@pytest.mark.slow
 def test_fine_tuned_weights_stay_zero_where_pruned_for_evaluation_and_saving():
     sd, masks = _sparse_checkpoint(zero_pruned=True)
     _, net = _prepared()

@@ -107,6 +107,7 @@ def _mirror(plugin, opt="sgd"):
     return mirror_class()(get_plugin(plugin).from_params(SCHED[plugin]), optimizer=opt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugin,adam,accumulate,clip", CASES)
 def test_mirror_keeps_the_invariants_at_every_step(plugin, adam, accumulate, clip):
     model = _mirror(plugin, "adamw" if adam else "sgd")

@@ -234,6 +234,7 @@ def two_view_step(host, online, opt, x):
     return extra
 
 
+@pytest.mark.slow
 def test_dgnet_dual_routes_crops_and_budget_loss_pulls_to_target():
     p = DGNetDual.from_params({"target": 0.3, "budget_weight": 50.0})
     host, online, _ = host_for(p)

@@ -198,6 +198,7 @@ def test_granet_death_rate_is_cosine_annealed_from_half_to_0005_over_training():
     assert q.death_rate(30) == 0.3
 
 
+@pytest.mark.slow
 def test_granet_prunes_and_regrows_every_delta_t_until_the_end_of_training():
     seen = []
     p = plugin("granet", final_density=0.2, start=1, end=5, every=2)
@@ -319,6 +320,7 @@ def test_nm_start_has_30_percent_of_the_groups_nm_by_default():
 # ------------------------------------------------------------------ one window
 @pytest.mark.parametrize("name,params", [("gmp", {}), ("granet", {}), ("synccp", {}),
                                          ("synccp", {"csi_rule": "resync"}), ("synccp", {"start": 3, "end": 9})])
+@pytest.mark.slow
 def test_window_overrides_make_every_plugin_prune_over_the_same_steps(name, params):
     cls = get_plugin(name)
     base = {"final_density": 0.2, "every": 3, **params}

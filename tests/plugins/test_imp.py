@@ -218,6 +218,7 @@ def test_semi_supervised_loss_reaches_backbone(tiny_pair):
     assert host.extra_loss() is None
 
 
+@pytest.mark.slow
 def test_retrain_keeps_masks_and_learns(tmp_path):
     from solo_sparse.engine.sparsifier import select_layers
     from solo_sparse.tools.retrain import masked_resnet, retrain_supervised

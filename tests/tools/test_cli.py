@@ -24,6 +24,7 @@ def test_plugins_lists_description_families_and_keys(capsys):
     assert "granularity" in gmp["keys"]
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     r = subprocess.run(["solo-sparse", "plugins"], capture_output=True, text=True)
     assert r.returncode == 0 and "gmp" in r.stdout
@@ -78,6 +79,7 @@ def test_flops_refuses_unknown_backbone(tmp_path, capsys):
     assert "backbone.name='vit_tiny'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_on_an_image_folder(tmp_path, sparse_ckpt, capsys):
     from PIL import Image
 

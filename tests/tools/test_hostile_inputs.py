@@ -453,6 +453,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
     assert f.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
+@pytest.mark.slow
 def test_zoo_export_under_a_file_size_limit_keeps_the_old_file(tmp_path, good_file):
     """``ulimit -f``: the write fails part-way; the previous export stays whole (it was truncated in place)."""
     import subprocess

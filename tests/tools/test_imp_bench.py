@@ -100,6 +100,7 @@ def _calls(tmp):
     return [json.loads(line) for line in (tmp / "calls.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, monkeypatch):
     import solo_sparse.tools.retrain as retrain_mod
     from solo_sparse.engine.imp import load_state
@@ -164,6 +165,7 @@ def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, 
     assert len(_calls(tmp)) == n and len(seen) == m
 
 
+@pytest.mark.slow
 def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatch):
     repo, suite, solo, tmp = setup
     suite.write_text(_no_retrain(SUITE))
