@@ -16,7 +16,9 @@
 * inside ``tools`` the rooms keep their order: the CLI is imported by nothing, the benchmark (``tools/bench/``) only
   by the CLI, the IMP room (``tools/imp/``) only by the benchmark's rounds and the imp plugin, the shared tools
   (evaluation, runner, reports ...) import no room, and in ``bench/`` the suite, measurements and results import no
-  other part of the harness.
+  other part of the harness;
+* ``tests/`` mirrors the package: every test file sits in the folder of the layer it tests (or ``integration/``), with
+  ``test_architecture.py`` alone at the root and no two test files of one name (pytest imports them by basename).
 """
 import ast
 import re
@@ -268,3 +270,24 @@ def test_tools_rooms_keep_their_order():
                                                          f"{sorted(BENCH_ALLOWED[sub]) or 'no other bench module'}")
     assert {"solo_sparse.tools.bench", "solo_sparse.tools.imp"} <= rooms_seen      # the check sees the rooms
     assert set(BENCH_ALLOWED) == {p.stem for p in (PKG / "tools" / "bench").glob("*.py")} - {"__init__"}
+
+
+#: the folders of tests/: one per layer (solo_sparse/<layer>, plugins/ for plugins/), and integration/ for trainings
+#: through solo-learn, Lightning and subprocesses
+TEST_FOLDERS = {"core", "engine", "gating", "families", "plugins", "binding", "lightning", "tools", "zoo", "integration"}
+
+
+def test_the_tests_mirror_the_package():
+    tests = ROOT / "tests"
+    at_root = sorted(p.name for p in tests.glob("test_*.py"))
+    assert at_root == ["test_architecture.py"], (f"test files at tests/ root: {at_root}; put each in the folder of the "
+                                                 f"layer it tests ({', '.join(sorted(TEST_FOLDERS))})")
+    files = [p for p in tests.rglob("test_*.py") if p.parent != tests and "data" not in p.relative_to(tests).parts]
+    folders = {p.relative_to(tests).parts[0] for p in files}
+    assert folders <= TEST_FOLDERS, f"test folders that mirror no layer: {sorted(folders - TEST_FOLDERS)}"
+    assert all(len(p.relative_to(tests).parts) == 2 for p in files), "one folder level below tests/"
+    for f in TEST_FOLDERS - {"integration", "plugins"}:
+        assert (PKG / f).is_dir(), f"tests/{f}/ mirrors no solo_sparse/{f}/"
+    names = [p.name for p in files]
+    assert len(names) == len(set(names)), f"two test files of one name: {sorted(n for n in names if names.count(n) > 1)}"
+    assert not list(tests.rglob("__init__.py")), "no __init__.py under tests/ (conftest and helpers import by name)"

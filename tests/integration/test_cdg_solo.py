@@ -7,7 +7,7 @@ import torch
 from conftest import needs_solo
 
 pytestmark = needs_solo
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("method,plugin,params", [

@@ -12,7 +12,7 @@ from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.gating.channel import gated_convs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _build_zoo():

@@ -298,6 +298,7 @@ def test_cdg_routes_crops_to_disjoint_branches_and_logs():
     assert online.layer1[0].conv1.ss_branch == "a1"                 # inference = a1's path
 
 
+@pytest.mark.slow
 def test_threshold_loss_pulls_tau_to_s():
     p = CDG.from_params({"target": 0.5, "init_threshold": -1.0, "threshold_weight": 1.0, "ramp": 0})
     host, online, _, _ = host_for(p)
@@ -314,6 +315,7 @@ def test_threshold_loss_pulls_tau_to_s():
     assert after < before - 30, (before, after)
 
 
+@pytest.mark.slow
 def test_ramp_follows_the_cubic_schedule_and_shifts_both_encoders():
     p = CDG.from_params({"target": 0.75, "ramp": 8, "ramp_from": 0.0, "threshold_weight": 0.0})
     host, online, mom, logs = host_for(p, momentum=True, method="byol")
@@ -355,6 +357,7 @@ def test_ramp_follows_the_cubic_schedule_and_shifts_both_encoders():
         assert torch.equal(a.tau, b.tau)
 
 
+@pytest.mark.slow
 def test_ramp_threshold_loss_targets_the_current_s():
     p = CDG.from_params({"target": 0.5, "ramp": "1ep", "threshold_weight": 1.0})   # 10 steps per epoch here
     host, online, _, _ = host_for(p)
@@ -572,7 +575,7 @@ def test_refusals_before_training():
         host_for(CDG.from_params({"groups": 3}))
     with pytest.raises(ConfigError, match="cg=6"):
         host_for(CDG.from_params({"cg": 6}))
-    # two crops, two-view methods, ResNet only: tests/test_gating_contract.py (every gating plugin)
+    # two crops, two-view methods, ResNet only: tests/core/test_gating_contract.py (every gating plugin)
 
 
 def test_prepare_eval_backbone_strict_round_trip():
