@@ -9,12 +9,17 @@ when that interval excludes the margin; otherwise it is "not decided".
 A claim is ``a − b ≥ margin`` (in linear-probe points): e.g. "SyncCP ≥ GraNet" is margin 0, "within 1 pt of dense"
 is margin −1. Verdict: *reproduced* when the interval's lower end is ≥ the margin, *not reproduced* when its upper
 end is below it, *not decided* otherwise; one seed gives no interval ("one seed: not decided").
+
+A claim may name another row column (``metric``, e.g. ``shift_sensitivity``, ``online_momentum_cos``,
+``gate_sparsity``) and a bound instead of a margin: on run ``a``'s per-seed values (no ``b``), or on the per-seed
+ratio a / b (``b`` given): ``at_least: X`` (reproduced when the interval's lower end is ≥ X) or ``at_most: X``
+(reproduced when its upper end is ≤ X); e.g. "online/momentum cosine ≥ 0.88", "shift sensitivity ≤ 3× dense".
 """
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 #: two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30), then the normal quantile
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -73,30 +78,84 @@ def fmt(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
     return f"{p['mean']:+.2f} ± {p['std']:.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]{mark}"
 
 
+def bounded(c: Mapping[str, Any]) -> Optional[Tuple[str, float]]:
+    """``("at_least" | "at_most", bound)`` of a claim on a value or a ratio, None for a difference claim."""
+    for k in ("at_least", "at_most"):
+        if c.get(k) is not None:
+            return k, float(c[k])
+    return None
+
+
+def bound_verdict(p: Optional[Dict[str, Any]], kind: str, bound: float) -> str:
+    """The verdict of ``value ≥ bound`` (``at_least``) or ``value ≤ bound`` (``at_most``) on the per-seed values."""
+    if p is None:
+        return "not measured"
+    if p["n"] < 2:
+        return "one seed: not decided"
+    lo, hi = p["lo"], p["hi"]
+    good, bad = (lo >= bound, hi < bound) if kind == "at_least" else (hi <= bound, lo > bound)
+    return "reproduced" if good else "not reproduced" if bad else "not decided"
+
+
 def claim_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The claims a suite declares (``claims:`` in its YAML, saved in the results' meta) with their paired
     numbers and verdicts."""
     rows = list(results.get("rows", {}).values())
     out = []
     for c in results.get("meta", {}).get("claims") or []:
-        margin = float(c.get("margin", 0.0))
-        p = paired(by_seed(rows, c["a"]), by_seed(rows, c["b"]))
-        out.append({**c, "margin": margin, "paired": p, "verdict": verdict(p, margin)})
+        key = c.get("metric") or "linear"
+        a = by_seed(rows, c["a"], key)
+        b = by_seed(rows, c["b"], key) if c.get("b") else None
+        bd = bounded(c)
+        if bd is None:
+            margin = float(c.get("margin", 0.0))
+            p = paired(a, b or {})
+            out.append({**c, "margin": margin, "paired": p, "verdict": verdict(p, margin)})
+            continue
+        vals = a if b is None else {s: a[s] / b[s] for s in set(a) & set(b) if b[s]}
+        p = paired(vals, {s: 0.0 for s in vals})
+        out.append({**c, "paired": p, "verdict": bound_verdict(p, *bd)})
     return out
 
 
+def _claim_cells(c: Mapping[str, Any], suite: Any) -> Tuple[str, str, str]:
+    """(compared, bound, per-seed values) cells of a claim's table row."""
+    p, key = c["paired"], c.get("metric") or "linear"
+    bd = bounded(c)
+    if bd is None:
+        per = "-" if p is None else ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(p["seeds"], p["diffs"]))
+        what = "" if key == "linear" else f" ({key})"
+        return f"`{suite}`: {c['a']} − {c['b']}{what}", f"{c['margin']:+.1f}", per
+    per = "-" if p is None else ", ".join(f"s{s}: {d:.4g}" for s, d in zip(p["seeds"], p["diffs"]))
+    what = f"{c['a']} / {c['b']}" if c.get("b") else c["a"]
+    return f"`{suite}`: {what} ({key})", f"{'≥' if bd[0] == 'at_least' else '≤'} {bd[1]:g}", per
+
+
+def _value_fmt(p: Optional[Dict[str, Any]]) -> str:
+    if p is None:
+        return "-"
+    if p["n"] < 2:
+        return f"{p['mean']:.4g} (1 seed)"
+    return f"{p['mean']:.4g} ± {p['std']:.2g} [{p['lo']:.4g}, {p['hi']:.4g}]"
+
+
 def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
-    lines = ["| claim | source | compared | margin | per-seed a − b (pt) | mean ± std [95% interval] | verdict |",
-             "|---|---|---|---:|---|---|---|"]
+    lines = ["| claim | source | compared | margin / bound | per-seed a − b (pt) or value | mean ± std [95% interval] "
+             "| verdict |", "|---|---|---|---:|---|---|---|"]
+    any_bound = False
     for res in results_list:
         suite = res.get("meta", {}).get("suite")
         for c in claim_rows(res):
-            p = c["paired"]
-            per = "-" if p is None else ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(p["seeds"], p["diffs"]))
-            lines.append(f"| {c['claim']} | {c.get('source', '-')} | `{suite}`: {c['a']} − {c['b']} | "
-                         f"{c['margin']:+.1f} | {per} | {fmt(p, c['margin'])} | **{c['verdict']}** |")
+            compared, bound, per = _claim_cells(c, suite)
+            bd = bounded(c)
+            any_bound |= bd is not None
+            summary = fmt(c["paired"], c["margin"]) if bd is None else _value_fmt(c["paired"])
+            lines.append(f"| {c['claim']} | {c.get('source', '-')} | {compared} | {bound} | {per} | {summary} | "
+                         f"**{c['verdict']}** |")
     lines += ["", "A claim is a − b ≥ margin (linear-probe points, paired by seed: runs of one seed share the "
                   "initialisation and the data order). Reproduced: the 95% t-interval of the mean per-seed "
                   "difference lies at or above the margin; not reproduced: it lies below; not decided: it contains "
-                  "the margin. `*`: the interval excludes the margin."]
+                  "the margin. `*`: the interval excludes the margin."
+              + (" A bound (≥ / ≤ X) is on the named column's per-seed values of a (or the per-seed ratio a / b): "
+                 "reproduced when the 95% interval of their mean lies on the bound's side." if any_bound else "")]
     return "\n".join(lines) + "\n"

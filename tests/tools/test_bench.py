@@ -196,6 +196,42 @@ def test_claim_verdicts_follow_the_paired_interval():
     assert "| x >= y | P | `s`: x − y | -1.0 |" in md and "**reproduced**" in md
 
 
+def test_bound_claims_on_a_row_column_and_on_a_ratio():
+    """Goals on other columns (issue 25): a value bound on one run (twin cosine >= 0.88) and a ratio bound against
+    another run (shift sensitivity <= 3x dense), decided by the 95% interval like the difference claims."""
+    from solo_sparse.tools import stats
+
+    def rows(rid, key, values):
+        return {f"{rid}/seed{i}": {"id": rid, "seed": i, "status": "ok", key: v} for i, v in enumerate(values)}
+
+    res = {"meta": {"suite": "s", "claims": [
+        {"claim": "twins agree", "a": "m", "metric": "online_momentum_cos", "at_least": 0.88},
+        {"claim": "smooth", "a": "g", "b": "d", "metric": "shift_sensitivity", "at_most": 3.0},
+        {"claim": "rough", "a": "g", "b": "d", "metric": "shift_sensitivity", "at_most": 1.5},
+        {"claim": "undecided", "a": "m", "metric": "online_momentum_cos", "at_least": 0.905},
+        {"claim": "undecided ratio", "a": "g", "b": "d", "metric": "shift_sensitivity", "at_most": 2.05}]},
+        "rows": {**rows("m", "online_momentum_cos", [0.90, 0.91, 0.905]),
+                 **rows("g", "shift_sensitivity", [0.0020, 0.0022, 0.0021]),
+                 **rows("d", "shift_sensitivity", [0.0010, 0.0011, 0.0010])}}
+    by = {r["claim"]: r for r in stats.claim_rows(res)}
+    assert by["twins agree"]["verdict"] == "reproduced"
+    assert by["smooth"]["verdict"] == "reproduced"                     # ratios 2.0, 2.0, 2.1 <= 3
+    assert by["rough"]["verdict"] == "not reproduced"                  # all well above 1.5
+    assert by["undecided"]["verdict"] == "not decided"                 # 0.905 inside the interval
+    assert by["undecided ratio"]["verdict"] == "not decided"           # 2.05 inside [1.89, 2.18]
+    assert abs(by["smooth"]["paired"]["mean"] - (2.0 + 2.0 + 2.1) / 3) < 1e-9
+    md = stats.claims_markdown([res])
+    assert "| `s`: g / d (shift_sensitivity) | ≤ 3 |" in md and "| `s`: m (online_momentum_cos) | ≥ 0.88 |" in md
+    # a suite file is checked before anything runs: an unknown column, a margin beside a bound, two bounds, no b
+    from solo_sparse.tools.bench.suite import _is_claim
+
+    assert _is_claim({"claim": "c", "a": "x", "metric": "gate_sparsity", "at_least": 0.6})
+    assert not _is_claim({"claim": "c", "a": "x", "metric": "gate_sparsty", "at_least": 0.6})
+    assert not _is_claim({"claim": "c", "a": "x", "b": "y", "margin": 0, "at_most": 3})
+    assert not _is_claim({"claim": "c", "a": "x", "at_least": 0.1, "at_most": 3})
+    assert not _is_claim({"claim": "c", "a": "x", "margin": 0})          # a difference needs b
+
+
 def test_regime_block_never_shows_a_spread_it_did_not_measure():
     from solo_sparse.tools.bench import regime_markdown
 

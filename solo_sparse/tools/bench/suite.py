@@ -37,12 +37,29 @@ def _str_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+#: numeric row columns a claim may name (``metric``; default ``linear``)
+CLAIM_METRICS = ("linear", "knn20", "knn1", "density_online", "density_momentum", "inference_macs_ratio",
+                 "training_macs_ratio", "gate_sparsity", "shift_sensitivity", "online_momentum_cos", "wall_clock_s")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _is_claim(c) -> bool:
-    """A claim of a suite: ``a − b ≥ margin`` in linear-probe points (:mod:`solo_sparse.tools.stats`)."""
-    return (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin"}
-            and {"claim", "a", "b"} <= set(c) and isinstance(c["claim"], str) and is_plain_name(c["a"])
-            and is_plain_name(c["b"]) and isinstance(c.get("source", ""), str)
-            and isinstance(c.get("margin", 0.0), (int, float)) and not isinstance(c.get("margin", 0.0), bool))
+    """A claim of a suite (:mod:`solo_sparse.tools.stats`): ``a − b ≥ margin`` in points of ``metric`` (default the
+    linear probe), or a bound ``at_least`` / ``at_most`` on run a's per-seed ``metric`` (no ``b``) or on the per-seed
+    ratio a / b."""
+    if not (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin", "metric", "at_least",
+                                                "at_most"}
+            and {"claim", "a"} <= set(c) and isinstance(c["claim"], str) and is_plain_name(c["a"])
+            and isinstance(c.get("source", ""), str) and c.get("metric", "linear") in CLAIM_METRICS):
+        return False
+    bounds = [k for k in ("at_least", "at_most") if k in c]
+    if bounds:
+        return (len(bounds) == 1 and _num(c[bounds[0]]) and "margin" not in c
+                and ("b" not in c or is_plain_name(c["b"])))
+    return "b" in c and is_plain_name(c["b"]) and _num(c.get("margin", 0.0))
 
 
 def _is_window(w) -> bool:
@@ -71,7 +88,9 @@ SUITE_KEYS = {
     "window": (lambda v: _is_window(v), "{start: S, end: E}, each steps (an int), 'Nep' or 'P%' (every sparse "
                                         "run prunes over these steps; its plugin says which of its keys set them)"),
     "claims": (lambda v: isinstance(v, list) and all(_is_claim(c) for c in v),
-               "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)}"),
+               "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)} or, on a row "
+               f"column (metric: one of {', '.join(CLAIM_METRICS)}), {{claim, source, a, [b,] at_least | at_most: "
+               "number} (a bound on a's values or on the ratio a / b)"),
 }
 RUN_KEYS = {
     "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
@@ -201,7 +220,7 @@ class Suite:
                                   f"({', '.join(sorted(known))})")
         for c in raw.get("claims") or []:
             for k in ("a", "b"):
-                if c[k] not in known:
+                if k in c and c[k] not in known:
                     raise ConfigError(f"{p}: claim {c['claim'][:60]!r} {k}={c[k]!r}: not a run of the suite "
                                       f"({', '.join(sorted(known))})")
         return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p, root=root)
