@@ -40,10 +40,12 @@ Batch-1 inference executes only what the gates keep. Per block and image, with k
 shortcut, no conv runs), ``gather`` (conv1 on the k kept output channels, conv2 reading only them, BN
 folded into the convs, each gathered weight one contiguous copy) or
 ``masked`` (the dense convs times the mask). Which of gather / masked runs is chosen by a measured
-cost model (:func:`attach_latency_table`: a small batch-1 timing table per block shape, cached on disk
-per machine, threads and torch version -- :mod:`solo_sparse.engine.costmodel`); without a table the
-rule is ``k / C <= GATHER_MAX_KEEP``. The same table gives ``budget: latency`` its per-block latency
-curves (:meth:`_GatedMixin._append_record`). All paths give the masked outputs within fp tolerance.
+cost model (:func:`attach_latency_table`: a small batch-1 timing table per network shape -- every gated
+block timed inside the network at each forced kept share, :func:`time_network` -- cached on disk per
+machine, threads and torch version, :mod:`solo_sparse.engine.costmodel`); without a table the rule is
+``k / C <= GATHER_MAX_KEEP``. The same table gives ``budget: latency`` its per-block latency curves and the
+network's ungated time, so that budget is a whole-network latency ratio
+(:meth:`_GatedMixin._append_record`). All paths give the masked outputs within fp tolerance.
 """
 from __future__ import annotations
 
@@ -178,6 +180,9 @@ class _GatedMixin:
         self.ss_plan: Optional[List[str]] = None
         #: latency curve for the budget loss (``budget: latency``): (kept shares, gated ms, dense ms)
         self.ss_latency: Optional[Tuple[List[float], List[float], float]] = None
+        #: with ``ss_latency``: milliseconds outside the gated blocks (stem, pool, head) added to this block's
+        #: F^R and F^O, so the budget ratio is the whole network's (set on the first gated block only)
+        self.ss_fixed_ms = 0.0
         self._ss_force: Optional[Tuple[Optional[int], Optional[str]]] = None   # timing: (kept count, path)
         self._ss_exec_key = None
         self._ss_exec_w: Optional[Dict[str, torch.Tensor]] = None
@@ -240,10 +245,12 @@ class _GatedMixin:
     def _append_record(self, m: torch.Tensor, d12: float, rest: float, gate: float) -> None:
         """(F^R (B,), F^O) of this forward: MACs, or with ``ss_latency`` (``budget: latency``) the
         measured batch-1 latency of the gated block at each sample's kept share (piecewise linear in
-        it, so differentiable) over the dense block's."""
+        it, so differentiable) over the dense block's, the first gated block carrying the network's ungated
+        milliseconds on both sides (``ss_fixed_ms``)."""
         if self.ss_latency is not None:
             xs, ys, dense_ms = self.ss_latency
-            self.ss_record.append((interp(m.mean(1), xs, ys), dense_ms))
+            fixed = getattr(self, "ss_fixed_ms", 0.0)
+            self.ss_record.append((interp(m.mean(1), xs, ys) + fixed, dense_ms + fixed))
             return
         self.ss_record.append((m.mean(1) * d12 + rest + gate, d12 + rest))
 
@@ -544,47 +551,117 @@ def block_signature(blk: nn.Module, shape: Sequence[int]) -> str:
             f"|ds{int(blk.downsample is not None)}|{shape[1]}x{shape[2]}")
 
 
+def _forced_keep(c1: int, grid: Sequence[float]) -> List[int]:
+    """Kept counts timed for a block of ``c1`` gated channels: 0 (skipped) and max(1, round(f c1)) per share."""
+    return sorted({0, *(max(1, round(f * c1)) for f in grid if f > 0)})
+
+
+def network_signature(backbone: nn.Module, size: int) -> str:
+    """What a gated network's batch-1 latency table depends on: every gated block's signature in order, the
+    stem and the input size (the in-network timings of a block depend on its neighbours: cache, memory)."""
+    import hashlib
+
+    shapes = block_input_shapes(backbone, size)
+    sigs = [f"{n}:{block_signature(blk, shapes[n])}" for n, blk in gated_blocks(backbone)]
+    stem = backbone.conv1
+    sigs.append(f"stem:{stem.in_channels}-{stem.out_channels}-k{stem.kernel_size[0]}-s{stem.stride[0]}"
+                f"-pool{type(backbone.maxpool).__name__}")
+    digest = hashlib.sha1("|".join(sigs).encode()).hexdigest()[:16]
+    return f"dgnet-net|{len(sigs) - 1}blocks|{size}px|{digest}"
+
+
 @torch.inference_mode()
-def time_block(blk: nn.Module, shape: Sequence[int], reps: int = 15, grid: Sequence[float] = KEEP_GRID
-               ) -> Dict[str, object]:
-    """Batch-1 latency of one gated block (random input of ``shape``): the dense block, the gated block
-    along the masked path, and the gather path at each kept share of ``grid`` (0: the block skipped).
-    Every variant runs once per repetition, interleaved, so background load hits them alike."""
+def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[float] = KEEP_GRID,
+                 progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
+    """Batch-1 latency of every gated block **inside the network** (one random ``size`` px image): the whole
+    network runs dense, gated along the masked path, and gated with every block forced to each kept share of
+    ``grid`` (0: every block skipped); forward hooks time each block, gate and index computation included, with
+    its neighbours' weights and activations passing through the caches as in deployment. Timing a block alone
+    on a warm input (the previous table) under-priced gated blocks by 0.5-2.4 ms in the network (measured,
+    docs/speed.md). ``ungated_ms``: the rest of the dense forward (stem conv, BN, max-pool, head).
+
+    Every variant runs once per repetition, interleaved; entries hold the minimum over the repetitions
+    (contention only adds time), medians beside it."""
     import time
 
-    c1 = blk.conv1.out_channels
-    keep = sorted({0, *(max(1, round(f * c1)) for f in grid if f > 0)})
-    variants = [("dense", None, None), ("masked", c1, "masked")]
-    variants += [(f"k{k}", k, "skip" if k == 0 else "gather") for k in keep]
-    state = (blk.training, blk.ss_mode, blk.ss_gather, blk._ss_force)
-    x = torch.randn(1, *shape, device=blk.conv1.weight.device)
+    blocks = gated_blocks(backbone)
+    variants: List[Tuple[str, Optional[float]]] = [("dense", None), ("masked", None)]
+    variants += [(f"f{f:g}", float(f)) for f in grid]
+    keeps = {n: _forced_keep(blk.conv1.out_channels, grid) for n, blk in blocks}
+    state = (backbone.training, backbone.ss_mode, [(b.ss_gather, b._ss_force) for _, b in blocks])
+    x = torch.randn(1, 3, size, size, device=next(backbone.parameters()).device)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    times: Dict[str, List[float]] = {v[0]: [] for v in variants}
-    try:
-        blk.eval()
-        blk.ss_gather = True
+    t0s: Dict[str, float] = {}
+    cur: Dict[str, Dict[str, float]] = {}
 
+    def pre(name):
+        def f(_m, _i):
+            t0s[name] = time.perf_counter()
+        return f
+
+    def post(name):
+        def f(_m, _i, _o):
+            sync()
+            cur[name] = 1e3 * (time.perf_counter() - t0s[name])
+        return f
+
+    hooks = [h for n, b in blocks for h in (b.register_forward_pre_hook(pre(n)), b.register_forward_hook(post(n)))]
+    times: Dict[str, Dict[str, List[float]]] = {v: {n: [] for n, _ in blocks} for v, _ in variants}
+    rest: List[float] = []
+    start = time.perf_counter()
+    try:
+        backbone.eval()
         for r in range(reps + 2):                      # the first two rounds are warm-up
-            for name, k, path in variants:
-                blk.ss_mode = "dense" if name == "dense" else "gated"
-                blk._ss_force = None if name == "dense" else (k, path)
+            if progress and r in (2, 2 + reps // 2):
+                done = time.perf_counter() - start
+                eta = f", ETA {done / r * (reps + 2 - r):.0f} s" if r else ""
+                progress(f"latency table: timing {len(blocks)} gated blocks in the network at batch 1, {size} px, "
+                         f"round {r - 1}/{reps}{eta}")
+            for name, f in variants:
+                set_mode(backbone, "dense" if name == "dense" else "gated")
+                for _, b in blocks:
+                    b.ss_gather = True
+                    if name == "dense":
+                        b._ss_force = None
+                    elif name == "masked":
+                        b._ss_force = (b.conv1.out_channels, "masked")
+                    else:
+                        k = 0 if f == 0 else max(1, round(f * b.conv1.out_channels))
+                        b._ss_force = (k, "skip" if k == 0 else "gather")
+                cur.clear()
                 sync()
                 t0 = time.perf_counter()
-                blk(x)
+                backbone(x)
                 sync()
+                total = 1e3 * (time.perf_counter() - t0)
                 if r >= 2:
-                    times[name].append(1e3 * (time.perf_counter() - t0))
+                    for n, _ in blocks:
+                        times[name][n].append(cur[n])
+                    if name == "dense":
+                        rest.append(total - sum(cur.values()))
     finally:
-        blk.train(state[0])
-        blk.ss_mode, blk.ss_gather, blk._ss_force = state[1], state[2], state[3]
-    # the table holds the minimum over the repeats: contention (other processes, a descheduled OpenMP thread)
-    # only ever adds time, so the minimum estimates what the path costs; medians and IQRs are kept beside it
-    st = {n: summary(v) for n, v in times.items()}
-    return {"shape": list(shape), "channels": c1, "keep": keep, "reps": reps, "statistic": "min",
-            "dense_ms": min(times["dense"]), "masked_ms": min(times["masked"]),
-            "gather_ms": [min(times[f"k{k}"]) for k in keep],
-            "median_ms": {n: v["median_ms"] for n, v in st.items()},
-            "iqr_ms": {n: v["iqr_ms"] for n, v in st.items()}}
+        for h in hooks:
+            h.remove()
+        for (_, b), (g, force) in zip(blocks, state[2]):
+            b.ss_gather, b._ss_force = g, force
+        set_mode(backbone, state[1])
+        backbone.train(state[0])
+    out: Dict[str, object] = {"size": size, "reps": reps, "statistic": "min", "timing": "network",
+                              "ungated_ms": min(rest), "ungated_median_ms": summary(rest)["median_ms"], "blocks": {}}
+    for n, b in blocks:
+        keep = keeps[n]
+        by_k = {}
+        for name, f in variants[2:]:
+            k = 0 if f == 0 else max(1, round(f * b.conv1.out_channels))
+            by_k.setdefault(k, []).extend(times[name][n])
+        out["blocks"][n] = {
+            "channels": b.conv1.out_channels, "keep": keep,
+            "dense_ms": min(times["dense"][n]), "masked_ms": min(times["masked"][n]),
+            "gather_ms": [min(by_k[k]) for k in keep],
+            "median_ms": {"dense": summary(times["dense"][n])["median_ms"],
+                          "masked": summary(times["masked"][n])["median_ms"],
+                          **{f"k{k}": summary(by_k[k])["median_ms"] for k in keep}}}
+    return out
 
 
 def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[float], float]]:
@@ -616,11 +693,14 @@ def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, tabl
                          rebuild: bool = False, progress: Optional[Callable[[str], None]] = None,
                          threads: Optional[int] = None) -> Dict[str, object]:
     """Give every gated block of ``backbone`` its measured batch-1 execution plan and latency curve at
-    ``size`` px (inputs of one image), for ``threads`` torch threads (default: this process's): entries come
-    from the on-disk table of this machine
-    (:class:`solo_sparse.engine.costmodel.LatencyTable`); missing ones (or all, ``rebuild``) are timed
-    first, one progress line per block shape. Returns {"path": cache file, "built": [signatures timed],
-    "blocks": {name: signature}}."""
+    ``size`` px (inputs of one image), for ``threads`` torch threads (default: this process's): the entry of
+    this network shape (:func:`network_signature`) comes from the on-disk table of this machine
+    (:class:`solo_sparse.engine.costmodel.LatencyTable`); a missing one (or, ``rebuild``, any) is timed first
+    in the network (:func:`time_network`), with progress lines. The first gated block's curve also carries
+    the network's ungated time (``ss_fixed_ms``: stem, max-pool, head), so the latency budget is a ratio of
+    whole-network latencies -- what a user times -- not of the gated blocks alone. Returns {"path": cache
+    file, "built": [signatures timed], "signature": the network's, "blocks": {name: signature},
+    "ungated_ms": ...}."""
     import time
 
     if threads and threads != torch.get_num_threads():
@@ -636,30 +716,28 @@ def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, tabl
     shapes = block_input_shapes(backbone, size)
     blocks = gated_blocks(backbone)
     sigs = {n: block_signature(blk, shapes[n]) for n, blk in blocks}
-    todo = [(n, blk) for n, blk in blocks if rebuild or sigs[n] not in table]
-    seen, built, t0 = set(), [], time.perf_counter()
-    todo = [(n, blk) for n, blk in todo if not (sigs[n] in seen or seen.add(sigs[n]))]
-    for i, (n, blk) in enumerate(todo):
-        if progress:
-            done = time.perf_counter() - t0
-            eta = f", ETA {done / i * (len(todo) - i):.0f} s" if i else ""
-            progress(f"latency table {i + 1}/{len(todo)}: timing {n} ({sigs[n]}) at batch 1, {reps} repeats{eta}")
-        table.put(sigs[n], time_block(blk, shapes[n], reps))
-        built.append(sigs[n])
-    if built:
+    net_sig = network_signature(backbone, size)
+    built = []
+    if rebuild or net_sig not in table:
+        t0 = time.perf_counter()
+        table.put(net_sig, time_network(backbone, size, reps, progress=progress))
+        built.append(net_sig)
         table.save()
         if progress:
-            progress(f"latency table: {len(built)} block shape(s) timed in {time.perf_counter() - t0:.1f} s, "
-                     f"saved to {table.path}")
-    for n, blk in blocks:
-        blk.ss_plan, blk.ss_latency = plan_from_entry(table.get(sigs[n]))
-    return {"path": str(table.path), "built": built, "blocks": sigs}
+            progress(f"latency table: {len(blocks)} gated blocks timed in the network in "
+                     f"{time.perf_counter() - t0:.1f} s, saved to {table.path}")
+    entry = table.get(net_sig)
+    for i, (n, blk) in enumerate(blocks):
+        blk.ss_plan, blk.ss_latency = plan_from_entry(entry["blocks"][n])
+        blk.ss_fixed_ms = float(entry["ungated_ms"]) if i == 0 else 0.0
+    return {"path": str(table.path), "built": built, "signature": net_sig, "blocks": sigs,
+            "ungated_ms": float(entry["ungated_ms"])}
 
 
 def detach_latency_table(backbone: nn.Module) -> None:
     """Back to the GATHER_MAX_KEEP rule and the MACs budget."""
     for _, blk in gated_blocks(backbone):
-        blk.ss_plan, blk.ss_latency = None, None
+        blk.ss_plan, blk.ss_latency, blk.ss_fixed_ms = None, None, 0.0
 
 
 def untrained_gates(backbone: nn.Module) -> Optional[str]:

@@ -64,28 +64,54 @@ def test_table_is_built_cached_under_the_machine_key_and_reused(tmp_path):
     net = _net()
     lines = []
     rep = attach_latency_table(net, 32, reps=2, progress=lines.append)
-    sigs = set(rep["blocks"].values())
-    assert len(rep["built"]) == len(sigs) == 7                 # ResNet-18: 7 distinct block shapes
-    assert sum("latency table" in ln and "ETA" in ln for ln in lines) == len(sigs) - 1
+    assert rep["built"] == [rep["signature"]] and rep["signature"].startswith("dgnet-net|8blocks|32px|")
+    assert any("in the network at batch 1, 32 px" in ln for ln in lines) and "saved to" in lines[-1]
     data = json.loads(open(rep["path"]).read())
     assert data["key"] == machine_key() and data["key"]["threads"] == torch.get_num_threads()
     assert data["key"]["torch"] == torch.__version__
-    e = data["entries"][rep["blocks"]["layer3.0"]]
-    assert e["shape"] == [128, 4, 4] and e["keep"][0] == 0 and e["keep"][-1] == 256
+    entry = data["entries"][rep["signature"]]
+    assert entry["timing"] == "network" and entry["ungated_ms"] > 0 and rep["ungated_ms"] == entry["ungated_ms"]
+    e = entry["blocks"]["layer3.0"]
+    assert e["keep"][0] == 0 and e["keep"][-1] == 256
     assert len(e["gather_ms"]) == len(e["keep"]) and e["dense_ms"] > 0 and e["masked_ms"] > 0
-    # a second network of the same shapes times nothing
+    assert set(entry["blocks"]) == {n for n, _ in gated_blocks(net)}
+    # a second network of the same shapes times nothing; another input size is another network entry
     lines.clear()
     rep2 = attach_latency_table(_net(seed=1), 32, reps=2, progress=lines.append)
     assert rep2["built"] == [] and not lines and rep2["path"] == rep["path"]
+    rep3 = attach_latency_table(_net(seed=1), 64, reps=1)
+    assert rep3["built"] == [rep3["signature"]] != rep["built"]
     # another thread count is another machine key, another file
     assert LatencyTable({**machine_key(), "threads": 999}).path != LatencyTable().path
-    # every block carries a plan for each kept count and a latency curve
-    for _, b in gated_blocks(net):
+    # every block carries a plan for each kept count and a latency curve; the first one the ungated time
+    for i, (_, b) in enumerate(gated_blocks(net)):
         c = b.conv1.out_channels
         assert len(b.ss_plan) == c + 1 and b.ss_plan[0] == "skip"
         assert set(b.ss_plan[1:]) <= {"gather", "masked"}
         xs, ys, dense = b.ss_latency
         assert xs[0] == 0.0 and xs[-1] == 1.0 and len(ys) == len(xs) and dense > 0
+        assert b.ss_fixed_ms == (rep["ungated_ms"] if i == 0 else 0.0)
+
+
+def test_network_timing_restores_the_network_and_forces_every_block():
+    from solo_sparse.gating.dgnet import time_network
+
+    net = _net()
+    set_mode(net, "gated")
+    net.train()
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o, n=n: seen.append((n, m.ss_mode, m.ss_last_path)))
+             for n, b in gated_blocks(net)]
+    out = time_network(net, 32, reps=1, grid=(0.0, 0.5))
+    for h in hooks:
+        h.remove()
+    assert net.training and net.ss_mode == "gated"
+    assert all(b._ss_force is None and b.ss_gather for _, b in gated_blocks(net))
+    paths = {p for _, mode, p in seen if mode == "gated"}
+    assert paths == {"masked", "skip", "gather"}            # the masked run, the 0 share, the 0.5 share
+    assert {mode for _, mode, _ in seen} == {"dense", "gated"}
+    b = out["blocks"]["layer1.0"]
+    assert b["keep"] == [0, 32] and len(b["gather_ms"]) == 2
 
 
 def test_plan_picks_the_measured_cheaper_path():
@@ -132,7 +158,7 @@ def test_every_planned_path_gives_the_masked_outputs(arch):
             tol = 1e-5 * float(ref.abs().max()) + 1e-5
             assert torch.allclose(out, ref, atol=tol, rtol=1e-4), (plan, (out - ref).abs().max())
     detach_latency_table(net)
-    assert all(b.ss_plan is None and b.ss_latency is None for b in blocks)
+    assert all(b.ss_plan is None and b.ss_latency is None and b.ss_fixed_ms == 0 for b in blocks)
 
 
 def test_block_input_shapes_restore_the_mode():
@@ -180,7 +206,7 @@ def test_latency_budget_builds_the_missing_table_first_then_weighs_by_latency(ca
     p = DGNetDual.from_params({"budget": "latency", "target": 0.5})
     host, online = _host(p, input_size=32)
     err = capsys.readouterr().err
-    assert "solo-sparse dgnet_dual: latency table 1/7: timing layer1.0" in err and "saved to" in err
+    assert "solo-sparse dgnet_dual: latency table: timing 8 gated blocks in the network" in err and "saved to" in err
     blocks = [b for _, b in gated_blocks(online)]
     assert all(b.ss_latency is not None for b in blocks)
     # the budget loss has a gradient reaching the gates, also with every gate open (kept share exactly 1)
@@ -200,8 +226,9 @@ def test_latency_budget_builds_the_missing_table_first_then_weighs_by_latency(ca
     set_mode(online, "gated")
     online(x)
     ratio = flops_ratio(rec)
-    num = sum(interp(torch.full((4,), b._ss_rho), *b.ss_latency[:2]) for b in blocks)
-    den = sum(b.ss_latency[2] for b in blocks)
+    num = sum(interp(torch.full((4,), b._ss_rho), *b.ss_latency[:2]) + b.ss_fixed_ms for b in blocks)
+    den = sum(b.ss_latency[2] + b.ss_fixed_ms for b in blocks)
+    assert blocks[0].ss_fixed_ms > 0                            # the stem and head count in the budget
     assert torch.allclose(ratio, (num / den).mean(), rtol=1e-4)
     # a second run on this machine reuses the table: one line saying where it comes from, nothing timed
     _host(DGNetGated.from_params({"budget": "latency"}), input_size=32)
