@@ -3,8 +3,9 @@ to disk (fsync), then renamed over the destination (``os.replace``). A full disk
 writing leaves the previous file intact (or none), never a truncated one; the temp file is removed on failure.
 
     write_atomic(path, text_or_bytes)          # small files: JSON, markdown, manifests
-    with atomic_path(path) as tmp:             # writers that take a file name (safetensors, torch.save, savefig)
-        save_file(tensors, str(tmp))
+    write_safetensors(path, tensors, metadata) # safetensors files (masks, states, zoo backbones)
+    with atomic_path(path) as tmp:             # other writers that take a file name (torch.save, savefig)
+        torch.save(obj, tmp)
 
 Names that become part of a path or of a printed line (zoo entries, suites, run ids) are plain names
 (:func:`is_plain_name`): no folder separator, no ``..``, no control character.
@@ -16,7 +17,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 #: what :func:`is_plain_name` accepts, for error messages
 PLAIN_NAME_RULE = "letters, digits and . _ : - (first a letter or digit), no '..', at most 128 characters"
@@ -67,4 +68,15 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; returns ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+def write_safetensors(path: Union[str, Path], tensors: Mapping[str, Any],
+                      metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``tensors`` ({name: torch tensor}) and ``metadata`` (strings) to the safetensors file ``path``
+    atomically (:func:`atomic_path`); returns ``path``."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=None if metadata is None else dict(metadata))
     return Path(path)

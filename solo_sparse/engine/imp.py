@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError
-from solo_sparse.core.files import atomic_path
+from solo_sparse.core.files import write_safetensors
 from solo_sparse.engine.maskio import _meta, is_mask_key
 
 STATE_FORMAT = "solo-sparse-state/1"
@@ -72,17 +72,12 @@ def global_magnitude_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[s
 
 def save_state(path, state: Mapping[str, torch.Tensor], **meta) -> Path:
     """Write a module state (tensors only; mask buffers dropped) to safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors = {}
     for k, v in state.items():
         if not torch.is_tensor(v) or is_mask_key(k):
             continue
         tensors[k] = v.detach().to("cpu").clone().contiguous()   # clone: no shared storage in the file
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=_meta({"format": STATE_FORMAT, **meta}))
-    return path
+    return write_safetensors(path, tensors, _meta({"format": STATE_FORMAT, **meta}))
 
 
 def load_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

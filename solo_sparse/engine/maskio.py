@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Tuple
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError
-from solo_sparse.core.files import atomic_path
+from solo_sparse.core.files import write_safetensors
 
 #: name of the persistent bool buffer next to a masked layer's ``weight``
 MASK = "weight_mask"
@@ -142,14 +142,9 @@ def global_random_masks(masks: Mapping[str, torch.Tensor], seed: int = 0) -> Dic
 
 def save_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
     """Write ``{layer: bool mask}`` to a safetensors file (atomically: temp file + rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors = {k: v.detach().to("cpu", torch.bool).contiguous() for k, v in masks.items()}
     md = _meta({"format": MASKS_FORMAT, "density": density(tensors), **meta})
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=md)
-    return path
+    return write_safetensors(path, tensors, md)
 
 
 def load_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from solo_sparse.core.files import atomic_path
+from solo_sparse.core.files import write_safetensors
 from solo_sparse.engine.maskio import MASK
 
 FORMAT = "solo-sparse-zoo/1"
@@ -127,15 +127,12 @@ def save_backbone(path: Path, state: Mapping[str, torch.Tensor], masks: Mapping[
                   compact_widths: Optional[Mapping[str, int]] = None, method: Optional[str] = None) -> None:
     """Write a backbone file (atomically, :mod:`solo_sparse.core.files`). ``compact_widths``: the
     internal channel counts of a compacted ResNet (``solo_sparse.engine.compact.widths``)."""
-    from safetensors.torch import save_file
-
     tensors, shapes = compress_state(state, masks, fp16)
     meta = {"format": FORMAT, "arch": arch, "gating": json.dumps(gating or {}), "shapes": json.dumps(shapes),
             "fp16": str(bool(fp16)), "compact": json.dumps(dict(compact_widths or {}))}
     if method:
         meta["method"] = str(method)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, tensors, meta)
 
 
 def read_backbone(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict[str, Any]]:
