@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from solo_sparse.core.config import MaskSpec, ScheduleSpec, check_density_pair
-from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.density import allocate_by_spec
 from solo_sparse.engine.schedule import cubic_density, is_update_step
 from solo_sparse.families.weight import WeightSparsityPlugin
 
@@ -46,9 +46,7 @@ class GMP(WeightSparsityPlugin):
         self._resolved = None
 
     def _allocate(self, density: float):
-        c = self.config
-        return allocate_masks(self.magnitude_scores(prune_only=True), density, c.distribution, c.granularity,
-                              n=c.n, m=c.m, block=c.block)
+        return allocate_by_spec(self.config, self.magnitude_scores(prune_only=True), density)
 
     def init_masks(self) -> None:
         if self.config.init_density < 1.0:

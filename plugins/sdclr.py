@@ -31,7 +31,7 @@ from typing import Optional
 
 from solo_sparse.core.config import PREFIX, ConfigError, MaskSpec, check_choice, check_density
 from solo_sparse.core.plugin import Branch
-from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.density import allocate_by_spec
 from solo_sparse.engine.sparsifier import BranchNorms, set_damaged
 from solo_sparse.families.weight import WeightSparsityPlugin
 
@@ -101,8 +101,7 @@ class SDCLR(WeightSparsityPlugin):
         enc = self._encoder()
         c = self.config
         w = self.sparsifier.weights(enc)
-        masks = allocate_masks({k: v.abs().float() for k, v in w.items()}, c.density, c.distribution, c.granularity,
-                               n=c.n, m=c.m, block=c.block)
+        masks = allocate_by_spec(c, {k: v.abs().float() for k, v in w.items()}, c.density)
         self.sparsifier.set_masks(masks, enc)
 
     def init_masks(self) -> None:

@@ -5,7 +5,7 @@ exposes the ERK per-layer densities (used for FLOPs estimates from a config).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -95,3 +95,12 @@ def allocate_masks(scores: Mapping[str, torch.Tensor], density: float, distribut
         return _global_masks(scores, density, granularity, block)
     dens = layer_densities({k: v.shape for k, v in scores.items()}, density, distribution)
     return {k: compute_mask(scores[k], min(1.0, dens[k]), granularity, n=n, m=m, block=block) for k in scores}
+
+
+def allocate_by_spec(spec, scores: Mapping[str, torch.Tensor], density: float,
+                     distribution: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """:func:`allocate_masks` with the layout of a plugin's mask spec (its ``distribution``, ``granularity``,
+    ``n``, ``m`` and ``block``: :class:`solo_sparse.core.config.MaskSpec` and the configs built on it);
+    ``distribution`` overrides the spec's (an initial distribution that differs from the final one)."""
+    return allocate_masks(scores, density, distribution or spec.distribution, spec.granularity, n=spec.n, m=spec.m,
+                          block=spec.block)

@@ -52,7 +52,7 @@ import torch
 
 from solo_sparse.core import events
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec, key_error
-from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.density import allocate_by_spec
 from solo_sparse.engine.regrow import nested_masks, nm_prune_and_regrow, prune_and_regrow
 from solo_sparse.engine.schedule import cubic_density, is_update_step
 from solo_sparse.engine.scores import GradientScore
@@ -125,9 +125,7 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
         self.scores = GradientScore(self.sparsifier.layers, self.score_ema())
 
     def _alloc(self, scores, density, distribution: Optional[str] = None):
-        c = self.config
-        return allocate_masks(scores, density, distribution or c.distribution, c.granularity, n=c.n, m=c.m,
-                              block=c.block)
+        return allocate_by_spec(self.config, scores, density, distribution)
 
     def init_masks(self) -> None:
         c = self.config

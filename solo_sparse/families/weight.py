@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Dict, Optional, Tuple
 import torch
 
 from solo_sparse.core.plugin import ModelView, ModuleGroup, Plugin
-from solo_sparse.engine.density import allocate_masks
+from solo_sparse.engine.density import allocate_by_spec
 from solo_sparse.engine.sparsifier import MASK, WeightSparsifier, select_layers
 
 log = logging.getLogger("solo_sparse")
@@ -54,8 +54,7 @@ class WeightSparsityPlugin(Plugin):
             return None
         self.setup(ModelView({"backbone": ModuleGroup("backbone", net)}, "shared"))
         sp = self.sparsifier
-        sp.set_masks(allocate_masks({k: w.abs() for k, w in sp.weights().items()}, final, c.distribution,
-                                    c.granularity, n=c.n, m=c.m, block=c.block))
+        sp.set_masks(allocate_by_spec(c, {k: w.abs() for k, w in sp.weights().items()}, final))
         return (f"{self.name} at final density {final} ({c.distribution}, {c.granularity}; "
                 "masks from random-init magnitudes)")
 
