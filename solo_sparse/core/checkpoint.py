@@ -19,10 +19,13 @@ tensors and plain values (``torch.load(weights_only=True)`` reads them):
   examples build it). :func:`solo_naming` rewrites such a checkpoint's ``state_dict`` into solo-learn's names
   (``backbone.conv1.weight``, ``momentum_backbone.layer1.0.conv1.weight_mask``, ...), which is what evaluation,
   the benchmarks and the zoo read: one format, whichever host trained the run.
+
+Loading a state into a model strictly, every reader checks it with :func:`state_mismatch` first: one line naming the
+missing and the unexpected keys (the first few of each and how many) or the first key whose shape differs.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from solo_sparse.core.config import ConfigError
 
@@ -68,3 +71,34 @@ def solo_naming(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
     ck = dict(checkpoint)
     ck["state_dict"] = out
     return ck
+
+
+def name_keys(keys: Sequence[str], show: int = 3) -> str:
+    """``key 'a'``, or ``keys 'a', 'b', 'c', ... (12 in all)``: the first ``show`` keys and how many there are."""
+    if len(keys) == 1:
+        return f"key {keys[0]!r}"
+    more = f", ... ({len(keys)} in all)" if len(keys) > show else ""
+    return "keys " + ", ".join(repr(k) for k in keys[:show]) + more
+
+
+def state_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], *, strict: Optional[Callable[[str], bool]] = None,
+                   file: str = "the file", model: str = "the model", show: int = 3) -> Optional[str]:
+    """None when ``state`` (tensors by key) loads strictly into a model whose ``state_dict`` is ``own``; otherwise
+    one line saying why: the keys of ``own`` missing from ``state`` and the keys of ``state`` not in ``own``
+    (:func:`name_keys`), or, when the keys agree, the first key whose shape differs (and how many do).
+
+    ``strict(key)``: whether a missing or unexpected ``key`` counts (default: every key); shapes are compared
+    for every key both hold. ``file`` / ``model`` name the two sides in the message."""
+    strict = strict or (lambda key: True)
+    missing = [k for k in own if k not in state and strict(k)]
+    unexpected = [k for k in state if k not in own and strict(k)]
+    if missing or unexpected:
+        parts = ([f"{name_keys(missing, show)} missing from {file}"] if missing else []) + \
+                ([f"{name_keys(unexpected, show)} not in {model}"] if unexpected else [])
+        return "; ".join(parts)
+    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        return (f"{k!r} has shape {tuple(state[k].shape)} in {file}, {tuple(own[k].shape)} in {model}"
+                + (f" ({len(wrong)} keys differ in shape)" if len(wrong) > 1 else ""))
+    return None

@@ -22,6 +22,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+from solo_sparse.core.checkpoint import state_mismatch
 from solo_sparse.core.config import PREFIX, ConfigError
 from solo_sparse.core.files import write_safetensors
 from solo_sparse.engine.maskio import _meta, is_mask_key
@@ -111,22 +112,16 @@ def apply_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
                 strict_prefixes: Optional[Tuple[str, ...]] = ("backbone.",)) -> None:
     """Copy ``state`` into ``module`` (in place). Keys under ``strict_prefixes`` must all be present.
 
-    Keys of the module missing from the file under those prefixes (mask buffers aside) are an error
-    naming the first one; so is any shape mismatch. Other keys (classifier, queues) load when present.
+    Keys under those prefixes missing from the file (mask buffers aside) or not in the module are an error
+    naming them (:func:`~solo_sparse.core.checkpoint.state_mismatch`); so is any shape mismatch. Other keys
+    (classifier, queues) load when present.
     """
     own = module.state_dict()
-    for k in own:
-        if is_mask_key(k):
-            continue
-        if strict_prefixes and k.startswith(strict_prefixes) and k not in state:
-            raise ConfigError(f"{source} does not match the model: key {k!r} missing")
+    fit = {k: v for k, v in own.items() if not is_mask_key(k) or k in state}   # mask buffers need not be in the file
+    bad = state_mismatch(fit, state, strict=lambda k: bool(strict_prefixes) and k.startswith(strict_prefixes))
+    if bad:
+        raise ConfigError(f"{source} does not match the model: {bad}")
     with torch.no_grad():
         for k, v in state.items():
-            if k not in own:
-                if strict_prefixes and k.startswith(strict_prefixes):
-                    raise ConfigError(f"{source} does not match the model: unexpected key {k!r}")
-                continue
-            if own[k].shape != v.shape:
-                raise ConfigError(f"{source} does not match the model: {k!r} has shape {tuple(v.shape)}, "
-                                  f"the model's is {tuple(own[k].shape)}")
-            own[k].copy_(v.to(own[k].device, own[k].dtype))
+            if k in own:
+                own[k].copy_(v.to(own[k].device, own[k].dtype))

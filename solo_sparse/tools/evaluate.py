@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from solo_sparse.core.checkpoint import state_mismatch
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.registry import evaluates_masked, rebuild_backbone
 from solo_sparse.engine.maskio import apply_masks, counts, split_state
@@ -45,9 +46,10 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
 
     Loads with ``weights_only=True``. A checkpoint trained with a plugin that rewrites the backbone
     (gates; read from its ``solo_sparse`` entry) is rebuilt by that plugin first and evaluated
-    through the plugin's path (``gated_path`` overrides). Raises on any missing key and on
-    any unexpected key (naming the first); mask buffers (``*.weight_mask``) are applied to their
-    weights. Returns the module and ``{"masked_layers", "density", "gating"}``.
+    through the plugin's path (``gated_path`` overrides). Raises on any missing or unexpected key and on
+    any shape mismatch (naming the first few: :func:`~solo_sparse.core.checkpoint.state_mismatch`); mask
+    buffers (``*.weight_mask``) are applied to their weights. Returns the module and
+    ``{"masked_layers", "density", "gating"}``.
     """
     ck = read_checkpoint(path)
     state = backbone_state(ck, prefix)
@@ -56,19 +58,9 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
     net = build_resnet(name, cifar_stem)
     _, gname, gcfg = rebuild_backbone(net, ck.get("solo_sparse"), gated_path)
     weights, masks = split_state(state, str(path))
-    own = net.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    if missing:
-        raise ConfigError(f"{path}: backbone key missing from checkpoint: {missing[0]!r} "
-                          f"({len(missing)} missing) — wrong --backbone ({name})?")
-    if unexpected:
-        raise ConfigError(f"{path}: backbone key not in the rebuilt model: {unexpected[0]!r} "
-                          f"({len(unexpected)} unexpected) — wrong --backbone ({name}) or --cifar-stem?")
-    wrong = next((k for k in weights if tuple(weights[k].shape) != tuple(own[k].shape)), None)
-    if wrong is not None:
-        raise ConfigError(f"{path}: {wrong!r} has shape {tuple(weights[wrong].shape)} in the checkpoint, "
-                          f"{tuple(own[wrong].shape)} in a {name} — wrong --backbone or --cifar-stem?")
+    bad = state_mismatch(net.state_dict(), weights, file="the checkpoint", model=f"the rebuilt {name}")
+    if bad:
+        raise ConfigError(f"{path}: backbone {bad} — wrong --backbone ({name}) or --cifar-stem?")
     net.load_state_dict(weights, strict=True)
     if not evaluates_masked(ck.get("solo_sparse")):
         masks = {}                       # the masks damaged a training branch only: the result is dense

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from solo_sparse.core.checkpoint import state_mismatch
 from solo_sparse.engine.maskio import check_masks_match
 from solo_sparse.tools.evaluate import build_resnet
 
@@ -33,9 +34,9 @@ def masked_resnet(masks: Optional[Mapping[str, torch.Tensor]], init: Optional[Ma
     feat = 2048 if name in ("resnet50", "resnet101", "resnet152") else 512
     if init is not None:
         sub = {k[len("backbone."):]: v for k, v in init.items() if k.startswith("backbone.")}
-        missing = [k for k in net.state_dict() if k not in sub]
-        if missing:
-            raise RuntimeError(f"init state lacks backbone key {missing[0]!r}")
+        bad = state_mismatch(net.state_dict(), sub, file="the init state", model=f"a {name}")
+        if bad:
+            raise RuntimeError(f"init state does not fit the backbone: {bad}")
         net.load_state_dict(sub, strict=True)
     net.fc = nn.Linear(feat, num_classes)
     layer_masks = {}

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from solo_sparse.core.checkpoint import state_mismatch
 from solo_sparse.core.files import write_safetensors
 from solo_sparse.engine.maskio import MASK
 
@@ -218,18 +219,9 @@ def build_module(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Te
         if not isinstance(gating.get("config"), dict):
             raise ZooError("metadata 'gating' lacks the plugin's config")
         rebuild_backbone(net, {gating["plugin"]: {"config": gating["config"]}})
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        what = "missing from the file" if missing else "not in the model"
-        raise ZooError(f"architecture mismatch: key {first!r} {what} (arch {meta.get('arch')}, "
-                       f"{len(missing)} missing, {len(unexpected)} unexpected)")
-    wrong = next((k for k in state if tuple(state[k].shape) != tuple(own[k].shape)), None)
-    if wrong is not None:
-        raise ZooError(f"architecture mismatch: {wrong!r} has shape {tuple(state[wrong].shape)} in the file, "
-                       f"{tuple(own[wrong].shape)} in a {meta.get('arch')} (and maybe more)")
+    bad = state_mismatch(net.state_dict(), state)
+    if bad:
+        raise ZooError(f"architecture mismatch: {bad} (arch {meta.get('arch')})")
     net.load_state_dict(dict(state), strict=True)
     for k, m in masks.items():
         mod = net.get_submodule(k.rsplit(".", 1)[0])

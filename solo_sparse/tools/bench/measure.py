@@ -52,6 +52,8 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
             continue
         weights, masks = split_state(st)
         rnet = build_resnet("resnet18")
+        # not strict on purpose: rnet only carries the layer shapes and mask buffers count_macs counts from (its
+        # weights never enter the count), so a key it lacks or has beyond the checkpoint changes nothing here
         rnet.load_state_dict(weights, strict=False)
         for layer, m in masks.items():
             rnet.get_submodule(layer).register_buffer("weight_mask", m)
