@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from solo_sparse.engine.interloss import pool
 
+#: the methods :func:`objective` computes: the two-view methods (solo_sparse.families.gating.TWO_VIEW_METHODS) whose
+#: objective is written here (not SimSiam); a new two-view method needs its branch in :func:`objective` first
 SUPPORTED = ("simclr", "mocov2plus", "byol", "vicreg", "barlow_twins")
 MOMENTUM = ("mocov2plus", "byol")
 

@@ -31,7 +31,7 @@ from solo_sparse.core.config import PREFIX, ConfigError, StepSpec, check_choice,
 from solo_sparse.core.plugin import Branch
 from solo_sparse.engine.resnet import parse_stages
 from solo_sparse.engine.schedule import cubic_density
-from solo_sparse.families.gating import GatedBackbonePlugin, check_path, small_maps
+from solo_sparse.families.gating import TWO_VIEW_METHODS, GatedBackbonePlugin, check_path, small_maps
 from solo_sparse.gating import cgnet
 from solo_sparse.gating.channel import (
     clear_cache,
@@ -43,8 +43,6 @@ from solo_sparse.gating.channel import (
     set_branch,
     set_recording,
 )
-
-TWO_VIEW_METHODS = ("simclr", "mocov2plus", "simsiam", "byol", "barlow_twins", "vicreg")
 
 
 @dataclass

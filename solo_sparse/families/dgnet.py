@@ -28,7 +28,7 @@ import torch
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec, check_choice, check_int, check_range, key_error
 from solo_sparse.core.plugin import Branch
 from solo_sparse.engine.resnet import parse_stages
-from solo_sparse.families.gating import GatedBackbonePlugin, check_path
+from solo_sparse.families.gating import SYMMETRIC_TWO_VIEW_METHODS, GatedBackbonePlugin, check_path
 from solo_sparse.gating.dgnet import (
     attach_latency_table,
     convert_resnet,
@@ -41,7 +41,6 @@ from solo_sparse.gating.dgnet import (
     start_recording,
 )
 
-TWO_VIEW_METHODS = ("vicreg", "barlow_twins", "simclr", "simsiam", "byol")
 BUDGETS = ("macs", "latency")
 
 
@@ -90,7 +89,7 @@ class DGNetConfig:
 
 
 class DGNetPlugin(GatedBackbonePlugin):
-    supported_methods = TWO_VIEW_METHODS
+    supported_methods = SYMMETRIC_TWO_VIEW_METHODS
     method_requirement = "needs a two-view symmetric method with exactly two large crops"
     crops_why = "crop 0 gated, crop 1 dense"
     speed_paths = ("gated", "dense")

@@ -27,6 +27,17 @@ from solo_sparse.core import events
 from solo_sparse.core.config import PREFIX, ConfigError
 from solo_sparse.core.plugin import ModelView, Plugin
 
+#: solo-learn methods that train on two views of each image (exactly two large crops): the methods whose crops
+#: the gating plugins route to their two branches (``cdg``, ``cgnet``, ``fbs`` support every one)
+TWO_VIEW_METHODS = ("simclr", "mocov2plus", "simsiam", "byol", "barlow_twins", "vicreg")
+#: two-view methods whose two views play different roles: MoCo v2+ (queries of the online encoder against keys of
+#: the momentum encoder and of its queue)
+ASYMMETRIC_TWO_VIEW_METHODS = ("mocov2plus",)
+#: the two-view methods DGNet-dual and DGNet-gated support ("a two-view symmetric method", docs/plugins/dgnet.md;
+#: MoCo v2+ refused as not symmetric, tests/plugins/test_dgnet.py); a method added to :data:`TWO_VIEW_METHODS`
+#: is here too unless it is listed as asymmetric
+SYMMETRIC_TWO_VIEW_METHODS = tuple(m for m in TWO_VIEW_METHODS if m not in ASYMMETRIC_TWO_VIEW_METHODS)
+
 
 def convert_encoders(plugin: Plugin, view: ModelView, convert: Callable[[torch.nn.Module], None],
                      crops_why: str) -> None:

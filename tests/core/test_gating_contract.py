@@ -41,6 +41,16 @@ def test_refused_before_training(name):
 
 
 @pytest.mark.parametrize("name", GATING)
+def test_supported_methods_are_the_shared_two_view_lists(name):
+    """A method added to the two-view list reaches every gating plugin (DGNet's unless listed as asymmetric)."""
+    from solo_sparse.families.gating import ASYMMETRIC_TWO_VIEW_METHODS, TWO_VIEW_METHODS
+
+    supported = get_plugin(name).supported_methods
+    assert set(supported) <= set(TWO_VIEW_METHODS)
+    assert set(supported) >= set(TWO_VIEW_METHODS) - set(ASYMMETRIC_TWO_VIEW_METHODS)
+
+
+@pytest.mark.parametrize("name", GATING)
 def test_momentum_twin_converted_equal_and_frozen(name):
     online = resnet()
     mom = copy.deepcopy(online)
