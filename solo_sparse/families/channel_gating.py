@@ -136,8 +136,7 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
         return out
 
     def param_groups(self, base_lr: float) -> list:
-        return [{"name": f"solo_sparse_{self.name}_gates", "params": self.gate_params(),
-                 "lr": base_lr * self.config.gate_lr_scale, "weight_decay": self.config.gate_weight_decay}]
+        return [self.gate_group(self.gate_params(), base_lr, weight_decay=self.config.gate_weight_decay)]
 
     # ------------------------------------------------------------------ hooks
     def on_step_start(self) -> None:
@@ -164,16 +163,11 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
             self._loss_terms.append(term)
         self._cur = None
 
-    def on_crop(self, branch: Branch) -> None:
-        self.monitor_crop(branch)
-        grp = self.view.groups["backbone"]
-        mod = grp.online if branch.encoder == "online" else grp.momentum
-        if mod is None:
-            return
-        if branch.phase == "eval":
-            self._cur = None
-            set_branch(mod, "a1")
-            return
+    def _route_eval_crop(self, mod) -> None:
+        self._cur = None
+        set_branch(mod, "a1")
+
+    def _route_crop(self, mod, branch: Branch) -> None:
         if branch.encoder == "online":
             self._harvest()
         route = self.route(branch) if branch.large else "a1"

@@ -203,7 +203,7 @@ class DGNetPlugin(GatedBackbonePlugin):
         if self.config.gate_lr_scale == 1.0:
             return []
         gates = [p for n, p in self.view.groups["backbone"].online.named_parameters() if ".gate." in n]
-        return [{"name": f"solo_sparse_{self.name}_gates", "params": gates, "lr": base_lr * self.config.gate_lr_scale}]
+        return [self.gate_group(gates, base_lr)]
 
     # ------------------------------------------------------------------ hooks
     def _warm(self) -> bool:
@@ -216,15 +216,10 @@ class DGNetPlugin(GatedBackbonePlugin):
         self._records.clear()
         self._n_gated = 0
 
-    def on_crop(self, branch: Branch) -> None:
-        self.monitor_crop(branch)
-        grp = self.view.groups["backbone"]
-        mod = grp.online if branch.encoder == "online" else grp.momentum
-        if mod is None:
-            return
-        if branch.phase == "eval":
-            set_mode(mod, self.config.eval_path)
-            return
+    def _route_eval_crop(self, mod) -> None:
+        set_mode(mod, self.config.eval_path)
+
+    def _route_crop(self, mod, branch: Branch) -> None:
         mode = self.branch_mode(branch)
         set_mode(mod, mode, gates_open=self._warm())
         if mode == "gated" and branch.encoder == "online":

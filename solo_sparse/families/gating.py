@@ -12,7 +12,9 @@
   ``strict=False``).
 
 Subclasses implement :meth:`convert` (gate a backbone in place, or check one built gated),
-:meth:`route_eval` (select an evaluation path) and :meth:`eval_paths`.
+:meth:`route_eval` (select an evaluation path), :meth:`eval_paths`, and the routing of each forward that
+:meth:`GatedBackbonePlugin.on_crop` hands them: :meth:`_route_crop` (a training crop) and :meth:`_route_eval_crop`
+(an evaluation forward).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from solo_sparse.core import events
 from solo_sparse.core.config import PREFIX, ConfigError
-from solo_sparse.core.plugin import ModelView, Plugin
+from solo_sparse.core.plugin import Branch, ModelView, Plugin
 
 #: solo-learn methods that train on two views of each image (exactly two large crops): the methods whose crops
 #: the gating plugins route to their two branches (``cdg``, ``cgnet``, ``fbs`` support every one)
@@ -200,6 +202,14 @@ class GatedBackbonePlugin(Plugin):
         """Route ``backbone`` to evaluation path ``path`` (None: the configured one); returns its name."""
         raise NotImplementedError
 
+    def _route_crop(self, backbone: torch.nn.Module, branch: Branch) -> None:
+        """Route the encoder ``backbone`` for the training forward ``branch`` (from :meth:`on_crop`)."""
+        raise NotImplementedError
+
+    def _route_eval_crop(self, backbone: torch.nn.Module) -> None:
+        """Route the encoder ``backbone`` for an evaluation forward (validation; from :meth:`on_crop`)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ construction
     def setup(self, view: ModelView) -> None:
         super().setup(view)
@@ -214,6 +224,25 @@ class GatedBackbonePlugin(Plugin):
 
     def monitor_epoch(self, epoch: int) -> Dict[str, float]:
         return self.pairs.epoch_end(epoch)
+
+    def on_crop(self, branch: Branch) -> None:
+        """The pair monitor hears of the crop; then the encoder that forwards it (when the method has that
+        encoder) is routed: :meth:`_route_eval_crop` in the evaluation phase, else :meth:`_route_crop`."""
+        self.monitor_crop(branch)
+        grp = self.view.groups["backbone"]
+        mod = grp.online if branch.encoder == "online" else grp.momentum
+        if mod is None:
+            return
+        if branch.phase == "eval":
+            self._route_eval_crop(mod)
+        else:
+            self._route_crop(mod, branch)
+
+    def gate_group(self, params: List[torch.nn.Parameter], base_lr: float, **options: Any) -> Dict[str, Any]:
+        """The gates' optimizer group ``solo_sparse_<plugin>_gates``, at the config's ``gate_lr_scale`` x the
+        method's lr (``options``: further group settings, e.g. ``weight_decay``)."""
+        return {"name": f"solo_sparse_{self.name}_gates", "params": params,
+                "lr": base_lr * self.config.gate_lr_scale, **options}
 
     # ------------------------------------------------------------------ checkpoints / zoo
     @classmethod
