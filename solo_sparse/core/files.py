@@ -7,12 +7,15 @@ writing leaves the previous file intact (or none), never a truncated one; the te
     with atomic_path(path) as tmp:             # other writers that take a file name (torch.save, savefig)
         torch.save(obj, tmp)
 
+:func:`file_sha256` is the one content hash of a file (zoo entries, IMP configs, bench config digests).
+
 Names that become part of a path or of a printed line (zoo entries, suites, run ids) are plain names
 (:func:`is_plain_name`): no folder separator, no ``..``, no control character.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -27,6 +30,15 @@ _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 def is_plain_name(name: Any) -> bool:
     """A string safe to use as one path component and to print: :data:`PLAIN_NAME_RULE`."""
     return isinstance(name, str) and _PLAIN.fullmatch(name) is not None and ".." not in name
+
+
+def file_sha256(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes (hex), read ``chunk`` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -95,14 +95,6 @@ def load_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
 def fingerprint(obj) -> str:
     """A stable short hash of a JSON-able object (IMP run configs)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -11,7 +11,6 @@ command, runs it with its log in the run directory, times it and finds the check
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 from solo_sparse.core.config import ConfigError
+from solo_sparse.core.files import file_sha256
 
 PathLike = Union[str, Path]
 
@@ -74,7 +74,7 @@ def newest_checkpoint(d: Path) -> Optional[Path]:
 
 def config_digest(path: PathLike) -> str:
     """First 12 hex digits of the config file's sha256: a result is reused only for the same content."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def pretrain_command(config: PathLike, *, solo_dir: Optional[PathLike] = None, name: Optional[str] = None,

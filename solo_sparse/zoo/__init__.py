@@ -23,6 +23,7 @@ partial or mismatching download is removed.
 """
 from __future__ import annotations
 
+from solo_sparse.core.files import file_sha256 as sha256
 from solo_sparse.zoo.export import export, export_compact
 from solo_sparse.zoo.format import (
                                     FORMAT,
@@ -33,7 +34,6 @@ from solo_sparse.zoo.format import (
                                     decompress_state,
                                     read_backbone,
                                     save_backbone,
-                                    sha256,
 )
 from solo_sparse.zoo.manifest import (
                                     ZOO_DIR,

@@ -12,7 +12,6 @@ Storage (``*.safetensors``; format ``solo-sparse-zoo/1`` in the metadata):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -164,14 +163,6 @@ def read_backbone(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad header
         raise ZooError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     return state, masks, meta
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ building modules

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch.nn as nn
 
-from solo_sparse.core.files import PLAIN_NAME_RULE, atomic_path, is_plain_name, write_atomic
-from solo_sparse.zoo.format import ARCHS, FORMAT, ZooError, build_module, read_backbone, sha256
+from solo_sparse.core.files import PLAIN_NAME_RULE, atomic_path, file_sha256, is_plain_name, write_atomic
+from solo_sparse.zoo.format import ARCHS, FORMAT, ZooError, build_module, read_backbone
 
 
 def _default_zoo_dir() -> Path:
@@ -193,7 +193,7 @@ def fetch(e: Mapping[str, Any], root: Optional[Path] = None, timeout: float = 30
             path.unlink(missing_ok=True)
         raise ZooError(f"zoo entry {e['name']!r}: size mismatch for {path} ({detail}); refused"
                        + (" and removed" if downloaded else ""))
-    got = sha256(path)
+    got = file_sha256(path)
     if got != e["sha256"]:
         if downloaded:
             path.unlink(missing_ok=True)

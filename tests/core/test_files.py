@@ -1,4 +1,4 @@
-"""core.files.write_safetensors: the one safetensors writer (masks, IMP states, zoo backbones) is atomic."""
+"""core.files: the one safetensors writer (masks, IMP states, zoo backbones) is atomic; the one file hash."""
 import pytest
 import torch
 from safetensors import safe_open
@@ -75,3 +75,13 @@ def test_every_safetensors_writer_is_atomic(tmp_path, monkeypatch, write):
         write(f)
     assert f.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def test_file_sha256_is_the_hash_of_the_bytes_read_in_chunks(tmp_path):
+    import hashlib
+
+    from solo_sparse.core.files import file_sha256
+
+    f = tmp_path / "b.bin"
+    f.write_bytes(bytes(range(256)) * 41)
+    assert file_sha256(f, chunk=1000) == file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()

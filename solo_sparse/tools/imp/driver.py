@@ -50,8 +50,8 @@ from typing import Dict, List, Optional
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec
-from solo_sparse.core.files import write_atomic
-from solo_sparse.engine.imp import file_sha256, fingerprint, global_magnitude_prune
+from solo_sparse.core.files import file_sha256, write_atomic
+from solo_sparse.engine.imp import fingerprint, global_magnitude_prune
 from solo_sparse.engine.maskio import density as total_density
 from solo_sparse.engine.maskio import encoder_masks, load_masks, save_masks
 from solo_sparse.tools.inputs import read_checkpoint
