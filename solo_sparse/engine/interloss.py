@@ -325,28 +325,3 @@ def draw_depth(depths: Sequence[int], weights: Sequence[float], seed: int, step:
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
     w = torch.tensor([float(x) for x in weights])
     return int(depths[int(torch.multinomial(w / w.sum(), 1, generator=g))])
-
-
-def backward_macs(backbone: nn.Module, heads: Dict[int, nn.Module], size: int, stop: int,
-                  hard_blocks: Sequence[int] = (), fraction: float = 0.75) -> float:
-    """MACs of one view's forward through stages 1..stop and head ``stop`` at ``size`` px with the
-    hard-pair crops applied; backward MACs ≈ 2× this (input and weight gradients), the seed's
-    accounting. Used by the benchmark to report backward MACs per step."""
-    from solo_sparse.engine.flops import count_macs
-
-    class _Trunc(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.b = backbone
-
-        def forward(self, x):
-            x = stem(self.b, x)
-            for j in range(1, stop + 1):
-                x = getattr(self.b, STAGES[j - 1])(x)
-                if j in hard_blocks:
-                    ch, cw = crop_size(x.shape[-2], x.shape[-1], fraction)
-                    x = x[..., :ch, :cw]
-            return x
-
-    rep = count_macs(_Trunc(), torch.zeros(1, 3, size, size))
-    return float(rep.dense)

@@ -141,10 +141,6 @@ def compute_mask(scores: torch.Tensor, density: float, granularity: str = "eleme
     return expand_units(keep, scores.shape, granularity, block)
 
 
-def mask_density(mask: torch.Tensor) -> float:
-    return float(mask.sum().item()) / mask.numel()
-
-
 def xor_share(a: torch.Tensor, b: torch.Tensor) -> float:
     """Share of positions where two masks differ (the SyncCP inconsistency I = mean(A xor B))."""
     return float((a ^ b).sum().item()) / a.numel()

@@ -162,11 +162,6 @@ def normalise(y: torch.Tensor, norm: str = "channel", eps: float = 1e-5) -> torc
     return F.layer_norm(y, y.shape[1:], eps=eps)
 
 
-def per_sample_normal(y: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(B, C, H, W) normalised per sample over (C, H, W), no affine (``normalise(y, "sample")``)."""
-    return normalise(y, "sample", eps)
-
-
 def target_threshold(target_sparsity: float) -> float:
     """s = Phi^-1(eta*), clamped to Phi^-1(1e-3) for eta* = 0 (normalised values ~N(0, 1))."""
     p = min(max(float(target_sparsity), 1e-3), 1 - 1e-3)

@@ -128,12 +128,6 @@ def _conv_dense(conv: nn.Conv2d, out: torch.Tensor) -> float:
     return float(out.shape[-2] * out.shape[-1] * conv.weight.numel())
 
 
-def _bn_eval(x: torch.Tensor, bn: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """Eval-mode BatchNorm restricted to channels ``idx``."""
-    return F.batch_norm(x, bn.running_mean.index_select(0, idx), bn.running_var.index_select(0, idx),
-                        bn.weight.index_select(0, idx), bn.bias.index_select(0, idx), False, 0.0, bn.eps)
-
-
 #: ATen runs a batch-1 3x3 fp32 conv on its native im2col kernel, not oneDNN, when the input has at most this many
 #: elements (``use_mkldnn`` in ATen's Convolution.cpp: "for some case, native is faster")
 ATEN_NATIVE_CONV_MAX_NUMEL = 20480

@@ -18,7 +18,6 @@ from solo_sparse.gating.cgnet import (
     base_assignment,
     convert_resnet,
     normalise,
-    per_sample_normal,
     smooth_step,
     target_threshold,
 )
@@ -116,7 +115,7 @@ def test_normalisations_per_channel_and_per_sample():
     n = normalise(y, "channel")                                     # CGNet's instance norm over (H, W)
     assert torch.allclose(n.mean((2, 3)), torch.zeros(4, 16), atol=1e-5)
     assert torch.allclose(n.var((2, 3), unbiased=False), torch.ones(4, 16), atol=1e-3)
-    n = per_sample_normal(y)
+    n = normalise(y, "sample")                                      # per sample over (C, H, W)
     assert torch.allclose(n.mean((1, 2, 3)), torch.zeros(4), atol=1e-5)
     assert torch.allclose(n.var((1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
     # on a 1x1 map the per-channel statistic is degenerate: every value normalises to 0
