@@ -64,7 +64,7 @@ class FBS(ChannelGatingPlugin):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        self._warm_end = self.config.warmup.resolve(self.steps_per_epoch, self.total_steps)
+        self._warm_end = self.steps_of(self.config.warmup)
         self._set_wta()
 
     def _set_wta(self) -> None:

@@ -53,14 +53,14 @@ class GMP(WeightSparsityPlugin):
             self.sparsifier.set_masks(self._allocate(self.config.init_density))
 
     def on_train_start(self) -> None:
-        start, end, every = self.config.resolve(self.steps_per_epoch, self.total_steps)
+        start, end, every = self.steps_of(self.config)
         self.config.check_fits(start, end, self.total_steps)
         self._resolved = (start, end, every)
         self.log({"schedule/start_step": start, "schedule/end_step": end})
 
     def schedule(self):
         if self._resolved is None:  # used outside a trainer: steps only
-            self._resolved = self.config.resolve(self.steps_per_epoch, self.total_steps)
+            self._resolved = self.steps_of(self.config)
         return self._resolved
 
     def target_density(self, step: Optional[int] = None) -> float:

@@ -127,7 +127,7 @@ class IMP(WeightSparsityPlugin):
     def on_train_start(self) -> None:
         c = self.config
         if c.rewind_out and not self.captured:
-            self._rewind_step = c.rewind.resolve(self.steps_per_epoch, self.total_steps)
+            self._rewind_step = self.steps_of(c.rewind)
             if self.total_steps is not None and self._rewind_step > self.total_steps:
                 raise ConfigError(f"{PREFIX}.rewind={c.rewind} (step {self._rewind_step}) is beyond the end of "
                                   f"this run ({self.total_steps} steps): the rewind point must lie in the first round")

@@ -171,6 +171,11 @@ class Plugin:
         self.steps_per_epoch: Optional[int] = None
         self.total_steps: Optional[int] = None
 
+    def steps_of(self, spec):
+        """``spec`` (a :class:`~solo_sparse.core.config.StepSpec`, or a config whose ``resolve`` takes the same
+        two numbers, e.g. a pruning window) in this run's optimizer steps."""
+        return spec.resolve(self.steps_per_epoch, self.total_steps)
+
     # --------------------------------------------------------------- construction
     @classmethod
     def from_params(cls, params: Optional[Mapping[str, Any]] = None) -> "Plugin":

@@ -366,7 +366,7 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
         if not c.ramping:
             return c.target
         if self._ramp_steps is None:
-            self._ramp_steps = max(1, c.ramp.resolve(self.steps_per_epoch, self.total_steps))
+            self._ramp_steps = max(1, self.steps_of(c.ramp))
         return 1.0 - cubic_density(step, 0, self._ramp_steps, 1.0 - c.ramp_from, 1.0 - c.target)
 
     def s_at(self, step: int) -> float:

@@ -210,7 +210,7 @@ class DGNetPlugin(GatedBackbonePlugin):
         return self._warm_end is not None and self.step < self._warm_end
 
     def on_train_start(self) -> None:
-        self._warm_end = self.config.warmup.resolve(self.steps_per_epoch, self.total_steps)
+        self._warm_end = self.steps_of(self.config.warmup)
 
     def on_step_start(self) -> None:
         self._records.clear()

@@ -149,12 +149,12 @@ class DynamicSparsityPlugin(WeightSparsityPlugin):
 
     def on_train_start(self) -> None:
         c = self.config
-        start, end, every = c.resolve(self.steps_per_epoch, self.total_steps)
+        start, end, every = self.steps_of(c)
         if self.uses_csi():
-            spe, tot = self.steps_per_epoch, self.total_steps
-            warm = self._lr_warmup_steps() if c.csi_warmup == "lr" else c.csi_warmup.resolve(spe, tot)
-            ramp = None if c.csi_ramp is None else max(1, c.csi_ramp.resolve(spe, tot))
-            timeout = c.csi_timeout.resolve(spe, tot)
+            tot = self.total_steps
+            warm = self._lr_warmup_steps() if c.csi_warmup == "lr" else self.steps_of(c.csi_warmup)
+            ramp = None if c.csi_ramp is None else max(1, self.steps_of(c.csi_ramp))
+            timeout = self.steps_of(c.csi_timeout)
             if tot and warm >= tot:
                 raise ConfigError(f"{PREFIX}.csi_warmup={c.csi_warmup} is step {warm}, at or after the last training "
                                   f"step ({tot}): CSI would never be checked")
