@@ -168,10 +168,13 @@ class _GatedMixin:
         self.ss_gates_open = False     # warm-up: gated branch (its BNs) with every gate open
         self.ss_gather = True          # batch-1 inference computes only the kept channels ...
         self.ss_gather_max_keep = GATHER_MAX_KEEP   # ... when at most this share is kept
-        self.ss_last_path: Optional[str] = None     # "gather", "masked" or "skip": what the last gated forward did
+        self.ss_last_path: Optional[str] = None     # "skip", "gather", "full" or "masked": what the last forward did
         #: batch-1 execution plan from the measured cost model (:func:`attach_latency_table`): per kept
         #: count k, the cheaper of gather / masked ("skip" at k = 0); None: the GATHER_MAX_KEEP rule
         self.ss_plan: Optional[List[str]] = None
+        #: with a plan: per kept count k, how many channels the gather computes -- the cheapest timed width >= k;
+        #: the extra channels are dead (their conv2 weights zeroed), so only widths the table timed ever run
+        self.ss_plan_width: Optional[List[int]] = None
         #: latency curve for the budget loss (``budget: latency``): (kept shares, gated ms, dense ms)
         self.ss_latency: Optional[Tuple[List[float], List[float], float]] = None
         #: with ``ss_latency``: milliseconds outside the gated blocks (stem, pool, head) added to this block's
@@ -208,22 +211,28 @@ class _GatedMixin:
         return self.downsample(x)
 
     def _use_gather(self, x: torch.Tensor, m: torch.Tensor) -> bool:
-        """Batch-1 inference computes only the kept channels when it pays: with an execution plan
-        (:func:`attach_latency_table`) the measured cheaper path for this kept count (a block whose
-        gate is fully off is skipped); without one, when at most ``ss_gather_max_keep`` is kept.
-        Otherwise the dense weights run with the mask (same outputs within fp tolerance)."""
-        path = "masked"
+        """Batch-1 inference runs the executable form (:meth:`_forward_exec`, BatchNorm folded into the convs):
+        ``skip`` (no channel kept), ``full`` (every channel kept: the folded dense convs, no gather and no mask --
+        both would only add work), ``gather`` (the kept channels only) or ``masked`` (the folded dense convs
+        times the mask); between gather and masked the measured cheaper one for this kept count with an
+        execution plan (:func:`attach_latency_table`), else gather when at most ``ss_gather_max_keep`` is kept.
+        Training, batches of several images and ``ss_gather = False`` run the module form with the mask (same
+        outputs within fp tolerance). Returns whether the executable form runs."""
+        path = None
         if not self.training and x.shape[0] == 1 and self.ss_gather and self.conv2.groups == 1:
+            k = int(m.sum())
             if self._ss_force is not None and self._ss_force[1] is not None:
                 path = self._ss_force[1]
+            elif k == m.shape[1]:
+                path = "full"
             elif self.ss_plan is not None:
-                path = self.ss_plan[int(m.sum())]
-            elif self._ss_rho <= self.ss_gather_max_keep:
-                path = "gather"
-            if path == "gather" and not bool(m.any()):
+                path = self.ss_plan[k]
+            else:
+                path = "gather" if self._ss_rho <= self.ss_gather_max_keep else "masked"
+            if path == "gather" and k == 0:
                 path = "skip"
-        self.ss_last_path = path
-        return path != "masked"
+        self.ss_last_path = path or "masked"
+        return path is not None
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         m = self.gate(x)
@@ -277,19 +286,34 @@ class _GatedMixin:
         return ws
 
     def _forward_exec(self, x: torch.Tensor, m: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        """Batch-1 gather / skip with folded weights (see :meth:`_exec_weights`)."""
+        """Batch-1 executable form with folded weights (see :meth:`_use_gather`, :meth:`_exec_weights`)."""
         ws = self._exec_weights()
         if self.ss_last_path == "skip":
             return F.relu(identity + ws["skip"][None, :, None, None])
-        idx = m[0].nonzero().flatten()
         c1, c2 = self.conv1, self.conv2
+        if self.ss_last_path in ("full", "masked"):
+            out = F.relu(F.conv2d(x, ws["w1"], ws["b1"], c1.stride, c1.padding, c1.dilation))
+            if self.ss_last_path == "masked":
+                out = out * m[:, :, None, None]
+            out = F.conv2d(out, ws["w2"], ws["b2"], c2.stride, c2.padding, c2.dilation)
+            if hasattr(self, "conv3"):
+                out = F.conv2d(F.relu(out), ws["w3"], ws["b3"])
+            return F.relu(out + identity)
+        idx = m[0].nonzero().flatten()
+        k = idx.numel()
+        width = self.ss_plan_width[k] if self.ss_plan_width is not None and self.ss_plan is not None else k
+        if width > k:      # pad with closed channels to a timed width; their conv2 weights are zeroed below
+            idx = torch.cat([idx, (m[0] == 0).nonzero().flatten()[: width - k]])
         out = F.relu(F.conv2d(x, ws["w1"].index_select(0, idx), ws["b1"].index_select(0, idx), c1.stride,
                               c1.padding, c1.dilation))
         # one copy into a contiguous weight: a transposed view of contiguous rows would be copied again by the
         # conv (or, non-contiguous, sent down ATen's slow im2col path -- measured); the gathered conv runs on
         # the kernel family the dense conv of this layer gets (see conv_like_dense)
-        out = conv_like_dense(out, ws["w2"].index_select(1, idx), ws["b2"], c2, dense_in=x.shape[0] * c2.in_channels
-                              * out.shape[-2] * out.shape[-1])
+        w2 = ws["w2"].index_select(1, idx)
+        if width > k:
+            w2[:, k:] = 0
+        out = conv_like_dense(out, w2, ws["b2"], c2,
+                              dense_in=x.shape[0] * c2.in_channels * out.shape[-2] * out.shape[-1])
         if hasattr(self, "conv3"):
             out = F.conv2d(F.relu(out), ws["w3"], ws["b3"])
         return F.relu(out + identity)
@@ -658,9 +682,14 @@ def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[
     return out
 
 
-def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[float], float]]:
-    """Per kept count k = 0..C: the measured cheaper path ("skip" at 0, then "gather" or "masked"); and the
-    latency curve (kept shares, ms, dense ms) of the budget loss.
+def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[float], float], List[int]]:
+    """Per kept count k = 0..C: the measured cheapest path ("skip" at 0, then "gather" or "masked"), the width each
+    gather computes, and the latency curve (kept shares, ms, dense ms) of the budget loss.
+
+    A gather of k channels runs at the cheapest *timed* width k' >= k (the extra channels dead): gathered-conv time
+    is not monotone in the channel count on oneDNN (measured, one thread: 150 -> 152 channels of a 3x3 conv pair at
+    14x14 2.9 -> 5.0 ms), so an interpolation between the timed widths can mispredict by 2x, while a padded gather
+    runs exactly what the table timed. Masked wins where it is cheaper than every timed width >= k.
 
     The loss curve is the skip time at 0 and a least-squares line through the gather timings (k > 0), its
     slope kept positive -- not the runtime's min(gather, masked): that one is flat wherever masked wins (a few
@@ -668,10 +697,13 @@ def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[
     have no gradient (measured: the latency ratio stayed at 1.03 for 100 steps); and a line is robust to a
     single noisy timing. Where the budget drives the gates (low kept shares) gather is the path that runs."""
     c1, keep, gather, masked = entry["channels"], entry["keep"], entry["gather_ms"], entry["masked_ms"]
-    plan = ["skip"]
+    timed = sorted((int(k), float(t)) for k, t in zip(keep, gather) if k > 0)
+    plan, width = ["skip"], [0]
     for k in range(1, c1 + 1):
-        t = float(interp(torch.tensor(float(k)), [float(v) for v in keep], gather))
+        cands = [(t, kk) for kk, t in timed if kk >= k]
+        t, kk = min(cands) if cands else (float("inf"), k)
         plan.append("gather" if t < masked else "masked")
+        width.append(kk if t < masked else k)
     xs = [k / c1 for k in keep]
     pts = [(x, y) for x, y in zip(xs, gather) if x > 0]
     mx = sum(x for x, _ in pts) / len(pts)
@@ -680,7 +712,7 @@ def plan_from_entry(entry: Mapping) -> Tuple[List[str], Tuple[List[float], List[
     slope = sum((x - mx) * (y - my) for x, y in pts) / var if var > 0 else 0.0
     slope = max(slope, 1e-3 * float(entry["dense_ms"]))
     ys = [gather[0]] + [max(my + slope * (x - mx), gather[0]) for x in xs[1:]]
-    return plan, (xs, ys, float(entry["dense_ms"]))
+    return plan, (xs, ys, float(entry["dense_ms"])), width
 
 
 def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, table: Optional[LatencyTable] = None,
@@ -722,7 +754,7 @@ def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, tabl
                      f"{time.perf_counter() - t0:.1f} s, saved to {table.path}")
     entry = table.get(net_sig)
     for i, (n, blk) in enumerate(blocks):
-        blk.ss_plan, blk.ss_latency = plan_from_entry(entry["blocks"][n])
+        blk.ss_plan, blk.ss_latency, blk.ss_plan_width = plan_from_entry(entry["blocks"][n])
         blk.ss_fixed_ms = float(entry["ungated_ms"]) if i == 0 else 0.0
     return {"path": str(table.path), "built": built, "signature": net_sig, "blocks": sigs,
             "ungated_ms": float(entry["ungated_ms"])}
@@ -731,7 +763,7 @@ def attach_latency_table(backbone: nn.Module, size: int, *, reps: int = 15, tabl
 def detach_latency_table(backbone: nn.Module) -> None:
     """Back to the GATHER_MAX_KEEP rule and the MACs budget."""
     for _, blk in gated_blocks(backbone):
-        blk.ss_plan, blk.ss_latency, blk.ss_fixed_ms = None, None, 0.0
+        blk.ss_plan, blk.ss_latency, blk.ss_fixed_ms, blk.ss_plan_width = None, None, 0.0, None
 
 
 def untrained_gates(backbone: nn.Module) -> Optional[str]:

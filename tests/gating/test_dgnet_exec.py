@@ -117,8 +117,13 @@ def test_network_timing_restores_the_network_and_forces_every_block():
 def test_plan_picks_the_measured_cheaper_path():
     entry = {"channels": 8, "keep": [0, 2, 4, 8], "gather_ms": [0.1, 1.0, 2.0, 4.0], "masked_ms": 2.5,
              "dense_ms": 2.0}
-    plan, (xs, ys, dense) = plan_from_entry(entry)
+    plan, (xs, ys, dense), width = plan_from_entry(entry)
     assert plan == ["skip", "gather", "gather", "gather", "gather", "masked", "masked", "masked", "masked"]  # k=5 ties
+    # a gather runs at the cheapest timed width >= k (k = 1 at the timed 2, k = 3 at the timed 4)
+    assert width == [0, 2, 2, 4, 4, 5, 6, 7, 8]
+    # a timed width slower than a wider one: the wider one runs (gather time is not monotone in the width)
+    plan2, _, width2 = plan_from_entry({**entry, "gather_ms": [0.1, 1.0, 3.0, 2.0], "masked_ms": 9.0})
+    assert plan2[3] == "gather" and width2[3] == 8 and width2[1] == 2
     # the loss curve: skip at 0, then the least-squares line through the gather timings (here exact: 4 ms per
     # unit of kept share) -- rising up to 1, where min(gather, masked) would be flat
     assert xs == [0.0, 0.25, 0.5, 1.0] and dense == 2.0
@@ -145,16 +150,19 @@ def test_every_planned_path_gives_the_masked_outputs(arch):
         for b in blocks:
             b.ss_gather = False
         ref = torch.cat([net(x) for x in xs])
-        for plan in ("gather", "masked"):
+        for plan in ("gather", "masked", "padded"):
             for b in blocks:
                 b.ss_gather = True
-                b.ss_plan = ["skip"] + [plan] * b.conv1.out_channels
+                c = b.conv1.out_channels
+                b.ss_plan = ["skip"] + ["gather" if plan == "padded" else plan] * c
+                # padded: every gather computes the next multiple of 16 channels (the extra ones dead)
+                b.ss_plan_width = [min(c, -(-k // 16) * 16) for k in range(c + 1)] if plan == "padded" else None
             out, paths = [], set()
             for x in xs:
                 out.append(net(x))
                 paths |= {b.ss_last_path for b in blocks}
             out = torch.cat(out)
-            assert "skip" in paths and plan in paths
+            assert "skip" in paths and ("gather" if plan == "padded" else plan) in paths
             tol = 1e-5 * float(ref.abs().max()) + 1e-5
             assert torch.allclose(out, ref, atol=tol, rtol=1e-4), (plan, (out - ref).abs().max())
     detach_latency_table(net)
@@ -262,3 +270,23 @@ def test_latency_threads_times_and_keys_the_table_at_the_deployment_thread_count
     assert all(b.ss_latency is not None for _, b in gated_blocks(online))
     with pytest.raises(ConfigError, match="latency_threads"):
         DGNetDual.from_params({"latency_threads": -2})
+
+
+def test_batch_1_with_every_gate_open_runs_the_folded_dense_block():
+    """k = C: neither a gather (a full weight copy) nor a mask multiply; the folded convs, the masked outputs."""
+    net = _net()
+    set_mode(net, "gated")
+    blocks = [b for _, b in gated_blocks(net)]
+    for b in blocks:
+        b.gate.b2.data.fill_(50.0)                  # every channel kept
+        b.gate.w2.data.zero_()
+        b.ss_plan = ["skip"] + ["gather"] * b.conv1.out_channels   # the plan says gather; all kept wins
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        assert {b.ss_last_path for b in blocks} == {"full"}
+        for b in blocks:
+            b.ss_gather = False
+        ref = net(x)
+        assert {b.ss_last_path for b in blocks} == {"masked"}
+    assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()) + 1e-5, rtol=1e-4)
