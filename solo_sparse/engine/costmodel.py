@@ -29,8 +29,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 
 #: 2: DGNet entries hold the minimum over the repeats; 3: gathered convs on the dense kernel family;
-#: 4: DGNet blocks timed inside the network (one entry per network shape), the ungated time beside them
-VERSION = 4
+#: 4: DGNet blocks timed inside the network (one entry per network shape), the ungated time beside them;
+#: 5: kept shares every 1/32
+VERSION = 5
 
 
 def cache_dir() -> Path:

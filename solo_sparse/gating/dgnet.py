@@ -538,7 +538,11 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict
 # measured cost model: batch-1 latency of each gated block along each execution path
 
 #: kept shares at which a block's gather path is timed (0 = the block skipped)
-KEEP_GRID = (0.0, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+#: 33 shares, every 1/32: a gather runs at the next timed width (see :func:`plan_from_entry`), so at 512 channels the
+#: widths must lie 16 apart (the fp32 vector width of AVX-512) -- at the ten shares of cost-model v4 (64 apart at
+#: 512 channels) the padding cost more than the plan saved (measured: plan 1.52-1.60x vs the fixed rule 1.71-1.77x
+#: at 64 px, batch 1)
+KEEP_GRID = tuple(j / 32 for j in range(33))
 
 
 def block_input_shapes(backbone: nn.Module, size: int) -> Dict[str, Tuple[int, int, int]]:
