@@ -16,12 +16,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from solo_sparse.engine.costmodel import time_modules
 from solo_sparse.gating.dgnet import attach_latency_table, gated_blocks, set_mode
 from solo_sparse.tools.evaluate import load_backbone, load_images
 
@@ -45,23 +45,12 @@ def main(argv=None) -> int:
         attach_latency_table(net, args.size, progress=print)
     X = load_images(str(Path(args.data) / "val"), 32)[0][: args.reps + 3]
     mods = [("stem conv", net.conv1), ("max-pool", net.maxpool)] + gated_blocks(net)
-    t0s, times = {}, {m: {n: [] for n, _ in mods} for m in ("dense", "gated")}
+    times = {m: {n: [] for n, _ in mods} for m in ("dense", "gated")}
     keep = {n: [] for n, _ in mods}
     path = {n: [] for n, _ in mods}
     counts = {n: {} for n, _ in mods}
     mode = ["dense"]
-
-    def pre(name):
-        def f(_m, _i):
-            t0s[name] = time.perf_counter()
-        return f
-
-    def post(name):
-        def f(_m, _i, _o):
-            times[mode[0]][name].append(time.perf_counter() - t0s[name])
-        return f
-
-    hooks = [h for n, m in mods for h in (m.register_forward_pre_hook(pre(n)), m.register_forward_hook(post(n)))]
+    hooks = time_modules(mods, lambda name, ms: times[mode[0]][name].append(ms))
     with torch.inference_mode():
         for i in range(X.shape[0]):
             x = F.interpolate(X[i: i + 1], size=args.size, mode="bilinear", align_corners=False)
@@ -78,8 +67,8 @@ def main(argv=None) -> int:
         h.remove()
     rows = []
     for n, _ in mods:
-        d = 1e3 * statistics.median(times["dense"][n][3:])
-        g = 1e3 * statistics.median(times["gated"][n][3:])
+        d = statistics.median(times["dense"][n][3:])
+        g = statistics.median(times["gated"][n][3:])
         rows.append({"module": n, "dense_ms": d, "gated_ms": g, "ratio": g / d,
                      "kept": statistics.mean(keep[n]) if keep[n] else 1.0,
                      "gather_share": (path[n].count("gather") / len(path[n])) if path[n] else None,

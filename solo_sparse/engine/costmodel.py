@@ -77,6 +77,27 @@ def time_ms(fn: Callable[[], Any], reps: int = 20, warmup: int = 3, sync: Option
     return out
 
 
+def time_modules(modules, sink: Callable[[str, float], None], sync: Optional[Callable[[], None]] = None) -> List:
+    """Forward hooks on ``modules`` (``(name, module)`` pairs) that call ``sink(name, ms)`` with the milliseconds of
+    each forward of each module (``sync`` before reading the clock: a CUDA synchronisation). Returns the hook
+    handles; ``remove()`` them when done."""
+    t0s: Dict[str, float] = {}
+
+    def pre(name):
+        def f(_m, _i):
+            t0s[name] = time.perf_counter()
+        return f
+
+    def post(name):
+        def f(_m, _i, _o):
+            if sync:
+                sync()
+            sink(name, 1e3 * (time.perf_counter() - t0s[name]))
+        return f
+
+    return [h for n, m in modules for h in (m.register_forward_pre_hook(pre(n)), m.register_forward_hook(post(n)))]
+
+
 def summary(ts: List[float]) -> Dict[str, float]:
     """Median, quartiles and IQR of timings (ms)."""
     if len(ts) >= 4:

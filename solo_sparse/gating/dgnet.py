@@ -57,7 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from solo_sparse.core.config import PREFIX, ConfigError
-from solo_sparse.engine.costmodel import LatencyTable, interp, machine_key, summary
+from solo_sparse.engine.costmodel import LatencyTable, interp, machine_key, summary, time_modules
 
 #: without a measured plan (:func:`attach_latency_table`), batch-1 inference gathers the kept channels'
 #: weights only when at most this share is kept: above it the weight copy costs more than the skipped
@@ -613,21 +613,8 @@ def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[
     state = (backbone.training, backbone.ss_mode, [(b.ss_gather, b._ss_force) for _, b in blocks])
     x = torch.randn(1, 3, size, size, device=next(backbone.parameters()).device)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    t0s: Dict[str, float] = {}
-    cur: Dict[str, Dict[str, float]] = {}
-
-    def pre(name):
-        def f(_m, _i):
-            t0s[name] = time.perf_counter()
-        return f
-
-    def post(name):
-        def f(_m, _i, _o):
-            sync()
-            cur[name] = 1e3 * (time.perf_counter() - t0s[name])
-        return f
-
-    hooks = [h for n, b in blocks for h in (b.register_forward_pre_hook(pre(n)), b.register_forward_hook(post(n)))]
+    cur: Dict[str, float] = {}
+    hooks = time_modules(blocks, cur.__setitem__, sync)
     times: Dict[str, Dict[str, List[float]]] = {v: {n: [] for n, _ in blocks} for v, _ in variants}
     rest: List[float] = []
     start = time.perf_counter()
