@@ -2,6 +2,7 @@
 import copy
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -50,8 +51,8 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
     torch.save({"online": sp.masks("online"), "momentum": sp.masks("momentum"),
                 "scores": getattr(getattr(plugin, "scores", None), "scores", {}),
                 "weights": sp.weights("online"), "density": sp.density()}, os.path.join(out_dir, f"r{rank}.pt"))
-    dist.barrier()  # no rank tears gloo down while the other still talks to it (aborted at exit otherwise)
-    dist.destroy_process_group()
+    del ddp                  # the reducer released before gloo is torn down
+    finish(rank, out_dir)
 
 
 #: the prune-and-regrow plugins of the DDP tests (here and test_ddp_divergence.py)
@@ -63,9 +64,29 @@ PRUNE_REGROW = [
 
 
 def spawn_and_load(worker, tmp_path, plugin_name, params):
-    """Run ``worker`` on 2 gloo ranks; the two ranks' saved dicts."""
-    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path), plugin_name, params), nprocs=2, join=True)
+    """Run ``worker`` on 2 gloo ranks; the two ranks' saved dicts.
+
+    A rank killed by SIGABRT *after* both ranks saved their results ("terminate called without an active
+    exception": gloo's threads torn down at process exit, seen in 1 of ~10 CI runs on 2 shared cores) is not
+    what these tests check; it is tolerated only when both result files are complete. Any other failure, or
+    an abort before a rank saved, fails the test."""
+    try:
+        mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path), plugin_name, params), nprocs=2,
+                 join=True)
+    except mp.ProcessExitedException as e:
+        done = all((tmp_path / f"r{r}.done").is_file() for r in (0, 1))
+        if not (done and e.signal_name == "SIGABRT"):
+            raise
+        warnings.warn(f"rank {e.error_index} aborted at gloo teardown after both ranks saved: {e}", stacklevel=2)
     return [torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def finish(rank, out_dir):
+    """A worker's end: mark its result file complete, then tear gloo down on every rank together (no rank
+    leaves while the other still talks to it)."""
+    open(os.path.join(out_dir, f"r{rank}.done"), "w").close()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def assert_ranks_equal(r0, r1, keys):
@@ -81,3 +102,23 @@ def test_ranks_agree_after_prune_and_regrow(tmp_path, plugin_name, params):
     assert r0["density"] == pytest.approx(0.2, abs=3e-3)
     assert_ranks_equal(r0, r1, ("online", "momentum", "scores", "weights"))
     assert r0["scores"]  # scores were tracked (gradients were all-reduced before scoring)
+
+
+def _abort_worker(rank, world, init_file, out_dir, plugin_name, params):
+    """No gloo: saves (or not) like a worker, then rank 0 aborts as gloo's teardown sometimes does."""
+    if params["save"]:
+        torch.save({"rank": rank}, os.path.join(out_dir, f"r{rank}.pt"))
+        open(os.path.join(out_dir, f"r{rank}.done"), "w").close()
+    if rank == 0:
+        os.abort()
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_an_abort_is_tolerated_only_after_both_ranks_saved(tmp_path, save):
+    if save:
+        with pytest.warns(UserWarning, match="aborted at gloo teardown"):
+            r0, r1 = spawn_and_load(_abort_worker, tmp_path, "none", {"save": True})
+        assert (r0["rank"], r1["rank"]) == (0, 1)
+    else:
+        with pytest.raises(mp.ProcessExitedException):
+            spawn_and_load(_abort_worker, tmp_path, "none", {"save": False})

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from test_ddp import PRUNE_REGROW, assert_ranks_equal, spawn_and_load
+from test_ddp import PRUNE_REGROW, assert_ranks_equal, finish, spawn_and_load
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/: conftest, helpers
 DIVERGE_AFTER = 3          # rank 1 diverges after optimizer step 3; masks are updated at steps 4, 5, 6
@@ -78,8 +78,8 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
                 "leaked": sp.leaked("online") + sp.leaked("momentum"),
                 "changed": any(not torch.equal(before[k], m) for k, m in sp.masks("online").items())},
                os.path.join(out_dir, f"r{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    del ddp                  # the reducer released before gloo is torn down
+    finish(rank, out_dir)
 
 
 @pytest.mark.parametrize("plugin_name,params", PRUNE_REGROW)   # EMA scores (SyncCP): a diverged one would persist
