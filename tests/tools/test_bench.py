@@ -104,6 +104,30 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     assert "old" not in text and "| gmp | 2 |" in text and "over random-init features" in text
 
 
+def test_rows_of_another_configuration_are_marked_stale_whatever_only_and_seeds_select(setup):
+    """A row trained under another configuration leaves the tables even when the bench is asked for other runs
+    or fewer seeds: a re-trained row is never paired with it (a synccp row re-trained with --only beside an
+    old granet row would be)."""
+    repo, suite, solo, tmp = setup
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    specs = {s.id: s for s in b.suite.runs}
+    rows = b.results["rows"]
+    for rid in ("dense", "gmp"):
+        for seed in (0, 1):
+            rows[f"{rid}/seed{seed}"] = {"id": rid, "seed": seed, "status": "ok",
+                                         "fingerprint": b.fingerprint(specs[rid], seed)}
+    rows["gmp/seed1"]["fingerprint"] = "an older configuration"
+    # a row with a derived id and fingerprint (as IMP's per-round rows): left to its own driver
+    rows["gmp:retrain-ticket-r1/seed0"] = {"id": "gmp:retrain-ticket-r1", "seed": 0, "status": "ok",
+                                           "fingerprint": "derived"}
+    b.save()
+    b2 = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print, seeds=1, only=["dense"])
+    assert b2.plan() == []
+    status = {k: r["status"] for k, r in b2.results["rows"].items()}
+    assert status == {"dense/seed0": "ok", "dense/seed1": "ok", "gmp/seed0": "ok", "gmp/seed1": "stale",
+                      "gmp:retrain-ticket-r1/seed0": "ok"}
+
+
 @pytest.mark.parametrize("text,match", [
     ("suite: x\nruns: []\n", "non-empty 'runs'"),
     ("suite: x\nbogus: 1\nruns: [{id: a, config: nope.yaml}]\n", "unknown suite key"),

@@ -180,9 +180,30 @@ class Bench:
             cache[spec.id] = out
         return cache[spec.id]
 
+    def mark_stale(self) -> List[str]:
+        """Every finished row of one of the suite's runs (any seed, whatever ``--only`` / ``--seeds`` select)
+        whose fingerprint is not the one this suite and code give it now is marked ``stale``: out of the tables
+        and the claims, so a re-trained row is never paired with a row of another configuration. The keys
+        marked."""
+        # a run's own row and its evaluated paths' rows ('id:path') carry the run's fingerprint; kind-rounds rows
+        # (IMP) carry fingerprints derived per round and are checked by the rounds driver itself
+        specs = {i: s for s in self.suite.runs if s.kind == "pretrain"
+                 for i in [s.id, *(f"{s.id}:{p}" for p in s.eval_paths if p)]}
+        marked = []
+        for key, row in self.results["rows"].items():
+            spec = specs.get(str(row.get("id", "")))
+            if spec is None or row.get("status") != "ok" or row.get("seed") is None:
+                continue
+            if row.get("fingerprint") != self.fingerprint(spec, int(row["seed"])):
+                row["status"] = "stale"   # another config (e.g. a plugin default changed)
+                marked.append(key)
+        return marked
+
     def plan(self) -> List[tuple]:
         """The (run, seed) pairs still to do, seed-major: every run's seed 0 first, then seed 1, ... — an
-        interrupted suite has its rows at comparable seed counts."""
+        interrupted suite has its rows at comparable seed counts. Rows of another configuration are marked
+        stale first (:meth:`mark_stale`)."""
+        self.mark_stale()
         todo = []
         for seed in self.seeds:
             for spec in self.suite.runs:
@@ -199,10 +220,6 @@ class Bench:
                         (self.results["rows"].get(f"{spec.id}:{pth}/seed{seed}") or {}).get("fingerprint") == fp
                         for pth in spec.eval_paths):
                     continue
-                for k in [key] + [f"{spec.id}:{pth}/seed{seed}" for pth in spec.eval_paths if pth]:
-                    old = self.results["rows"].get(k)
-                    if old and old.get("status") == "ok" and old.get("fingerprint") != fp:
-                        old["status"] = "stale"   # another config (e.g. a plugin default changed): out of the tables
                 todo.append((spec, seed))
         return todo
 
