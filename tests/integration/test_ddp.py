@@ -51,7 +51,7 @@ def _worker(rank, world, init_file, out_dir, plugin_name, params):
     torch.save({"online": sp.masks("online"), "momentum": sp.masks("momentum"),
                 "scores": getattr(getattr(plugin, "scores", None), "scores", {}),
                 "weights": sp.weights("online"), "density": sp.density()}, os.path.join(out_dir, f"r{rank}.pt"))
-    del ddp                  # the reducer released before gloo is torn down
+    del ddp                  # dropped before teardown (not shown to prevent the abort: spawn_and_load tolerates it)
     finish(rank, out_dir)
 
 
@@ -67,7 +67,7 @@ def spawn_and_load(worker, tmp_path, plugin_name, params):
     """Run ``worker`` on 2 gloo ranks; the two ranks' saved dicts.
 
     A rank killed by SIGABRT *after* both ranks saved their results ("terminate called without an active
-    exception": gloo's threads torn down at process exit, seen in 1 of ~10 CI runs on 2 shared cores) is not
+    exception": gloo torn down at process exit; seen in two CI runs on 2 shared cores, 50966dc and 88b3ea9) is not
     what these tests check; it is tolerated only when both result files are complete. Any other failure, or
     an abort before a rank saved, fails the test."""
     try:
