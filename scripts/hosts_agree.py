@@ -1,34 +1,79 @@
 #!/usr/bin/env python
 """The two hosts side by side: rows of a solo-learn suite and of the same suite trained through the Lightning host.
 
-    solo-sparse bench scripts/suites/synccp.yaml --host lightning --only dense gmp synccp --seeds 1 \
-        --out results/hosts                     # the suite's own rows (same YAML, window, seed) through Lightning
+    solo-sparse bench scripts/suites/synccp.yaml --host lightning --only dense gmp synccp \
+        --out results/hosts                     # the suite's own rows (same YAML, window, seeds) through Lightning
     python scripts/hosts_agree.py results/synccp/results.json results/hosts/results.json
 
-For every run id in both (seed 0 each): online / momentum density, inference and training MACs, the schedule's
-trigger step, linear probe and kNN, and whether the linear-probe difference lies inside the solo-learn suite's
-seed-to-seed spread of that run (or of its dense row when the run has one seed). Markdown on stdout.
+Three tables, markdown on stdout:
+
+1. **Mechanics**, per run id and seed both hosts have: online / momentum density, inference and training MACs, the
+   schedule's trigger step. These must be identical (the same plugin, schedule and masks whatever the host).
+2. **Linear probe per host**: mean ± std over seeds. The hosts build the method from different pieces (Lightly's
+   transforms, its data order), so a seed does not pair across hosts: the host difference is unpaired, the
+   difference of the means with a Welch 95% interval. *Within the seed spread* means |difference| ≤ the larger of
+   the two hosts' seed-to-seed std (one run's noise); a host with one seed has no spread of its own, and the other
+   host's (or, with neither, the solo-learn suite's dense row's) is used and named.
+3. **The verdicts inside each host**: a − dense (and the suite's other pairs) paired by seed within one host, as the
+   harness computes them, and whether both hosts reach the same verdict.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+import sys
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from solo_sparse.tools.stats import by_seed, fmt, paired, t975, verdict
+
+MECHANICS = ("density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "trigger_step")
 
 
-def rows(path: Path):
+def load(path: Path) -> Tuple[dict, List[dict]]:
     res = json.loads(Path(path).read_text())
-    out = {}
-    for r in res["rows"].values():
-        if r.get("status") == "ok":
-            out.setdefault(r["id"], []).append(r)
-    return res.get("meta", {}), out
+    rows = [r for r in res["rows"].values() if r.get("status") == "ok"]
+    return res.get("meta", {}), rows
 
 
-def spread(runs):
-    vals = [100 * r["linear"] for r in runs if r.get("linear") is not None]
-    return statistics.stdev(vals) if len(vals) > 1 else None
+def ids(rows: List[dict]) -> List[str]:
+    out: List[str] = []
+    for r in rows:
+        if r["id"] not in out and r["id"] != "random-init":
+            out.append(r["id"])
+    return out
+
+
+def mean_std(v: Dict[int, float]) -> Tuple[Optional[float], Optional[float]]:
+    vals = list(v.values())
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def welch(a: Dict[int, float], b: Dict[int, float]) -> Dict[str, Optional[float]]:
+    """mean(a) − mean(b) with a Welch 95% interval (None where either side has one value)."""
+    ma, sa = mean_std(a)
+    mb, sb = mean_std(b)
+    out: Dict[str, Optional[float]] = {"mean": ma - mb, "lo": None, "hi": None}
+    if sa is not None and sb is not None:
+        va, vb = sa * sa / len(a), sb * sb / len(b)
+        se = math.sqrt(va + vb)
+        if se > 0:
+            df = (va + vb) ** 2 / ((va * va) / (len(a) - 1) + (vb * vb) / (len(b) - 1)) if va + vb else 1
+            half = t975(max(1, int(df))) * se
+        else:
+            half = 0.0
+        out.update(lo=out["mean"] - half, hi=out["mean"] + half)
+    return out
+
+
+def cell(v) -> str:
+    if v is None:
+        return "-"
+    return format(v, ".3f") if isinstance(v, float) else str(v)
 
 
 def main(argv=None) -> int:
@@ -36,26 +81,72 @@ def main(argv=None) -> int:
     ap.add_argument("solo", help="results.json of the suite trained through solo-learn")
     ap.add_argument("lightning", help="results.json of the same runs trained through the Lightning host")
     args = ap.parse_args(argv)
-    meta_s, solo = rows(Path(args.solo))
-    meta_l, light = rows(Path(args.lightning))
-    print(f"solo-learn: `{meta_s.get('suite')}`; Lightning host: `{meta_l.get('suite')}` ({meta_l.get('host')}); "
-          "seed 0 of each; spread = std of the solo-learn suite's linear probe over its seeds.\n")
-    cols = ("density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio")
-    print("| run | host | online density | momentum density | inference MACs | training MACs | trigger step "
-          "| linear probe | kNN k=20 | Δ linear | within spread |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    fmt = lambda v, f=".3f": "-" if v is None else format(v, f)  # noqa: E731
-    for rid in [r for r in solo if r in light and r != "random-init"]:
-        s = next((r for r in solo[rid] if r.get("seed") == 0), solo[rid][0])
-        lt = next((r for r in light[rid] if r.get("seed") == 0), light[rid][0])
-        sd = spread(solo[rid]) or spread(solo.get("dense", []))
-        diff = 100 * (lt["linear"] - s["linear"])
-        inside = "n/a (no spread)" if sd is None else ("yes" if abs(diff) <= sd else "no") + f" (±{sd:.2f})"
-        for host, r in (("solo-learn", s), ("lightning", lt)):
-            print(f"| {rid} | {host} | " + " | ".join(fmt(r.get(c)) for c in cols)
-                  + f" | {r.get('trigger_step') if r.get('trigger_step') is not None else '-'} | "
-                  f"{100 * r['linear']:.2f} | {100 * r['knn20']:.2f} | "
-                  + (f"{diff:+.2f} | {inside} |" if host == "lightning" else " | |"))
+    meta_s, solo = load(Path(args.solo))
+    meta_l, light = load(Path(args.lightning))
+    common = [r for r in ids(light) if r in ids(solo)]
+    if not common:
+        print("no run id in both results files", file=sys.stderr)
+        return 1
+    print(f"solo-learn: `{meta_s.get('suite')}`; Lightning host: `{meta_l.get('suite')}` ({meta_l.get('host')}). "
+          "Generated by `scripts/hosts_agree.py`.\n")
+
+    # 1. mechanics, every seed both hosts have
+    print("### Mechanics (every seed both hosts ran)\n")
+    print("| run | seed | online density | momentum density | inference MACs | training MACs | trigger step "
+          "| identical |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    all_same = True
+    for rid in common:
+        s_rows = {int(r.get("seed") or 0): r for r in solo if r["id"] == rid}
+        l_rows = {int(r.get("seed") or 0): r for r in light if r["id"] == rid}
+        for seed in sorted(set(s_rows) & set(l_rows)):
+            s, lt = s_rows[seed], l_rows[seed]
+            diff = [c for c in MECHANICS
+                    if (s.get(c) is None) != (lt.get(c) is None)
+                    or (s.get(c) is not None and abs(float(s[c]) - float(lt[c])) > 1e-3)]
+            all_same &= not diff
+            cells = [cell(s.get(c)) if not diff or c not in diff else f"{cell(s.get(c))} / {cell(lt.get(c))}"
+                     for c in MECHANICS]
+            print(f"| {rid} | {seed} | " + " | ".join(cells) + f" | {'yes' if not diff else 'no: ' + ', '.join(diff)} |")
+    print(f"\nMechanics identical on every common seed: **{'yes' if all_same else 'no'}**.\n")
+
+    # 2. linear probe per host
+    dense_sd = mean_std(by_seed(solo, "dense"))[1]
+    print("### Linear probe per host (unpaired across hosts)\n")
+    print("| run | solo-learn: seeds, mean ± std | Lightning: seeds, mean ± std | Lightning − solo-learn [Welch 95%] "
+          "| seed spread used | within the spread |")
+    print("|---|---|---|---:|---:|---|")
+    agree = []
+    for rid in common:
+        a, b = by_seed(light, rid), by_seed(solo, rid)
+        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+        w = welch(a, b)
+        spreads = [(sd, who) for sd, who in ((sa, "Lightning"), (sb, "solo-learn")) if sd is not None]
+        if spreads:
+            sd, who = max(spreads)
+        else:
+            sd, who = dense_sd, "solo-learn dense"
+        inside = None if sd is None else abs(w["mean"]) <= sd
+        agree.append(inside)
+        iv = "" if w["lo"] is None else f" [{w['lo']:+.2f}, {w['hi']:+.2f}]"
+        side = lambda v, m, s: f"{len(v)}: {m:.2f}" + ("" if s is None else f" ± {s:.2f}")  # noqa: E731
+        print(f"| {rid} | {side(b, mb, sb)} | {side(a, ma, sa)} | {w['mean']:+.2f}{iv} | "
+              + ("-" if sd is None else f"±{sd:.2f} ({who})") + " | "
+              + ("n/a" if inside is None else "yes" if inside else "no") + " |")
+    n_in = sum(1 for x in agree if x)
+    print(f"\nWithin the seed spread: {n_in} of {len(agree)} runs.\n")
+
+    # 3. verdicts inside each host
+    pairs = [(a, "dense") for a in common if a != "dense" and "dense" in common]
+    pairs += [(a, b) for i, a in enumerate(common) for b in common[i + 1:] if "dense" not in (a, b)]
+    if pairs:
+        print("### Comparisons inside each host (paired by seed, margin 0)\n")
+        print("| comparison | solo-learn | verdict | Lightning | verdict | same verdict |")
+        print("|---|---:|---|---:|---|---|")
+        for a, b in pairs:
+            ps, pl = paired(by_seed(solo, a), by_seed(solo, b)), paired(by_seed(light, a), by_seed(light, b))
+            vs, vl = verdict(ps), verdict(pl)
+            print(f"| {a} − {b} | {fmt(ps)} | {vs} | {fmt(pl)} | {vl} | {'yes' if vs == vl else 'no'} |")
     return 0
 
 
