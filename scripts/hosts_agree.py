@@ -146,7 +146,9 @@ def main(argv=None) -> int:
         for a, b in pairs:
             ps, pl = paired(by_seed(solo, a), by_seed(solo, b)), paired(by_seed(light, a), by_seed(light, b))
             vs, vl = verdict(ps), verdict(pl)
-            print(f"| {a} − {b} | {fmt(ps)} | {vs} | {fmt(pl)} | {vl} | {'yes' if vs == vl else 'no'} |")
+            same = ("n/a (one seed)" if ps is None or pl is None or ps["n"] < 2 or pl["n"] < 2
+                    else "yes" if vs == vl else "no")
+            print(f"| {a} − {b} | {fmt(ps)} | {vs} | {fmt(pl)} | {vl} | {same} |")
     return 0
 
 

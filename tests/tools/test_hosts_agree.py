@@ -46,3 +46,11 @@ def test_hosts_compared_unpaired_with_their_own_spread_and_mechanics_seed_by_see
     # gmp - dense: solo +0.50 (seeds paired inside the host), Lightning -0.83: the verdicts differ
     row = next(line for line in out.splitlines() if line.startswith("| gmp − dense |"))
     assert row.endswith("| no |") and "not reproduced" in row
+
+
+def test_a_one_seed_side_has_no_verdict_to_compare(tmp_path, capsys):
+    solo = _results(tmp_path / "s.json", "solo-learn", {"dense": [83.2, 83.0, 82.8], "gmp": [83.7]})
+    light = _results(tmp_path / "l.json", "lightning", {"dense": [83.6, 82.8], "gmp": [82.8, 82.4]})
+    assert _script().main([str(solo), str(light)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| gmp − dense |"))
+    assert "one seed: not decided" in row and row.endswith("| n/a (one seed) |")
