@@ -67,6 +67,16 @@ FMNIST_CONFIGS = ROOT / "scripts" / "configs" / "fmnist"
 TINY_RUN = ("++optimizer.batch_size=4", "++max_epochs=1", "++data.num_workers=0")
 
 
+def load_script(name):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_image_folder(root, train_per_class=4, val_per_class=1, classes="abcde"):
     """train/ and val/ image folders of random 28x28 RGB PNGs (>= 5 classes: solo-learn's linear
     model reports top-5). Returns ``root``."""

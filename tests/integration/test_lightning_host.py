@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from pathlib import Path
 
@@ -583,9 +582,9 @@ def test_lightly_docs_checkpoint_loads_with_load_backbone_and_packs_into_the_zoo
     with torch.no_grad():
         assert torch.allclose(net(x), m.backbone(x).flatten(1), atol=1e-5)
     # the zoo's packer reads it like a solo-learn checkpoint
-    spec = importlib.util.spec_from_file_location("build_zoo", ROOT / "scripts" / "build_zoo.py")
-    bz = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bz)
+    from helpers import load_script
+
+    bz = load_script("build_zoo")
     from solo_sparse import zoo
 
     out = tmp_path / "entry.safetensors"

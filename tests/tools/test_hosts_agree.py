@@ -1,17 +1,12 @@
 """scripts/hosts_agree.py: the hosts' mechanics compared seed by seed, their linear probes unpaired (Welch), the
 verdicts inside each host paired."""
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("hosts_agree", ROOT / "scripts" / "hosts_agree.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("hosts_agree")
 
 
 def _results(path, host, probes, trigger=46):

@@ -1,10 +1,8 @@
 """A CDG run packed into the zoo is the deployed network: ``scripts/build_zoo.py``'s packer folds the
 conditional-path scale gamma into the weights (``deploy_backbone``), so the entry is the paper's form
 (``cond_scale: none``, no gamma parameter) and its outputs equal the trained network's on the evaluation path."""
-import importlib.util
-from pathlib import Path
-
 import torch
+from helpers import load_script
 
 from solo_sparse import zoo
 from solo_sparse.core.config import config_to_state
@@ -12,14 +10,9 @@ from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.gating.channel import gated_convs
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _build_zoo():
-    spec = importlib.util.spec_from_file_location("build_zoo", ROOT / "scripts" / "build_zoo.py")
-    bz = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bz)
-    return bz
+    return load_script("build_zoo")
 
 
 def test_zoo_pack_folds_the_conditional_scale_and_keeps_the_outputs(tmp_path):
