@@ -8,7 +8,9 @@ when that interval excludes the margin; otherwise it is "not decided".
 
 A claim is ``a − b ≥ margin`` (in linear-probe points): e.g. "SyncCP ≥ GraNet" is margin 0, "within 1 pt of dense"
 is margin −1. Verdict: *reproduced* when the interval's lower end is ≥ the margin, *not reproduced* when its upper
-end is below it, *not decided* otherwise; one seed gives no interval ("one seed: not decided").
+end is below it, *not decided* otherwise; one seed gives no interval ("one seed: not decided"). Beside an undecided
+claim, :func:`seeds_to_decide` estimates how many seeds would decide it if the measured mean and spread held — a
+plan for the next runs, never a verdict.
 
 A claim may name another row column (``metric``, e.g. ``shift_sensitivity``, ``online_momentum_cos``,
 ``gate_sparsity``) and a bound instead of a margin: on run ``a``'s per-seed values (no ``b``), or on the per-seed
@@ -65,6 +67,33 @@ def verdict(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
     if p["hi"] < margin:
         return "not reproduced"
     return "not decided"
+
+
+#: the most seeds :func:`seeds_to_decide` looks ahead to (past it: "> 30")
+MAX_SEEDS = 30
+
+
+def seeds_to_decide(p: Optional[Dict[str, Any]], threshold: float) -> Optional[int]:
+    """A planning estimate for an undecided comparison: the fewest seeds whose 95% interval would exclude
+    ``threshold`` (a claim's margin or bound) **if** the per-seed mean and std stayed as measured —
+    ``t(n − 1) · std / √n < |mean − threshold|``. None where it cannot say: fewer than 2 seeds, no spread, the
+    interval already excludes the threshold, or more than :data:`MAX_SEEDS` seeds needed (``> 30``)."""
+    if p is None or p["n"] < 2 or not p["std"]:
+        return None
+    if p["lo"] >= threshold or p["hi"] < threshold:
+        return None
+    gap = abs(p["mean"] - threshold)
+    for n in range(p["n"] + 1, MAX_SEEDS + 1):
+        if t975(n - 1) * p["std"] / math.sqrt(n) < gap:
+            return n
+    return None
+
+
+def _seeds_cell(p: Optional[Dict[str, Any]], threshold: float, verdict_: str) -> str:
+    if verdict_ != "not decided":
+        return "-"
+    n = seeds_to_decide(p, threshold)
+    return f"> {MAX_SEEDS}" if n is None else f"~{n}"
 
 
 def fmt(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
@@ -141,7 +170,7 @@ def _value_fmt(p: Optional[Dict[str, Any]]) -> str:
 
 def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
     lines = ["| claim | source | compared | margin / bound | per-seed a − b (pt) or value | mean ± std [95% interval] "
-             "| verdict |", "|---|---|---|---:|---|---|---|"]
+             "| verdict | seeds to decide (est.) |", "|---|---|---|---:|---|---|---|---:|"]
     any_bound = False
     for res in results_list:
         suite = res.get("meta", {}).get("suite")
@@ -150,12 +179,16 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
             bd = bounded(c)
             any_bound |= bd is not None
             summary = fmt(c["paired"], c["margin"]) if bd is None else _value_fmt(c["paired"])
+            seeds = _seeds_cell(c["paired"], c["margin"] if bd is None else bd[1], c["verdict"])
             lines.append(f"| {c['claim']} | {c.get('source', '-')} | {compared} | {bound} | {per} | {summary} | "
-                         f"**{c['verdict']}** |")
+                         f"**{c['verdict']}** | {seeds} |")
     lines += ["", "A claim is a − b ≥ margin (linear-probe points, paired by seed: runs of one seed share the "
                   "initialisation and the data order). Reproduced: the 95% t-interval of the mean per-seed "
                   "difference lies at or above the margin; not reproduced: it lies below; not decided: it contains "
-                  "the margin. `*`: the interval excludes the margin."
+                  "the margin. `*`: the interval excludes the margin. Seeds to decide (est.): for a claim not "
+                  "decided, the fewest seeds whose interval would exclude the margin or bound if the per-seed mean "
+                  "and std stayed as measured (t(n − 1) · std / √n < |mean − margin|) — a planning estimate for the "
+                  "next runs, not a result; `> 30` where the mean sits too close to the margin for its spread."
               + (" A bound (≥ / ≤ X) is on the named column's per-seed values of a (or the per-seed ratio a / b): "
                  "reproduced when the 95% interval of their mean lies on the bound's side." if any_bound else "")]
     return "\n".join(lines) + "\n"

@@ -220,6 +220,26 @@ def test_claim_verdicts_follow_the_paired_interval():
     assert "| x >= y | P | `s`: x − y | -1.0 |" in md and "**reproduced**" in md
 
 
+def test_seeds_to_decide_is_the_smallest_n_whose_interval_would_exclude_the_margin():
+    """A planning estimate beside each undecided claim: with the measured mean and std held, the fewest seeds
+    whose 95% interval clears the margin; nothing for a decided claim, '> 30' where the mean sits on the margin."""
+    from solo_sparse.tools import stats
+
+    p = stats.paired({0: 82.76, 1: 82.63}, {0: 83.20, 1: 82.85})       # -0.44, -0.22: -0.33 ± 0.16 [-1.73, +1.07]
+    assert stats.verdict(p, -1.0) == "not decided"
+    assert stats.seeds_to_decide(p, -1.0) == 3                          # 4.303 * 0.156 / sqrt(3) = 0.39 < 0.67
+    wide = stats.paired({0: 1.0, 1: 0.0, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})   # +0.5 ± 0.5 vs margin 0
+    n = stats.seeds_to_decide(wide, 0.0)                                # needs t(n-1) / sqrt(n) < 1
+    assert n == 7 and stats.t975(n - 1) / n ** 0.5 < 1.0 <= stats.t975(n - 2) / (n - 1) ** 0.5
+    assert stats.seeds_to_decide(stats.paired({0: 1.0, 1: -1.0}, {0: 0.0, 1: 0.0}), 0.0) is None   # mean on margin
+    assert stats.seeds_to_decide(stats.paired({0: 2.0, 1: 2.1}, {0: 0.0, 1: 0.0}), 0.0) is None    # decided
+    res = {"meta": {"suite": "s", "claims": [{"claim": "c", "a": "x", "b": "y", "margin": -1},
+                                             {"claim": "d", "a": "x", "b": "y", "margin": -0.33}]},
+           "rows": {**_rows("x", [82.76, 82.63]), **_rows("y", [83.20, 82.85])}}
+    md = stats.claims_markdown([res])
+    assert "**not decided** | ~3 |" in md and "**not decided** | > 30 |" in md
+
+
 def test_bound_claims_on_a_row_column_and_on_a_ratio():
     """Goals on other columns (issue 25): a value bound on one run (twin cosine >= 0.88) and a ratio bound against
     another run (shift sensitivity <= 3x dense), decided by the 95% interval like the difference claims."""
