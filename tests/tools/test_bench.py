@@ -201,6 +201,43 @@ def test_versus_dense_is_paired_by_seed_and_calls_only_what_the_interval_decides
     assert versus_dense(by["dense"], by, res) == "-"
 
 
+def test_rounds_rows_become_curves_per_evaluation_paired_with_the_ticket(tmp_path):
+    """IMP rows (kind rounds): one curve per ticket / control and evaluation, points sorted by round at the
+    rows' density, each control paired with the ticket of its round and evaluation; other rows, failed rows and
+    ids of another shape are left out; the plot is written only where such rows exist."""
+    from solo_sparse.tools.bench.results import parse_round_row_id, plot_rounds, round_row_id, rounds_curves
+
+    def rows(what, k, vals, retrain=False, density=None, status="ok"):
+        rid = round_row_id("imp", what, k, retrain)
+        return {f"{rid}/seed{i}": {"id": rid, "seed": i, "kind": "rounds", "status": status, "linear": v / 100,
+                                   "density_online": 0.8 ** k if density is None else density}
+                for i, v in enumerate(vals)}
+
+    res = {"meta": {"suite": "imp"}, "rows": {
+        **rows("ticket", 2, [80.0, 81.0, 82.0]), **rows("ticket", 0, [84.0, 84.0, 84.0]),
+        **rows("ticket", 1, [83.0, 83.0, 83.0]), **rows("global_random", 1, [82.0, 81.5, 82.5]),
+        **rows("ticket", 1, [90.0, 91.0, 92.0], retrain=True), **rows("global_random", 1, [89.0, 90.0, 91.0], True),
+        **rows("layer_permutation", 1, [1.0], status="failed"),
+        **{k: {**v, "kind": None} for k, v in rows("dense", 0, [85.0]).items()},   # a pretrain row
+        "odd/seed0": {"id": "imp:ticket", "seed": 0, "kind": "rounds", "status": "ok", "linear": 0.5}}}
+    c = rounds_curves(res)
+    assert set(c) == {"imp"} and set(c["imp"]) == {"linear", "retrain"}
+    assert set(c["imp"]["linear"]) == {"ticket", "global_random"}            # the failed control left out
+    t = c["imp"]["linear"]["ticket"]
+    assert [p["round"] for p in t] == [0, 1, 2] and [p["mean"] for p in t] == pytest.approx([84.0, 83.0, 81.0])
+    assert t[2]["density"] == pytest.approx(0.64) and t[2]["std"] == pytest.approx(1.0) and t[2]["n"] == 3
+    assert t[0]["vs_ticket"] is None
+    g = c["imp"]["linear"]["global_random"][0]
+    assert g["vs_ticket"]["mean"] == pytest.approx(-1.0) and g["vs_ticket"]["diffs"] == pytest.approx([-1, -1.5, -.5])
+    assert c["imp"]["retrain"]["global_random"][0]["vs_ticket"]["diffs"] == pytest.approx([-1.0] * 3)
+    assert parse_round_row_id(round_row_id("imp", "global_random", 3, True)) == {
+        "run": "imp", "evaluation": "retrain", "what": "global_random", "round": 3}
+    assert parse_round_row_id("dense") is None and parse_round_row_id("imp:ticket") is None
+    assert plot_rounds(res, tmp_path / "r.png").stat().st_size > 0
+    assert plot_rounds({"rows": rows("x", 1, [50.0], status="failed")}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_claim_verdicts_follow_the_paired_interval():
     from solo_sparse.tools import stats
 

@@ -134,6 +134,9 @@ def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, 
     for r in probes[1:] + retrains[1:]:
         assert rows[f"{r}/seed0"]["density_online"] == pytest.approx(0.5, abs=1e-3), r
     assert rows["imp:ticket-r1/seed0"]["wall_clock_s"] > 0
+    # the rounds rows get their own plot (top-1 vs density, both evaluations), not the MACs scatter
+    out = repo / "results" / "impt"
+    assert (out / "impt-rounds.png").stat().st_size > 0 and not (out / "impt.png").exists()
     # the controls' masks: global random keeps the total count only, the layer-wise permutation every layer's
     d = repo / "results" / "impt" / "runs" / "imp" / "seed0"
     ticket = load_masks(d / "rounds" / "round_1" / "masks.safetensors")[0]

@@ -43,8 +43,11 @@ evaluation is missing is only evaluated — re-running a suite after an interrup
 
 Outputs in the suite's folder: ``results.json`` (rows + meta), ``results.md`` (mean ± std over seeds per
 id, with the random-init and dense margins), ``<suite>.png`` (linear probe vs inference MACs, error bars,
-random-init and dense lines). No machine path is written: configs are repository-relative, data is
-named by its folder, commands use ``<repo>``, ``<solo-learn>``, ``<data>`` and ``<out>`` placeholders.
+random-init and dense lines; rows of ``kind: rounds`` runs left out), ``<suite>-rounds.png`` where the suite has
+``kind: rounds`` runs (top-1 vs density of the IMP tickets and their controls, one panel per evaluation:
+:func:`~solo_sparse.tools.bench.results.plot_rounds`), ``monitor.png`` (the collapse / momentum monitor).
+No machine path is written: configs are repository-relative, data is named by its folder, commands use
+``<repo>``, ``<solo-learn>``, ``<data>`` and ``<out>`` placeholders.
 """
 from solo_sparse.tools.bench.harness import Bench
 from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats

@@ -19,7 +19,7 @@ from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats
-from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, to_markdown
+from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, plot_rounds, to_markdown
 from solo_sparse.tools.bench.suite import RunSpec, Suite, compose_plugins, plugin_digest
 from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
 from solo_sparse.tools.inputs import read_checkpoint
@@ -116,6 +116,7 @@ class Bench:
         write_atomic(self.out / "results.md", to_markdown(self.results))
         try:
             plot(self.results, self.out / f"{self.suite.suite}.png")
+            plot_rounds(self.results, self.out / f"{self.suite.suite}-rounds.png")
             plot_monitors(self.results, self.out / "monitor.png")
         except ImportError:   # matplotlib is an extra
             pass

@@ -1,11 +1,12 @@
 """What a suite's rows become: the one row schema (:data:`ROW_KEYS`), mean ± std per run over seeds
 (:func:`aggregate`), the paired comparisons with the dense row and the named baseline (:mod:`solo_sparse.tools.stats`),
 the markdown table (:func:`to_markdown`), the regime table (:func:`regime_markdown`), the plots (:func:`plot`,
-:func:`plot_monitors`) and the generated doc blocks (:func:`update_docs`)."""
+:func:`plot_rounds`, :func:`plot_monitors`) and the generated doc blocks (:func:`update_docs`)."""
 from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,6 +20,27 @@ ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "e
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
             "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity", "online_momentum_cos",
             "status", "error", "command", "reused_from")
+
+
+#: the label-re-training evaluation of a ``kind: rounds`` run (its top-1 in the ``linear`` column)
+RETRAIN = "retrain"
+_ROUND_ID = re.compile(r"^(?P<run>[^:]+):(?P<retrain>retrain-)?(?P<what>.+)-r(?P<k>\d+)$")
+
+
+def round_row_id(run: str, what: str, k: int, retrain: bool = False) -> str:
+    """The row id of a ``kind: rounds`` run at round ``k``: ``<run>:<what>-r<k>`` (linear probe of the
+    self-supervised training of the ticket or a control) or ``<run>:retrain-<what>-r<k>`` (label re-training)."""
+    return f"{run}:{RETRAIN + '-' if retrain else ''}{what}-r{k}"
+
+
+def parse_round_row_id(rid: str) -> Optional[Dict[str, Any]]:
+    """The inverse of :func:`round_row_id`: ``{"run", "evaluation" ("linear" | "retrain"), "what", "round"}``, or
+    None for an id of another kind."""
+    m = _ROUND_ID.match(rid)
+    if m is None:
+        return None
+    return {"run": m["run"], "evaluation": RETRAIN if m["retrain"] else "linear", "what": m["what"],
+            "round": int(m["k"])}
 
 
 def _mean_std(vals: Sequence[float]):
@@ -163,7 +185,9 @@ def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    agg = [a for a in aggregate(results) if a["linear"] is not None]
+    # rounds rows (IMP tickets and controls, two evaluations) have their own plot: plot_rounds
+    own = {k: r for k, r in results.get("rows", {}).items() if r.get("kind") != "rounds"}
+    agg = [a for a in aggregate({**results, "rows": own}) if a["linear"] is not None]
     if not agg:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -189,6 +213,79 @@ def plot(results: Dict[str, Any], path: Path) -> Optional[Path]:
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    from solo_sparse.tools.report import _save
+
+    return _save(fig, path)
+
+
+def rounds_curves(results: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]]:
+    """The curves of the ``kind: rounds`` rows: run -> evaluation (``linear``: linear probe of the self-supervised
+    features; ``retrain``: top-1 after label re-training) -> ticket / control -> one point per round (sorted by
+    round): ``round``, ``density`` (mean over seeds), ``mean`` and ``std`` of the top-1 in % over seeds, ``n``
+    seeds, and ``vs_ticket`` — the paired difference to the ticket of the same round and evaluation
+    (:func:`solo_sparse.tools.stats.paired`; None for the ticket itself). Only finished rows count."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in results.get("rows", {}).values():
+        key = parse_round_row_id(r.get("id", "")) if r.get("kind") == "rounds" else None
+        if key is None or r.get("status") != "ok" or r.get("linear") is None:
+            continue
+        groups.setdefault((key["run"], key["evaluation"], key["what"], key["round"]), []).append(r)
+    rows = list(results.get("rows", {}).values())
+    out: Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]] = {}
+    for (run, ev, what, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+        m, sd, n = _mean_std([100 * r["linear"] for r in rs])
+        dens, _, _ = _mean_std([r.get("density_online") for r in rs])
+        vs = None
+        if what != "ticket":
+            tid = round_row_id(run, "ticket", k, ev == RETRAIN)
+            vs = stats.paired(stats.by_seed(rows, round_row_id(run, what, k, ev == RETRAIN)), stats.by_seed(rows, tid))
+        out.setdefault(run, {}).setdefault(ev, {}).setdefault(what, []).append(
+            {"round": k, "density": dens, "mean": m, "std": sd, "n": n, "vs_ticket": vs})
+    return out
+
+
+def plot_rounds(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    """Top-1 vs density of the IMP tickets and their controls (:func:`rounds_curves`): one panel per evaluation
+    (linear probe of the self-supervised features; re-trained on labels), density on a log axis decreasing to the
+    right (the lottery-ticket plots' convention), error bars = std over seeds. None when the suite has no rounds
+    rows."""
+    curves = rounds_curves(results)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [ev for ev in ("linear", RETRAIN) if any(ev in c for c in curves.values())]
+    titles = {"linear": "linear probe of the self-supervised features", RETRAIN: "re-trained on labels"}
+    fig, axes = plt.subplots(1, len(evals), figsize=(5.2 * len(evals), 4.2), squeeze=False)
+    dens_ticks = set()
+    for ax, ev in zip(axes[0], evals):
+        series = [(run, what, pts) for run, by_ev in curves.items()
+                  for what, pts in sorted(by_ev.get(ev, {}).items(), key=lambda kv: kv[0] != "ticket")]
+        for i, (run, what, pts) in enumerate(series):
+            dens_ticks.update(round(p["density"], 3) for p in pts)
+            dodge = 1.012 ** (i - (len(series) - 1) / 2)     # error bars at one density side by side
+            xs = [p["density"] * dodge for p in pts]
+            label = what if len(curves) == 1 else f"{run}: {what}"
+            ax.errorbar(xs, [p["mean"] for p in pts], yerr=[p["std"] or 0 for p in pts], marker="o",
+                        ms=4, capsize=3, lw=1.6 if what == "ticket" else 1.1, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("density (share of prunable weights kept)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(titles[ev], fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[0]:
+        ticks = sorted(dens_ticks, reverse=True)
+        ax.set_xticks(ticks)
+        ax.set_xticks([], minor=True)
+        ax.set_xticklabels([f"{t:.2f}" for t in ticks], fontsize=7)
+        ax.set_xlim(max(ticks) * 1.08, min(ticks) / 1.08)
+    meta = results.get("meta", {})
+    fig.suptitle(f"{meta.get('suite')}: tickets vs controls, {meta.get('data')} at {meta.get('image_size')} px, "
+                 "mean ± std over seeds", fontsize=9)
     from solo_sparse.tools.report import _save
 
     return _save(fig, path)

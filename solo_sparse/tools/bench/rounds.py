@@ -11,6 +11,7 @@ from typing import Optional
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.tools.bench.harness import Bench, _fmt_time, _Paths
+from solo_sparse.tools.bench.results import round_row_id
 from solo_sparse.tools.bench.suite import RunSpec
 from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command, solo_learn_dir
@@ -74,7 +75,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         bench.save()
 
     def retrain(what: str, k: int, mfile: Optional[Path], state) -> None:
-        rid = f"{spec.id}:retrain-{what}-r{k}"
+        rid = round_row_id(spec.id, what, k, retrain=True)
         rfp = json.dumps([fp, "retrain", what, spec.retrain_epochs, "init=" + ("fresh" if state is None
                                                                                  else init_name)])
         if not spec.retrain_epochs or done(rid, rfp):
@@ -92,7 +93,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
 
     for k in range(spec.rounds + 1):
         r = st["rounds"][str(k)]
-        rid = f"{spec.id}:ticket-r{k}"
+        rid = round_row_id(spec.id, "ticket", k)
         if not done(rid, fp):
             probe(rid, drv.out / r["checkpoint"], fp, wall_clock_s=r.get("train_seconds"),
                   command=bench.paths(str(r.get("command", ""))))
@@ -100,7 +101,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
     for k in (spec.control_rounds or [spec.rounds]):
         masks = load_masks(drv.masks_path(k))[0]
         for control in spec.controls:
-            rid = f"{spec.id}:{control}-r{k}"
+            rid = round_row_id(spec.id, control, k)
             cd = d / "controls" / f"{control}_{k}"
             own_init = None if control == "random_reinit" else init
             cfp = json.dumps([fp, control, "init=" + ("rewind" if own_init is not None else "fresh")])

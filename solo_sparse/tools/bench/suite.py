@@ -150,11 +150,12 @@ class RunSpec:
         """The row ids a ``kind: rounds`` run writes (what claims and baselines may name)."""
         if self.kind != "rounds":
             return []
-        ids = [f"{self.id}:ticket-r{k}" for k in range(self.rounds + 1)]
-        ids += [f"{self.id}:{c}-r{k}" for k in (self.control_rounds or [self.rounds]) for c in self.controls]
-        if self.retrain_epochs:
-            ids += [f"{self.id}:retrain-{x.split(':', 1)[1]}" for x in ids]
-        return ids
+        from solo_sparse.tools.bench.results import round_row_id
+
+        cells = [("ticket", k) for k in range(self.rounds + 1)]
+        cells += [(c, k) for k in (self.control_rounds or [self.rounds]) for c in self.controls]
+        return [round_row_id(self.id, what, k, retrain) for retrain in (False, True)[:1 + bool(self.retrain_epochs)]
+                for what, k in cells]
 
 
 @dataclass
