@@ -227,7 +227,7 @@ TOOLS_ROOMS = {
     "solo_sparse.tools.imp": ("solo_sparse.tools.imp", "solo_sparse.tools.bench.rounds", "plugins"),
 }
 #: inside the benchmark: submodule -> the bench submodules it may import (a suite is data; results are made from rows)
-BENCH_ALLOWED = {"suite": set(), "measure": set(), "results": set(), "harness": {"suite", "measure", "results", "rounds"},
+BENCH_ALLOWED = {"suite": set(), "measure": set(), "results": {"suite"}, "harness": {"suite", "measure", "results", "rounds"},
                  "rounds": {"harness", "suite"}}
 
 

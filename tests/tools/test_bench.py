@@ -205,7 +205,8 @@ def test_rounds_rows_become_curves_per_evaluation_paired_with_the_ticket(tmp_pat
     """IMP rows (kind rounds): one curve per ticket / control and evaluation, points sorted by round at the
     rows' density, each control paired with the ticket of its round and evaluation; other rows, failed rows and
     ids of another shape are left out; the plot is written only where such rows exist."""
-    from solo_sparse.tools.bench.results import parse_round_row_id, plot_rounds, round_row_id, rounds_curves
+    from solo_sparse.tools.bench.results import plot_rounds, rounds_curves
+    from solo_sparse.tools.bench.suite import parse_round_row_id, round_row_id
 
     def rows(what, k, vals, retrain=False, density=None, status="ok"):
         rid = round_row_id("imp", what, k, retrain)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -14,33 +13,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
 from solo_sparse.tools import stats
+from solo_sparse.tools.bench.suite import RETRAIN, parse_round_row_id, round_row_id
 
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
             "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity", "online_momentum_cos",
             "status", "error", "command", "reused_from")
-
-
-#: the label-re-training evaluation of a ``kind: rounds`` run (its top-1 in the ``linear`` column)
-RETRAIN = "retrain"
-_ROUND_ID = re.compile(r"^(?P<run>[^:]+):(?P<retrain>retrain-)?(?P<what>.+)-r(?P<k>\d+)$")
-
-
-def round_row_id(run: str, what: str, k: int, retrain: bool = False) -> str:
-    """The row id of a ``kind: rounds`` run at round ``k``: ``<run>:<what>-r<k>`` (linear probe of the
-    self-supervised training of the ticket or a control) or ``<run>:retrain-<what>-r<k>`` (label re-training)."""
-    return f"{run}:{RETRAIN + '-' if retrain else ''}{what}-r{k}"
-
-
-def parse_round_row_id(rid: str) -> Optional[Dict[str, Any]]:
-    """The inverse of :func:`round_row_id`: ``{"run", "evaluation" ("linear" | "retrain"), "what", "round"}``, or
-    None for an id of another kind."""
-    m = _ROUND_ID.match(rid)
-    if m is None:
-        return None
-    return {"run": m["run"], "evaluation": RETRAIN if m["retrain"] else "linear", "what": m["what"],
-            "round": int(m["k"])}
 
 
 def _mean_std(vals: Sequence[float]):

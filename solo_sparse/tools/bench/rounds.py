@@ -11,8 +11,7 @@ from typing import Optional
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.tools.bench.harness import Bench, _fmt_time, _Paths
-from solo_sparse.tools.bench.results import round_row_id
-from solo_sparse.tools.bench.suite import RunSpec
+from solo_sparse.tools.bench.suite import RunSpec, round_row_id
 from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command, solo_learn_dir
 

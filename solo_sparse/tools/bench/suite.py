@@ -5,6 +5,7 @@ composes to with Hydra (:func:`compose_plugins`, :func:`plugin_digest`). The fil
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -125,6 +126,28 @@ def _check_keys(p: Path, where: str, raw: Dict[str, Any], spec: Dict[str, tuple]
             raise ConfigError(f"{p}: {where}{k}={shown}: expected {allowed}")
 
 
+#: the label-re-training evaluation of a ``kind: rounds`` run (its top-1 in the ``linear`` column)
+RETRAIN = "retrain"
+_ROUND_ID = re.compile(r"^(?P<run>[^:]+):(?P<retrain>retrain-)?(?P<what>.+)-r(?P<k>\d+)$")
+
+
+def round_row_id(run: str, what: str, k: int, retrain: bool = False) -> str:
+    """The row id of a ``kind: rounds`` run at round ``k``: ``<run>:<what>-r<k>`` (linear probe of the
+    self-supervised training of the ticket or a control) or ``<run>:retrain-<what>-r<k>`` (label re-training)."""
+    return f"{run}:{RETRAIN + '-' if retrain else ''}{what}-r{k}"
+
+
+def parse_round_row_id(rid: str) -> Optional[Dict[str, Any]]:
+    """The inverse of :func:`round_row_id`: ``{"run", "evaluation" ("linear" | "retrain"), "what", "round"}``, or
+    None for an id of another kind."""
+    m = _ROUND_ID.match(rid)
+    if m is None:
+        return None
+    return {"run": m["run"], "evaluation": RETRAIN if m["retrain"] else "linear", "what": m["what"],
+            "round": int(m["k"])}
+
+
+
 @dataclass
 class RunSpec:
     id: str
@@ -150,8 +173,6 @@ class RunSpec:
         """The row ids a ``kind: rounds`` run writes (what claims and baselines may name)."""
         if self.kind != "rounds":
             return []
-        from solo_sparse.tools.bench.results import round_row_id
-
         cells = [("ticket", k) for k in range(self.rounds + 1)]
         cells += [(c, k) for k in (self.control_rounds or [self.rounds]) for c in self.controls]
         return [round_row_id(self.id, what, k, retrain) for retrain in (False, True)[:1 + bool(self.retrain_epochs)]
