@@ -2,6 +2,7 @@
 import copy
 import os
 import sys
+import time
 import warnings
 
 import pytest
@@ -110,6 +111,11 @@ def _abort_worker(rank, world, init_file, out_dir, plugin_name, params):
         torch.save({"rank": rank}, os.path.join(out_dir, f"r{rank}.pt"))
         open(os.path.join(out_dir, f"r{rank}.done"), "w").close()
     if rank == 0:
+        # the abort this models comes at teardown, after *both* ranks saved: wait for rank 1's file (an abort
+        # racing rank 1's save made this test flaky on 2 busy cores; spawn then kills rank 1 before it saves)
+        deadline = time.time() + 60
+        while params["save"] and not os.path.exists(os.path.join(out_dir, "r1.done")) and time.time() < deadline:
+            time.sleep(0.05)
         os.abort()
 
 
