@@ -211,7 +211,7 @@ def rounds_curves(results: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, List
         groups.setdefault((key["run"], key["evaluation"], key["what"], key["round"]), []).append(r)
     rows = list(results.get("rows", {}).values())
     out: Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]] = {}
-    for (run, ev, what, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    for (run, ev, what, k), rs in sorted(groups.items()):
         m, sd, n = _mean_std([100 * r["linear"] for r in rs])
         dens, _, _ = _mean_std([r.get("density_online") for r in rs])
         vs = None

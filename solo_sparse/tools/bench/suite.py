@@ -147,7 +147,6 @@ def parse_round_row_id(rid: str) -> Optional[Dict[str, Any]]:
             "round": int(m["k"])}
 
 
-
 @dataclass
 class RunSpec:
     id: str
