@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from solo_sparse.core.config import ConfigError, StepSpec, check_range, key_error
+from solo_sparse.core.config import ConfigError, StepSpec, check_choice, check_range, key_error
 from solo_sparse.core.plugin import Branch
 from solo_sparse.families.channel_gating import ChannelGatingPlugin, GatingConfig
 from solo_sparse.gating import fbs
@@ -30,6 +30,9 @@ class FBSConfig(GatingConfig):
     density: float = 0.5
     #: weight of the L1 loss on the saliencies (our choice; not taken from the FBS paper)
     l1_weight: float = 1e-5
+    #: saliency parameters at init: "identity" (φ = 0, ρ = 1: π = 1 = BN's γ, the dense network; our
+    #: choice) or "kaiming" (φ as nn.Linear's default, ρ = 1; diverges under SimCLR from scratch)
+    saliency_init: str = "identity"
     #: steps / "Nep" / "P%" with every channel kept (saliency in place of γ) before winner-take-all starts
     warmup: Any = "25%"
 
@@ -41,6 +44,7 @@ class FBSConfig(GatingConfig):
             raise key_error("density", d, "the kept channel share must be in (0, 1]")
         self.density = float(d)
         self.l1_weight = check_range("l1_weight", self.l1_weight, 0.0, float("inf"))
+        check_choice("saliency_init", self.saliency_init, ("identity", "kaiming"))
 
 
 class FBS(ChannelGatingPlugin):
@@ -57,10 +61,11 @@ class FBS(ChannelGatingPlugin):
             for _, c in gated_convs(backbone):
                 c.ss_density = self.config.density
             return
-        fbs.convert_resnet(backbone, density=self.config.density, stages=self.config.stages, convs=self.config.convs)
+        fbs.convert_resnet(backbone, density=self.config.density, stages=self.config.stages, convs=self.config.convs,
+                           init=self.config.saliency_init)
 
-    #: runs saved before the warm-up existed gated from step 0
-    legacy_defaults = {"warmup": 0}
+    #: runs saved before these keys existed: gated from step 0, φ initialised as nn.Linear
+    legacy_defaults = {"warmup": 0, "saliency_init": "kaiming"}
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -34,7 +34,7 @@ from solo_sparse.gating.channel import GatedConvBase, gated_convs
 class FBSConv2d(GatedConvBase):
     """A ``nn.Conv2d`` (same ``weight``) with an FBS saliency gate (``phi``, ``rho``)."""
 
-    def _gate_init(self, density: float) -> None:
+    def _gate_init(self, density: float, init: str = "identity") -> None:
         self._gate_base_init()
         self.ss_density = float(density)
         self.ss_wta = True
@@ -44,7 +44,12 @@ class FBSConv2d(GatedConvBase):
         c_out, c_in = self.weight.shape[:2]
         self.phi = nn.Parameter(torch.empty(c_out, c_in))
         self.rho = nn.Parameter(torch.ones(c_out))
-        nn.init.kaiming_uniform_(self.phi, a=math.sqrt(5))
+        if init == "identity":
+            nn.init.zeros_(self.phi)        # s = ReLU(rho) = 1 = BN's γ at init: the dense network's start
+        elif init == "kaiming":
+            nn.init.kaiming_uniform_(self.phi, a=math.sqrt(5))     # nn.Linear's default
+        else:
+            raise ValueError(f"FBS saliency init {init!r}: expected 'identity' or 'kaiming'")
 
     def clear(self) -> None:
         super().clear()
@@ -136,13 +141,16 @@ class FBSBottleneck(Bottleneck):
 
 
 def convert_resnet(backbone: nn.Module, *, density: float = 0.5, stages: Tuple[int, ...] = (1, 2, 3, 4),
-                   convs: str = "3x3") -> nn.Module:
-    """FBS-gate the ``convs`` of the blocks in ``stages`` of a torchvision ResNet, in place."""
+                   convs: str = "3x3", init: str = "identity") -> nn.Module:
+    """FBS-gate the ``convs`` of the blocks in ``stages`` of a torchvision ResNet, in place. ``init``:
+    "identity" (φ = 0, ρ = 1: every saliency is 1 = BN's γ at init, so training starts from the dense
+    network) or "kaiming" (φ as ``nn.Linear``'s default, ρ = 1: the saliency grows with the input's
+    magnitude, which compounds through the residual stream — see docs/plugins/cdg.md)."""
     if getattr(backbone, "ss_gating", None) is not None:
         raise ValueError("backbone is already gated")
     for _, blk, conv in block_convs(backbone, stages, convs):
         conv.__class__ = FBSConv2d
-        conv._gate_init(density)
+        conv._gate_init(density, init)
         blk.__class__ = FBSBottleneck if isinstance(blk, Bottleneck) else FBSBasicBlock
     backbone.ss_gating = "fbs"
     return backbone

@@ -208,7 +208,7 @@ def test_measure_reports_both_reductions():
 
 def test_fbs_winner_take_all_and_saliency_in_place_of_gamma():
     net = resnet()
-    fbs_gates.convert_resnet(net, density=0.25)
+    fbs_gates.convert_resnet(net, density=0.25, init="kaiming")        # distinct saliencies per channel
     set_recording(net, True)
     net.eval()
     blk = net.layer1[0]
@@ -232,6 +232,34 @@ def test_fbs_winner_take_all_and_saliency_in_place_of_gamma():
         # conv2 saw conv1's kept channels: its exact cost scales with both shares
         st = blk.conv2._ss_stats
         assert (st["cost"] < st["dense"] * 0.3).all()
+
+
+def test_fbs_identity_init_starts_from_the_dense_network():
+    """saliency_init "identity" (the default): φ = 0, ρ = 1, so π = 1 = BN's γ at init and the warm-up network is
+    exactly the dense one; the "kaiming" init (nn.Linear's φ) is not, and its saliency follows the input's scale."""
+    torch.manual_seed(0)
+    dense = resnet()
+    x = torch.randn(8, 3, 32, 32)
+    ref = dense(x)
+    for init in ("identity", "kaiming"):
+        net = copy.deepcopy(dense)
+        fbs_gates.convert_resnet(net, density=0.5, init=init)
+        for _, c in gated_convs(net):
+            c.ss_wta = False                                  # the plugin's warm-up: every channel kept
+        y = net(x)
+        assert torch.allclose(y, ref, atol=1e-5) == (init == "identity"), init
+        c = net.layer3[1].conv1
+        h = torch.rand(4, 256, 4, 4)
+        s1, s2 = c.saliency(h), c.saliency(3 * h)
+        if init == "identity":                                # a constant 1, whatever the input's scale
+            assert torch.equal(s1, torch.ones_like(s1)) and torch.equal(s2, s1)
+        else:
+            assert not torch.allclose(s1, s2)
+    p = FBS.from_params({})
+    assert p.config.saliency_init == "identity"
+    assert FBS.from_saved({"density": 0.5}).config.saliency_init == "kaiming"   # runs saved before the key
+    with pytest.raises(ValueError, match="'zero'"):
+        fbs_gates.convert_resnet(resnet(), init="zero")
 
 
 # ------------------------------------------------------------------ plugins on the host
@@ -562,7 +590,7 @@ def test_masks_follow_momentum_and_gate_params_group():
     (CDG, {"target": 1.0}, "target"), (CDG, {"target": -0.1}, "target"), (CDG, {"groups": 0}, "groups"),
     (CDG, {"cg": 0}, "cg"), (CDG, {"alpha": 0}, "alpha"), (CDG, {"convs": "all"}, "convs"),
     (CDG, {"stages": [5]}, "stages"), (CDG, {"ramp": "x"}, "ramp"), (CDG, {"target": 0.5, "ramp_from": 0.6}, "ramp_from"),
-    (FBS, {"density": 0.0}, "density"), (CGNet, {"init_threshold": "x"}, "init"),
+    (FBS, {"density": 0.0}, "density"), (FBS, {"saliency_init": "zero"}, "saliency_init"), (CGNet, {"init_threshold": "x"}, "init"),
 ])
 def test_config_errors_name_the_key(cls, params, match):
     with pytest.raises(ConfigError, match=match):
