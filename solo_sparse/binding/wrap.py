@@ -141,13 +141,7 @@ class _SoloSparseMixin:
                 out = super().training_step(batch, batch_idx)
         finally:
             self._ss_in_train = False
-        extra = self.solo_sparse.extra_loss()
-        if extra is not None:
-            if isinstance(out, dict):
-                out["loss"] = out["loss"] + extra
-            else:
-                out = out + extra
-        return out
+        return self.solo_sparse.add_extra_loss(out)   # raises TrainingDiverged on a non-finite loss
 
     def base_training_step(self, X, targets):
         self.solo_sparse.on_crop(Branch(crop=self._ss_crop, encoder="online", large=True))

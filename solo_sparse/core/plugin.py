@@ -347,6 +347,19 @@ class Plugin:
             self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
 
 
+class TrainingDiverged(FloatingPointError):
+    """A training step's loss is not finite. Raised by :meth:`PluginHost.add_extra_loss` so that a diverged run
+    stops at the step where it diverged, with the checkpoint of its last finished epoch kept, instead of training
+    on NaN weights to the end and failing at evaluation."""
+
+
+def _value(x: Optional[torch.Tensor]) -> str:
+    if x is None:
+        return "none"
+    x = x.detach()
+    return str(float(x)) if x.numel() == 1 else f"{int((~torch.isfinite(x)).sum())} non-finite of {x.numel()}"
+
+
 def check_stack(plugins: Sequence[Plugin]) -> None:
     """The stacking rule: at most one step-driving plugin, and only with branch-independent ones."""
     drivers = [p.name for p in plugins if p.drives_step]
@@ -412,6 +425,33 @@ class PluginHost:
             if x is not None:
                 total = x if total is None else total + x
         return total
+
+    def add_extra_loss(self, out: Any) -> Any:
+        """The step's output (a loss tensor, a mapping with ``"loss"``, or None) plus the plugins'
+        :meth:`extra_loss`. Raises :class:`TrainingDiverged`, naming the plugins, the step and both terms,
+        when the method's loss or the plugins' loss is not finite (one device sync per step)."""
+        extra = self.extra_loss()
+        if out is None:
+            return out
+        loss = out["loss"] if isinstance(out, Mapping) else out
+        total = loss if extra is None else loss + extra
+        if not bool(torch.isfinite(total.detach()).all()):
+            p = self.plugins[0]
+            names = ", ".join(f"'{q.name}'" for q in self.plugins)
+            raise TrainingDiverged(
+                f"{PREFIX}: the training loss is not finite at step {p.step} (epoch {p.epoch}) with plugin(s) "
+                f"{names}: the method's loss {_value(loss)}, the plugins' loss {_value(extra)}. Training stopped "
+                f"here (the checkpoint of the last finished epoch is kept). Usual causes: a learning rate too high "
+                f"for the sparse or gated network (optimizer.lr, or the plugin's gate_lr_scale where it has one), "
+                f"or a plugin setting that lets activations grow without bound (`solo-sparse plugins` lists each "
+                f"plugin's keys)")
+        if extra is None:
+            return out
+        if isinstance(out, Mapping):
+            out = dict(out)
+            out["loss"] = loss + extra
+            return out
+        return out + extra
 
     def after_backward(self) -> None:
         for p in self.plugins:

@@ -354,14 +354,7 @@ class Sparsify(*_BASES):
                 self._in_step = False
             if self.crop_order == "calls":
                 self._check_calls()
-            extra = host.extra_loss()
-            if extra is not None and out is not None:
-                if isinstance(out, Mapping):
-                    out = dict(out)
-                    out["loss"] = out["loss"] + extra
-                else:
-                    out = out + extra
-            return out
+            return host.add_extra_loss(out)   # raises TrainingDiverged on a non-finite loss
 
         pl_module.training_step = training_step   # an instance attribute: the class is untouched
 

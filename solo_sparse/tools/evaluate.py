@@ -47,7 +47,8 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
     Loads with ``weights_only=True``. A checkpoint trained with a plugin that rewrites the backbone
     (gates; read from its ``solo_sparse`` entry) is rebuilt by that plugin first and evaluated
     through the plugin's path (``gated_path`` overrides). Raises on any missing or unexpected key and on
-    any shape mismatch (naming the first few: :func:`~solo_sparse.core.checkpoint.state_mismatch`); mask
+    any shape mismatch (naming the first few: :func:`~solo_sparse.core.checkpoint.state_mismatch`) and on
+    non-finite weights (a diverged run); mask
     buffers (``*.weight_mask``) are applied to their weights. Returns the module and
     ``{"masked_layers", "density", "gating"}``.
     """
@@ -58,6 +59,10 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
     net = build_resnet(name, cifar_stem)
     _, gname, gcfg = rebuild_backbone(net, ck.get("solo_sparse"), gated_path)
     weights, masks = split_state(state, str(path))
+    nonfinite = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise ConfigError(f"{path}: {len(nonfinite)} of {len(weights)} backbone tensors are not finite (first: "
+                          f"{', '.join(nonfinite[:3])}): the run diverged; nothing to evaluate")
     bad = state_mismatch(net.state_dict(), weights, file="the checkpoint", model=f"the rebuilt {name}")
     if bad:
         raise ConfigError(f"{path}: backbone {bad} — wrong --backbone ({name}) or --cifar-stem?")

@@ -165,9 +165,26 @@ class PretrainResult:
 
     @property
     def error(self) -> str:
+        """Why the run failed: the exit status and the exception line of the training log (e.g. solo-sparse's
+        ``TrainingDiverged: ... the training loss is not finite at step 38 ...``); "" when it did not."""
         if self.returncode:
-            return f"exit {self.returncode}"
+            reason = failure_reason(self.log)
+            return f"exit {self.returncode}" + (f": {reason}" if reason else "")
         return "" if self.checkpoint else "no checkpoint written (checkpoint.enabled must be true)"
+
+
+#: the last line of a Python traceback: ``package.module.SomeError: message`` (Hydra prints its own hint after it)
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Diverged|Interrupt|Exit)\b(?::.*)?$")
+
+
+def failure_reason(log: Optional[PathLike], limit: int = 400) -> str:
+    """The last exception line of a training log (at most ``limit`` characters), else its last non-empty line."""
+    if log is None or not Path(log).exists():
+        return ""
+    lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    exc = [ln for ln in lines if _EXC_LINE.match(ln)]
+    line = exc[-1] if exc else (lines[-1] if lines else "")
+    return line[:limit]
 
 
 def run_command(cmd: Sequence[str], run_dir: PathLike, *, log: Optional[PathLike] = None, append: bool = False,

@@ -236,6 +236,17 @@ def test_accumulation_and_clipping_see_masked_gradients():
     assert sp.plugins[0].sparsifier.density("online") == pytest.approx(0.2, abs=0.02)
 
 
+def test_a_diverged_step_stops_the_fit_naming_the_plugin():
+    from solo_sparse.core.plugin import TrainingDiverged
+
+    torch.manual_seed(0)
+    module = TinySimCLR()
+    with torch.no_grad():
+        module.projection_head[0].weight.fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 0 \(epoch 0\) with plugin\(s\) 'gmp'"):
+        fit(module, [Sparsify("gmp", **SCHEDULES["gmp"])])
+
+
 def test_sdclr_damages_crop_1_of_a_shared_encoder_module_in_call_order():
     torch.manual_seed(0)
     module = TinySimCLR()

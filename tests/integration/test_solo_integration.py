@@ -94,6 +94,20 @@ def test_wrapped_shared_encoder_method_fits():
     assert not sp.has_momentum and sp.density() == pytest.approx(0.5, abs=2e-3) and sp.leaked() == 0
 
 
+def test_a_diverged_step_stops_the_fit_naming_the_plugin():
+    from solo.methods import SimCLR
+
+    import solo_sparse
+    from solo_sparse.core.plugin import TrainingDiverged
+
+    model = solo_sparse.wrap(SimCLR, "gmp", final_density=0.5, start=0, end=4, every=2)(tiny_cfg("simclr"))
+    with torch.no_grad():
+        model.backbone.conv1.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 0 \(epoch 0\) with plugin\(s\) 'gmp': the "
+                                               r"method's loss nan"):
+        fit(model)
+
+
 @pytest.mark.parametrize("method,plugin,params", [
     ("byol", "synccp", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "distribution": "uniform"}),
     ("mocov2plus", "synccp", {"final_density": 0.2, "every": 1, "csi_warmup": 0, "csi_timeout": 2, "csi_ramp": 4}),

@@ -104,6 +104,33 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     assert "old" not in text and "| gmp | 2 |" in text and "over random-init features" in text
 
 
+def test_a_diverged_checkpoint_is_a_failed_row_and_the_bench_goes_on(setup, capsys):
+    repo, _, solo, tmp = setup
+    suite = repo / "scripts" / "suites" / "nan.yaml"
+    suite.write_text("""
+suite: nan
+description: "a diverged run and a good one"
+data: tiny
+size: 32
+seeds: 1
+random_init: false
+runs:
+  - id: diverged
+    config: cfg.yaml
+    overrides: ["++nan=yes"]
+  - id: dense
+    config: cfg.yaml
+""")
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out", log=print)
+    rows = b.run()["rows"]
+    bad = rows["diverged/seed0"]
+    assert bad["status"] == "failed" and "backbone tensors are not finite (first: conv1.weight)" in bad["error"]
+    assert rows["dense/seed0"]["status"] == "ok"
+    assert "diverged/seed0: not evaluated" in capsys.readouterr().out
+    assert [(s.id, k) for s, k in Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo,
+                                        out=tmp / "out").plan()] == [("diverged", 0)]     # tried again next time
+
+
 def test_rows_of_another_configuration_are_marked_stale_whatever_only_and_seeds_select(setup):
     """A row trained under another configuration leaves the tables even when the bench is asked for other runs
     or fewer seeds: a re-trained row is never paired with it (a synccp row re-trained with --only beside an

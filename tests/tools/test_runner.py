@@ -64,7 +64,7 @@ def test_run_pretrain_finds_the_newest_checkpoint_and_logs(tmp_path):
 
 def test_run_command_reports_failures(tmp_path):
     res = run_command([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "r")
-    assert not res.ok and res.error == "exit 3" and res.checkpoint is None
+    assert not res.ok and res.error == "exit 3: boom" and res.checkpoint is None
     assert "boom" in res.log.read_text()
     res = run_command([sys.executable, "-c", "pass"], tmp_path / "r2")    # exit 0 but nothing written
     assert not res.ok and "no checkpoint" in res.error

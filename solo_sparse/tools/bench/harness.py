@@ -357,9 +357,8 @@ class Bench:
             run = run_command(cmd, run_dir, log=run_dir / "train.log", cwd=run_dir)
             seconds = run.seconds
             if not run.ok:
-                tail = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
                 self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
-                                             "error": self.paths(f"{run.error}: {tail[0][:300] if tail else ''}")}
+                                             "error": self.paths(run.error)}
                 who = "main_pretrain.py" if self.host == "solo-learn" else f"the {self.host} trainer"
                 self.log(f"[bench] {key}: {who} failed ({run.error}); log: {run.log}")
                 return
@@ -376,7 +375,13 @@ class Bench:
         train, test = self.eval_data()
         for path in spec.eval_paths:
             rkey = key if path is None else f"{spec.id}:{path}/seed{seed}"
-            net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
+            try:
+                net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
+            except ConfigError as e:           # e.g. non-finite weights: a diverged run is a failed row
+                self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
+                                             "error": self.paths(str(e))}
+                self.log(f"[bench] {key}: not evaluated: {self.paths(str(e))}")
+                return
             acc = evaluate_backbone(net, train, test)
             stats = checkpoint_stats(ck, self.suite.size, test[0][:2000], net, path)
             stats.update(probe_stats(str(ck_path), net, test[0][-256:], path))

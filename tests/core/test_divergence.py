@@ -1,0 +1,88 @@
+"""A non-finite training loss stops the run at the step it happened, naming the plugins, the step and both loss
+terms (PluginHost.add_extra_loss, called by the solo-learn binding and the Lightning callback alike); a diverged
+checkpoint is refused at evaluation; a failed training reports the exception line of its log."""
+import math
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from solo_sparse.core.plugin import Plugin, PluginHost, TrainingDiverged
+from solo_sparse.tools.runner import failure_reason, run_command
+
+
+@dataclass
+class _Cfg:
+    extra: float = 0.5
+
+
+class _Extra(Plugin):
+    name = "extra_term"
+    Config = _Cfg
+
+    def extra_loss(self):
+        return torch.tensor(self.config.extra)
+
+
+def host(extra=0.5):
+    h = PluginHost([_Extra.from_params({"extra": extra})])
+    h.plugins[0].step, h.plugins[0].epoch = 38, 0
+    return h
+
+
+def test_finite_losses_get_the_plugin_term_added():
+    out = host().add_extra_loss(torch.tensor(1.0))
+    assert float(out) == pytest.approx(1.5)
+    d = {"loss": torch.tensor(2.0), "z": 1}
+    out = host().add_extra_loss(d)
+    assert float(out["loss"]) == pytest.approx(2.5) and out["z"] == 1 and float(d["loss"]) == 2.0
+    assert host().add_extra_loss(None) is None          # Lightning's "skip this batch"
+
+
+@pytest.mark.parametrize("loss,extra,says", [
+    (float("nan"), 0.5, "the method's loss nan, the plugins' loss 0.5"),
+    (1.0, float("inf"), "the method's loss 1.0, the plugins' loss inf"),
+    (float("-inf"), 0.0, "the method's loss -inf"),
+])
+def test_a_non_finite_loss_stops_training_naming_plugin_step_and_terms(loss, extra, says):
+    with pytest.raises(TrainingDiverged) as e:
+        host(extra).add_extra_loss({"loss": torch.tensor(loss)})
+    msg = str(e.value)
+    assert "'extra_term'" in msg and "step 38 (epoch 0)" in msg and says in msg
+    assert isinstance(e.value, FloatingPointError)
+
+
+def test_a_failed_training_reports_its_exception_line_not_hydras_hint(tmp_path):
+    script = ("import sys\n"
+              "print('Epoch 0: 100%|####| 39/39')\n"
+              "print('Error executing job with overrides: []', file=sys.stderr)\n"
+              "print('Traceback (most recent call last):', file=sys.stderr)\n"
+              "print('solo_sparse.core.plugin.TrainingDiverged: solo-sparse: the training loss is not finite at step 5',"
+              " file=sys.stderr)\n"
+              "print('', file=sys.stderr)\n"
+              "print('Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.', file=sys.stderr)\n"
+              "sys.exit(1)\n")
+    res = run_command([sys.executable, "-c", script], tmp_path / "r")
+    assert not res.ok
+    assert res.error == ("exit 1: solo_sparse.core.plugin.TrainingDiverged: solo-sparse: the training loss is not "
+                         "finite at step 5")
+    assert failure_reason(tmp_path / "missing.log") == ""
+
+
+def test_load_backbone_refuses_a_diverged_checkpoint(tmp_path):
+    from torchvision.models import resnet18
+
+    from solo_sparse.core.config import ConfigError
+    from solo_sparse.tools.evaluate import load_backbone
+
+    net = resnet18()
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": state}, tmp_path / "ok.ckpt")
+    load_backbone(str(tmp_path / "ok.ckpt"))
+    state["backbone.conv1.weight"] = torch.full_like(state["backbone.conv1.weight"], math.nan)
+    state["backbone.layer1.0.bn1.weight"][3] = math.inf
+    torch.save({"state_dict": state}, tmp_path / "nan.ckpt")
+    with pytest.raises(ConfigError, match=r"2 of \d+ backbone tensors are not finite \(first: conv1.weight, "
+                                          r"layer1.0.bn1.weight\): the run diverged"):
+        load_backbone(str(tmp_path / "nan.ckpt"))
