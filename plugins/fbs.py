@@ -45,6 +45,10 @@ class FBSConfig(GatingConfig):
         self.density = float(d)
         self.l1_weight = check_range("l1_weight", self.l1_weight, 0.0, float("inf"))
         check_choice("saliency_init", self.saliency_init, ("identity", "kaiming"))
+        if self.saliency_init == "identity" and self.warmup.value == 0:
+            raise key_error("warmup", 0, "a warm-up > 0 with saliency_init: identity (every saliency is 1 at step 0, "
+                                         "so winner-take-all from step 0 would keep channels by index, the same for "
+                                         "every input); or saliency_init: kaiming")
 
 
 class FBS(ChannelGatingPlugin):

@@ -426,32 +426,58 @@ class PluginHost:
                 total = x if total is None else total + x
         return total
 
+    #: consecutive steps with a non-finite loss before :meth:`add_extra_loss` stops the run: under fp32 a NaN loss
+    #: poisons the weights at its update, so the next losses are NaN too and the run stops two steps later; under
+    #: fp16 AMP, GradScaler skips the update of a step whose loss overflowed once and training goes on
+    nonfinite_patience: int = 3
+
     def add_extra_loss(self, out: Any) -> Any:
         """The step's output (a loss tensor, a mapping with ``"loss"``, or None) plus the plugins'
-        :meth:`extra_loss`. Raises :class:`TrainingDiverged`, naming the plugins, the step and both terms,
-        when the method's loss or the plugins' loss is not finite (one device sync per step)."""
+        :meth:`extra_loss`. Raises :class:`TrainingDiverged`, naming the plugins, the first non-finite step and both
+        loss terms, once the loss has not been finite for :attr:`nonfinite_patience` consecutive steps (on any rank
+        of a distributed run: the flag is reduced so that every rank stops; one device sync per step)."""
         extra = self.extra_loss()
-        if out is None:
-            return out
-        loss = out["loss"] if isinstance(out, Mapping) else out
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if not isinstance(loss, torch.Tensor):
+            if extra is not None and out is not None:
+                raise ConfigError(f"{PREFIX}: the plugins add a loss term but the training step returned "
+                                  f"{type(out).__name__} without a 'loss' tensor to add it to")
+            return out                      # Lightning's "skip this batch", or manual optimisation's dict
         total = loss if extra is None else loss + extra
-        if not bool(torch.isfinite(total.detach()).all()):
-            p = self.plugins[0]
-            names = ", ".join(f"'{q.name}'" for q in self.plugins)
-            raise TrainingDiverged(
-                f"{PREFIX}: the training loss is not finite at step {p.step} (epoch {p.epoch}) with plugin(s) "
-                f"{names}: the method's loss {_value(loss)}, the plugins' loss {_value(extra)}. Training stopped "
-                f"here (the checkpoint of the last finished epoch is kept). Usual causes: a learning rate too high "
-                f"for the sparse or gated network (optimizer.lr, or the plugin's gate_lr_scale where it has one), "
-                f"or a plugin setting that lets activations grow without bound (`solo-sparse plugins` lists each "
-                f"plugin's keys)")
+        self._check_finite(total, loss, extra)
         if extra is None:
             return out
         if isinstance(out, Mapping):
             out = dict(out)
-            out["loss"] = loss + extra
+            out["loss"] = total
             return out
-        return out + extra
+        return total
+
+    def _check_finite(self, total: torch.Tensor, loss: torch.Tensor, extra: Optional[torch.Tensor]) -> None:
+        bad = (~torch.isfinite(total.detach())).any().float()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)      # every rank stops together (no rank left in a collective)
+        p = self.plugins[0]
+        if not bool(bad):
+            self._nonfinite = None
+            return
+        if getattr(self, "_nonfinite", None) is None:
+            self._nonfinite = {"step": p.step, "epoch": p.epoch, "count": 0, "loss": _value(loss),
+                               "extra": _value(extra)}
+        first = self._nonfinite
+        first["count"] += 1
+        if first["count"] < self.nonfinite_patience:
+            return
+        names = ", ".join(f"'{q.name}'" for q in self.plugins)
+        where = " (on another rank)" if bool(torch.isfinite(total.detach()).all()) else ""
+        raise TrainingDiverged(
+            f"{PREFIX}: the training loss is not finite since step {first['step']} (epoch {first['epoch']}), "
+            f"{first['count']} steps in a row{where}, with plugin(s) {names}: at step {first['step']} the method's "
+            f"loss {first['loss']}, the plugins' loss {first['extra']}. Training stopped (checkpoints written before "
+            f"are kept). Usual causes: a learning rate too high for the sparse or gated network (optimizer.lr, or "
+            f"the plugin's gate_lr_scale where it has one), or a plugin setting that lets activations grow without "
+            f"bound (`solo-sparse plugins` lists each plugin's keys)")
 
     def after_backward(self) -> None:
         for p in self.plugins:
@@ -499,9 +525,12 @@ class PluginHost:
         for p in self.plugins:
             s = state[p.name]
             now = config_to_state(p.config)
-            if s.get("config") != now:
-                diff = sorted(k for k in now if s.get("config", {}).get(k) != now[k])
-                was = s.get("config", {})
+            was = dict(s.get("config", {}))
+            legacy = {k: v for k, v in getattr(type(p), "legacy_defaults", {}).items() if k not in was}
+            if legacy:       # a run saved before these keys existed trained with their legacy values
+                was = config_to_state(type(p).from_params({**legacy, **was}).config)
+            if was != now:
+                diff = sorted(k for k in now if was.get(k) != now[k])
                 detail = ", ".join(f"{k}: saved {was.get(k)!r}, now {now[k]!r}" for k in diff)
                 raise ConfigError(f"resuming plugin '{p.name}' with a different config ({detail})")
             p.step, p.epoch = int(s["step"]), int(s["epoch"])

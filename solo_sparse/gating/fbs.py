@@ -45,7 +45,7 @@ class FBSConv2d(GatedConvBase):
         self.phi = nn.Parameter(torch.empty(c_out, c_in))
         self.rho = nn.Parameter(torch.ones(c_out))
         if init == "identity":
-            nn.init.zeros_(self.phi)        # s = ReLU(rho) = 1 = BN's γ at init: the dense network's start
+            nn.init.zeros_(self.phi)        # s = ReLU(rho) = 1 = a fresh BN's γ
         elif init == "kaiming":
             nn.init.kaiming_uniform_(self.phi, a=math.sqrt(5))     # nn.Linear's default
         else:
@@ -143,8 +143,8 @@ class FBSBottleneck(Bottleneck):
 def convert_resnet(backbone: nn.Module, *, density: float = 0.5, stages: Tuple[int, ...] = (1, 2, 3, 4),
                    convs: str = "3x3", init: str = "identity") -> nn.Module:
     """FBS-gate the ``convs`` of the blocks in ``stages`` of a torchvision ResNet, in place. ``init``:
-    "identity" (φ = 0, ρ = 1: every saliency is 1 = BN's γ at init, so training starts from the dense
-    network) or "kaiming" (φ as ``nn.Linear``'s default, ρ = 1: the saliency grows with the input's
+    "identity" (φ = 0, ρ = 1: every saliency is 1, BN's γ at its initial value, so a freshly initialised
+    network starts as its dense self; the saliency replaces γ, so a trained network's γ is not kept) or "kaiming" (φ as ``nn.Linear``'s default, ρ = 1: the saliency grows with the input's
     magnitude, which compounds through the residual stream — see docs/plugins/cdg.md)."""
     if getattr(backbone, "ss_gating", None) is not None:
         raise ValueError("backbone is already gated")

@@ -39,6 +39,10 @@ def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, tor
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+class DivergedCheckpoint(ConfigError):
+    """A checkpoint whose backbone holds non-finite weights (its run diverged): nothing to evaluate."""
+
+
 def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
                   gated_path: Optional[str] = None, prefix: str = "backbone.") -> Tuple[nn.Module, Dict]:
     """Build ``name`` and load a solo-learn checkpoint's online backbone (``prefix`` ``momentum_backbone.``: its
@@ -61,7 +65,7 @@ def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
     weights, masks = split_state(state, str(path))
     nonfinite = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:
-        raise ConfigError(f"{path}: {len(nonfinite)} of {len(weights)} backbone tensors are not finite (first: "
+        raise DivergedCheckpoint(f"{path}: {len(nonfinite)} of {len(weights)} backbone tensors are not finite (first: "
                           f"{', '.join(nonfinite[:3])}): the run diverged; nothing to evaluate")
     bad = state_mismatch(net.state_dict(), weights, file="the checkpoint", model=f"the rebuilt {name}")
     if bad:

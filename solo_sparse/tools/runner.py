@@ -169,21 +169,26 @@ class PretrainResult:
         ``TrainingDiverged: ... the training loss is not finite at step 38 ...``); "" when it did not."""
         if self.returncode:
             reason = failure_reason(self.log)
-            return f"exit {self.returncode}" + (f": {reason}" if reason else "")
+            head = (f"killed by signal {-self.returncode}" if self.returncode < 0 else f"exit {self.returncode}")
+            return head + (f": {reason}" if reason else "")
         return "" if self.checkpoint else "no checkpoint written (checkpoint.enabled must be true)"
 
 
 #: the last line of a Python traceback: ``package.module.SomeError: message`` (Hydra prints its own hint after it)
-_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Diverged|Interrupt|Exit)\b(?::.*)?$")
+_EXC_LINE = re.compile(r"^(?:\[rank\d+\]: )?(?:[A-Za-z_]\w*\.)*\w*"
+                       r"(?:Error|Exception|Diverged|Interrupt|Exit)\b(?::.*)?$")
 
 
 def failure_reason(log: Optional[PathLike], limit: int = 400) -> str:
-    """The last exception line of a training log (at most ``limit`` characters), else its last non-empty line."""
+    """The exception line of the traceback a training log ends with (at most ``limit`` characters), else its last
+    non-empty line (an exception handled earlier in the log is not the reason)."""
     if log is None or not Path(log).exists():
         return ""
     lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
-    exc = [ln for ln in lines if _EXC_LINE.match(ln)]
-    line = exc[-1] if exc else (lines[-1] if lines else "")
+    tb = max((i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")), default=-1)
+    exc = next((i for i in range(tb + 1, len(lines)) if _EXC_LINE.match(lines[i])), None) if tb >= 0 else None
+    # the process ended with that traceback (its message and Hydra's hint after it), not long after it
+    line = lines[exc] if exc is not None and len(lines) - exc <= 30 else (lines[-1] if lines else "")
     return line[:limit]
 
 

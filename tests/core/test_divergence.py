@@ -46,11 +46,52 @@ def test_finite_losses_get_the_plugin_term_added():
     (float("-inf"), 0.0, "the method's loss -inf"),
 ])
 def test_a_non_finite_loss_stops_training_naming_plugin_step_and_terms(loss, extra, says):
+    h = host(extra)
+    for _ in range(h.nonfinite_patience - 1):          # fp16 AMP survives an overflow: a few steps are tolerated
+        h.add_extra_loss({"loss": torch.tensor(loss)})
+        h.plugins[0].step += 1
     with pytest.raises(TrainingDiverged) as e:
-        host(extra).add_extra_loss({"loss": torch.tensor(loss)})
+        h.add_extra_loss({"loss": torch.tensor(loss)})
     msg = str(e.value)
-    assert "'extra_term'" in msg and "step 38 (epoch 0)" in msg and says in msg
+    assert "'extra_term'" in msg and "since step 38 (epoch 0), 3 steps in a row" in msg and says in msg
     assert isinstance(e.value, FloatingPointError)
+
+
+def test_a_finite_step_resets_the_count():
+    h = host()
+    for loss in (math.nan, math.nan, 1.0, math.nan, math.nan, 1.0):
+        h.add_extra_loss(torch.tensor(loss))
+    with pytest.raises(TrainingDiverged, match="since step 38"):
+        for _ in range(3):
+            h.add_extra_loss(torch.tensor(math.inf))
+
+
+def test_other_outputs_pass_through_or_are_refused():
+    manual = {"g_loss": torch.tensor(1.0)}                   # manual optimisation: no "loss" key
+    h = PluginHost([type("NoExtra", (Plugin,), {"name": "no_extra", "Config": _Cfg}).from_params({})])
+    assert h.add_extra_loss(manual) is manual
+    assert h.add_extra_loss((1, 2)) == (1, 2)
+    from solo_sparse.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="returned dict without a 'loss' tensor"):
+        host().add_extra_loss(manual)
+
+
+def test_every_rank_stops_when_one_diverges(monkeypatch):
+    """The flag is reduced (MAX) across ranks: a rank whose own loss is finite stops with the others."""
+    calls = []
+
+    def all_reduce(t, op=None):
+        calls.append(op)
+        t.fill_(1.0)                                         # another rank saw a non-finite loss
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    h = host()
+    with pytest.raises(TrainingDiverged, match=r"3 steps in a row \(on another rank\)"):
+        for _ in range(3):
+            h.add_extra_loss(torch.tensor(1.0))
+    assert calls == [torch.distributed.ReduceOp.MAX] * 3
 
 
 def test_a_failed_training_reports_its_exception_line_not_hydras_hint(tmp_path):
@@ -68,6 +109,14 @@ def test_a_failed_training_reports_its_exception_line_not_hydras_hint(tmp_path):
     assert res.error == ("exit 1: solo_sparse.core.plugin.TrainingDiverged: solo-sparse: the training loss is not "
                          "finite at step 5")
     assert failure_reason(tmp_path / "missing.log") == ""
+    # an exception handled earlier in the log is not the reason; a killed run says so
+    log = tmp_path / "k.log"
+    log.write_text("Traceback (most recent call last):\nValueError: a retried loader error\n"
+                   + "".join(f"Epoch 3: {i}%\n" for i in range(40)))
+    res = run_command([sys.executable, "-c", "import os, signal; print('Epoch 3: 60%', flush=True); "
+                                             "os.kill(os.getpid(), signal.SIGKILL)"], tmp_path / "k", log=log,
+                      append=True)
+    assert res.error == "killed by signal 9: Epoch 3: 60%"
 
 
 def test_load_backbone_refuses_a_diverged_checkpoint(tmp_path):

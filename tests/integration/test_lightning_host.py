@@ -243,7 +243,8 @@ def test_a_diverged_step_stops_the_fit_naming_the_plugin():
     module = TinySimCLR()
     with torch.no_grad():
         module.projection_head[0].weight.fill_(float("inf"))
-    with pytest.raises(TrainingDiverged, match=r"not finite at step 0 \(epoch 0\) with plugin\(s\) 'gmp'"):
+    with pytest.raises(TrainingDiverged, match=r"not finite since step 0 \(epoch 0\), 3 steps in a row, with "
+                                               r"plugin\(s\) 'gmp'"):
         fit(module, [Sparsify("gmp", **SCHEDULES["gmp"])])
 
 

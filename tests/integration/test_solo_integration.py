@@ -103,8 +103,8 @@ def test_a_diverged_step_stops_the_fit_naming_the_plugin():
     model = solo_sparse.wrap(SimCLR, "gmp", final_density=0.5, start=0, end=4, every=2)(tiny_cfg("simclr"))
     with torch.no_grad():
         model.backbone.conv1.weight.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"not finite at step 0 \(epoch 0\) with plugin\(s\) 'gmp': the "
-                                               r"method's loss nan"):
+    with pytest.raises(TrainingDiverged, match=r"not finite since step 0 \(epoch 0\), 3 steps in a row, "
+                                               r"with plugin\(s\) 'gmp': at step 0 the method's loss nan"):
         fit(model)
 
 

@@ -260,6 +260,23 @@ def test_fbs_identity_init_starts_from_the_dense_network():
     assert FBS.from_saved({"density": 0.5}).config.saliency_init == "kaiming"   # runs saved before the key
     with pytest.raises(ValueError, match="'zero'"):
         fbs_gates.convert_resnet(resnet(), init="zero")
+    with pytest.raises(ConfigError, match=r"solo_sparse\.warmup=0: .*a warm-up > 0 with saliency_init: identity"):
+        FBS.from_params({"warmup": 0})
+    assert FBS.from_params({"warmup": 0, "saliency_init": "kaiming"}).config.warmup.value == 0
+
+
+def test_a_run_saved_before_the_fbs_keys_resumes_with_their_legacy_values():
+    from solo_sparse.core.config import config_to_state
+    from solo_sparse.core.plugin import PluginHost
+
+    old = FBS.from_params({"warmup": 0, "saliency_init": "kaiming"})
+    saved = {k: v for k, v in config_to_state(old.config).items() if k not in ("warmup", "saliency_init")}
+    state = {"fbs": {"config": saved, "step": 7, "epoch": 1, "extra": {}}}
+    host = PluginHost([FBS.from_params({"warmup": 0, "saliency_init": "kaiming"})])
+    host.load_state_dict(state)
+    assert host.plugins[0].step == 7
+    with pytest.raises(ConfigError, match="saliency_init: saved 'kaiming', now 'identity'"):
+        PluginHost([FBS.from_params({})]).load_state_dict(state)
 
 
 # ------------------------------------------------------------------ plugins on the host
@@ -566,7 +583,7 @@ def test_fbs_warmup_keeps_every_channel_then_winner_take_all():
 
 
 def test_fbs_plugin_l1_loss_and_density():
-    p = FBS.from_params({"density": 0.25, "l1_weight": 1e-3, "warmup": 0})
+    p = FBS.from_params({"density": 0.25, "l1_weight": 1e-3, "warmup": 0, "saliency_init": "kaiming"})
     host, online, _, logs = host_for(p)
     opt = torch.optim.SGD(online.parameters(), lr=0.01)
     x = torch.randn(2, 4, 3, 32, 32)

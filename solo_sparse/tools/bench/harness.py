@@ -21,7 +21,7 @@ from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats
 from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, plot_rounds, to_markdown
 from solo_sparse.tools.bench.suite import RunSpec, Suite, compose_plugins, plugin_digest
-from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone, load_splits
+from solo_sparse.tools.evaluate import DivergedCheckpoint, evaluate_backbone, load_backbone, load_splits
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import (
     config_digest,
@@ -377,7 +377,7 @@ class Bench:
             rkey = key if path is None else f"{spec.id}:{path}/seed{seed}"
             try:
                 net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
-            except ConfigError as e:           # e.g. non-finite weights: a diverged run is a failed row
+            except DivergedCheckpoint as e:    # non-finite weights: a diverged run is a failed row
                 self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
                                              "error": self.paths(str(e))}
                 self.log(f"[bench] {key}: not evaluated: {self.paths(str(e))}")
