@@ -18,6 +18,7 @@ Subclasses implement :meth:`convert` (gate a backbone in place, or check one bui
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
@@ -169,6 +170,12 @@ class PairMonitor:
         self.sums, self.n = [0.0, 0.0], 0
         sh = self.shift()
         events.emit(self.plugin.name, "pairs", epoch, positives=pos, random=neg, shift=sh)
+        if sh is not None and not math.isfinite(sh):
+            msg = (f"solo-sparse {self.plugin.name}: at epoch {epoch} the online encoder's evaluation path (eval mode, "
+                   f"BN running statistics) gives non-finite features on the monitor's fixed batch (shift "
+                   f"sensitivity {sh}); the training loss is checked separately, so training goes on")
+            print(msg, file=sys.stderr, flush=True)
+            warnings.warn(msg, stacklevel=2)
         if epoch >= 1 and pos - neg < self.margin and not self.warned:
             self.warned = True
             msg = (f"solo-sparse {self.plugin.name}: collapse: at epoch {epoch} the two views of an image are no more "

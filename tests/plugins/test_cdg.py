@@ -458,6 +458,34 @@ def test_momentum_probe_measures_query_key_agreement_and_key_drift(capsys):
     assert online.training and mom.training and "probe 2: online_momentum_cos=" in capsys.readouterr().err
 
 
+def test_a_non_finite_evaluation_path_is_reported(capsys):
+    from solo_sparse.families.gating import PairMonitor
+
+    class P:
+        name = "fbs"
+
+        @staticmethod
+        def route_eval(net):
+            pass
+
+    mon = PairMonitor(P())
+    mon.online = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1))
+    mon.fixed = torch.randn(4, 3, 8, 8)
+    a = torch.randn(8, 16)
+    for crop, f in ((0, a), (1, a + 0.01)):
+        mon.on_crop(crop)
+        mon._hook(mon.online, None, f)
+    mon.step_end()
+    assert mon.epoch_end(0)["diag/shift_sensitivity"] < 0.5 and "non-finite" not in capsys.readouterr().err
+    mon.online[1].running_var.fill_(-1.0)                         # eval-mode BN: sqrt of a negative variance
+    for crop, f in ((0, a), (1, a + 0.01)):
+        mon.on_crop(crop)
+        mon._hook(mon.online, None, f)
+    mon.step_end()
+    with pytest.warns(UserWarning, match="at epoch 1 the online encoder's evaluation path .* non-finite features"):
+        mon.epoch_end(1)
+
+
 def test_collapse_is_logged_and_reported_once(capsys):
     from solo_sparse.families.gating import PairMonitor
 
