@@ -150,6 +150,8 @@ class DGNetPlugin(GatedBackbonePlugin):
 
     @classmethod
     def measure_backbone(cls, net, X):
+        if getattr(net, "ss_mode", None) == "dense":
+            return None          # routed to its dense path: a static cost, counted from the weights
         m = measure(net, X)
         kept = list(m["kept_channels"].values())
         return {**m, "gate_sparsity": 1.0 - sum(kept) / len(kept) if kept else 0.0}

@@ -278,6 +278,21 @@ def test_dgnet_gated_gates_both_crops_and_warmup_has_no_loss():
     assert not hasattr(online, "bn1_g")                         # one BN set
 
 
+def test_the_cost_is_measured_on_the_path_the_backbone_is_routed_to():
+    """A dgnet checkpoint evaluated on its dense path costs the dense MACs (no gate statistics); on its gated path
+    the measured gated cost — as the bench's per-path rows report them."""
+    net = resnet()
+    convert_resnet(net)
+    random_gates(net, p_open=0.3)
+    X = torch.randn(4, 3, 32, 32)
+    p = DGNetDual.from_params({})
+    p.route_eval(net, "dense")
+    assert DGNetDual.measure_backbone(net, X) is None
+    p.route_eval(net, "gated")
+    m = DGNetDual.measure_backbone(net, X)
+    assert m["network_macs_ratio"] < 0.7 and m["gate_sparsity"] > 0.3 and net.ss_mode == "gated"
+
+
 def test_dgnet_eval_path_and_momentum_twin():
     p = DGNetDual.from_params({"eval_path": "dense"})
     host, online, mom = host_for(p, momentum=True)
