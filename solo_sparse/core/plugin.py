@@ -271,9 +271,9 @@ class Plugin:
     @classmethod
     def measure_backbone(cls, net: torch.nn.Module, X: torch.Tensor) -> Optional[Dict[str, Any]]:
         """Input-dependent cost of a rebuilt backbone on images ``X`` (N, 3, H, W), on the evaluation path it is
-        routed to, or None where that cost is static (weight masks, a dense path: count it from the weights). At least ``network_macs_ratio``
-        (exact effective / dense MACs of the whole network, gates' own cost included) and
-        ``gate_sparsity`` (mean share of gated work skipped); plugins add their own detail."""
+        routed to, or None where that cost is static (weight masks, a dense path: count it from the weights). At
+        least ``network_macs_ratio`` (exact effective / dense MACs of the whole network, gates' own cost included)
+        and ``gate_sparsity`` (mean share of gated work skipped); plugins add their own detail."""
         return None
 
     @classmethod

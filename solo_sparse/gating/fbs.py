@@ -144,8 +144,9 @@ def convert_resnet(backbone: nn.Module, *, density: float = 0.5, stages: Tuple[i
                    convs: str = "3x3", init: str = "identity") -> nn.Module:
     """FBS-gate the ``convs`` of the blocks in ``stages`` of a torchvision ResNet, in place. ``init``:
     "identity" (φ = 0, ρ = 1: every saliency is 1, BN's γ at its initial value, so a freshly initialised
-    network starts as its dense self; the saliency replaces γ, so a trained network's γ is not kept) or "kaiming" (φ as ``nn.Linear``'s default, ρ = 1: the saliency grows with the input's
-    magnitude, which compounds through the residual stream — see docs/plugins/cdg.md)."""
+    network starts as its dense self; the saliency replaces γ, so a trained network's γ is not kept) or
+    "kaiming" (φ as ``nn.Linear``'s default, ρ = 1: the saliency grows with the input's magnitude, which
+    compounds through the residual stream — see docs/plugins/cdg.md)."""
     if getattr(backbone, "ss_gating", None) is not None:
         raise ValueError("backbone is already gated")
     for _, blk, conv in block_convs(backbone, stages, convs):
