@@ -348,9 +348,9 @@ class Plugin:
 
 
 class TrainingDiverged(FloatingPointError):
-    """A training step's loss is not finite. Raised by :meth:`PluginHost.add_extra_loss` so that a diverged run
-    stops at the step where it diverged, with the checkpoint of its last finished epoch kept, instead of training
-    on NaN weights to the end and failing at evaluation."""
+    """The training loss stayed non-finite for :attr:`PluginHost.nonfinite_patience` steps. Raised by
+    :meth:`PluginHost.add_extra_loss` so that a diverged run stops there, the checkpoints written before kept,
+    instead of training on NaN weights to the end and failing at evaluation."""
 
 
 def _value(x: Optional[torch.Tensor]) -> str:
@@ -387,6 +387,7 @@ class PluginHost:
         check_stack(plugins)
         self.plugins = list(plugins)
         self.view: Optional[ModelView] = None
+        self._nonfinite: Optional[Dict[str, Any]] = None     # the first step of a run of non-finite losses
 
     def setup(self, view: ModelView) -> None:
         self.view = view
@@ -462,7 +463,7 @@ class PluginHost:
         if not bool(bad):
             self._nonfinite = None
             return
-        if getattr(self, "_nonfinite", None) is None:
+        if self._nonfinite is None:
             self._nonfinite = {"step": p.step, "epoch": p.epoch, "count": 0, "loss": _value(loss),
                                "extra": _value(extra)}
         first = self._nonfinite
@@ -526,9 +527,8 @@ class PluginHost:
             s = state[p.name]
             now = config_to_state(p.config)
             was = dict(s.get("config", {}))
-            legacy = {k: v for k, v in getattr(type(p), "legacy_defaults", {}).items() if k not in was}
-            if legacy:       # a run saved before these keys existed trained with their legacy values
-                was = config_to_state(type(p).from_params({**legacy, **was}).config)
+            if set(now) - set(was):     # saved before some keys existed: as the run trained (the plugin's from_saved)
+                was = config_to_state(type(p).from_saved(was).config)
             if was != now:
                 diff = sorted(k for k in now if was.get(k) != now[k])
                 detail = ", ".join(f"{k}: saved {was.get(k)!r}, now {now[k]!r}" for k in diff)
