@@ -138,6 +138,10 @@ class Plugin:
     #: ``eval_path``): ``main_linear.py`` takes them from the linear config; every other key is rebuilt as
     #: the checkpoint records it
     evaluation_keys: ClassVar[Tuple[str, ...]] = ()
+    #: config keys added after runs were benchmarked, each with the value that leaves a run as it was before the
+    #: key existed: at that value the key stays out of a run's fingerprint (``solo-sparse bench``), so finished
+    #: rows are not retrained for a key that changes nothing in them
+    neutral_defaults: ClassVar[Dict[str, Any]] = {}
     Config: ClassVar[type]
 
     def __init_subclass__(cls, **kwargs):

@@ -30,6 +30,8 @@ from solo_sparse.core.plugin import Branch
 from solo_sparse.engine.resnet import parse_stages
 from solo_sparse.families.gating import SYMMETRIC_TWO_VIEW_METHODS, GatedBackbonePlugin, check_path
 from solo_sparse.gating.dgnet import (
+    CONTROLS,
+    StaticGate,
     attach_latency_table,
     convert_resnet,
     copy_dense_bn_to_gated,
@@ -38,6 +40,7 @@ from solo_sparse.gating.dgnet import (
     is_gated,
     measure,
     set_mode,
+    set_static_keep,
     start_recording,
 )
 
@@ -65,6 +68,10 @@ class DGNetConfig:
     latency_size: int = 0
     #: torch threads of the deployment the latency table describes; 0 = this process's
     latency_threads: int = 0
+    #: "none": the DGNet gate (data-dependent); "static": the equal-MACs static control -- every gated block keeps
+    #: the same first share of its channels for every input (a narrower ResNet), the share solved from ``target``
+    #: (:func:`~solo_sparse.gating.dgnet.set_static_keep`); no gate, no budget loss
+    control: str = "none"
 
     def __post_init__(self):
         t = self.target
@@ -86,6 +93,12 @@ class DGNetConfig:
         check_choice("budget", self.budget, BUDGETS)
         self.latency_size = check_int("latency_size", self.latency_size, 0)
         self.latency_threads = check_int("latency_threads", self.latency_threads, 0)
+        check_choice("control", self.control, CONTROLS)
+        if self.control == "static":
+            if self.budget != "macs":
+                raise key_error("budget", self.budget, "control: static is sized in MACs: budget must be 'macs'")
+            if self.warmup.value > 0:
+                raise key_error("warmup", str(self.warmup), "control: static has no gate to warm up: warmup must be 0")
 
 
 class DGNetPlugin(GatedBackbonePlugin):
@@ -94,6 +107,7 @@ class DGNetPlugin(GatedBackbonePlugin):
     crops_why = "crop 0 gated, crop 1 dense"
     speed_paths = ("gated", "dense")
     evaluation_keys = ("eval_path", "gather")   # which path main_linear.py evaluates, and how it runs
+    neutral_defaults = {"control": "none"}
     #: one gate set, shared-BN or separate-BN branches
     separate_bn: bool = False
 
@@ -112,15 +126,15 @@ class DGNetPlugin(GatedBackbonePlugin):
     @classmethod
     def backbone_variants(cls):
         """``resnet18_dgnet`` / ``resnet50_dgnet``: torchvision ResNets built already gated;
-        ``backbone.kwargs`` may set reduction, temperature, init_bias, separate_bn, stages."""
+        ``backbone.kwargs`` may set reduction, temperature, init_bias, separate_bn, stages, control."""
         def make(arch):
             def build(method=None, *args, reduction=4, temperature=1.0, init_bias=3.0, separate_bn=True,
-                      stages=(1, 2, 3, 4), **kwargs):
+                      stages=(1, 2, 3, 4), control="none", **kwargs):
                 import torchvision
 
                 net = getattr(torchvision.models, arch)(*args, **kwargs)
                 convert_resnet(net, reduction=reduction, temperature=temperature, init_bias=init_bias,
-                               separate_bn=separate_bn, stages=tuple(stages))
+                               separate_bn=separate_bn, stages=tuple(stages), control=control)
                 if separate_bn:
                     copy_dense_bn_to_gated(net)
                 return net
@@ -131,8 +145,12 @@ class DGNetPlugin(GatedBackbonePlugin):
         """A backbone built gated (``resnet18_dgnet``) must agree with this plugin's settings."""
         c = self.config
         blocks = gated_blocks(backbone)
-        red = {blk.gate.in_channels // blk.gate.hidden for _, blk in blocks}
-        if red != {c.reduction}:
+        static = {isinstance(blk.gate, StaticGate) for _, blk in blocks}
+        if static != {c.control == "static"}:
+            built = "static" if static == {True} else "none" if static == {False} else "mixed"
+            raise ConfigError(f"backbone built with control={built} but {PREFIX}.control={c.control}")
+        red = {blk.gate.in_channels // blk.gate.hidden for _, blk in blocks if not isinstance(blk.gate, StaticGate)}
+        if red and red != {c.reduction}:
             raise ConfigError(f"backbone built with gate reduction {sorted(red)} but {PREFIX}.reduction={c.reduction}")
         if backbone.ss_separate_bn != self.separate_bn:
             raise ConfigError(f"backbone built with separate_bn={backbone.ss_separate_bn} but plugin '{self.name}' "
@@ -166,13 +184,13 @@ class DGNetPlugin(GatedBackbonePlugin):
         c = self.config
         if is_gated(backbone):
             self._check_gated(backbone)
-            for _, blk in gated_blocks(backbone):
-                blk.ss_gather = c.gather
-            return
-        convert_resnet(backbone, reduction=c.reduction, temperature=c.temperature, init_bias=c.init_bias,
-                       separate_bn=self.separate_bn, stages=c.stages)
-        if self.separate_bn:
-            copy_dense_bn_to_gated(backbone)
+        else:
+            convert_resnet(backbone, reduction=c.reduction, temperature=c.temperature, init_bias=c.init_bias,
+                           separate_bn=self.separate_bn, stages=c.stages, control=c.control)
+            if self.separate_bn:
+                copy_dense_bn_to_gated(backbone)
+        if c.control == "static":
+            set_static_keep(backbone, c.target)
         for _, blk in gated_blocks(backbone):
             blk.ss_gather = c.gather
 
@@ -202,7 +220,7 @@ class DGNetPlugin(GatedBackbonePlugin):
         return rep
 
     def param_groups(self, base_lr: float) -> list:
-        if self.config.gate_lr_scale == 1.0:
+        if self.config.gate_lr_scale == 1.0 or self.config.control == "static":
             return []
         gates = [p for n, p in self.view.groups["backbone"].online.named_parameters() if ".gate." in n]
         return [self.gate_group(gates, base_lr)]
@@ -238,8 +256,8 @@ class DGNetPlugin(GatedBackbonePlugin):
         self._records.clear()
         what = "latency_ratio" if self.config.budget == "latency" else "flops_ratio"
         self.log({what: float(ratio.detach()), "target": self.config.target})
-        if self._warm():
-            return None
+        if self._warm() or self.config.control == "static":
+            return None      # static control: the ratio is fixed by construction, nothing to train
         loss = self.config.budget_weight * (ratio - self.config.target) ** 2
         self.log({"budget_loss": float(loss.detach())})
         return loss

@@ -68,6 +68,11 @@ from solo_sparse.engine.costmodel import LatencyTable, interp, machine_key, summ
 GATHER_MAX_KEEP = 0.8
 
 MODES = ("dense", "gated")
+#: what gates the gated branch: "none" (the DGNet gate, data-dependent) or "static" (:class:`StaticGate`)
+CONTROLS = ("none", "static")
+#: input size (px) at which :func:`set_static_keep` counts MACs: the ratio is the same at every size whose stage
+#: maps halve exactly (32, 64, 96, 224 ... px on torchvision ResNets, both stems)
+STATIC_SIZE = 224
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -122,6 +127,33 @@ class ChannelGate(nn.Module):
         """MACs of the gate itself for one sample at input resolution (h, w) (see module docstring)."""
         c, r, o = self.in_channels, self.hidden, self.out_channels
         return float(c * h * w + c * r + 2 * r + r * o + o)
+
+
+class StaticGate(nn.Module):
+    """The static control of a DGNet gate (``control: static``): the same first ``k`` of the block's ``C_1`` gated
+    channels kept for every input -- the block of a narrower ResNet, no parameters, no data dependence, no gate
+    cost. ``k`` is set by :func:`set_static_keep` (from the FLOPs budget) and saved as the buffer ``keep``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.register_buffer("keep", torch.ones(out_channels))
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+    def set_kept(self, k: int) -> None:
+        if not 1 <= k <= self.out_channels:
+            raise ValueError(f"kept channels must be in [1, {self.out_channels}], got {k}")
+        with torch.no_grad():
+            self.keep.zero_()[:k] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.keep.to(x.dtype).expand(x.shape[0], -1)
+
+    def cost(self, h: int, w: int) -> float:
+        return 0.0
 
 
 def _conv_dense(conv: nn.Conv2d, out: torch.Tensor) -> float:
@@ -413,8 +445,10 @@ def gated_blocks(backbone: nn.Module) -> List[Tuple[str, _GatedMixin]]:
 
 
 def convert_resnet(backbone: nn.Module, *, reduction: int = 4, temperature: float = 1.0, init_bias: float = 3.0,
-                   separate_bn: bool = True, stages: Sequence[int] = (1, 2, 3, 4)) -> nn.Module:
+                   separate_bn: bool = True, stages: Sequence[int] = (1, 2, 3, 4), control: str = "none") -> nn.Module:
     """Turn a torchvision ResNet into a DGNet-gated one, in place (parameters kept, gates added).
+    ``control="static"``: :class:`StaticGate` instead of the DGNet gate (every channel kept until
+    :func:`set_static_keep` narrows the blocks).
 
     Raises ConfigError for a non-ResNet module, a stage outside 1..4 or a reduction that does not
     divide a gated block's input channels (checked for every block before anything changes).
@@ -426,6 +460,8 @@ def convert_resnet(backbone: nn.Module, *, reduction: int = 4, temperature: floa
                           f"got {type(backbone).__name__}")
     if is_gated(backbone):
         raise ConfigError("backbone is already gated")
+    if control not in CONTROLS:
+        raise ConfigError(f"{PREFIX}.control={control!r}: expected one of {list(CONTROLS)}")
     stages = tuple(stages)
     bad = [s for s in stages if s not in (1, 2, 3, 4)]
     if bad or not stages:
@@ -438,7 +474,10 @@ def convert_resnet(backbone: nn.Module, *, reduction: int = 4, temperature: floa
     for blk in blocks:
         cls = GatedBasicBlock if isinstance(blk, BasicBlock) else GatedBottleneck
         blk.__class__ = cls
-        gate = ChannelGate(blk.conv1.in_channels, blk.conv1.out_channels, reduction, temperature, init_bias)
+        if control == "static":
+            gate = StaticGate(blk.conv1.in_channels, blk.conv1.out_channels)
+        else:
+            gate = ChannelGate(blk.conv1.in_channels, blk.conv1.out_channels, reduction, temperature, init_bias)
         gate.to(blk.conv1.weight.device)
         blk._gated_init(gate, separate_bn)
     backbone.__class__ = _gated_resnet_class(type(backbone))
@@ -450,6 +489,52 @@ def convert_resnet(backbone: nn.Module, *, reduction: int = 4, temperature: floa
         backbone.bn1_g = nn.BatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum)
     backbone.to(next(backbone.parameters()).device)
     return backbone
+
+
+def is_static(backbone: nn.Module) -> bool:
+    """Whether the gated blocks of ``backbone`` carry the static control (:class:`StaticGate`)."""
+    blocks = gated_blocks(backbone)
+    return bool(blocks) and all(isinstance(blk.gate, StaticGate) for _, blk in blocks)
+
+
+def set_static_keep(backbone: nn.Module, target: float, size: int = STATIC_SIZE) -> float:
+    """Narrow every static-gated block of ``backbone`` to the same share rho of its gated channels (the first
+    ``round(rho C_1)``, at least one), rho solved so that the gated blocks' MAC ratio -- the budget's own,
+    Σ F^R / Σ F^O of the module docstring -- is ``target`` at ``size`` px:
+
+        rho = (target Σ F^O - Σ rest) / Σ (D(conv1) + D(conv2)),   rest = the convs the gates leave dense
+
+    Returns the ratio reached after rounding. Raises ConfigError when ``target`` is below what the ungated convs
+    alone cost (rho <= 0)."""
+    blocks = gated_blocks(backbone)
+    if not blocks or not all(isinstance(blk.gate, StaticGate) for _, blk in blocks):
+        raise ValueError("set_static_keep needs a backbone converted with control='static'")
+    shapes = block_input_shapes(backbone, size)
+    d12, rest = [], []
+    for name, blk in blocks:
+        _, h, w = shapes[name]
+        s1, s2 = blk.conv1.stride[0], blk.conv2.stride[0]
+        h1, w1 = -(-h // s1), -(-w // s1)
+        h2, w2 = -(-h1 // s2), -(-w1 // s2)
+        d12.append(h1 * w1 * blk.conv1.weight.numel() + h2 * w2 * blk.conv2.weight.numel())
+        r = h2 * w2 * blk.conv3.weight.numel() if hasattr(blk, "conv3") else 0
+        if blk.downsample is not None:
+            ds = blk.downsample[0]
+            r += -(-h // ds.stride[0]) * -(-w // ds.stride[0]) * ds.weight.numel()
+        rest.append(r)
+    total = sum(d12) + sum(rest)
+    rho = (target * total - sum(rest)) / sum(d12)
+    if rho <= 0:
+        raise ConfigError(f"{PREFIX}.target={target}: below what the convolutions the gates leave dense cost "
+                          f"({sum(rest) / total:.3f} of the gated blocks' MACs); the static control needs a larger "
+                          f"target")
+    kept = []
+    for (_, blk), d in zip(blocks, d12):
+        c1 = blk.gate.out_channels
+        k = min(c1, max(1, round(rho * c1)))
+        blk.gate.set_kept(k)
+        kept.append(k / c1 * d)
+    return (sum(kept) + sum(rest)) / total
 
 
 def copy_dense_bn_to_gated(backbone: nn.Module) -> None:
@@ -761,9 +846,9 @@ def untrained_gates(backbone: nn.Module) -> Optional[str]:
     """Why a DGNet-gated backbone's gates look never trained (every gate's output bias still one value, as
     :class:`ChannelGate` initialises it), or None. Exporting or timing such a gated path measures nothing:
     its gates keep every channel (or, at a hand-set bias, a data-independent share)."""
-    blocks = gated_blocks(backbone)
+    blocks = [(n, blk) for n, blk in gated_blocks(backbone) if isinstance(blk.gate, ChannelGate)]
     if not blocks:
-        return None
+        return None      # no DGNet gate (or the static control, whose mask is fixed by design)
     b2 = torch.cat([blk.gate.b2.detach().flatten() for _, blk in blocks])
     if bool((b2 == b2[0]).all()):
         return (f"the gates were never trained: every DGNet gate bias is still {float(b2[0]):g} (the value they are "

@@ -1,8 +1,8 @@
 """The imp, dgnet and interloss suite files: they load (claims name rows the suites write), every run composes
 with its plugin keys validated, and a tiny smoke run of the rows this issue added goes through solo-learn's
 unchanged main_pretrain.py and the harness (tiny data, one epoch of batch 4): the IMP rounds with both controls
-and both evaluations, the gated-only DGNet control, interloss +PB+HP on MoCo v2+ (pairs against the key encoder
-and queue)."""
+and both evaluations, the gated-only DGNet control and its static equal-MACs control, interloss +PB+HP on MoCo
+v2+ (pairs against the key encoder and queue)."""
 from pathlib import Path
 
 import pytest
@@ -46,11 +46,15 @@ def test_the_dgnet_suite_keeps_its_dense_row():
     for t in ("30", "50"):
         assert ids[f"dgnet_dual-t{t}"].eval_paths == ["gated", "dense"]
         assert ids[f"dgnet_gated-t{t}"].eval_paths == ["gated"]
+        assert ids[f"static-t{t}"].eval_paths == ["gated"] and "++solo_sparse.control=static" in ids[f"static-t{t}"].overrides
+    pairs = {(c["a"], c["b"]) for c in suite.claims}   # the dynamic gate is measured against the static network
+    assert {("dgnet_dual-t30:gated", "static-t30:gated"), ("dgnet_dual-t50:gated", "static-t50:gated")} <= pairs
 
 
 @needs_solo
 @pytest.mark.slow
-@pytest.mark.parametrize("name,only", [("imp", "imp"), ("interloss", "moco-pbhp"), ("dgnet", "dgnet_gated-t30")])
+@pytest.mark.parametrize("name,only", [("imp", "imp"), ("interloss", "moco-pbhp"), ("dgnet", "dgnet_gated-t30"),
+                                       ("dgnet", "static-t30")])
 def test_tiny_smoke_run_through_main_pretrain(tmp_path, name, only):
     from helpers import TINY_RUN, make_image_folder
 
@@ -72,7 +76,9 @@ def test_tiny_smoke_run_through_main_pretrain(tmp_path, name, only):
         assert {r["id"] for r in rows.values()} == want
         assert rows["imp:global_random-r1/seed0"]["density_online"] == pytest.approx(0.8, abs=1e-3)   # rate 0.2
     elif name == "dgnet":
-        assert set(rows) == {"dgnet_gated-t30:gated/seed0"}
-        assert rows["dgnet_gated-t30:gated/seed0"]["inference_macs_ratio"] is not None
+        row = rows[f"{only}:gated/seed0"]
+        assert set(rows) == {f"{only}:gated/seed0"} and row["inference_macs_ratio"] is not None
+        if only.startswith("static"):     # the fixed narrowing: 0.3 of the gated blocks' MACs, whatever the data
+            assert 0.6 < row["gate_sparsity"] < 0.8 and row["inference_macs_ratio"] < 0.45
     else:
         assert set(rows) == {"moco-pbhp/seed0"} and rows["moco-pbhp/seed0"]["linear"] is not None

@@ -15,8 +15,10 @@ from solo_sparse.gating.dgnet import (
     copy_dense_bn_to_gated,
     flops_ratio,
     gated_blocks,
+    is_static,
     measure,
     set_mode,
+    set_static_keep,
     start_recording,
 )
 from solo_sparse_plugins.dgnet_dual import DGNetDual
@@ -308,6 +310,8 @@ def test_dgnet_eval_path_and_momentum_twin():
     ({"target": 0.0}, "target"), ({"target": 1.5}, "target"), ({"reduction": 0}, "reduction"),
     ({"stages": [0]}, "stages"), ({"eval_path": "both"}, "eval_path"), ({"warmup": "10%"}, "warmup"),
     ({"separate_bn": "yes"}, "separate_bn"), ({"gate_lr_scale": 0}, "gate_lr_scale"),
+    ({"control": "random"}, "control"), ({"control": "static", "warmup": 5}, "warmup.*no gate"),
+    ({"control": "static", "budget": "latency"}, "budget.*MACs"),
 ])
 def test_dgnet_config_errors(params, match):
     with pytest.raises(ConfigError, match=match):
@@ -374,3 +378,73 @@ def test_load_backbone_rebuilds_a_gated_checkpoint(tmp_path):
     assert info["gating"] == "dgnet_dual" and info["gating_config"]["reduction"] == 8
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(net(x), online(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,target", [("resnet18", 0.3), ("resnet18", 0.5), ("resnet50", 0.5)])
+def test_static_control_is_a_narrower_network_at_the_target_ratio(arch, target):
+    """control: static keeps the same first channels for every input, with no parameters and no gate cost, and its
+    gated blocks cost ``target`` of their MACs -- at 224 px (where the share is solved) and at 64 px alike."""
+    net = resnet(arch)
+    convert_resnet(net, separate_bn=False, control="static")
+    assert not [n for n, _ in net.named_parameters() if ".gate." in n]
+    reached = set_static_keep(net, target)
+    assert abs(reached - target) < 0.01
+    for _, blk in gated_blocks(net):
+        k = blk.gate.kept
+        assert 1 <= k < blk.gate.out_channels and torch.equal(blk.gate.keep[:k], torch.ones(k))
+        assert blk.gate.cost(8, 8) == 0.0
+    m = measure(net, torch.randn(6, 3, 64, 64))
+    assert abs(m["gated_blocks_flops_ratio"] - reached) < 1e-6
+    assert all(abs(v - blk.gate.kept / blk.gate.out_channels) < 1e-9
+               for (_, blk), v in zip(gated_blocks(net), m["kept_channels"].values()))
+    with pytest.raises(ConfigError, match="target=0.05"):
+        set_static_keep(resnet50_static(), 0.05)     # below what conv3 + downsample cost
+
+
+def resnet50_static():
+    net = resnet("resnet50")
+    convert_resnet(net, separate_bn=False, control="static")
+    return net
+
+
+def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
+    from solo_sparse.tools.evaluate import load_backbone
+
+    p = DGNetGated.from_params({"control": "static", "target": 0.3, "gate_lr_scale": 30.0, "budget_weight": 50.0})
+    host, online, _ = host_for(p)
+    assert is_static(online) and host.param_groups(0.3) == []
+    logged = []
+    p.view._log = logged.append
+    opt = torch.optim.SGD(online.parameters(), lr=0.01)
+    x = torch.randn(4, 3, 32, 32)
+    assert two_view_step(host, online, opt, x) is None                # no budget loss: nothing to train
+    ratio = [d["solo_sparse/flops_ratio"] for d in logged if "solo_sparse/flops_ratio" in d]
+    assert ratio and abs(ratio[-1] - 0.3) < 0.01                         # the fixed ratio, logged
+    online.eval()
+    set_mode(online, "gated")
+    ck = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in online.state_dict().items()},
+                "solo_sparse": host.state_dict()}, ck)
+    net, info = load_backbone(str(ck))
+    assert info["gating_config"]["control"] == "static" and is_static(net)
+    assert torch.allclose(net(x), online(x), atol=1e-5)
+    assert net.ss_mode == "gated" and DGNetGated.measure_backbone(net, x)["gate_sparsity"] > 0.6
+    with pytest.raises(ConfigError, match="control=static but .*control=none"):   # built static, config dynamic
+        PluginHost([DGNetGated.from_params({})]).setup(
+            ModelView({"backbone": ModuleGroup("backbone", net, None)}, "shared", num_large_crops=2))
+
+
+def test_static_control_batch1_gathers_the_kept_channels():
+    net = resnet()
+    convert_resnet(net, separate_bn=False, control="static")
+    set_static_keep(net, 0.3)
+    net.eval()
+    set_mode(net, "gated")
+    x = torch.randn(1, 3, 64, 64)
+    for _, blk in gated_blocks(net):
+        blk.ss_gather = False
+    ref = net(x)
+    for _, blk in gated_blocks(net):
+        blk.ss_gather = True
+    assert torch.allclose(net(x), ref, atol=1e-4)
+    assert {blk.ss_last_path for _, blk in gated_blocks(net)} == {"gather"}

@@ -279,5 +279,8 @@ def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
     plugins = compose_plugins(config, overrides)
     if not plugins:
         return None
-    state = {p.name: config_to_state(p.config) for p in plugins}
+    state = {}
+    for p in plugins:
+        neutral = type(p).neutral_defaults
+        state[p.name] = {k: v for k, v in config_to_state(p.config).items() if k not in neutral or v != neutral[k]}
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,45 @@
+"""Every finished row of the committed benchmark results carries the fingerprint the current code and suite give
+it: a change that would make ``solo-sparse bench`` mark finished rows stale (and retrain them) fails here -- e.g. a
+plugin key added without a ``neutral_defaults`` entry, which enters every run's plugin digest."""
+import json
+
+import pytest
+from helpers import ROOT
+
+from solo_sparse.tools.bench import Bench, Suite
+
+SUITES = sorted(p.parent.name for p in (ROOT / "results").glob("*/results.json")
+                if (ROOT / "scripts" / "suites" / f"{p.parent.name}.yaml").exists())
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_committed_rows_are_not_stale(name, tmp_path):
+    suite = Suite.load(ROOT / "scripts" / "suites" / f"{name}.yaml")
+    for split in ("train", "val"):
+        (tmp_path / suite.data / split).mkdir(parents=True, exist_ok=True)
+    b = Bench(suite, data_root=tmp_path, out=tmp_path / "out", log=lambda *a: None)
+    b.host = "solo-learn"      # the committed rows were trained by solo-learn's scripts (whatever this machine has)
+    spec = {r.id: r for r in b.suite.runs}
+    rows = json.loads((ROOT / "results" / name / "results.json").read_text())["rows"]
+    checked, stale = 0, []
+    for key, row in rows.items():
+        rid = row["id"].split(":")[0]
+        if rid not in spec or row.get("kind") != "pretrain" or row.get("status") != "ok":
+            continue
+        checked += 1
+        if row.get("fingerprint") != b.fingerprint(spec[rid], int(row["seed"])):
+            stale.append(key)
+    assert not stale, (f"results/{name}: {len(stale)} finished row(s) no longer match this code's fingerprint and "
+                       f"would be retrained: {stale[:5]}")
+    assert checked or not any(r.get("kind") == "pretrain" for r in rows.values())
+
+
+def test_a_key_added_without_its_neutral_default_would_mark_rows_stale(tmp_path, monkeypatch):
+    """The guard above can fail: without DGNet's neutral ``control`` the finished dgnet rows go stale."""
+    from solo_sparse.families.dgnet import DGNetPlugin
+
+    if "dgnet" not in SUITES:
+        pytest.skip("no committed dgnet results")
+    monkeypatch.setattr(DGNetPlugin, "neutral_defaults", {})
+    with pytest.raises(AssertionError, match="would be retrained"):
+        test_committed_rows_are_not_stale("dgnet", tmp_path)
