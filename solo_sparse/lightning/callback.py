@@ -8,7 +8,9 @@ the same points of a step, ``solo_sparse/binding/wrap.py``)::
     after the module's loss  host.extra_loss()           (added to the returned loss by the wrapper)
     on_before_optimizer_step host.after_backward()       (accumulated, unscaled gradients, before clipping)
     after the real step      host.after_optimizer_step() (a post-hook on each optimizer: masks on weights and
-                                                          optimizer state, schedule updates)
+                                                          optimizer state, schedule updates; a step fp16 AMP's
+                                                          GradScaler skipped is counted at on_train_batch_end,
+                                                          as global_step counts it)
     after the EMA update     host.after_momentum_update()
     epoch start / end        host.on_epoch_start(e) / host.on_epoch_end(e)
     checkpoint save / load   checkpoint["solo_sparse"], ["solo_sparse_rng"], ["solo_sparse_host"]
@@ -149,6 +151,7 @@ class Sparsify(*_BASES):
         self._momentum_masked = False
         self._resume_rng = None
         self._step_hooks: List[Any] = []
+        self._pending_step: Optional[Any] = None     # an optimizer step announced but not (yet) run
         self._steps_seen = 0
 
     # ------------------------------------------------------------------ reading
@@ -363,8 +366,12 @@ class Sparsify(*_BASES):
         self._install_param_groups(trainer)
         for h in self._step_hooks:
             h.remove()
-        self._step_hooks = [opt.register_step_post_hook(lambda o, a, k: self.host.after_optimizer_step(o))
+        self._step_hooks = [opt.register_step_post_hook(lambda o, a, k: self._after_step(o))
                             for opt in trainer.optimizers]
+
+    def _after_step(self, optimizer) -> None:
+        self._pending_step = None
+        self.host.after_optimizer_step(optimizer)
 
     def _install_param_groups(self, trainer) -> None:
         probe = [g for g in self.host.param_groups(1.0) if g["params"]]
@@ -415,8 +422,15 @@ class Sparsify(*_BASES):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.host.after_backward()
+        self._pending_step = optimizer       # cleared by the optimizer's post-hook when the step really runs
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._pending_step is not None:
+            # the optimizer never stepped: fp16 AMP's GradScaler skipped it (non-finite gradients). The step still
+            # counts, as Lightning's global_step and the solo-learn binding (after LightningModule.optimizer_step)
+            # count it, so plugin schedules stay on the trainer's steps; the masks go back on unchanged weights
+            opt, self._pending_step = self._pending_step, None
+            self.host.after_optimizer_step(opt)
         if self.host.view.family == "momentum":
             self.host.after_momentum_update()
         self._log.flush(pl_module, True, lambda: getattr(pl_module, "_trainer", None) is not None)

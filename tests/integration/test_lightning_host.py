@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
@@ -233,6 +234,25 @@ def test_accumulation_and_clipping_see_masked_gradients():
     chk = invariant_checker(sparsifier_of(sp), clip_norm=1e-3)
     fit(module, [sp, chk], epochs=6, accumulate_grad_batches=2, gradient_clip_val=1e-3)
     assert chk.steps == 6 and chk.batches == 12 and sp.plugins[0].step == 6
+    assert sp.plugins[0].sparsifier.density("online") == pytest.approx(0.2, abs=0.02)
+
+
+def test_steps_the_amp_grad_scaler_skips_count_as_the_trainer_counts_them():
+    """fp16 AMP: GradScaler skips the optimizer step while its scale overflows the gradients (no post-hook runs);
+    the plugin's step still follows the trainer's global_step (as under solo-learn), so its schedule ends where the
+    trainer does."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    module = TinySimCLR()
+    sp = Sparsify("gmp", **SCHEDULES["gmp"])
+    init = 2.0 ** 28
+    scaler = torch.amp.GradScaler("cpu", init_scale=init)     # overflows at first: the first steps are skipped
+    tr = fit(module, [sp], epochs=6, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    skipped = round(math.log2(init / scaler.get_scale()))
+    real = tr.global_step - skipped
+    assert 0 < skipped < tr.global_step and real > 0, (skipped, tr.global_step)
+    assert sp.plugins[0].step == tr.global_step == 12
     assert sp.plugins[0].sparsifier.density("online") == pytest.approx(0.2, abs=0.02)
 
 
