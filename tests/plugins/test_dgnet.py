@@ -361,20 +361,26 @@ def test_gate_lr_scale_makes_its_own_param_group():
     assert DGNetDual.from_params({}).param_groups(0.3) == []
 
 
-def test_load_backbone_rebuilds_a_gated_checkpoint(tmp_path):
-    """solo_sparse.tools.evaluate.load_backbone (CLI evaluate, the benchmarks) rebuilds the gated network from the
-    checkpoint's plugin state: strict, same outputs, plugin name and config reported."""
+def saved_and_loaded(host, online, tmp_path):
+    """``online`` (routed to its gated path, eval mode) saved as a training checkpoint and loaded back by
+    solo_sparse.tools.evaluate.load_backbone: (the rebuilt backbone, its info)."""
     from solo_sparse.tools.evaluate import load_backbone
 
-    p = DGNetDual.from_params({"target": 0.3, "reduction": 8})
-    host, online, _ = host_for(p)
-    random_gates(online)
     online.eval()
     set_mode(online, "gated")
     ck = tmp_path / "run.ckpt"
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in online.state_dict().items()},
                 "solo_sparse": host.state_dict()}, ck)
-    net, info = load_backbone(str(ck))
+    return load_backbone(str(ck))
+
+
+def test_load_backbone_rebuilds_a_gated_checkpoint(tmp_path):
+    """solo_sparse.tools.evaluate.load_backbone (CLI evaluate, the benchmarks) rebuilds the gated network from the
+    checkpoint's plugin state: strict, same outputs, plugin name and config reported."""
+    p = DGNetDual.from_params({"target": 0.3, "reduction": 8})
+    host, online, _ = host_for(p)
+    random_gates(online)
+    net, info = saved_and_loaded(host, online, tmp_path)
     assert info["gating"] == "dgnet_dual" and info["gating_config"]["reduction"] == 8
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(net(x), online(x), atol=1e-5)
@@ -408,8 +414,6 @@ def resnet50_static():
 
 
 def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
-    from solo_sparse.tools.evaluate import load_backbone
-
     p = DGNetGated.from_params({"control": "static", "target": 0.3, "gate_lr_scale": 30.0, "budget_weight": 50.0})
     host, online, _ = host_for(p)
     assert is_static(online) and host.param_groups(0.3) == []
@@ -420,12 +424,7 @@ def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
     assert two_view_step(host, online, opt, x) is None                # no budget loss: nothing to train
     ratio = [d["solo_sparse/flops_ratio"] for d in logged if "solo_sparse/flops_ratio" in d]
     assert ratio and abs(ratio[-1] - 0.3) < 0.01                         # the fixed ratio, logged
-    online.eval()
-    set_mode(online, "gated")
-    ck = tmp_path / "run.ckpt"
-    torch.save({"state_dict": {f"backbone.{k}": v for k, v in online.state_dict().items()},
-                "solo_sparse": host.state_dict()}, ck)
-    net, info = load_backbone(str(ck))
+    net, info = saved_and_loaded(host, online, tmp_path)
     assert info["gating_config"]["control"] == "static" and is_static(net)
     assert torch.allclose(net(x), online(x), atol=1e-5)
     assert net.ss_mode == "gated" and DGNetGated.measure_backbone(net, x)["gate_sparsity"] > 0.6
