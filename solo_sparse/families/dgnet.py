@@ -20,7 +20,7 @@ progress line per block shape (never a silent fallback to MACs).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -45,6 +45,9 @@ from solo_sparse.gating.dgnet import (
 )
 
 BUDGETS = ("macs", "latency")
+#: keys of the gate and the budget loss, which ``control: static`` (no gate, no loss) does not use
+STATIC_IDLE_KEYS = ("budget_weight", "reduction", "temperature", "init_bias", "gate_lr_scale", "latency_size",
+                    "latency_threads")
 
 
 @dataclass
@@ -99,6 +102,11 @@ class DGNetConfig:
                 raise key_error("budget", self.budget, "control: static is sized in MACs: budget must be 'macs'")
             if self.warmup.value > 0:
                 raise key_error("warmup", str(self.warmup), "control: static has no gate to warm up: warmup must be 0")
+            for key in STATIC_IDLE_KEYS:        # a key that would do nothing is refused, not silently ignored
+                default = next(f.default for f in fields(DGNetConfig) if f.name == key)
+                if getattr(self, key) != default:
+                    raise key_error(key, getattr(self, key), f"control: static has no gate and no budget loss, so "
+                                    f"{key} does nothing: leave it at its default ({default})")
 
 
 class DGNetPlugin(GatedBackbonePlugin):
@@ -180,6 +188,19 @@ class DGNetPlugin(GatedBackbonePlugin):
         (:func:`~solo_sparse.gating.dgnet.attach_latency_table`; ``options``: ``reps``, ``rebuild``, ``threads``)."""
         return attach_latency_table(net, size, progress=progress, **options) if is_gated(net) else None
 
+    def preview_backbone(self, net) -> Optional[str]:
+        """``control: static``: its cost is known before training (``solo-sparse flops CONFIG``): ``net`` converted,
+        narrowed and routed to its gated path. The DGNet gate's cost depends on the data: None."""
+        if self.config.control != "static":
+            return None
+        self.convert(net)
+        set_mode(net, "gated")
+        for _, blk in gated_blocks(net):
+            blk.ss_gather = False    # a batch-1 gather runs folded weights, not the convs a MAC counter hooks
+        kept = [f"{blk.gate.kept}/{blk.gate.out_channels}" for _, blk in gated_blocks(net)]
+        return (f"{self.name} control static at target {self.config.target} (gated blocks' MACs; kept channels "
+                f"{', '.join(kept)})")
+
     def convert(self, backbone) -> None:
         c = self.config
         if is_gated(backbone):
@@ -220,7 +241,7 @@ class DGNetPlugin(GatedBackbonePlugin):
         return rep
 
     def param_groups(self, base_lr: float) -> list:
-        if self.config.gate_lr_scale == 1.0 or self.config.control == "static":
+        if self.config.gate_lr_scale == 1.0:     # (control: static refuses any other scale)
             return []
         gates = [p for n, p in self.view.groups["backbone"].online.named_parameters() if ".gate." in n]
         return [self.gate_group(gates, base_lr)]

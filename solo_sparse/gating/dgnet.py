@@ -467,7 +467,7 @@ def convert_resnet(backbone: nn.Module, *, reduction: int = 4, temperature: floa
     if bad or not stages:
         raise ConfigError(f"{PREFIX}.stages={list(stages)}: expected a non-empty subset of [1, 2, 3, 4]")
     blocks = [blk for s in stages for blk in getattr(backbone, f"layer{s}")]
-    for blk in blocks:
+    for blk in blocks if control != "static" else ():      # the static control has no gate to reduce
         if blk.conv1.in_channels % reduction:
             raise ConfigError(f"{PREFIX}.reduction={reduction}: does not divide the input channels "
                               f"({blk.conv1.in_channels}) of a gated block")

@@ -151,7 +151,7 @@ class Sparsify(*_BASES):
         self._momentum_masked = False
         self._resume_rng = None
         self._step_hooks: List[Any] = []
-        self._pending_step: Optional[Any] = None     # an optimizer step announced but not (yet) run
+        self._pending_steps: List[Any] = []          # optimizer steps announced but not (yet) run
         self._steps_seen = 0
 
     # ------------------------------------------------------------------ reading
@@ -366,11 +366,12 @@ class Sparsify(*_BASES):
         self._install_param_groups(trainer)
         for h in self._step_hooks:
             h.remove()
+        self._pending_steps = []
         self._step_hooks = [opt.register_step_post_hook(lambda o, a, k: self._after_step(o))
                             for opt in trainer.optimizers]
 
     def _after_step(self, optimizer) -> None:
-        self._pending_step = None
+        self._pending_steps = [o for o in self._pending_steps if o is not optimizer]
         self.host.after_optimizer_step(optimizer)
 
     def _install_param_groups(self, trainer) -> None:
@@ -422,14 +423,14 @@ class Sparsify(*_BASES):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.host.after_backward()
-        self._pending_step = optimizer       # cleared by the optimizer's post-hook when the step really runs
+        self._pending_steps.append(optimizer)   # cleared by the optimizer's post-hook when the step really runs
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._pending_step is not None:
-            # the optimizer never stepped: fp16 AMP's GradScaler skipped it (non-finite gradients). The step still
-            # counts, as Lightning's global_step and the solo-learn binding (after LightningModule.optimizer_step)
-            # count it, so plugin schedules stay on the trainer's steps; the masks go back on unchanged weights
-            opt, self._pending_step = self._pending_step, None
+        # an optimizer that never stepped: fp16 AMP's GradScaler skipped it (non-finite gradients). The step still
+        # counts, as Lightning's global_step and the solo-learn binding (after LightningModule.optimizer_step) count
+        # it, so plugin schedules stay on the trainer's steps; the masks go back on unchanged weights
+        pending, self._pending_steps = self._pending_steps, []
+        for opt in pending:
             self.host.after_optimizer_step(opt)
         if self.host.view.family == "momentum":
             self.host.after_momentum_update()

@@ -61,7 +61,8 @@ def _flops_of_config(path: Path, size: tuple):
     from solo_sparse.engine.flops import count_macs
 
     cfg, net = _backbone_from_config(path)
-    section = OmegaConf.to_container(cfg.get("solo_sparse", {}) or {}, resolve=True)
+    node = cfg.get("solo_sparse")
+    section = OmegaConf.to_container(node, resolve=True) if node else {}
     what = "dense (no solo_sparse section)"
     for plugin in (build_plugins(section) if section else []):
         shown = plugin.preview_backbone(net)

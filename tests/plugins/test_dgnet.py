@@ -20,6 +20,7 @@ from solo_sparse.gating.dgnet import (
     set_mode,
     set_static_keep,
     start_recording,
+    untrained_gates,
 )
 from solo_sparse_plugins.dgnet_dual import DGNetDual
 from solo_sparse_plugins.dgnet_gated import DGNetGated
@@ -312,6 +313,8 @@ def test_dgnet_eval_path_and_momentum_twin():
     ({"separate_bn": "yes"}, "separate_bn"), ({"gate_lr_scale": 0}, "gate_lr_scale"),
     ({"control": "random"}, "control"), ({"control": "static", "warmup": 5}, "warmup.*no gate"),
     ({"control": "static", "budget": "latency"}, "budget.*MACs"),
+    ({"control": "static", "gate_lr_scale": 30}, "gate_lr_scale=30.*does nothing"),
+    ({"control": "static", "reduction": 8}, "reduction=8.*does nothing"),
 ])
 def test_dgnet_config_errors(params, match):
     with pytest.raises(ConfigError, match=match):
@@ -414,9 +417,9 @@ def resnet50_static():
 
 
 def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
-    p = DGNetGated.from_params({"control": "static", "target": 0.3, "gate_lr_scale": 30.0, "budget_weight": 50.0})
+    p = DGNetGated.from_params({"control": "static", "target": 0.3})
     host, online, _ = host_for(p)
-    assert is_static(online) and host.param_groups(0.3) == []
+    assert is_static(online) and host.param_groups(0.3) == [] and untrained_gates(online) is None
     logged = []
     p.view._log = logged.append
     opt = torch.optim.SGD(online.parameters(), lr=0.01)
@@ -424,13 +427,26 @@ def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
     assert two_view_step(host, online, opt, x) is None                # no budget loss: nothing to train
     ratio = [d["solo_sparse/flops_ratio"] for d in logged if "solo_sparse/flops_ratio" in d]
     assert ratio and abs(ratio[-1] - 0.3) < 0.01                         # the fixed ratio, logged
+    online.layer1[0].gate.set_kept(5)                 # the checkpoint's kept channels win over the recomputed ones
     net, info = saved_and_loaded(host, online, tmp_path)
-    assert info["gating_config"]["control"] == "static" and is_static(net)
+    assert info["gating_config"]["control"] == "static" and is_static(net) and net.layer1[0].gate.kept == 5
     assert torch.allclose(net(x), online(x), atol=1e-5)
     assert net.ss_mode == "gated" and DGNetGated.measure_backbone(net, x)["gate_sparsity"] > 0.6
     with pytest.raises(ConfigError, match="control=static but .*control=none"):   # built static, config dynamic
         PluginHost([DGNetGated.from_params({})]).setup(
             ModelView({"backbone": ModuleGroup("backbone", net, None)}, "shared", num_large_crops=2))
+
+
+def test_static_control_previews_its_cost_before_training():
+    """``solo-sparse flops CONFIG``: the static control's cost is known from the config; the gate's is not."""
+    from solo_sparse.engine.flops import count_macs
+
+    net = resnet()
+    what = DGNetGated.from_params({"control": "static", "target": 0.3}).preview_backbone(net)
+    assert "static" in what and "19/64" in what and net.ss_mode == "gated"
+    rep = count_macs(net, (1, 3, 64, 64))
+    assert 0.3 < rep.effective / rep.dense < 0.4
+    assert DGNetGated.from_params({}).preview_backbone(resnet()) is None
 
 
 def test_static_control_batch1_gathers_the_kept_channels():

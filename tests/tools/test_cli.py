@@ -72,6 +72,23 @@ def test_flops_of_a_config(tmp_path, capsys):
     assert "final_density=7.0" in capsys.readouterr().err
 
 
+def test_flops_of_a_dense_config_and_of_the_dgnet_static_control(tmp_path, capsys):
+    """A config without a solo_sparse section (it used to fail: 'Input cfg is not an OmegaConf config object'),
+    a gated one (its cost needs data: dense shown, said so) and DGNet's static control (known before training)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backbone:\n  name: resnet18\ndata:\n  dataset: custom\n")
+    assert main(["flops", str(cfg), "--input-size", "64"]) == 0
+    assert "dense (no solo_sparse section)" in capsys.readouterr().out
+    cfg.write_text("backbone:\n  name: resnet18\nsolo_sparse:\n  plugin: dgnet_gated\n  target: 0.3\n")
+    assert main(["flops", str(cfg), "--input-size", "64"]) == 0
+    assert "cost needs data" in capsys.readouterr().out
+    cfg.write_text("backbone:\n  name: resnet18\nsolo_sparse:\n  plugin: dgnet_gated\n  target: 0.3\n"
+                   "  control: static\n")
+    assert main(["flops", str(cfg), "--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "control static at target 0.3" in out and "19/64" in out
+
+
 def test_flops_refuses_unknown_backbone(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("backbone:\n  name: vit_tiny\n")

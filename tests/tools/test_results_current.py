@@ -18,15 +18,17 @@ def test_committed_rows_are_not_stale(name, tmp_path):
     for split in ("train", "val"):
         (tmp_path / suite.data / split).mkdir(parents=True, exist_ok=True)
     b = Bench(suite, data_root=tmp_path, out=tmp_path / "out", log=lambda *a: None)
-    b.host = "solo-learn"      # the committed rows were trained by solo-learn's scripts (whatever this machine has)
     spec = {r.id: r for r in b.suite.runs}
-    rows = json.loads((ROOT / "results" / name / "results.json").read_text())["rows"]
+    results = json.loads((ROOT / "results" / name / "results.json").read_text())
+    rows = results["rows"]
     checked, stale = 0, []
     for key, row in rows.items():
         rid = row["id"].split(":")[0]
         if rid not in spec or row.get("kind") != "pretrain" or row.get("status") != "ok":
             continue
         checked += 1
+        # the host that trained the row (whatever this machine has): the fingerprint names it
+        b.host = row.get("host") or results.get("meta", {}).get("host") or "solo-learn"
         if row.get("fingerprint") != b.fingerprint(spec[rid], int(row["seed"])):
             stale.append(key)
     assert not stale, (f"results/{name}: {len(stale)} finished row(s) no longer match this code's fingerprint and "
@@ -43,3 +45,13 @@ def test_a_key_added_without_its_neutral_default_would_mark_rows_stale(tmp_path,
     monkeypatch.setattr(DGNetPlugin, "neutral_defaults", {})
     with pytest.raises(AssertionError, match="would be retrained"):
         test_committed_rows_are_not_stale("dgnet", tmp_path)
+
+
+def test_a_neutral_key_stays_out_of_the_digest_and_any_other_value_enters_it():
+    from solo_sparse.tools.bench import plugin_digest
+
+    cfg, base = ROOT / "scripts" / "configs" / "fmnist" / "vicreg.yaml", ["+solo_sparse=dgnet_gated"]
+    plain = plugin_digest(cfg, base)
+    assert plugin_digest(cfg, [*base, "++solo_sparse.control=none"]) == plain
+    assert plugin_digest(cfg, [*base, "++solo_sparse.control=static"]) != plain
+    assert plugin_digest(cfg, [*base, "++solo_sparse.target=0.3"]) != plain

@@ -141,8 +141,9 @@ class Bench:
         return json.dumps(fp)
 
     def plugin_digest(self, spec: RunSpec) -> Optional[str]:
-        """Digest of the run's effective plugin configs (every key, defaults included, as the run will save them),
-        or None without a plugin: a row trained before a plugin's default changed is not taken for this one."""
+        """Digest of the run's effective plugin configs (every key, defaults included, as the run will save them --
+        except a key at its plugin's ``neutral_defaults`` value), or None without a plugin: a row trained before a
+        plugin's default changed is not taken for this one."""
         win = self.window_overrides(spec)
         key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra))
         cache = self.__dict__.setdefault("_plugin_digests", {})
