@@ -506,9 +506,9 @@ def set_static_keep(backbone: nn.Module, target: float, size: int = STATIC_SIZE)
 
     Returns the ratio reached after rounding. Raises ConfigError when ``target`` is below what the ungated convs
     alone cost (rho <= 0)."""
-    blocks = gated_blocks(backbone)
-    if not blocks or not all(isinstance(blk.gate, StaticGate) for _, blk in blocks):
+    if not is_static(backbone):
         raise ValueError("set_static_keep needs a backbone converted with control='static'")
+    blocks = gated_blocks(backbone)
     shapes = block_input_shapes(backbone, size)
     d12, rest = [], []
     for name, blk in blocks:
