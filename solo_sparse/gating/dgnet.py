@@ -218,6 +218,7 @@ class _GatedMixin:
         self.ss_separate_bn = separate_bn
         self.ss_record: Optional[List] = None   # list to append (F^R (B,), F^O) to, set by the backbone
         self._ss_rho = 1.0
+        self._ss_dense: Optional[Tuple[float, float]] = None   # (d12, rest) MACs of the last recorded forward
         self._ss_gate_cost = 0.0
         for conv_name in self._gated_convs:
             conv = getattr(self, conv_name)
@@ -281,7 +282,9 @@ class _GatedMixin:
         """(F^R (B,), F^O) of this forward: MACs, or with ``ss_latency`` (``budget: latency``) the
         measured batch-1 latency of the gated block at each sample's kept share (piecewise linear in
         it, so differentiable) over the dense block's, the first gated block carrying the network's ungated
-        milliseconds on both sides (``ss_fixed_ms``)."""
+        milliseconds on both sides (``ss_fixed_ms``). Keeps ``_ss_dense = (d12, rest)``, the dense MACs of the
+        gated convs and of the rest, for :func:`block_dense_macs`."""
+        self._ss_dense = (d12, rest)
         if self.ss_latency is not None:
             xs, ys, dense_ms = self.ss_latency
             fixed = getattr(self, "ss_fixed_ms", 0.0)
@@ -504,37 +507,27 @@ def set_static_keep(backbone: nn.Module, target: float, size: int = STATIC_SIZE)
 
         rho = (target Σ F^O - Σ rest) / Σ (D(conv1) + D(conv2)),   rest = the convs the gates leave dense
 
-    Returns the ratio reached after rounding. Raises ConfigError when ``target`` is below what the ungated convs
-    alone cost (rho <= 0)."""
+    with the per-block MACs the blocks themselves record for the budget (:func:`block_dense_macs`). Returns the
+    ratio reached after rounding. Raises ConfigError when ``target`` is below what the ungated convs alone cost
+    (rho <= 0)."""
     if not is_static(backbone):
         raise ValueError("set_static_keep needs a backbone converted with control='static'")
-    blocks = gated_blocks(backbone)
-    shapes = block_input_shapes(backbone, size)
-    d12, rest = [], []
-    for name, blk in blocks:
-        _, h, w = shapes[name]
-        s1, s2 = blk.conv1.stride[0], blk.conv2.stride[0]
-        h1, w1 = -(-h // s1), -(-w // s1)
-        h2, w2 = -(-h1 // s2), -(-w1 // s2)
-        d12.append(h1 * w1 * blk.conv1.weight.numel() + h2 * w2 * blk.conv2.weight.numel())
-        r = h2 * w2 * blk.conv3.weight.numel() if hasattr(blk, "conv3") else 0
-        if blk.downsample is not None:
-            ds = blk.downsample[0]
-            r += -(-h // ds.stride[0]) * -(-w // ds.stride[0]) * ds.weight.numel()
-        rest.append(r)
-    total = sum(d12) + sum(rest)
-    rho = (target * total - sum(rest)) / sum(d12)
+    costs = block_dense_macs(backbone, size)
+    d12 = [costs[n][0] for n, _ in gated_blocks(backbone)]
+    rest = sum(costs[n][1] for n, _ in gated_blocks(backbone))
+    total = sum(d12) + rest
+    rho = (target * total - rest) / sum(d12)
     if rho <= 0:
         raise ConfigError(f"{PREFIX}.target={target}: below what the convolutions the gates leave dense cost "
-                          f"({sum(rest) / total:.3f} of the gated blocks' MACs); the static control needs a larger "
+                          f"({rest / total:.3f} of the gated blocks' MACs); the static control needs a larger "
                           f"target")
     kept = []
-    for (_, blk), d in zip(blocks, d12):
+    for (_, blk), d in zip(gated_blocks(backbone), d12):
         c1 = blk.gate.out_channels
         k = min(c1, max(1, round(rho * c1)))
         blk.gate.set_kept(k)
         kept.append(k / c1 * d)
-    return (sum(kept) + sum(rest)) / total
+    return (sum(kept) + rest) / total
 
 
 def copy_dense_bn_to_gated(backbone: nn.Module) -> None:
@@ -575,6 +568,40 @@ def flops_ratio(records: Sequence[Tuple[torch.Tensor, float]]) -> Optional[torch
     return (fr / fo).mean()
 
 
+def _recorded_forward(backbone: nn.Module, x: torch.Tensor) -> List:
+    """One forward of ``x`` in the current branch with eval behaviour (BN running statistics, the gates' eval
+    path) that still appends each gated block's cost record (blocks record only in training mode); leaves the
+    backbone in eval mode, recording off. Returns the records."""
+    rec = start_recording(backbone)
+    backbone.train()
+    for _, blk in gated_blocks(backbone):
+        blk.gate.eval()
+    for m in backbone.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        backbone(x)
+    finally:
+        backbone.eval()
+        for _, blk in gated_blocks(backbone):
+            blk.ss_record = None
+    return rec
+
+
+@torch.no_grad()
+def block_dense_macs(backbone: nn.Module, size: int) -> Dict[str, Tuple[float, float]]:
+    """{gated block name: (dense MACs of its gated convs conv1 + conv2, dense MACs of the rest -- conv3 and the
+    downsample)} for one ``size`` x ``size`` image, as the blocks record them for the budget (one gated forward)."""
+    was_mode, was_train = backbone.ss_mode, backbone.training
+    try:
+        set_mode(backbone, "gated")
+        _recorded_forward(backbone, torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
+    finally:
+        set_mode(backbone, was_mode)
+        backbone.train(was_train)
+    return {n: blk._ss_dense for n, blk in gated_blocks(backbone)}
+
+
 @torch.no_grad()
 def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict[str, object]:
     """Gated-path statistics on data, eval mode: budget-style FLOPs ratio over the gated blocks
@@ -592,15 +619,7 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict
     n_seen = 0
     for i in range(0, len(X), batch_size):
         xb = X[i: i + batch_size]
-        rec = start_recording(backbone)
-        backbone.train()   # record costs: the gate must run its eval path, so switch gates only
-        for _, blk in blocks:
-            blk.gate.eval()
-        for m in backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        backbone(xb)
-        backbone.eval()
+        rec = _recorded_forward(backbone, xb)
         for fr, fo in rec[:len(blocks)]:
             fr_sum += float(fr.sum())
             fo_sum += fo * len(xb)
@@ -610,8 +629,6 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict
         for n, blk in blocks:
             per_block[n] += blk._ss_rho * len(xb)
         n_seen += len(xb)
-    for _, blk in blocks:
-        blk.ss_record = None
     set_mode(backbone, was_mode)
     backbone.train(was_train)
     return {"gated_blocks_flops_ratio": fr_sum / fo_sum if fo_sum else 1.0,
