@@ -281,6 +281,14 @@ class Plugin:
         return None
 
     @classmethod
+    def cost_depends_on_input(cls, net: torch.nn.Module) -> bool:
+        """Whether the cost :meth:`measure_backbone` reports for a rebuilt backbone, routed as it is, depends on the
+        images (a data-dependent gate: measure it on real ones); False (the default) where any input of the right
+        shape gives the exact cost -- weight masks, a dense path, a gate that keeps the same channels for every
+        input."""
+        return False
+
+    @classmethod
     def deploy_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any]) -> Dict[str, Any]:
         """Fold training-only reparametrisations of a rebuilt backbone into its weights, in place, for
         export (the zoo); returns the config that rebuilds the folded network. Identity by default."""

@@ -101,6 +101,10 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
         return f"branch {path or 'a1'} (gated)"
 
     @classmethod
+    def cost_depends_on_input(cls, net) -> bool:
+        return True
+
+    @classmethod
     def measure_backbone(cls, net, X) -> Dict[str, Any]:
         m = measure(net, X)
         return {**m, "network_macs_ratio": 1.0 / m["network_reduction"], "gate_sparsity": m["mean_sparsity"]}

@@ -38,6 +38,7 @@ from solo_sparse.gating.dgnet import (
     flops_ratio,
     gated_blocks,
     is_gated,
+    is_static,
     measure,
     set_mode,
     set_static_keep,
@@ -181,6 +182,11 @@ class DGNetPlugin(GatedBackbonePlugin):
         m = measure(net, X)
         kept = list(m["kept_channels"].values())
         return {**m, "gate_sparsity": 1.0 - sum(kept) / len(kept) if kept else 0.0}
+
+    @classmethod
+    def cost_depends_on_input(cls, net) -> bool:
+        """The DGNet gate's cost does; the static control's and the dense path's do not."""
+        return getattr(net, "ss_mode", None) == "gated" and not is_static(net)
 
     @classmethod
     def prepare_fast_path(cls, net, size, progress=None, **options):

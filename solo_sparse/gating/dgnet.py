@@ -602,13 +602,27 @@ def block_dense_macs(backbone: nn.Module, size: int) -> Dict[str, Tuple[float, f
     return {n: blk._ss_dense for n, blk in gated_blocks(backbone)}
 
 
+def _count_module_form(backbone: nn.Module, x: torch.Tensor):
+    """count_macs of ``backbone`` on ``x`` through the module form: a batch-1 gather runs folded weights through
+    F.conv2d, past the conv hooks a MAC counter reads (it would count the gated blocks as 0 MACs, a ratio of 1)."""
+    from solo_sparse.engine.flops import count_macs
+
+    blocks = [blk for _, blk in gated_blocks(backbone)]
+    gather = [blk.ss_gather for blk in blocks]
+    try:
+        for blk in blocks:
+            blk.ss_gather = False
+        return count_macs(backbone, x)
+    finally:
+        for blk, g in zip(blocks, gather):
+            blk.ss_gather = g
+
+
 @torch.no_grad()
 def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict[str, object]:
     """Gated-path statistics on data, eval mode: budget-style FLOPs ratio over the gated blocks
     (exact per-sample count, gates included), whole-network MACs ratio (stem and FC included), and
     per-block kept-channel share."""
-    from solo_sparse.engine.flops import count_macs
-
     was_mode, was_train = backbone.ss_mode, backbone.training
     backbone.eval()
     set_mode(backbone, "gated")
@@ -623,7 +637,7 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict
         for fr, fo in rec[:len(blocks)]:
             fr_sum += float(fr.sum())
             fo_sum += fo * len(xb)
-        rep = count_macs(backbone, xb)
+        rep = _count_module_form(backbone, xb)
         eff += rep.effective
         dense += rep.dense
         for n, blk in blocks:

@@ -75,19 +75,28 @@ def _flops_of_config(path: Path, size: tuple):
 
 
 def _flops_of_gated_checkpoint(args, path: Path, net, info, size: tuple) -> int:
-    """A gated checkpoint's input-dependent MACs, measured from its gates on the images of ``--data``."""
+    """A gated checkpoint's MACs from its gates: measured on the images of ``--data`` where they depend on the
+    input (the plugin's ``cost_depends_on_input``), otherwise exact from any input of the size."""
+    import torch
+
+    from solo_sparse.core.registry import get_plugin
     from solo_sparse.tools.evaluate import MEASURE_IMAGES, backbone_macs, describe, load_images
 
-    if not args.data:
+    if args.data:
+        folder = Path(args.data) / "val" if (Path(args.data) / "val").is_dir() else Path(args.data)
+        X = load_images(folder, args.input_size)[0][:MEASURE_IMAGES]
+        over = f"mean over {len(X)} images of {folder}"
+    elif get_plugin(info["gating"]).cost_depends_on_input(net):
         raise ConfigError(f"{path}: a {info['gating']}-gated backbone computes per input; pass --data DIR "
                           "(an image folder) to measure its MACs on images")
-    folder = Path(args.data) / "val" if (Path(args.data) / "val").is_dir() else Path(args.data)
-    X = load_images(folder, args.input_size)[0][:MEASURE_IMAGES]
+    else:
+        X = torch.zeros(size)
+        over = "the same for every input"
     cost = backbone_macs(net, info, X)
     print(f"{path.name}: checkpoint, {describe(info)}")
     r = cost["macs_ratio"]
     print(f"input {tuple(size)}: MACs ratio {r:.4f} ({1 / max(r, 1e-12):.2f}x fewer), gate sparsity "
-          f"{cost.get('gate_sparsity', 0.0):.4f}, mean over {len(X)} images of {folder}")
+          f"{cost.get('gate_sparsity', 0.0):.4f}, {over}")
     return 0
 
 

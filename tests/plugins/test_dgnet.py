@@ -437,6 +437,30 @@ def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
             ModelView({"backbone": ModuleGroup("backbone", net, None)}, "shared", num_large_crops=2))
 
 
+def test_static_checkpoint_cost_needs_no_data(tmp_path, capsys):
+    """``solo-sparse flops CKPT`` on a static-control checkpoint: exact without images (the plugin says its cost
+    does not depend on the input); the DGNet gate's still asks for --data. measure() at batch 1 counts the
+    module form, not the gather that a MAC counter cannot see (it reported a ratio of 1.0)."""
+    from solo_sparse.tools.cli import main
+
+    p = DGNetGated.from_params({"control": "static", "target": 0.3})
+    host, online, _ = host_for(p)
+    net, _ = saved_and_loaded(host, online, tmp_path)
+    assert not DGNetGated.cost_depends_on_input(net)
+    ratio = DGNetGated.measure_backbone(net, torch.randn(3, 3, 32, 32))["network_macs_ratio"]
+    assert ratio < 0.5
+    assert abs(DGNetGated.measure_backbone(net, torch.randn(1, 3, 32, 32))["network_macs_ratio"] - ratio) < 1e-9
+    assert main(["flops", str(tmp_path / "run.ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert f"MACs ratio {ratio:.4f}" in out and "the same for every input" in out, out
+    set_mode(net, "dense")
+    assert not DGNetGated.cost_depends_on_input(net)
+    gated, _ = saved_and_loaded(*host_for(DGNetGated.from_params({}))[:2], tmp_path)
+    assert DGNetGated.cost_depends_on_input(gated)
+    assert main(["flops", str(tmp_path / "run.ckpt")]) == 2
+    assert "pass --data DIR" in capsys.readouterr().err
+
+
 def test_static_control_previews_its_cost_before_training():
     """``solo-sparse flops CONFIG``: the static control's cost is known from the config; the gate's is not."""
     from solo_sparse.engine.flops import count_macs
