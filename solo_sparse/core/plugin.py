@@ -289,6 +289,14 @@ class Plugin:
         return False
 
     @classmethod
+    def plain_backbone(cls, net: torch.nn.Module) -> Optional[torch.nn.Module]:
+        """A plain network (no plugin module, no per-input decision) computing a rebuilt backbone's outputs on
+        the path it is routed to, where one exists -- e.g. a gate that keeps the same channels for every input is
+        a narrower network -- so tools treat it as any static network (compact export, ``solo-sparse speed``);
+        None (the default) where the routed backbone's work depends on its input."""
+        return None
+
+    @classmethod
     def deploy_backbone(cls, net: torch.nn.Module, config: Mapping[str, Any]) -> Dict[str, Any]:
         """Fold training-only reparametrisations of a rebuilt backbone into its weights, in place, for
         export (the zoo); returns the config that rebuilds the folded network. Identity by default."""

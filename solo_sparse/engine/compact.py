@@ -18,7 +18,9 @@ residual connections by construction (no residual shape changes). One channel is
 would otherwise have none (it is dead, so the output is unchanged).
 
 Gated backbones (DGNet, CDG/CGNet/FBS) choose channels per input, so no static removal is exact; their
-runtime counterpart is DGNet's batch-1 gather path (``solo_sparse.gating.dgnet``). They are refused here.
+runtime counterpart is DGNet's batch-1 gather path (``solo_sparse.gating.dgnet``). They are refused here;
+DGNet's static control keeps the same channels for every input and converts to the plain narrower ResNet it is
+(``solo_sparse.gating.dgnet.to_plain_resnet``, closed channels unread), which compacts like any other.
 
 ``channel_prune(net, density)`` is one-shot channel-structured pruning of the internal channels (score
 ``|gamma_c| * ||conv_b.weight[:, c]||_1``, top ``round(density * C)`` per pair): it masks conv_b's

@@ -43,6 +43,7 @@ from solo_sparse.gating.dgnet import (
     set_mode,
     set_static_keep,
     start_recording,
+    to_plain_resnet,
 )
 
 BUDGETS = ("macs", "latency")
@@ -187,6 +188,12 @@ class DGNetPlugin(GatedBackbonePlugin):
     def cost_depends_on_input(cls, net) -> bool:
         """The DGNet gate's cost does; the static control's and the dense path's do not."""
         return getattr(net, "ss_mode", None) == "gated" and not is_static(net)
+
+    @classmethod
+    def plain_backbone(cls, net):
+        """The static control: the narrower torchvision ResNet it is (:func:`~solo_sparse.gating.dgnet.to_plain_resnet`,
+        closed channels unread, so a compact export removes them)."""
+        return to_plain_resnet(net) if is_static(net) else None
 
     @classmethod
     def prepare_fast_path(cls, net, size, progress=None, **options):

@@ -49,6 +49,7 @@ network's ungated time, so that budget is a whole-network latency ratio
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -528,6 +529,43 @@ def set_static_keep(backbone: nn.Module, target: float, size: int = STATIC_SIZE)
         blk.gate.set_kept(k)
         kept.append(k / c1 * d)
     return (sum(kept) + rest) / total
+
+
+@torch.no_grad()
+def to_plain_resnet(backbone: nn.Module) -> nn.Module:
+    """A copy of a static-control backbone (:func:`is_static`) as the plain torchvision ResNet it computes on its
+    routed path: no gate, the gated branch's BatchNorms in place of the dense ones (gated path, separate BN), and
+    on the gated path conv2's input columns of every channel the block does not keep zeroed -- so
+    :func:`solo_sparse.engine.compact.removable` finds them unread and :func:`~solo_sparse.engine.compact.compact`
+    removes them: the narrower ResNet the static control is. Outputs equal the routed backbone's (eval mode)."""
+    if not is_static(backbone):
+        raise ValueError("to_plain_resnet needs a backbone converted with control='static' (a DGNet gate picks "
+                         "channels per input: no plain network computes it)")
+    net = copy.deepcopy(backbone)
+    gated = net.ss_mode == "gated"
+    swap = gated and net.ss_separate_bn
+    for _, blk in gated_blocks(net):
+        if swap:
+            for name in blk._bn_names:
+                setattr(blk, name, getattr(blk, name + "_g"))
+            if blk.downsample is not None:
+                blk.downsample[1] = blk.downsample_bn_g
+        if gated:
+            blk.conv2.weight[:, blk.gate.keep == 0] = 0
+        for name in list(vars(blk)) + list(blk._modules):
+            if name == "gate" or name.endswith("_g") or name.startswith(("ss_", "_ss_")):
+                delattr(blk, name)
+        for conv_name in blk._gated_convs:
+            del getattr(blk, conv_name).effective_macs
+        blk.__class__ = BasicBlock if isinstance(blk, BasicBlock) else Bottleneck
+    if swap:
+        net.bn1 = net.bn1_g
+    if hasattr(net, "bn1_g"):
+        del net.bn1_g
+    for name in [n for n in vars(net) if n.startswith("ss_")]:
+        delattr(net, name)
+    net.__class__ = type(net).__bases__[0]
+    return net.eval()
 
 
 def copy_dense_bn_to_gated(backbone: nn.Module) -> None:

@@ -21,7 +21,8 @@ A suite (YAML, data -- it may name plugins; this module never does) lists *paths
         synthetic: true           # gates at their initial thresholds on random weights (speed only)
 
 What each path measures is decided by what the backbone *is*, never by a plugin name: a backbone whose
-plugin is ``compactable`` (or none) is compacted (:mod:`solo_sparse.engine.compact`) and measured eager
+plugin is ``compactable`` (or none), or whose fast path is a plain network (the plugin's ``plain_backbone``:
+DGNet's static control is a narrower ResNet), is compacted (:mod:`solo_sparse.engine.compact`) and measured eager
 and in its inference form (BN folded, channels-last), next to the uncompacted network in the same form
 (the fair reference); a plugin with ``speed_paths`` (fast, dense) is routed to each, and DGNet-gated
 blocks get their measured batch-1 execution plan (:func:`solo_sparse.gating.dgnet.attach_latency_table`);
@@ -290,6 +291,17 @@ def _conv_out_positions(net: nn.Module, size: int) -> List[Tuple[nn.Module, int]
     return [(c, sizes[id(c)]) for c in convs]
 
 
+def _plain_fast_path(cls, net: nn.Module, pcfg: Mapping[str, Any]) -> Optional[nn.Module]:
+    """The plugin's plain network for the fast one of its ``speed_paths`` (or the path the backbone is routed to),
+    where its work does not depend on the input (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`)."""
+    if cls is None:
+        return None
+    fast = copy.deepcopy(net)
+    if cls.speed_paths:
+        cls.route_backbone(fast, pcfg, cls.speed_paths[0])
+    return cls.plain_backbone(fast)
+
+
 def build_path(spec: Mapping[str, Any], root: Optional[Path] = None, reps_table: int = 15) -> SpeedPath:
     from solo_sparse.core.registry import get_plugin
     from solo_sparse.gating import cdg_exec, dgnet
@@ -302,7 +314,11 @@ def build_path(spec: Mapping[str, Any], root: Optional[Path] = None, reps_table:
         if reason:
             raise ConfigError(f"speed path {pid!r}: refused: {reason}. Train the gates first, or mark the path "
                               f"`synthetic: true` to time initial gates (a speed measurement, not an exported model)")
-    if cls is not None and cls.speed_paths:
+    plain = _plain_fast_path(cls, net, pcfg)
+    if plain is not None:          # the fast path is a static network (a narrower ResNet): its compact export
+        p = _compact_path(pid, plain, spec)
+        p.info["plain_backbone_of"] = plugin
+    elif cls is not None and cls.speed_paths:
         p = _speed_paths_path(pid, net, plugin, pcfg, spec, reps_table)
     elif cdg_exec.convertible(net):
         p = _cdg_path(pid, net, plugin, pcfg, spec)

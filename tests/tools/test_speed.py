@@ -108,3 +108,40 @@ def test_the_shipped_suite_loads():
 
     s = speed.load_suite(Path(__file__).resolve().parents[2] / "scripts" / "speed" / "suite.yaml")
     assert s["reps"] >= 20 and s["batches"] == [1, 64] and s["sizes"] == [32, 64, 224]
+
+
+@pytest.mark.parametrize("plugin", ["dgnet_dual", "dgnet_gated"])
+def test_the_static_control_is_timed_as_the_narrower_resnet_it_is(plugin):
+    """DGNet's static control keeps the same channels for every input: its fast path is a plain ResNet
+    (Plugin.plain_backbone), compacted and timed like any static network -- not the per-input gather."""
+    import torch
+
+    from solo_sparse.core.registry import get_plugin
+    from solo_sparse.engine import compact as C
+    from solo_sparse.gating.dgnet import gated_blocks, set_mode
+
+    p = speed.build_path({"id": "s", "plugin": plugin, "params": {"control": "static", "target": 0.3}})
+    assert p.kind == "compact" and p.info["plain_backbone_of"] == plugin and p.info["max_rel_diff"] < 1e-5
+    small, whole = p.info["internal_channels"]
+    assert whole == 1920 and small < 0.55 * whole          # ~rho 0.4 of the gated channels, rounded to the lanes
+    assert {v.name for v in p.variants} == {"dense+opt", "compact", "compact+opt"}
+    # the plain network computes the gated path exactly; a DGNet gate has none
+    net, _, cfg = speed._load({"id": "s", "plugin": plugin, "params": {"control": "static", "target": 0.3}}, None)
+    cls = get_plugin(plugin)
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():            # trained-like BNs: the gated branch's twins differ from the dense ones
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, lo, hi in ((m.running_mean, -0.2, 0.2), (m.running_var, 0.5, 1.5), (m.weight, 0.5, 1.5),
+                              (m.bias, -0.2, 0.2)):
+                t.data.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    cls.route_backbone(net, cfg, "gated")
+    for _, blk in gated_blocks(net):
+        blk.ss_gather = False
+    plain = cls.plain_backbone(net)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), net(x), atol=1e-5)
+        assert sum(C.widths(C.compact(plain)).values()) == sum(blk.gate.kept for _, blk in gated_blocks(net))
+    dyn, _, dcfg = speed._load({"id": "d", "plugin": plugin, "params": {}}, None)
+    set_mode(dyn, "gated")
+    assert cls.plain_backbone(dyn) is None
