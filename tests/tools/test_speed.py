@@ -103,10 +103,11 @@ def test_suite_errors(tmp_path):
         speed.build_path({"id": "gone", "checkpoint": str(tmp_path / "x.ckpt")})
 
 
-def test_the_shipped_suite_loads():
+@pytest.mark.parametrize("name", ["suite.yaml", "static.yaml"])
+def test_the_shipped_suites_load(name):
     from pathlib import Path
 
-    s = speed.load_suite(Path(__file__).resolve().parents[2] / "scripts" / "speed" / "suite.yaml")
+    s = speed.load_suite(Path(__file__).resolve().parents[2] / "scripts" / "speed" / name)
     assert s["reps"] >= 20 and s["batches"] == [1, 64] and s["sizes"] == [32, 64, 224]
 
 
