@@ -346,7 +346,11 @@ def _cmd_bench(args) -> int:
                   extra_overrides=args.overrides or (), host=args.host)
     if args.dry_run:
         for spec, seed in bench.plan():
-            print(f"would run {spec.id} seed {seed} ({spec.kind}, {spec.config})")
+            sibling = bench.sibling_row(spec, seed)
+            if sibling is not None:
+                print(f"would reuse {spec.id} seed {seed}: the same training is {sibling[0]} (not trained twice)")
+            else:
+                print(f"would run {spec.id} seed {seed} ({spec.kind}, {spec.config})")
         return 0
     results = bench.run()
     print(to_markdown(results))

@@ -196,7 +196,13 @@ runs:
     config: cfg.yaml
     overrides: ["++max_epochs=3"]
 """)
+    from solo_sparse.tools.cli import main
+
     capsys.readouterr()
+    assert main(["bench", str(other), "--dry-run", "--data-root", str(tmp / "data"), "--solo-learn", str(solo)]) == 0
+    plan = capsys.readouterr().out
+    assert "would reuse plain-dense seed 0: the same training is toy/dense/seed0" in plan, plan
+    assert "would run plain-dense-longer seed 0" in plan
     res = Bench(Suite.load(other), data_root=tmp / "data", solo_dir=solo, log=print).run()
     out = capsys.readouterr().out
     row, first = res["rows"]["plain-dense/seed0"], json.loads((repo / "results" / "toy" / "results.json").read_text())
