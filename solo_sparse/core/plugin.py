@@ -126,6 +126,10 @@ class Plugin:
     rewrites_backbone: ClassVar[bool] = False
     #: the plugin stores weight masks in the backbone (``*.weight_mask`` buffers)
     masks_weights: ClassVar[bool] = False
+    #: version of the plugin's cost count (:meth:`measure_backbone`): bumped when a fix changes what it counts, so
+    #: ``solo-sparse bench`` re-measures the cost columns of finished rows from their checkpoints (a row records
+    #: the versions it was measured with, ``cost_versions``; a row without one was measured with version 1)
+    cost_version: ClassVar[int] = 1
     #: which optimizer steps need the dense weight gradient of masked layers (training-cost
     #: accounting): "never" (masked gradients suffice), "updates" (mask-update steps only), "every"
     dense_gradients: ClassVar[str] = "never"

@@ -276,7 +276,7 @@ class _GatedMixin:
             m = torch.zeros_like(m)
             m[:, : self._ss_force[0]] = 1
         self._ss_rho = float(m.detach().mean())
-        self._ss_gate_cost = self.gate.cost(x.shape[-2], x.shape[-1])
+        self._ss_gate_cost = self.gate.cost(x.shape[-2], x.shape[-1]) * x.shape[0]     # the batch's, as ``dense``
         return m
 
     def _append_record(self, m: torch.Tensor, d12: float, rest: float, gate: float) -> None:
@@ -356,7 +356,8 @@ class _GatedMixin:
 
 
 def _reported_macs(block, first: bool, inputs, output, dense: float) -> float:
-    """``effective_macs`` protocol of solo_sparse.engine.flops for a gated block's conv1 / conv2."""
+    """``effective_macs`` protocol of solo_sparse.engine.flops for a gated block's conv1 / conv2: batch totals (the
+    gate's cost counted once per image)."""
     if block.ss_mode != "gated":
         return dense
     return dense * block._ss_rho + (block._ss_gate_cost if first else 0.0)

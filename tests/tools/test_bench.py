@@ -408,3 +408,40 @@ def test_update_docs_skips_files_that_are_not_bench_results_and_refuses_two_of_o
         update_docs([a, b], [doc])
     with pytest.raises(ConfigError, match="no such results file"):
         update_docs([tmp_path / "missing.json"], [doc])
+
+
+def test_a_row_measured_with_an_older_cost_count_is_re_measured_from_its_checkpoint(setup, capsys, monkeypatch):
+    """A plugin whose cost count changed (cost_version bumped) gets its finished rows' cost columns re-measured from
+    their checkpoints when the suite is run again -- accuracy kept, nothing retrained; current rows are left alone."""
+    import torch
+
+    from solo_sparse.core.plugin import ModelView, PluginHost
+    from solo_sparse.engine.resnet import build_resnet
+    from solo_sparse.engine.sparsifier import ModuleGroup
+    from solo_sparse.tools.bench.measure import stale_cost
+    from solo_sparse_plugins.dgnet_dual import DGNetDual
+
+    repo, suite, solo, tmp = setup
+    online = build_resnet("resnet18")
+    host = PluginHost([DGNetDual.from_params({"control": "static", "target": 0.3})])
+    host.setup(ModelView({"backbone": ModuleGroup("backbone", online, None)}, "shared", method="vicreg",
+                         num_large_crops=2))
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    ck = b.out / "runs" / "dense" / "seed0" / "x.ckpt"
+    ck.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in online.state_dict().items()},
+                "solo_sparse": host.state_dict()}, ck)
+    row = {"id": "dense:gated", "seed": 0, "kind": "pretrain", "status": "ok", "path": "gated", "linear": 0.5,
+           "plugins": ["dgnet_dual"], "inference_macs_ratio": 0.123, "checkpoint": "runs/dense/seed0/x.ckpt"}
+    b.results["rows"]["dense:gated/seed0"] = dict(row)
+    assert stale_cost(row)                                    # no cost_versions: measured with version 1
+    b.backfill()
+    new = b.results["rows"]["dense:gated/seed0"]
+    assert new["cost_versions"] == {"dgnet_dual": DGNetDual.cost_version} and not stale_cost(new)
+    assert 0.3 < new["inference_macs_ratio"] < 0.4 and new["linear"] == 0.5
+    assert "cost re-measured with the current count: MACs x0.1230 -> x0.3" in capsys.readouterr().out
+    new["inference_macs_ratio"] = 0.123                       # current rows are not measured again
+    b.backfill()
+    assert b.results["rows"]["dense:gated/seed0"]["inference_macs_ratio"] == 0.123
+    monkeypatch.setattr(DGNetDual, "cost_version", DGNetDual.cost_version + 1)
+    assert stale_cost(new)

@@ -40,6 +40,9 @@ a linear probe on frozen features (``solo_sparse.tools.evaluate``). One row sche
 (:data:`~solo_sparse.tools.bench.results.ROW_KEYS`). Rows are keyed ``<id>/seed<k>``; a row whose fingerprint
 (config file content + overrides + seed + size) is already in ``results.json`` is skipped, a trained run whose
 evaluation is missing is only evaluated — re-running a suite after an interruption continues where it stopped.
+A finished row whose cost columns were measured with an older cost count of one of its plugins (the row's
+``cost_versions`` vs :attr:`~solo_sparse.core.plugin.Plugin.cost_version`) is re-measured from its checkpoint,
+its accuracy kept.
 
 Outputs in the suite's folder: ``results.json`` (rows + meta), ``results.md`` (mean ± std over seeds per
 id, with the random-init and dense margins), ``<suite>.png`` (linear probe vs inference MACs, error bars,

@@ -18,7 +18,7 @@ import torch
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
 from solo_sparse.engine.resnet import build_resnet
-from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats
+from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats, stale_cost
 from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, plot_rounds, to_markdown
 from solo_sparse.tools.bench.suite import RunSpec, Suite, compose_plugins, plugin_digest
 from solo_sparse.tools.evaluate import DivergedCheckpoint, evaluate_backbone, load_backbone, load_splits
@@ -247,10 +247,30 @@ class Bench:
                 row.update(probe_stats(str(ck_file), net, self.eval_data()[1][0][-256:], row.get("path")))
                 self.log(f"[bench] {row['id']}/seed{row['seed']}: probes backfilled (shift "
                          f"{row['shift_sensitivity']:.4f})")
+            if stale_cost(row):
+                self.remeasure_cost(row, ck_file)
             if row.get("csi") and run_dir.is_dir():
                 csi = read_csi(run_dir)
                 if csi:
                     row["csi"] = {"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
+
+    def remeasure_cost(self, row: Dict[str, Any], ck_file: Optional[Path]) -> None:
+        """Re-measure a finished row's cost columns (inference MACs, gate sparsity) from its checkpoint, as the run
+        measured them, after a plugin's cost count changed (:func:`~solo_sparse.tools.bench.measure.stale_cost`);
+        the accuracy columns are kept (the trained network is the same)."""
+        key = f"{row['id']}/seed{row['seed']}"
+        if ck_file is None or not ck_file.is_file():
+            self.log(f"[bench] {key}: cost measured with an older count, and its checkpoint is not here to "
+                     f"re-measure it")
+            return
+        net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
+        stats = checkpoint_stats(read_checkpoint(str(ck_file)), self.suite.size, self.eval_data()[1][0][:2000], net,
+                                 row.get("path"))
+        old = row.get("inference_macs_ratio")
+        for k in ("inference_macs_ratio", "gate_sparsity", "cost_versions"):
+            row[k] = stats.get(k)
+        self.log(f"[bench] {key}: cost re-measured with the current count: MACs x{old:.4f} -> "
+                 f"x{row['inference_macs_ratio']:.4f}")
 
     def run(self) -> Dict[str, Any]:
         self.backfill()

@@ -15,6 +15,18 @@ from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.evaluate import load_backbone
 
 
+def cost_versions(plugins) -> Dict[str, int]:
+    """{plugin: the version of its cost count} (:attr:`~solo_sparse.core.plugin.Plugin.cost_version`)."""
+    return {name: get_plugin(name).cost_version for name in plugins}
+
+
+def stale_cost(row: Dict[str, Any]) -> bool:
+    """Whether a finished row's cost columns were measured with an older cost count of one of its plugins than
+    the current code's (a row without ``cost_versions`` was measured with version 1 of each)."""
+    seen = row.get("cost_versions") or {}
+    return any(seen.get(name, 1) != v for name, v in cost_versions(row.get("plugins") or ()).items())
+
+
 def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], net: torch.nn.Module,
                      path: Optional[str]) -> Dict[str, Any]:
     """Densities, inference/training MACs, trigger step and gate statistics of a trained checkpoint, asked
@@ -31,6 +43,7 @@ def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], n
     }
     plugin_state = ck.get("solo_sparse") or {}
     out["plugins"] = sorted(plugin_state)
+    out["cost_versions"] = cost_versions(out["plugins"])
     g = 0.0
     for name, st in plugin_state.items():
         cls = get_plugin(name)

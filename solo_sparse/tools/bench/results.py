@@ -18,8 +18,8 @@ from solo_sparse.tools.bench.suite import RETRAIN, parse_round_row_id, round_row
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
-            "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity", "online_momentum_cos",
-            "status", "error", "command", "reused_from")
+            "cost_versions", "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity",
+            "online_momentum_cos", "status", "error", "command", "reused_from")
 
 
 def _mean_std(vals: Sequence[float]):
