@@ -287,10 +287,10 @@ class Plugin:
     @classmethod
     def cost_depends_on_input(cls, net: torch.nn.Module) -> bool:
         """Whether the cost :meth:`measure_backbone` reports for a rebuilt backbone, routed as it is, depends on the
-        images (a data-dependent gate: measure it on real ones); False (the default) where any input of the right
-        shape gives the exact cost -- weight masks, a dense path, a gate that keeps the same channels for every
-        input."""
-        return False
+        images (a data-dependent gate: measure it on real ones); False where any input of the right shape gives
+        the exact cost -- weight masks, a dense path, a gate that keeps the same channels for every input. Default:
+        True for a plugin that rewrites the backbone (the safe answer for a gate), False otherwise."""
+        return cls.rewrites_backbone
 
     @classmethod
     def plain_backbone(cls, net: torch.nn.Module) -> Optional[torch.nn.Module]:

@@ -102,7 +102,11 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
 
     @classmethod
     def cost_depends_on_input(cls, net) -> bool:
-        return True
+        """The gates' cost does; the static controls' (``base_only``, ``random``: no dependence on the input) and a
+        dense-routed backbone's do not."""
+        convs = [c for _, c in gated_convs(net)]
+        return any(getattr(c, "ss_mode", "gated") != "dense" and getattr(c, "ss_control", "none") == "none"
+                   for c in convs)
 
     @classmethod
     def measure_backbone(cls, net, X) -> Dict[str, Any]:

@@ -49,6 +49,7 @@ network's ungated time, so that budget is a whole-network latency ratio
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -607,23 +608,38 @@ def flops_ratio(records: Sequence[Tuple[torch.Tensor, float]]) -> Optional[torch
     return (fr / fo).mean()
 
 
+@contextlib.contextmanager
+def _state_kept(backbone: nn.Module):
+    """Restore on exit what the measuring helpers change: the branch the backbone and each gated block are routed
+    to, whether the block's gates are held open (warm-up), the cost-record list it appends to (a training plugin's)
+    and every module's train/eval flag."""
+    blocks = [blk for _, blk in gated_blocks(backbone)]
+    mode = backbone.ss_mode
+    per_block = [(blk.ss_mode, blk.ss_gates_open, blk.ss_record) for blk in blocks]
+    training = [(m, m.training) for m in backbone.modules()]
+    try:
+        yield
+    finally:
+        backbone.ss_mode = mode
+        for blk, (m, gates_open, rec) in zip(blocks, per_block):
+            blk.ss_mode, blk.ss_gates_open, blk.ss_record = m, gates_open, rec
+        for m, t in training:
+            m.training = t
+
+
 def _recorded_forward(backbone: nn.Module, x: torch.Tensor) -> List:
     """One forward of ``x`` in the current branch with eval behaviour (BN running statistics, the gates' eval
-    path) that still appends each gated block's cost record (blocks record only in training mode); leaves the
-    backbone in eval mode, recording off. Returns the records."""
-    rec = start_recording(backbone)
-    backbone.train()
-    for _, blk in gated_blocks(backbone):
-        blk.gate.eval()
-    for m in backbone.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    try:
-        backbone(x)
-    finally:
-        backbone.eval()
+    path) that still appends each gated block's cost record (blocks record only in training mode); the backbone's
+    state is left as it was. Returns the records."""
+    with _state_kept(backbone):
+        rec = start_recording(backbone)
+        backbone.train()
         for _, blk in gated_blocks(backbone):
-            blk.ss_record = None
+            blk.gate.eval()
+        for m in backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        backbone(x)
     return rec
 
 
@@ -631,13 +647,9 @@ def _recorded_forward(backbone: nn.Module, x: torch.Tensor) -> List:
 def block_dense_macs(backbone: nn.Module, size: int) -> Dict[str, Tuple[float, float]]:
     """{gated block name: (dense MACs of its gated convs conv1 + conv2, dense MACs of the rest -- conv3 and the
     downsample)} for one ``size`` x ``size`` image, as the blocks record them for the budget (one gated forward)."""
-    was_mode, was_train = backbone.ss_mode, backbone.training
-    try:
+    with _state_kept(backbone):
         set_mode(backbone, "gated")
         _recorded_forward(backbone, torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
-    finally:
-        set_mode(backbone, was_mode)
-        backbone.train(was_train)
     return {n: blk._ss_dense for n, blk in gated_blocks(backbone)}
 
 
@@ -662,28 +674,26 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256) -> Dict
     """Gated-path statistics on data, eval mode: budget-style FLOPs ratio over the gated blocks
     (exact per-sample count, gates included), whole-network MACs ratio (stem and FC included), and
     per-block kept-channel share."""
-    was_mode, was_train = backbone.ss_mode, backbone.training
-    backbone.eval()
-    set_mode(backbone, "gated")
     blocks = gated_blocks(backbone)
     fr_sum = fo_sum = 0.0
     eff = dense = 0.0
     per_block = {n: 0.0 for n, _ in blocks}
     n_seen = 0
-    for i in range(0, len(X), batch_size):
-        xb = X[i: i + batch_size]
-        rec = _recorded_forward(backbone, xb)
-        for fr, fo in rec[:len(blocks)]:
-            fr_sum += float(fr.sum())
-            fo_sum += fo * len(xb)
-        rep = _count_module_form(backbone, xb)
-        eff += rep.effective
-        dense += rep.dense
-        for n, blk in blocks:
-            per_block[n] += blk._ss_rho * len(xb)
-        n_seen += len(xb)
-    set_mode(backbone, was_mode)
-    backbone.train(was_train)
+    with _state_kept(backbone):
+        backbone.eval()
+        set_mode(backbone, "gated")
+        for i in range(0, len(X), batch_size):
+            xb = X[i: i + batch_size]
+            rec = _recorded_forward(backbone, xb)
+            for fr, fo in rec[:len(blocks)]:
+                fr_sum += float(fr.sum())
+                fo_sum += fo * len(xb)
+            rep = _count_module_form(backbone, xb)
+            eff += rep.effective
+            dense += rep.dense
+            for n, blk in blocks:
+                per_block[n] += blk._ss_rho * len(xb)
+            n_seen += len(xb)
     return {"gated_blocks_flops_ratio": fr_sum / fo_sum if fo_sum else 1.0,
             "network_macs_ratio": eff / dense if dense else 1.0,
             "kept_channels": {n: v / n_seen for n, v in per_block.items()}}
@@ -705,17 +715,14 @@ def block_input_shapes(backbone: nn.Module, size: int) -> Dict[str, Tuple[int, i
     shapes: Dict[str, Tuple[int, int, int]] = {}
     hooks = [blk.register_forward_pre_hook(lambda m, i, n=n: shapes.__setitem__(n, tuple(i[0].shape[1:])))
              for n, blk in gated_blocks(backbone)]
-    was_mode, was_train = backbone.ss_mode, backbone.training
     try:
-        backbone.eval()
-        set_mode(backbone, "dense")
-        with torch.no_grad():
+        with _state_kept(backbone), torch.no_grad():
+            backbone.eval()
+            set_mode(backbone, "dense")
             backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
-        set_mode(backbone, was_mode)
-        backbone.train(was_train)
     return shapes
 
 

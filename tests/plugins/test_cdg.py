@@ -711,3 +711,20 @@ def test_monitor_reports_the_shift_sensitivity_of_the_eval_path_each_epoch(tmp_p
     assert m["diag/shift_sensitivity"] == pytest.approx(want) and want > 0 and routed   # on the eval path
     (tmp_path / "train.log").write_text(capsys.readouterr().err)
     assert read_monitor(tmp_path)["shift"] == [pytest.approx(want, abs=1e-5)]
+
+
+@pytest.mark.parametrize("plugin,cfg,depends", [
+    (CGNet, {}, True), (CGNet, {"control": "base_only", "unified": False}, False),
+    (CGNet, {"control": "random", "unified": False}, False), (CDG, {}, True), (FBS, {}, True)])
+def test_cost_depends_on_input_only_where_a_gate_reads_it(plugin, cfg, depends):
+    """`solo-sparse flops CKPT` asks for images only where the cost needs them: the static controls' cost is the same
+    for every input (base path alone, or a fixed pattern), so any input of the size measures it exactly."""
+    from solo_sparse.engine.resnet import build_resnet
+
+    net = build_resnet("resnet18")
+    plugin.rebuild_backbone(net, cfg)
+    assert plugin.cost_depends_on_input(net) is depends
+    if not depends:
+        x = torch.randn(2, 3, 32, 32)
+        a = plugin.measure_backbone(net, x)["network_macs_ratio"]
+        assert a == pytest.approx(plugin.measure_backbone(net, torch.zeros(1, 3, 32, 32))["network_macs_ratio"])

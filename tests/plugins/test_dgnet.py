@@ -438,6 +438,26 @@ def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
             ModelView({"backbone": ModuleGroup("backbone", net, None)}, "shared", num_large_crops=2))
 
 
+def test_measuring_leaves_the_backbone_as_it_was():
+    """measure / set_static_keep / block_input_shapes restore routing, held-open gates, a plugin's cost-record list
+    and every module's train/eval flag (set_static_keep dropped the record list, and all three reset the flags)."""
+    for control in ("none", "static"):
+        net = resnet()
+        convert_resnet(net, separate_bn=True, control=control)
+        rec = start_recording(net)
+        set_mode(net, "gated", gates_open=True)
+        net.train()
+        net.layer2.eval()                                  # a caller's frozen part
+        before = [(n, m.training) for n, m in net.named_modules()]
+        measure(net, torch.randn(2, 3, 32, 32))
+        block_input_shapes(net, 32)
+        if control == "static":
+            set_static_keep(net, 0.4)
+        assert [(n, m.training) for n, m in net.named_modules()] == before
+        assert net.ss_mode == "gated" and all(b.ss_gates_open and b.ss_record is rec for _, b in gated_blocks(net))
+        assert rec == []
+
+
 def test_the_gates_own_cost_is_counted_per_image():
     """measure(): the same image once or eight times gives the same whole-network ratio, the gates' MACs included
     (they were counted once per batch: 0.5211 at batch 1 vs 0.5192 at batch 8 on a gated ResNet-18, 64 px)."""
