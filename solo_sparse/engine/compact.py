@@ -62,7 +62,9 @@ def _refuse_gated(net: nn.Module) -> None:
         if hasattr(mod, "ss_mode") or hasattr(mod, "ss_branch") or type(mod).__name__.startswith(("Gated", "CDG")):
             raise ValueError(f"compact export: {name or 'the backbone'} ({type(mod).__name__}) is gated; gates pick "
                              f"channels per input, so static channel removal is not exact. Use DGNet's batch-1 "
-                             f"gather path (eval_path: gated) for the runtime speed-up")
+                             f"gather path (eval_path: gated) for the runtime speed-up; a gated backbone whose "
+                             f"plugin has a plain form (Plugin.plain_backbone, e.g. DGNet's static control) "
+                             f"converts to it first")
 
 
 def pairs(net: nn.Module) -> List[Tuple[str, nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]]:

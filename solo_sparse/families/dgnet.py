@@ -195,8 +195,9 @@ class DGNetPlugin(GatedBackbonePlugin):
     @classmethod
     def plain_backbone(cls, net):
         """The static control: the narrower torchvision ResNet it is (:func:`~solo_sparse.gating.dgnet.to_plain_resnet`,
-        closed channels unread, so a compact export removes them)."""
-        return to_plain_resnet(net) if is_static(net) else None
+        closed channels unread, so a compact export removes them); the dense path: the plain ResNet. The DGNet
+        gate's path: None."""
+        return to_plain_resnet(net) if is_static(net) or getattr(net, "ss_mode", None) == "dense" else None
 
     @classmethod
     def prepare_fast_path(cls, net, size, progress=None, **options):

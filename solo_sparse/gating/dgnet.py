@@ -535,14 +535,15 @@ def set_static_keep(backbone: nn.Module, target: float, size: int = STATIC_SIZE)
 
 @torch.no_grad()
 def to_plain_resnet(backbone: nn.Module) -> nn.Module:
-    """A copy of a static-control backbone (:func:`is_static`) as the plain torchvision ResNet it computes on its
-    routed path: no gate, the gated branch's BatchNorms in place of the dense ones (gated path, separate BN), and
-    on the gated path conv2's input columns of every channel the block does not keep zeroed -- so
-    :func:`solo_sparse.engine.compact.removable` finds them unread and :func:`~solo_sparse.engine.compact.compact`
-    removes them: the narrower ResNet the static control is. Outputs equal the routed backbone's (eval mode)."""
-    if not is_static(backbone):
-        raise ValueError("to_plain_resnet needs a backbone converted with control='static' (a DGNet gate picks "
-                         "channels per input: no plain network computes it)")
+    """A copy of a static-control backbone (:func:`is_static`), or of any gated backbone routed to its dense path,
+    as the plain torchvision ResNet it computes on its routed path: no gate, the gated branch's BatchNorms in place
+    of the dense ones (gated path, separate BN), and on the gated path conv2's input columns of every channel the
+    block does not keep zeroed -- so :func:`solo_sparse.engine.compact.removable` finds them unread and
+    :func:`~solo_sparse.engine.compact.compact` removes them: the narrower ResNet the static control is. Outputs
+    equal the routed backbone's (eval mode)."""
+    if not is_static(backbone) and backbone.ss_mode != "dense":
+        raise ValueError("to_plain_resnet needs a backbone converted with control='static' or routed to its dense "
+                         "path (a DGNet gate picks channels per input: no plain network computes it)")
     net = copy.deepcopy(backbone)
     gated = net.ss_mode == "gated"
     swap = gated and net.ss_separate_bn
@@ -566,7 +567,7 @@ def to_plain_resnet(backbone: nn.Module) -> nn.Module:
         del net.bn1_g
     for name in [n for n in vars(net) if n.startswith("ss_")]:
         delattr(net, name)
-    net.__class__ = type(net).__bases__[0]
+    net.__class__ = next(base for base, gated in _GATED_RESNET_CLASSES.items() if gated is type(net))
     return net.eval()
 
 

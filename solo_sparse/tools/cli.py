@@ -111,7 +111,7 @@ def _cmd_flops(args) -> int:
         from solo_sparse.tools.evaluate import load_backbone
 
         net, info = load_backbone(str(path), args.backbone, cifar_stem=args.cifar_stem)
-        if info["gating"]:        # input-dependent cost: measured from the gates on images
+        if info["gating"]:        # measured from the gates (on images where their cost depends on the input)
             return _flops_of_gated_checkpoint(args, path, net, info, size)
         rep = count_macs(net, size, from_weights=True)
         what = f"checkpoint, masked layers at density {info['density']:.4f}"
@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--backbone", default="resnet18")
     a.add_argument("--input-size", type=IMAGE_SIZE, default=32)
     a.add_argument("--data", default=None, help="image folder (val/ or <class>/ folders): gated checkpoints' MACs "
-                                                "are measured on its images (needed for them)")
+                                                "are measured on its images (needed where their cost depends on "
+                                                "the input)")
     a.add_argument("--cifar-stem", action="store_true", help="checkpoint was trained on cifar10/100")
     a.add_argument("--per-layer", action="store_true")
     a.set_defaults(fn=_cmd_flops)

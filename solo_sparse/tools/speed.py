@@ -296,10 +296,19 @@ def _plain_fast_path(cls, net: nn.Module, pcfg: Mapping[str, Any]) -> Optional[n
     where its work does not depend on the input (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`)."""
     if cls is None:
         return None
-    fast = copy.deepcopy(net)
+    fast = copy.deepcopy(net).eval()
     if cls.speed_paths:
         cls.route_backbone(fast, pcfg, cls.speed_paths[0])
-    return cls.plain_backbone(fast)
+    plain = cls.plain_backbone(fast)
+    if plain is not None:              # what is timed must compute the path: checked, not trusted
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ref = fast(x)
+            err = float((plain(x) - ref).abs().max()) / max(float(ref.abs().max()), 1e-12)
+        if not err < 1e-4:
+            raise ConfigError(f"plugin {cls.name!r}: its plain_backbone differs from the path it stands for (max "
+                              f"relative difference {err:.2e}); not timed")
+    return plain
 
 
 def build_path(spec: Mapping[str, Any], root: Optional[Path] = None, reps_table: int = 15) -> SpeedPath:

@@ -14,6 +14,19 @@ from solo_sparse.zoo.format import ZooError, build_module, read_backbone, save_b
 from solo_sparse.zoo.manifest import check_against_manifest, entry, fetch, load
 
 
+def _plain(name: str, net: torch.nn.Module, root: Optional[Path]) -> torch.nn.Module:
+    """Entry ``name``'s network as the plain network its backbone-rewriting plugin says it is on the entry's path
+    (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`), or as loaded (then compacting a gated one is refused
+    with the reason)."""
+    from solo_sparse.core.registry import get_plugin
+
+    for plugin in entry(name, root).get("plugins") or {}:
+        plain = get_plugin(plugin).plain_backbone(net)
+        if plain is not None:
+            return plain
+    return net
+
+
 def export_compact(name: str, out: Path, channel_density: Optional[float] = None, root: Optional[Path] = None,
                    fp16: bool = False) -> Dict[str, Any]:
     """Write a compacted copy of entry ``name`` (zoo format, ``compact`` widths in the metadata) and
@@ -23,7 +36,7 @@ def export_compact(name: str, out: Path, channel_density: Optional[float] = None
     from solo_sparse.engine import compact as C
 
     out = _check_out(out)
-    net = load(name, "solo", root)
+    net = _plain(name, load(name, "solo", root), root)
     if channel_density is not None:
         C.channel_prune(net, channel_density)
     small = C.compact(net)

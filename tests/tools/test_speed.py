@@ -146,3 +146,25 @@ def test_the_static_control_is_timed_as_the_narrower_resnet_it_is(plugin):
     dyn, _, dcfg = speed._load({"id": "d", "plugin": plugin, "params": {}}, None)
     set_mode(dyn, "gated")
     assert cls.plain_backbone(dyn) is None
+    set_mode(dyn, "dense")                                   # the dense path is a plain ResNet
+    with torch.no_grad():
+        assert torch.allclose(cls.plain_backbone(dyn)(x), dyn(x), atol=1e-5)
+
+
+def test_a_plain_backbone_that_does_not_compute_its_path_is_refused(monkeypatch):
+    import torch
+
+    from solo_sparse.core.registry import get_plugin
+
+    cls = get_plugin("dgnet_gated")
+    real = cls.plain_backbone.__func__
+
+    def broken(c, net):
+        plain = real(c, net)
+        with torch.no_grad():
+            plain.layer1[0].conv1.weight.mul_(2)
+        return plain
+
+    monkeypatch.setattr(cls, "plain_backbone", classmethod(broken))
+    with pytest.raises(ConfigError, match="plain_backbone differs from the path it stands for"):
+        speed.build_path({"id": "s", "plugin": "dgnet_gated", "params": {"control": "static", "target": 0.3}})

@@ -290,3 +290,26 @@ def test_report_plots(tmp_path):
     got = report.plot_run(tmp_path / "run", tmp_path / "out2")
     assert [Path(x).name for x in got] == ["density_schedule.png", "csi.png"]
     assert all(Path(x).stat().st_size > 1000 for x in got)
+
+
+def test_a_static_control_entry_exports_and_benches_as_the_narrow_resnet_it_is(tmp_path):
+    """A DGNet static-control entry: `zoo export --compact` and `zoo bench` go through the plugin's plain form (the
+    narrower ResNet) instead of refusing a gated backbone or timing a per-image gather."""
+    from solo_sparse.core.config import config_to_state
+    from solo_sparse.core.registry import get_plugin, rebuild_backbone
+    from solo_sparse.gating.dgnet import gated_blocks
+    from solo_sparse.tools.zoo_bench import bench_entry
+
+    cfg = json.loads(json.dumps(config_to_state(get_plugin("dgnet_gated").Config(control="static", target=0.3))))
+    net = rebuild_backbone(build_resnet("resnet18"), {"dgnet_gated": {"config": cfg}})[0].eval()
+    root, _ = _zoo_with(tmp_path, "s", net, {}, gating={"plugin": "dgnet_gated", "config": cfg}, plugins={
+        "dgnet_gated": cfg})
+    rep = zoo.export_compact("s", tmp_path / "s_c.safetensors", root=root)
+    kept = sum(blk.gate.kept for _, blk in gated_blocks(net))
+    assert rep["internal_channels"] == [kept, 1920] and rep["max_abs_diff"] < 1e-4
+    small = zoo.load_file(tmp_path / "s_c.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), net(x), rtol=1e-4, atol=1e-4)
+    res = bench_entry("s", sizes=(32,), batches=(1,), reps=2, root=root, progress=False)
+    assert res["kind"].startswith("compact export") and res["internal_channels"][0] <= 1920
