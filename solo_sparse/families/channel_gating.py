@@ -102,11 +102,9 @@ class ChannelGatingPlugin(GatedBackbonePlugin):
 
     @classmethod
     def cost_depends_on_input(cls, net) -> bool:
-        """The gates' cost does; the static controls' (``base_only``, ``random``: no dependence on the input) and a
-        dense-routed backbone's do not."""
-        convs = [c for _, c in gated_convs(net)]
-        return any(getattr(c, "ss_mode", "gated") != "dense" and getattr(c, "ss_control", "none") == "none"
-                   for c in convs)
+        """The gates' cost does; the static controls' (``base_only``, ``random``: no dependence on the input) does
+        not (:meth:`measure_backbone` measures the gated path)."""
+        return any(getattr(c, "ss_control", "none") == "none" for _, c in gated_convs(net))
 
     @classmethod
     def measure_backbone(cls, net, X) -> Dict[str, Any]:

@@ -567,7 +567,10 @@ def to_plain_resnet(backbone: nn.Module) -> nn.Module:
         del net.bn1_g
     for name in [n for n in vars(net) if n.startswith("ss_")]:
         delattr(net, name)
-    net.__class__ = next(base for base, gated in _GATED_RESNET_CLASSES.items() if gated is type(net))
+    base = next((b for b, gated in _GATED_RESNET_CLASSES.items() if gated is type(net)), None)
+    if base is None:
+        raise ValueError(f"to_plain_resnet: {type(net).__name__} is not a class convert_resnet made")
+    net.__class__ = base
     return net.eval()
 
 
@@ -773,7 +776,7 @@ def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[
     variants: List[Tuple[str, Optional[float]]] = [("dense", None), ("masked", None)]
     variants += [(f"f{f:g}", float(f)) for f in grid]
     keeps = {n: _forced_keep(blk.conv1.out_channels, grid) for n, blk in blocks}
-    state = (backbone.training, backbone.ss_mode, [(b.ss_gather, b._ss_force) for _, b in blocks])
+    state = [(b.ss_gather, b._ss_force) for _, b in blocks]
     x = torch.randn(1, 3, size, size, device=next(backbone.parameters()).device)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     cur: Dict[str, float] = {}
@@ -781,43 +784,42 @@ def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[
     times: Dict[str, Dict[str, List[float]]] = {v: {n: [] for n, _ in blocks} for v, _ in variants}
     rest: List[float] = []
     start = time.perf_counter()
-    try:
-        backbone.eval()
-        for r in range(reps + 2):                      # the first two rounds are warm-up
-            if progress and r in (2, 2 + reps // 2):
-                done = time.perf_counter() - start
-                eta = f", ETA {done / r * (reps + 2 - r):.0f} s" if r else ""
-                progress(f"latency table: timing {len(blocks)} gated blocks in the network at batch 1, {size} px, "
-                         f"round {r - 1}/{reps}{eta}")
-            for name, f in variants:
-                set_mode(backbone, "dense" if name == "dense" else "gated")
-                for _, b in blocks:
-                    b.ss_gather = True
-                    if name == "dense":
-                        b._ss_force = None
-                    elif name == "masked":
-                        b._ss_force = (b.conv1.out_channels, "masked")
-                    else:
-                        k = 0 if f == 0 else max(1, round(f * b.conv1.out_channels))
-                        b._ss_force = (k, "skip" if k == 0 else "gather")
-                cur.clear()
-                sync()
-                t0 = time.perf_counter()
-                backbone(x)
-                sync()
-                total = 1e3 * (time.perf_counter() - t0)
-                if r >= 2:
-                    for n, _ in blocks:
-                        times[name][n].append(cur[n])
-                    if name == "dense":
-                        rest.append(total - sum(cur.values()))
-    finally:
-        for h in hooks:
-            h.remove()
-        for (_, b), (g, force) in zip(blocks, state[2]):
-            b.ss_gather, b._ss_force = g, force
-        set_mode(backbone, state[1])
-        backbone.train(state[0])
+    with _state_kept(backbone):
+        try:
+            backbone.eval()
+            for r in range(reps + 2):                      # the first two rounds are warm-up
+                if progress and r in (2, 2 + reps // 2):
+                    done = time.perf_counter() - start
+                    eta = f", ETA {done / r * (reps + 2 - r):.0f} s" if r else ""
+                    progress(f"latency table: timing {len(blocks)} gated blocks in the network at batch 1, {size} px, "
+                             f"round {r - 1}/{reps}{eta}")
+                for name, f in variants:
+                    set_mode(backbone, "dense" if name == "dense" else "gated")
+                    for _, b in blocks:
+                        b.ss_gather = True
+                        if name == "dense":
+                            b._ss_force = None
+                        elif name == "masked":
+                            b._ss_force = (b.conv1.out_channels, "masked")
+                        else:
+                            k = 0 if f == 0 else max(1, round(f * b.conv1.out_channels))
+                            b._ss_force = (k, "skip" if k == 0 else "gather")
+                    cur.clear()
+                    sync()
+                    t0 = time.perf_counter()
+                    backbone(x)
+                    sync()
+                    total = 1e3 * (time.perf_counter() - t0)
+                    if r >= 2:
+                        for n, _ in blocks:
+                            times[name][n].append(cur[n])
+                        if name == "dense":
+                            rest.append(total - sum(cur.values()))
+        finally:
+            for h in hooks:
+                h.remove()
+            for (_, b), (g, force) in zip(blocks, state):
+                b.ss_gather, b._ss_force = g, force
     out: Dict[str, object] = {"size": size, "reps": reps, "statistic": "min", "timing": "network",
                               "ungated_ms": min(rest), "ungated_median_ms": summary(rest)["median_ms"], "blocks": {}}
     for n, b in blocks:

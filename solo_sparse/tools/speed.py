@@ -291,7 +291,7 @@ def _conv_out_positions(net: nn.Module, size: int) -> List[Tuple[nn.Module, int]
     return [(c, sizes[id(c)]) for c in convs]
 
 
-def _plain_fast_path(cls, net: nn.Module, pcfg: Mapping[str, Any]) -> Optional[nn.Module]:
+def plain_fast_path(cls, net: nn.Module, pcfg: Mapping[str, Any]) -> Optional[nn.Module]:
     """The plugin's plain network for the fast one of its ``speed_paths`` (or the path the backbone is routed to),
     where its work does not depend on the input (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`)."""
     if cls is None:
@@ -323,7 +323,7 @@ def build_path(spec: Mapping[str, Any], root: Optional[Path] = None, reps_table:
         if reason:
             raise ConfigError(f"speed path {pid!r}: refused: {reason}. Train the gates first, or mark the path "
                               f"`synthetic: true` to time initial gates (a speed measurement, not an exported model)")
-    plain = _plain_fast_path(cls, net, pcfg)
+    plain = plain_fast_path(cls, net, pcfg)
     if plain is not None:          # the fast path is a static network (a narrower ResNet): its compact export
         p = _compact_path(pid, plain, spec)
         p.info["plain_backbone_of"] = plugin

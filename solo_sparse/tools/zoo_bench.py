@@ -13,6 +13,7 @@ import torch
 from solo_sparse import zoo
 from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.compact import channel_prune, compact, latency, macs, optimise, widths
+from solo_sparse.tools.speed import plain_fast_path
 
 
 def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,), batches=(1, 64), reps: int = 30,
@@ -27,8 +28,8 @@ def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,),
                               "threads": torch.get_num_threads(), "rows": []}
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     cls = get_plugin(plugin) if plugin else None
-    plain = cls.plain_backbone(net) if cls is not None else None
-    if plain is not None:          # the entry's path is a plain network (a static control): timed as one
+    plain = plain_fast_path(cls, net, e["plugins"][plugin]) if cls is not None else None
+    if plain is not None:          # the fast path is a plain network (a static control): timed as one
         net, cls = plain, None
     prepare = None
     if cls is not None and cls.speed_paths:

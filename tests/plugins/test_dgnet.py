@@ -458,9 +458,12 @@ def test_measuring_leaves_the_backbone_as_it_was():
         assert rec == []
 
 
-def test_the_gates_own_cost_is_counted_per_image():
-    """measure(): the same image once or eight times gives the same whole-network ratio, the gates' MACs included
-    (they were counted once per batch: 0.5211 at batch 1 vs 0.5192 at batch 8 on a gated ResNet-18, 64 px)."""
+def test_the_gates_own_cost_is_counted_per_image(monkeypatch):
+    """measure(): the gates' MACs enter the whole-network ratio once per image -- the same image once or eight times
+    gives the same ratio, and it exceeds the gate-free one by the gates' MACs over the dense network's (they were
+    counted once per batch: 0.5211 at batch 1 vs 0.5192 at batch 8 on a gated ResNet-18, 64 px)."""
+    from solo_sparse.engine.flops import count_macs
+
     net = resnet()
     convert_resnet(net, separate_bn=False)
     random_gates(net)
@@ -469,7 +472,9 @@ def test_the_gates_own_cost_is_counted_per_image():
     assert abs(one - eight) < 1e-9, (one, eight)
     gates = sum(blk.gate.cost(*shape[1:]) for (_, blk), shape in
                 zip(gated_blocks(net), block_input_shapes(net, 64).values()))
-    assert gates > 0
+    monkeypatch.setattr(ChannelGate, "cost", lambda self, h, w: 0.0)
+    free = measure(net, x.expand(8, -1, -1, -1))["network_macs_ratio"]
+    assert gates > 0 and eight - free == pytest.approx(gates / count_macs(net, x).dense, rel=1e-6)
 
 
 def test_static_checkpoint_cost_needs_no_data(tmp_path, capsys):

@@ -445,3 +445,53 @@ def test_a_row_measured_with_an_older_cost_count_is_re_measured_from_its_checkpo
     assert b.results["rows"]["dense:gated/seed0"]["inference_macs_ratio"] == 0.123
     monkeypatch.setattr(DGNetDual, "cost_version", DGNetDual.cost_version + 1)
     assert stale_cost(new)
+    assert not stale_cost({**new, "cost_versions": {"dgnet_dual": 99}})   # a newer count is never downgraded
+
+
+def test_re_measuring_gives_what_the_run_measured_on_each_path(setup, capsys):
+    """A dynamic DGNet checkpoint: the gated-path row re-measures to what checkpoint_stats gives on that path (the
+    run's own measurement, gates' cost included), the dense-path row to 1.0; a missing or unreadable checkpoint is said, not fatal."""
+    import torch
+
+    from solo_sparse.core.plugin import ModelView, PluginHost
+    from solo_sparse.engine.resnet import build_resnet
+    from solo_sparse.engine.sparsifier import ModuleGroup
+    from solo_sparse.tools.bench.measure import checkpoint_stats
+    from solo_sparse.tools.evaluate import load_backbone
+    from solo_sparse_plugins.dgnet_dual import DGNetDual
+
+    repo, suite, solo, tmp = setup
+    torch.manual_seed(0)
+    online = build_resnet("resnet18")
+    host = PluginHost([DGNetDual.from_params({"target": 0.3})])
+    host.setup(ModelView({"backbone": ModuleGroup("backbone", online, None)}, "shared", method="vicreg",
+                         num_large_crops=2))
+    with torch.no_grad():                                      # input-dependent gates
+        for n, p in online.named_parameters():
+            if ".gate." in n:
+                p.normal_(0, 0.5)
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    ck = b.out / "runs" / "dense" / "seed0" / "x.ckpt"
+    ck.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in online.state_dict().items()},
+                "solo_sparse": host.state_dict()}, ck)
+    base = {"seed": 0, "kind": "pretrain", "status": "ok", "plugins": ["dgnet_dual"], "inference_macs_ratio": 0.5,
+            "checkpoint": "runs/dense/seed0/x.ckpt"}
+    b.results["rows"]["dense:gated/seed0"] = {**base, "id": "dense:gated", "path": "gated"}
+    b.results["rows"]["dense:dense/seed0"] = {**base, "id": "dense:dense", "path": "dense"}
+    b.results["rows"]["gmp:gated/seed0"] = {**base, "id": "gmp:gated", "path": "gated",
+                                            "checkpoint": "runs/gmp/seed0/none.ckpt"}
+    (b.out / "runs" / "dense" / "seed0" / "bad.ckpt").write_bytes(b"not a checkpoint")
+    b.results["rows"]["broken:gated/seed0"] = {**base, "id": "broken:gated", "path": "gated",
+                                               "checkpoint": "runs/dense/seed0/bad.ckpt"}
+    b.backfill()
+    net, _ = load_backbone(str(ck), "resnet18", gated_path="gated")
+    want = checkpoint_stats(torch.load(ck, weights_only=True), 32, b.eval_data()[1][0][:2000], net, "gated")
+    rows = b.results["rows"]
+    assert rows["dense:gated/seed0"]["inference_macs_ratio"] == pytest.approx(want["inference_macs_ratio"])
+    assert 0.0 < rows["dense:gated/seed0"]["gate_sparsity"] < 1.0
+    assert rows["dense:dense/seed0"]["inference_macs_ratio"] == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert rows["gmp:gated/seed0"]["inference_macs_ratio"] == 0.5 and "not here to re-measure" in out
+    assert rows["broken:gated/seed0"]["inference_macs_ratio"] == 0.5 and "broken:gated/seed0: cost not re-measured" in out
+    assert "broken:gated/seed0: probes not backfilled" in out

@@ -227,8 +227,9 @@ class Bench:
 
     # ------------------------------------------------------------------ running
     def backfill(self) -> None:
-        """Fill per-run curves a row lacks (rows written by an older harness) from the run's own logs, and
-        re-read CSI curves (an older harness took them from the CSV logger, one point per 50 steps)."""
+        """Fill per-run curves a row lacks (rows written by an older harness) from the run's own logs, re-read CSI
+        curves (an older harness took them from the CSV logger, one point per 50 steps), and re-measure the cost
+        columns of rows measured with an older cost count of one of their plugins (:meth:`remeasure_cost`)."""
         from solo_sparse.tools.report import read_csi, read_monitor
 
         for row in self.results["rows"].values():
@@ -243,10 +244,13 @@ class Bench:
                 row["monitor"] = read_monitor(run_dir) or None
             ck_file = self.out / ck if row.get("checkpoint") else None
             if row.get("shift_sensitivity") is None and ck_file is not None and ck_file.is_file():
-                net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
-                row.update(probe_stats(str(ck_file), net, self.eval_data()[1][0][-256:], row.get("path")))
-                self.log(f"[bench] {row['id']}/seed{row['seed']}: probes backfilled (shift "
-                         f"{row['shift_sensitivity']:.4f})")
+                try:
+                    net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
+                    row.update(probe_stats(str(ck_file), net, self.eval_data()[1][0][-256:], row.get("path")))
+                    self.log(f"[bench] {row['id']}/seed{row['seed']}: probes backfilled (shift "
+                             f"{row['shift_sensitivity']:.4f})")
+                except Exception as e:      # one row's checkpoint must not stop the suite: said, and the row kept
+                    self.log(f"[bench] {row['id']}/seed{row['seed']}: probes not backfilled ({type(e).__name__}: {e})")
             if stale_cost(row):
                 self.remeasure_cost(row, ck_file)
             if row.get("csi") and run_dir.is_dir():
@@ -263,13 +267,22 @@ class Bench:
             self.log(f"[bench] {key}: cost measured with an older count, and its checkpoint is not here to "
                      f"re-measure it")
             return
-        net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
-        stats = checkpoint_stats(read_checkpoint(str(ck_file)), self.suite.size, self.eval_data()[1][0][:2000], net,
-                                 row.get("path"))
+        if (row.get("image_size") or self.suite.size) != self.suite.size:
+            self.log(f"[bench] {key}: cost measured with an older count at {row['image_size']} px, not this suite's "
+                     f"{self.suite.size} px: left for the row's retraining")
+            return
+        try:
+            net, _ = load_backbone(str(ck_file), "resnet18", gated_path=row.get("path"))
+            stats = checkpoint_stats(read_checkpoint(str(ck_file)), self.suite.size, self.eval_data()[1][0][:2000],
+                                     net, row.get("path"))
+        except Exception as e:          # one row's checkpoint must not stop the suite: said, and the row kept
+            self.log(f"[bench] {key}: cost not re-measured ({type(e).__name__}: {e})")
+            return
         old = row.get("inference_macs_ratio")
         for k in ("inference_macs_ratio", "gate_sparsity", "cost_versions"):
             row[k] = stats.get(k)
-        self.log(f"[bench] {key}: cost re-measured with the current count: MACs x{old:.4f} -> "
+        was = "none" if old is None else f"x{old:.4f}"
+        self.log(f"[bench] {key}: cost re-measured with the current count: MACs {was} -> "
                  f"x{row['inference_macs_ratio']:.4f}")
 
     def run(self) -> Dict[str, Any]:

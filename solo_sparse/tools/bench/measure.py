@@ -24,7 +24,7 @@ def stale_cost(row: Dict[str, Any]) -> bool:
     """Whether a finished row's cost columns were measured with an older cost count of one of its plugins than
     the current code's (a row without ``cost_versions`` was measured with version 1 of each)."""
     seen = row.get("cost_versions") or {}
-    return any(seen.get(name, 1) != v for name, v in cost_versions(row.get("plugins") or ()).items())
+    return any(seen.get(name, 1) < v for name, v in cost_versions(row.get("plugins") or ()).items())
 
 
 def checkpoint_stats(ck: Dict[str, Any], size: int, X: Optional[torch.Tensor], net: torch.nn.Module,
