@@ -614,19 +614,21 @@ def flops_ratio(records: Sequence[Tuple[torch.Tensor, float]]) -> Optional[torch
 
 @contextlib.contextmanager
 def _state_kept(backbone: nn.Module):
-    """Restore on exit what the measuring helpers change: the branch the backbone and each gated block are routed
-    to, whether the block's gates are held open (warm-up), the cost-record list it appends to (a training plugin's)
-    and every module's train/eval flag."""
+    """Restore on exit what the measuring and timing helpers change: the branch the backbone and each gated block
+    are routed to, whether the block's gates are held open (warm-up), the cost-record list it appends to (a training
+    plugin's), its batch-1 gather switch and forced kept count, and every module's train/eval flag."""
     blocks = [blk for _, blk in gated_blocks(backbone)]
+    names = ("ss_mode", "ss_gates_open", "ss_record", "ss_gather", "_ss_force")
     mode = backbone.ss_mode
-    per_block = [(blk.ss_mode, blk.ss_gates_open, blk.ss_record) for blk in blocks]
+    per_block = [[getattr(blk, n) for n in names] for blk in blocks]
     training = [(m, m.training) for m in backbone.modules()]
     try:
         yield
     finally:
         backbone.ss_mode = mode
-        for blk, (m, gates_open, rec) in zip(blocks, per_block):
-            blk.ss_mode, blk.ss_gates_open, blk.ss_record = m, gates_open, rec
+        for blk, values in zip(blocks, per_block):
+            for n, v in zip(names, values):
+                setattr(blk, n, v)
         for m, t in training:
             m.training = t
 
@@ -662,15 +664,10 @@ def _count_module_form(backbone: nn.Module, x: torch.Tensor):
     F.conv2d, past the conv hooks a MAC counter reads (it would count the gated blocks as 0 MACs, a ratio of 1)."""
     from solo_sparse.engine.flops import count_macs
 
-    blocks = [blk for _, blk in gated_blocks(backbone)]
-    gather = [blk.ss_gather for blk in blocks]
-    try:
-        for blk in blocks:
+    with _state_kept(backbone):
+        for _, blk in gated_blocks(backbone):
             blk.ss_gather = False
         return count_macs(backbone, x)
-    finally:
-        for blk, g in zip(blocks, gather):
-            blk.ss_gather = g
 
 
 @torch.no_grad()
@@ -776,7 +773,6 @@ def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[
     variants: List[Tuple[str, Optional[float]]] = [("dense", None), ("masked", None)]
     variants += [(f"f{f:g}", float(f)) for f in grid]
     keeps = {n: _forced_keep(blk.conv1.out_channels, grid) for n, blk in blocks}
-    state = [(b.ss_gather, b._ss_force) for _, b in blocks]
     x = torch.randn(1, 3, size, size, device=next(backbone.parameters()).device)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     cur: Dict[str, float] = {}
@@ -818,8 +814,6 @@ def time_network(backbone: nn.Module, size: int, reps: int = 15, grid: Sequence[
         finally:
             for h in hooks:
                 h.remove()
-            for (_, b), (g, force) in zip(blocks, state):
-                b.ss_gather, b._ss_force = g, force
     out: Dict[str, object] = {"size": size, "reps": reps, "statistic": "min", "timing": "network",
                               "ungated_ms": min(rest), "ungated_median_ms": summary(rest)["median_ms"], "blocks": {}}
     for n, b in blocks:

@@ -107,3 +107,14 @@ def test_routes_and_previews_are_contract_questions():
             assert name in what and sum(int(m.sum()) for m in masks) < sum(m.numel() for m in masks)
     for name in available_plugins(rewrites_backbone=True):
         assert get_plugin(name).from_params({}).preview_backbone(build_resnet("resnet18")) is None
+
+
+def test_cost_questions_default_to_the_safe_answers():
+    """A third-party plugin that rewrites the backbone is asked for images before its cost is reported
+    (`flops CKPT` without --data refuses), has no plain form and counts cost at version 1; a plugin that does not
+    rewrite the backbone needs no images."""
+    net = torch.nn.Identity()
+    gate = type("Gate", (Plugin,), {"name": "gate3p", "Config": _Cfg, "rewrites_backbone": True})
+    mask = type("Mask", (Plugin,), {"name": "mask3p", "Config": _Cfg})
+    assert gate.cost_depends_on_input(net) is True and mask.cost_depends_on_input(net) is False
+    assert gate.plain_backbone(net) is None and gate.cost_version == mask.cost_version == 1

@@ -21,6 +21,7 @@ from solo_sparse.gating.dgnet import (
     set_mode,
     set_static_keep,
     start_recording,
+    time_network,
     untrained_gates,
 )
 from solo_sparse_plugins.dgnet_dual import DGNetDual
@@ -440,7 +441,8 @@ def test_static_control_plugin_trains_no_gate_and_round_trips(tmp_path):
 
 def test_measuring_leaves_the_backbone_as_it_was():
     """measure / set_static_keep / block_input_shapes restore routing, held-open gates, a plugin's cost-record list
-    and every module's train/eval flag (set_static_keep dropped the record list, and all three reset the flags)."""
+    and every module's train/eval flag; time_network too (set_static_keep dropped the record list, and all reset the
+    flags)."""
     for control in ("none", "static"):
         net = resnet()
         convert_resnet(net, separate_bn=True, control=control)
@@ -448,14 +450,17 @@ def test_measuring_leaves_the_backbone_as_it_was():
         set_mode(net, "gated", gates_open=True)
         net.train()
         net.layer2.eval()                                  # a caller's frozen part
+        net.layer1[0].ss_gather, net.layer1[1]._ss_force = False, (3, None)
         before = [(n, m.training) for n, m in net.named_modules()]
         measure(net, torch.randn(2, 3, 32, 32))
         block_input_shapes(net, 32)
+        time_network(net, 32, reps=1)
         if control == "static":
             set_static_keep(net, 0.4)
         assert [(n, m.training) for n, m in net.named_modules()] == before
         assert net.ss_mode == "gated" and all(b.ss_gates_open and b.ss_record is rec for _, b in gated_blocks(net))
         assert rec == []
+        assert not net.layer1[0].ss_gather and net.layer1[1]._ss_force == (3, None) and net.layer2[0].ss_gather
 
 
 def test_the_gates_own_cost_is_counted_per_image(monkeypatch):
