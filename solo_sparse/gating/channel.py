@@ -106,6 +106,7 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256, branch:
     was = backbone.training
     backbone.eval()
     convs = gated_convs(backbone)
+    routes = [(c, c.ss_branch, c.ss_mode, c.ss_record) for _, c in convs]
     set_branch(backbone, branch, "gated")
     set_recording(backbone, True)
     kept = {n: 0.0 for n, _ in convs}
@@ -125,6 +126,8 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256, branch:
             n_seen += len(xb)
     finally:
         set_recording(backbone, False)
+        for c, br, mode, rec in routes:  # the caller's routing and recording, as they were
+            c.ss_branch, c.ss_mode, c.ss_record = br, mode, rec
         backbone.train(was)
     per = {n: 1.0 - v / n_seen for n, v in kept.items()}
     eta = sum(per.values()) / len(per) if per else 0.0

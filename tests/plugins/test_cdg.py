@@ -206,6 +206,16 @@ def test_measure_reports_both_reductions():
     assert set(r["sparsity"]) == {n for n, _ in gated_convs(net)}
 
 
+def test_measure_leaves_the_callers_routing_as_it_was():
+    net = resnet()
+    convert_resnet(net, groups=4, init_tau=target_threshold(0.75))
+    set_branch(net, "a2", "dense")                     # e.g. a training step's second crop, dense
+    net.train()
+    measure(net, torch.randn(4, 3, 32, 32), batch_size=4)
+    assert all((c.ss_branch, c.ss_mode, c.ss_record) == ("a2", "dense", False) for _, c in gated_convs(net))
+    assert net.training
+
+
 def test_fbs_winner_take_all_and_saliency_in_place_of_gamma():
     net = resnet()
     fbs_gates.convert_resnet(net, density=0.25, init="kaiming")        # distinct saliencies per channel
