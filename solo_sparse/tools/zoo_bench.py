@@ -22,19 +22,20 @@ def bench_entry(name: str, channel_density: Optional[float] = None, sizes=(32,),
     each batch × size; DGNet entries: the gated path (batch-1 gather) vs the dense path instead.
     Also checks the outputs agree and reports MACs."""
     e = zoo.entry(name, root)
-    net = zoo.load(name, "solo", root)
-    plugin = next((n for n in (e.get("plugins") or {}) if get_plugin(n).rewrites_backbone), None)
+    net, meta = zoo.load_with_meta(name, "solo", root)
+    gating = meta.get("gating") or {}     # the plugin that rebuilt the backbone; weight-mask plugins left nothing
+    plugin = gating.get("plugin")         # of theirs in the module (and need not be installed)
+    pcfg = (e.get("plugins") or {}).get(plugin, gating.get("config"))
     res: Dict[str, object] = {"entry": name, "channel_density": channel_density, "reps": reps,
                               "threads": torch.get_num_threads(), "rows": []}
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     cls = get_plugin(plugin) if plugin else None
-    plain = plain_fast_path(cls, net, e["plugins"][plugin]) if cls is not None else None
+    plain = plain_fast_path(cls, net, pcfg) if cls is not None else None
     if plain is not None:          # the fast path is a plain network (a static control): timed as one
         net, cls = plain, None
     prepare = None
     if cls is not None and cls.speed_paths:
         fast_path, dense_path = cls.speed_paths
-        pcfg = e["plugins"][plugin]
         dense = copy.deepcopy(net)
         cls.route_backbone(dense, pcfg, dense_path)
         cls.route_backbone(net, pcfg, fast_path)

@@ -44,6 +44,7 @@ from solo_sparse.zoo.manifest import (
                                     list_entries,
                                     load,
                                     load_file,
+                                    load_with_meta,
                                     manifest_path,
                                     today,
                                     verify,
@@ -54,4 +55,5 @@ list = list_entries  # noqa: A001
 
 __all__ = ["FORMAT", "SEP", "ZOO_DIR", "ZooError", "add_entry", "build_module", "cache_dir", "compress_state",
            "decompress_state", "entry", "export", "export_compact", "fetch", "list", "list_entries", "load",
-           "load_file", "manifest_path", "read_backbone", "save_backbone", "sha256", "today", "verify"]
+           "load_file", "load_with_meta", "manifest_path", "read_backbone", "save_backbone", "sha256", "today",
+           "verify"]

@@ -11,20 +11,20 @@ import torch
 from solo_sparse.core.files import atomic_path
 from solo_sparse.engine.maskio import MASK
 from solo_sparse.zoo.format import ZooError, build_module, read_backbone, save_backbone
-from solo_sparse.zoo.manifest import check_against_manifest, entry, fetch, load
+from solo_sparse.zoo.manifest import check_against_manifest, entry, fetch, load_with_meta
 
 
-def _plain(name: str, net: torch.nn.Module, root: Optional[Path]) -> torch.nn.Module:
-    """Entry ``name``'s network as the plain network its backbone-rewriting plugin says it is on the entry's path
-    (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`), or as loaded (then compacting a gated one is refused
-    with the reason)."""
+def _plain(name: str, root: Optional[Path]) -> torch.nn.Module:
+    """Entry ``name``'s network, verified, as the plain network the plugin that rebuilt its backbone (the file's
+    ``gating`` record) says it is on the entry's path (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`),
+    or as loaded (then compacting a gated one is refused with the reason). Only that plugin is asked: the entry's
+    other plugins (weight masks) left nothing of theirs in the module and need not be installed."""
     from solo_sparse.core.registry import get_plugin
 
-    for plugin in entry(name, root).get("plugins") or {}:
-        plain = get_plugin(plugin).plain_backbone(net)
-        if plain is not None:
-            return plain
-    return net
+    net, meta = load_with_meta(name, "solo", root)
+    gating = meta.get("gating") or {}
+    plain = get_plugin(gating["plugin"]).plain_backbone(net) if gating else None
+    return net if plain is None else plain
 
 
 def export_compact(name: str, out: Path, channel_density: Optional[float] = None, root: Optional[Path] = None,
@@ -36,7 +36,7 @@ def export_compact(name: str, out: Path, channel_density: Optional[float] = None
     from solo_sparse.engine import compact as C
 
     out = _check_out(out)
-    net = _plain(name, load(name, "solo", root), root)
+    net = _plain(name, root)
     if channel_density is not None:
         C.channel_prune(net, channel_density)
     small = C.compact(net)

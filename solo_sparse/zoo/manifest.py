@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
@@ -238,10 +238,15 @@ def verify(name: Optional[str] = None, root: Optional[Path] = None) -> Dict[str,
 
 def load(name: str, form: str = "solo", root: Optional[Path] = None) -> nn.Module:
     """A ready backbone of entry ``name`` (verified; masks and gates in place), in eval mode."""
+    return load_with_meta(name, form, root)[0]
+
+
+def load_with_meta(name: str, form: str = "solo", root: Optional[Path] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """:func:`load` and the file's metadata (``gating``: the plugin that rebuilt the backbone, if one did)."""
     e = entry(name, root)
     state, masks, meta = read_backbone(fetch(e, root))
     check_against_manifest(e, masks, meta)
-    return build_module(state, masks, meta, form)
+    return build_module(state, masks, meta, form), meta
 
 
 def load_file(path: Path, form: str = "solo") -> nn.Module:

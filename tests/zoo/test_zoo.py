@@ -303,7 +303,7 @@ def test_a_static_control_entry_exports_and_benches_as_the_narrow_resnet_it_is(t
     cfg = json.loads(json.dumps(config_to_state(get_plugin("dgnet_gated").Config(control="static", target=0.3))))
     net = rebuild_backbone(build_resnet("resnet18"), {"dgnet_gated": {"config": cfg}})[0].eval()
     root, _ = _zoo_with(tmp_path, "s", net, {}, gating={"plugin": "dgnet_gated", "config": cfg}, plugins={
-        "dgnet_gated": cfg})
+        "a_pruner_not_installed_here": {"density": 0.5}, "dgnet_gated": cfg})   # only the gating plugin is asked
     rep = zoo.export_compact("s", tmp_path / "s_c.safetensors", root=root)
     kept = sum(blk.gate.kept for _, blk in gated_blocks(net))
     assert rep["internal_channels"] == [kept, 1920] and rep["max_abs_diff"] < 1e-4
