@@ -294,8 +294,10 @@ def _conv_out_positions(net: nn.Module, size: int) -> List[Tuple[nn.Module, int]
 def plain_fast_path(cls, net: nn.Module, pcfg: Mapping[str, Any]) -> Optional[nn.Module]:
     """The plugin's plain network for the fast one of its ``speed_paths`` (or the path the backbone is routed to),
     where its work does not depend on the input (:meth:`~solo_sparse.core.plugin.Plugin.plain_backbone`)."""
-    if cls is None:
-        return None
+    from solo_sparse.core.plugin import Plugin
+
+    if cls is None or getattr(cls.plain_backbone, "__func__", None) is Plugin.plain_backbone.__func__:
+        return None                    # the contract's default: no plain form (no copy of the backbone needed)
     fast = copy.deepcopy(net).eval()
     if cls.speed_paths:
         cls.route_backbone(fast, pcfg, cls.speed_paths[0])

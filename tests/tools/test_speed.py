@@ -171,3 +171,16 @@ def test_a_plain_backbone_that_does_not_compute_its_path_is_refused(monkeypatch)
     monkeypatch.setattr(cls, "plain_backbone", classmethod(broken))
     with pytest.raises(ConfigError, match="plain_backbone differs from the path it stands for"):
         speed.build_path({"id": "s", "plugin": "dgnet_gated", "params": {"control": "static", "target": 0.3}})
+
+
+def test_a_plugin_without_a_plain_form_is_not_copied(monkeypatch):
+    import torchvision
+
+    from solo_sparse.core.registry import get_plugin
+
+    def no_copy(*a, **k):
+        raise AssertionError("the backbone was copied for a plugin with no plain form")
+
+    monkeypatch.setattr(speed.copy, "deepcopy", no_copy)
+    assert speed.plain_fast_path(get_plugin("cdg"), torchvision.models.resnet18(), {}) is None
+    assert speed.plain_fast_path(None, torchvision.models.resnet18(), {}) is None
