@@ -14,7 +14,7 @@ from solo.methods.base import BaseMethod
 from solo_sparse.binding.wrap import check_plugins, unwrap, wrap
 from solo_sparse.core.config import PREFIX, ConfigError
 from solo_sparse.core.plugin import Plugin
-from solo_sparse.core.registry import build_plugins
+from solo_sparse.core.registry import HOST_KEYS, build_plugins
 
 
 def _eval_builder(builder, plugins: Sequence[Plugin]):
@@ -90,7 +90,7 @@ def plugins_as_trained(plugins: Sequence[Plugin], section, ckpt_path: str) -> Li
             continue
         cls = type(p)
         mine = section.get(p.name) if len(plugins) > 1 else section
-        explicit = {k: v for k, v in dict(mine or {}).items() if k not in ("plugin", "plugins")}
+        explicit = {k: v for k, v in dict(mine or {}).items() if k not in ("plugin", "plugins", *HOST_KEYS)}
         from_saved = cls.from_saved
         chosen = {k: v for k, v in explicit.items() if k in cls.evaluation_keys}   # the linear run's to choose
         trained = from_saved({**saved["config"], **chosen})

@@ -26,7 +26,7 @@ import solo_sparse.binding.host as _host
 from solo_sparse.binding.host import CKPT_KEY, RNG_KEY, rng_state, set_rng_state
 from solo_sparse.core.config import PREFIX, ConfigError, _to_plain
 from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, Plugin, PluginHost
-from solo_sparse.core.registry import build_plugins, plugin_names
+from solo_sparse.core.registry import build_plugins, host_options, plugin_names
 
 #: solo-learn's current EMA coefficient (``MomentumUpdater.cur_tau``), which solo-learn does not checkpoint: without
 #: it the first EMA update after a resume uses ``base_tau`` and the run departs from the uninterrupted one
@@ -81,7 +81,7 @@ class _SoloSparseMixin:
         self._ss_mcrop = 0
         self._ss_mom_crop = 0
         self._ss_in_train = False
-        self.solo_sparse = PluginHost(plugins)
+        self.solo_sparse = PluginHost(plugins, **host_options(section))
         self.solo_sparse.setup(make_view(self))
         owned = {p.name: p.modules() for p in plugins}
         owned = {k: v for k, v in owned.items() if v is not None}

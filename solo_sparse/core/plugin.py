@@ -371,6 +371,14 @@ class Plugin:
             self.view.log({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()})
 
 
+def check_patience(value: Any) -> int:
+    """``solo_sparse.nonfinite_patience``: an int >= 0 (0: never stop on a non-finite loss)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{PREFIX}.nonfinite_patience={value!r}: expected an int >= 0 (consecutive steps with a "
+                          f"non-finite loss before the run stops; 0: never stop, warn)")
+    return value
+
+
 class TrainingDiverged(FloatingPointError):
     """The training loss stayed non-finite for :attr:`PluginHost.nonfinite_patience` steps. Raised by
     :meth:`PluginHost.add_extra_loss` so that a diverged run stops there, the checkpoints written before kept,
@@ -402,9 +410,10 @@ def check_stack(plugins: Sequence[Plugin]) -> None:
 class PluginHost:
     """Drives one or more plugins through the hooks, counts steps, and owns their saved state."""
 
-    def __init__(self, plugins: Sequence[Plugin]):
+    def __init__(self, plugins: Sequence[Plugin], nonfinite_patience: int = 3):
         if not plugins:
             raise ValueError("PluginHost needs at least one plugin")
+        self.nonfinite_patience = check_patience(nonfinite_patience)
         names = [p.name for p in plugins]
         if len(set(names)) != len(names):
             raise ConfigError(f"{PREFIX}.plugins lists a plugin twice: {names}")
@@ -451,7 +460,8 @@ class PluginHost:
                 total = x if total is None else total + x
         return total
 
-    #: consecutive steps with a non-finite loss before :meth:`add_extra_loss` stops the run: under fp32 a NaN loss
+    #: consecutive steps with a non-finite loss before :meth:`add_extra_loss` stops the run (the section's
+    #: ``solo_sparse.nonfinite_patience``; 0: never stop, warn once per run of such steps): under fp32 a NaN loss
     #: poisons the weights at its update, so the next losses are NaN too and the run stops two steps later; under
     #: fp16 AMP, GradScaler skips the update of a step whose loss overflowed once and training goes on
     nonfinite_patience: int = 3
@@ -492,17 +502,25 @@ class PluginHost:
                                "extra": _value(extra)}
         first = self._nonfinite
         first["count"] += 1
-        if first["count"] < self.nonfinite_patience:
+        off = self.nonfinite_patience == 0
+        if first["count"] < (3 if off else self.nonfinite_patience) or (off and first["count"] > 3):
             return
         names = ", ".join(f"'{q.name}'" for q in self.plugins)
         where = " (on another rank)" if bool(torch.isfinite(total.detach()).all()) else ""
+        said = (f"{PREFIX}: the training loss is not finite since step {first['step']} (epoch {first['epoch']}), "
+                f"{first['count']} steps in a row{where}, with plugin(s) {names}: at step {first['step']} the "
+                f"method's loss {first['loss']}, the plugins' loss {first['extra']}.")
+        if off:
+            import warnings
+
+            warnings.warn(f"{said} Training goes on ({PREFIX}.nonfinite_patience=0: never stop)", RuntimeWarning,
+                          stacklevel=3)
+            return
         raise TrainingDiverged(
-            f"{PREFIX}: the training loss is not finite since step {first['step']} (epoch {first['epoch']}), "
-            f"{first['count']} steps in a row{where}, with plugin(s) {names}: at step {first['step']} the method's "
-            f"loss {first['loss']}, the plugins' loss {first['extra']}. Training stopped (checkpoints written before "
-            f"are kept). Usual causes: a learning rate too high for the sparse or gated network (optimizer.lr, or "
-            f"the plugin's gate_lr_scale where it has one), or a plugin setting that lets activations grow without "
-            f"bound (`solo-sparse plugins` lists each plugin's keys)")
+            f"{said} Training stopped (checkpoints written before are kept; {PREFIX}.nonfinite_patience="
+            f"{self.nonfinite_patience} steps; 0 never stops). Usual causes: a learning rate too high for the sparse "
+            f"or gated network (optimizer.lr, or the plugin's gate_lr_scale where it has one), or a plugin setting "
+            f"that lets activations grow without bound (`solo-sparse plugins` lists each plugin's keys)")
 
     def after_backward(self) -> None:
         for p in self.plugins:

@@ -158,6 +158,20 @@ def plugin_names(section: Mapping[str, Any]) -> List[str]:
     return [str(n) for n in names]
 
 
+#: keys of a ``solo_sparse:`` section that set the host, not a plugin (beside ``plugin`` / ``plugins``)
+HOST_KEYS = ("nonfinite_patience",)
+
+
+def host_options(section: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The section's host keys (:data:`HOST_KEYS`), validated: keyword arguments of
+    :class:`~solo_sparse.core.plugin.PluginHost`."""
+    from solo_sparse.core.plugin import check_patience
+
+    section = dict(_to_plain(section) or {})
+    return {"nonfinite_patience": check_patience(section["nonfinite_patience"])} \
+        if "nonfinite_patience" in section else {}
+
+
 def build_plugins(section: Optional[Mapping[str, Any]]) -> List[Plugin]:
     """Validate a ``solo_sparse:`` section and build its plugin(s).
 
@@ -166,10 +180,11 @@ def build_plugins(section: Optional[Mapping[str, Any]]) -> List[Plugin]:
     """
     section = dict(_to_plain(section) or {})
     names = plugin_names(section)
+    host_options(section)
     if len(names) == 1:
-        params = {k: v for k, v in section.items() if k not in ("plugin", "plugins")}
+        params = {k: v for k, v in section.items() if k not in ("plugin", "plugins", *HOST_KEYS)}
         return [get_plugin(names[0]).from_params(params)]
-    stray = sorted(k for k in section if k not in ("plugin", "plugins", *names))
+    stray = sorted(k for k in section if k not in ("plugin", "plugins", *HOST_KEYS, *names))
     if stray:
         raise ConfigError(f"{PREFIX}: with several plugins ({names}) keys go under {PREFIX}.<plugin>; "
                           f"unexpected top-level key(s): {', '.join(stray)}")

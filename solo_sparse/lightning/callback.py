@@ -39,7 +39,7 @@ import torch.nn as nn
 import solo_sparse.binding.host as _host
 from solo_sparse.core.config import PREFIX, ConfigError, _to_plain
 from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, PluginHost
-from solo_sparse.core.registry import build_plugins
+from solo_sparse.core.registry import build_plugins, host_options
 
 _BASES: List[type] = []
 try:   # the unified package (what solo-learn uses)
@@ -316,7 +316,7 @@ class Sparsify(*_BASES):
                                   "name it with Sparsify(..., momentum_backbone='<attribute>')")
         _host.check_plugins(self.plugins, method, family, no_unused,
                             where="a DDP strategy without find_unused_parameters", who="Lightning")
-        host = PluginHost(self.plugins)
+        host = PluginHost(self.plugins, **host_options(self.section))
         view = ModelView(groups, family, method=method, log=self._log, num_large_crops=self.views,
                          classifier=None, input_size=self.input_size)
         view.model = pl_module

@@ -94,6 +94,35 @@ def test_every_rank_stops_when_one_diverges(monkeypatch):
     assert calls == [torch.distributed.ReduceOp.MAX] * 3
 
 
+def test_the_patience_is_the_sections_key_and_0_never_stops():
+    from solo_sparse.core.registry import build_plugins, host_options
+
+    sec = {"plugin": "gmp", "final_density": 0.5, "nonfinite_patience": 5}
+    (p,) = build_plugins(sec)                                 # a host key, not the plugin's (no unknown-key error)
+    h = PluginHost([p], **host_options(sec))
+    h.plugins[0].step = 7
+    for _ in range(4):
+        h.add_extra_loss(torch.tensor(math.nan))
+    with pytest.raises(TrainingDiverged, match=r"5 steps in a row.*nonfinite_patience=5 steps; 0 never stops"):
+        h.add_extra_loss(torch.tensor(math.nan))
+    two = {"plugins": ["gmp", "sdclr"], "nonfinite_patience": 0, "gmp": {"final_density": 0.5}}
+    h = PluginHost(build_plugins(two), **host_options(two))
+    with pytest.warns(RuntimeWarning, match=r"3 steps in a row.*Training goes on") as w:
+        for _ in range(10):
+            h.add_extra_loss(torch.tensor(math.inf))
+    assert len(w) == 1                                        # once per run of non-finite steps
+    assert host_options({"plugin": "gmp"}) == {} and PluginHost(build_plugins({"plugin": "gmp"})).nonfinite_patience == 3
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "3", True, None])
+def test_a_bad_patience_is_refused_naming_key_value_and_what_is_allowed(bad):
+    from solo_sparse.core.config import ConfigError
+    from solo_sparse.core.registry import build_plugins
+
+    with pytest.raises(ConfigError, match=r"solo_sparse.nonfinite_patience=.*expected an int >= 0"):
+        build_plugins({"plugin": "gmp", "nonfinite_patience": bad})
+
+
 def test_a_failed_training_reports_its_exception_line_not_hydras_hint(tmp_path):
     script = ("import sys\n"
               "print('Epoch 0: 100%|####| 39/39')\n"

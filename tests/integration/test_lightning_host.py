@@ -268,6 +268,17 @@ def test_a_diverged_step_stops_the_fit_naming_the_plugin():
         fit(module, [Sparsify("gmp", **SCHEDULES["gmp"])])
 
 
+def test_a_patience_of_0_lets_a_diverged_fit_go_on_with_one_warning():
+    torch.manual_seed(0)
+    module = TinySimCLR()
+    with torch.no_grad():
+        module.projection_head[0].weight.fill_(float("inf"))
+    sp = Sparsify("gmp", nonfinite_patience=0, **SCHEDULES["gmp"])
+    with pytest.warns(RuntimeWarning, match=r"nonfinite_patience=0: never stop"):
+        tr = fit(module, [sp])
+    assert tr.global_step == sp.plugins[0].step > 3 and sp.host.nonfinite_patience == 0
+
+
 def test_sdclr_damages_crop_1_of_a_shared_encoder_module_in_call_order():
     torch.manual_seed(0)
     module = TinySimCLR()

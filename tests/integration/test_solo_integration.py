@@ -108,6 +108,20 @@ def test_a_diverged_step_stops_the_fit_naming_the_plugin():
         fit(model)
 
 
+def test_a_patience_of_0_lets_a_diverged_fit_go_on():
+    from solo.methods import SimCLR
+
+    import solo_sparse
+
+    model = solo_sparse.wrap(SimCLR, "gmp", final_density=0.5, start=0, end=4, every=2, nonfinite_patience=0)(
+        tiny_cfg("simclr"))
+    with torch.no_grad():
+        model.backbone.conv1.weight.fill_(float("nan"))
+    with pytest.warns(RuntimeWarning, match=r"nonfinite_patience=0: never stop"):
+        fit(model)
+    assert model.solo_sparse.nonfinite_patience == 0 and model.solo_sparse.plugins[0].step > 3
+
+
 @pytest.mark.parametrize("method,plugin,params", [
     ("byol", "synccp", {"final_density": 0.2, "start": 1, "end": 6, "every": 1, "distribution": "uniform"}),
     ("mocov2plus", "synccp", {"final_density": 0.2, "every": 1, "csi_warmup": 0, "csi_timeout": 2, "csi_ramp": 4}),
