@@ -495,3 +495,35 @@ def test_re_measuring_gives_what_the_run_measured_on_each_path(setup, capsys):
     assert rows["gmp:gated/seed0"]["inference_macs_ratio"] == 0.5 and "not here to re-measure" in out
     assert rows["broken:gated/seed0"]["inference_macs_ratio"] == 0.5 and "broken:gated/seed0: cost not re-measured" in out
     assert "broken:gated/seed0: probes not backfilled" in out
+
+
+def test_a_reused_row_takes_its_siblings_re_measured_cost_columns(setup, capsys):
+    """Rows reused from a sibling suite copied its cost columns when they were reused; once the sibling's own row
+    is re-measured with a newer cost count, the next run of this suite copies them again (accuracy kept). A sibling
+    still on the old count, or one whose results are gone, leaves the row as it is."""
+    from solo_sparse.tools.bench.measure import cost_versions
+
+    repo, suite, solo, tmp = setup
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    current = cost_versions(["dgnet_dual"])
+    src = {"id": "dual", "seed": 0, "kind": "pretrain", "status": "ok", "linear": 0.7, "plugins": ["dgnet_dual"],
+           "inference_macs_ratio": 0.35, "gate_sparsity": 0.6, "cost_versions": current}
+    sib = b.out.parent / "sib" / "results.json"
+    sib.parent.mkdir(parents=True)
+    sib.write_text(json.dumps({"rows": {"dual/seed0": src}}))
+    row = {**src, "inference_macs_ratio": 0.34, "cost_versions": None, "reused_from": "sib/dual/seed0",
+           "linear": 0.7}
+    b.results["rows"]["mine/seed0"] = row
+    b.backfill()
+    assert row["inference_macs_ratio"] == 0.35 and row["cost_versions"] == current and row["linear"] == 0.7
+    assert "cost columns taken again from sib/dual/seed0" in capsys.readouterr().out
+    row["inference_macs_ratio"] = 0.2                       # same count as the sibling: left alone
+    b.backfill()
+    assert row["inference_macs_ratio"] == 0.2
+    sib.write_text(json.dumps({"rows": {"dual/seed0": {**src, "cost_versions": None, "inference_macs_ratio": 0.9}}}))
+    row["cost_versions"] = {"dgnet_dual": 0}
+    b.backfill()                                            # the sibling is stale itself: nothing to take
+    assert row["inference_macs_ratio"] == 0.2
+    sib.unlink()
+    b.backfill()
+    assert row["inference_macs_ratio"] == 0.2

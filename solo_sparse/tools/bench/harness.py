@@ -233,6 +233,8 @@ class Bench:
         from solo_sparse.tools.report import read_csi, read_monitor
 
         for row in self.results["rows"].values():
+            if row.get("kind") == "pretrain" and row.get("status") == "ok" and row.get("reused_from"):
+                self.refresh_reused(row)
             if row.get("kind") != "pretrain" or row.get("status") != "ok" or row.get("reused_from"):
                 continue
             # runs/<run id>/seed<k>/...: from the checkpoint (a run id may itself contain ':', as in 'synccp-2:4';
@@ -258,6 +260,28 @@ class Bench:
                 if csi:
                     row["csi"] = {"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
 
+    #: the columns :meth:`remeasure_cost` re-measures (and :meth:`refresh_reused` copies)
+    COST_KEYS = ("inference_macs_ratio", "gate_sparsity", "cost_versions")
+
+    def refresh_reused(self, row: Dict[str, Any]) -> None:
+        """A row reused from a sibling suite's training takes that row's cost columns again once the sibling's
+        were re-measured with a newer cost count (:meth:`remeasure_cost` runs on the sibling's own rows, which own
+        the checkpoint); the accuracy columns are the same training's and stay."""
+        where = str(row["reused_from"])
+        suite, _, key = where.partition("/")
+        try:
+            src = json.loads((self.out.resolve().parent / suite / "results.json").read_text())["rows"][key]
+        except (OSError, ValueError, KeyError, TypeError):
+            return                       # the sibling's results are not here: the row keeps what it copied
+        if stale_cost(src) or src.get("cost_versions") == row.get("cost_versions"):
+            return
+        old, new = row.get("inference_macs_ratio"), src.get("inference_macs_ratio")
+        for k in self.COST_KEYS:
+            row[k] = src.get(k)
+        said = ["none" if v is None else f"x{v:.4f}" for v in (old, new)]
+        self.log(f"[bench] {row['id']}/seed{row['seed']}: cost columns taken again from {where} (re-measured there "
+                 f"with the current count): MACs {said[0]} -> {said[1]}")
+
     def remeasure_cost(self, row: Dict[str, Any], ck_file: Optional[Path]) -> None:
         """Re-measure a finished row's cost columns (inference MACs, gate sparsity) from its checkpoint, as the run
         measured them, after a plugin's cost count changed (:func:`~solo_sparse.tools.bench.measure.stale_cost`);
@@ -279,7 +303,7 @@ class Bench:
             self.log(f"[bench] {key}: cost not re-measured ({type(e).__name__}: {e})")
             return
         old = row.get("inference_macs_ratio")
-        for k in ("inference_macs_ratio", "gate_sparsity", "cost_versions"):
+        for k in self.COST_KEYS:
             row[k] = stats.get(k)
         was = "none" if old is None else f"x{old:.4f}"
         self.log(f"[bench] {key}: cost re-measured with the current count: MACs {was} -> "
