@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -100,27 +101,51 @@ def main(argv=None) -> int:
                     help="keep steps that logged plugin metrics (gating plugins log every step)")
     ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of both configs")
     ap.add_argument("--sparse-overrides", nargs="*", default=[], help="Hydra overrides of the sparse config only")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
+                    help="a further wrapped model: its name and its overrides of the sparse config (repeatable; "
+                         "every model is timed in each block, in turn)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    res = {"dense": [], "sparse": [], "sparse_update_steps": 0}
+    models = [("dense", args.dense, False, []), ("sparse", args.sparse, True, args.sparse_overrides)]
+    models += [(v[0], args.sparse, True, v[1:]) for v in args.variant]
+    res = {m[0]: [] for m in models}
+    raw = {m[0]: [] for m in models}
+    update_steps = {m[0]: 0 for m in models}
     for b in range(args.blocks):
-        for name, path, wrap, extra in (("dense", args.dense, False, []),
-                                        ("sparse", args.sparse, True, args.sparse_overrides)):
+        for name, path, wrap, extra in models:
             model, cfg = build(Path(path), wrap, [*args.overrides, *extra])
             times, flags = run(model, cfg, args.steps)
-            keep = [t for i, (t, f) in enumerate(zip(times, flags)) if i >= args.warmup and (args.all_steps or not f)]
+            kept = [(i, t) for i, (t, f) in enumerate(zip(times, flags)) if i >= args.warmup and (args.all_steps or not f)]
+            keep = [t for _, t in kept]
             res[name] += keep
+            raw[name] += [[b, i, t] for i, t in kept]
             if wrap and not args.all_steps:
-                res["sparse_update_steps"] += sum(flags[args.warmup:])
-            print(f"block {b} {name}: median {statistics.median(keep) * 1e3:.1f} ms over {len(keep)} steps", flush=True)
+                update_steps[name] += sum(flags[args.warmup:])
+            print(f"block {b} {name}: median {statistics.median(keep) * 1e3:.1f} ms, mean "
+                  f"{statistics.fmean(keep) * 1e3:.1f} ms over {len(keep)} steps", flush=True)
     out = {
         "dense_median_s": statistics.median(res["dense"]), "sparse_median_s": statistics.median(res["sparse"]),
-        "n_dense": len(res["dense"]), "n_sparse": len(res["sparse"]), "excluded_update_steps": res["sparse_update_steps"],
+        # the mean is what an epoch costs where step costs vary by design (interloss's partial back-propagation
+        # draws one depth per step); the median is robust to the odd slow step where they do not
+        "dense_mean_s": statistics.fmean(res["dense"]), "sparse_mean_s": statistics.fmean(res["sparse"]),
+        "n_dense": len(res["dense"]), "n_sparse": len(res["sparse"]),
+        "excluded_update_steps": update_steps["sparse"],
         "dense": args.dense, "sparse": args.sparse, "threads": torch.get_num_threads(),
         "overrides": args.overrides, "sparse_overrides": args.sparse_overrides,
     }
     out["overhead"] = out["sparse_median_s"] / out["dense_median_s"]
-    print(json.dumps(out, indent=2))
+    out["overhead_mean"] = out["sparse_mean_s"] / out["dense_mean_s"]
+    if args.variant:
+        out["variants"] = {name: {"overrides": extra, "median_s": statistics.median(res[name]),
+                                  "mean_s": statistics.fmean(res[name]), "n": len(res[name]),
+                                  "excluded_update_steps": update_steps[name],
+                                  "overhead": statistics.median(res[name]) / out["dense_median_s"],
+                                  "overhead_mean": statistics.fmean(res[name]) / out["dense_mean_s"]}
+                           for name, _, _, extra in models[2:]}
+    out["steps"] = {"per_block": args.steps, "blocks": args.blocks, "warmup": args.warmup,
+                    "times_s": raw}                    # [block, step index in its block, seconds] per model
+    out["command"] = "python scripts/step_time.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    print(json.dumps({k: v for k, v in out.items() if k != "steps"}, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
     return 0

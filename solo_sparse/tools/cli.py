@@ -262,10 +262,10 @@ def _zoo_export(args, root: Optional[Path]) -> int:
     e = zoo.entry(args.name, root)
     print(f"wrote {out} ({args.format})")
     if args.format == "solo":
-        from solo_sparse.core.registry import get_plugin
-
-        gated = [p for p in sorted(e.get("plugins") or {}) if get_plugin(p).rewrites_backbone]
-        line = f" with '- solo_sparse: {gated[0]}' (and its keys) in the linear YAML" if gated else ""
+        # the plugin that rebuilt the backbone (the file's gating record; the entry's weight-mask plugins need no
+        # line and need not be installed)
+        gated = (zoo.read_backbone(zoo.fetch(e, root))[2].get("gating") or {}).get("plugin")
+        line = f" with '- solo_sparse: {gated}' (and its keys) in the linear YAML" if gated else ""
         print(f"main_linear.py: ++pretrained_feature_extractor='{out}'{line}")
     return 0
 

@@ -22,6 +22,7 @@ def test_exported_entry_loads_in_main_linear_with_every_key(tmp_path, kind, plug
     r = subprocess.run([sys.executable, "-m", "solo_sparse.tools.cli", "zoo", "export", name, "--out", str(ck)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert ("- solo_sparse: dgnet_dual'" in r.stdout) == bool(plugin_line), r.stdout    # the line it needs, if any
     sd = torch.load(ck, map_location="cpu", weights_only=True)["state_dict"]
     data = make_image_folder(tmp_path / "imgs")
     cfgs = config_dir(tmp_path, lin=linear_config(plugin_line, "solo_sparse:\n  target: 0.3\n" if plugin_line else ""))
