@@ -97,7 +97,9 @@ class InterLossConfig:
     #: what hard pairs are scored against: auto (the key encoder and queue where the method has them: the
     #: paper's L_info), key (the key encoder; refused on a method without one), online (both views online)
     hard_pair_keys: str = "auto"
-    seed: int = 0
+    #: seed of the per-step draws (partial back-propagation's depth, the hard-pair crops); null: the run's own seed
+    #: (solo-learn's ``seed``, the same on every DDP rank), so the seeds of a suite draw differently
+    seed: Optional[int] = None
 
     def __post_init__(self):
         self.heads = _blocks("heads", self.heads, allow_empty=False)
@@ -113,7 +115,8 @@ class InterLossConfig:
         if self.hard_temperature is not None:
             self.hard_temperature = check_range("hard_temperature", self.hard_temperature, 0.0, float("inf"),
                                                 lo_open=True)
-        self.seed = check_int("seed", self.seed, 0)
+        if self.seed is not None:
+            self.seed = check_int("seed", self.seed, 0)
         if self.hard_pairs:
             if not self.hard_blocks:
                 raise key_error("hard_blocks", self.hard_blocks, "at least one block when hard_pairs is true")
@@ -198,6 +201,10 @@ class InterLoss(Plugin):
         if self.config.hard_pair_keys == "key" and not keyed:
             raise key_error("hard_pair_keys", "key", f"method {method!r} has no key (momentum) encoder to score hard "
                             f"pairs against (methods with one: {', '.join(MOMENTUM)}); allowed here: auto, online")
+        #: seed of the per-step draws: the config's, else the run's (cfg.seed; 0 outside solo-learn)
+        run_seed = getattr(getattr(model, "cfg", None), "seed", None)
+        self.draw_seed = self.config.seed if self.config.seed is not None else \
+            abs(int(run_seed)) if isinstance(run_seed, int) and not isinstance(run_seed, bool) else 0
         #: hard pairs scored against the key encoder (and the queue, MoCo v2+): the paper's L_info
         self.key_pairs = keyed and self.config.hard_pairs and self.config.hard_pair_keys in ("auto", "key")
         backbone = view.groups["backbone"].online
@@ -264,7 +271,7 @@ class InterLoss(Plugin):
         from solo_sparse.binding.objectives import classifier_loss, objective
 
         c = self.config
-        depth = draw_depth(c.depths, c.probs, c.seed, self.step) if c.partial_backprop else FINAL
+        depth = draw_depth(c.depths, c.probs, self.draw_seed, self.step) if c.partial_backprop else FINAL
         self.log({"interloss/depth": depth})
         if c.partial_backprop and depth == FINAL and not c.hard_pairs:
             return None                                        # the method's own step, unchanged
@@ -274,7 +281,7 @@ class InterLoss(Plugin):
             x1, x2 = x1.to(memory_format=torch.channels_last), x2.to(memory_format=torch.channels_last)
         depths = [depth] if c.partial_backprop else c.depths
         hard = [b for b in c.hard_blocks if b <= depth] if c.hard_pairs else []
-        gen = torch.Generator().manual_seed(c.seed * 7919 + self.step)
+        gen = torch.Generator().manual_seed(self.draw_seed * 7919 + self.step)
         host = model.solo_sparse
         host.on_crop(Branch(crop=0, encoder="online"))
         temp = c.hard_temperature or float(self.view.method_kwargs.get("temperature", 0.2) or 0.2)

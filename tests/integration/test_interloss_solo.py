@@ -48,6 +48,26 @@ def test_methods_fit_and_heads_train(method):
         assert "solo_sparse_modules.interloss.queue_2" in sd
 
 
+def test_the_draws_follow_the_runs_seed_unless_the_config_sets_one():
+    import solo.methods as sm
+    from test_solo_integration import tiny_cfg
+
+    import solo_sparse
+
+    def draws(run_seed, **params):
+        cfg = tiny_cfg("simclr")
+        cfg.seed = run_seed
+        p = solo_sparse.wrap(sm.METHODS["simclr"], "interloss", **params)(cfg).solo_sparse.plugins[0]
+        from solo_sparse.engine.interloss import draw_depth
+
+        return p.draw_seed, [draw_depth(p.config.depths, p.config.probs, p.draw_seed, s) for s in range(40)]
+
+    s1, d1 = draws(1)
+    s2, d2 = draws(2)
+    assert (s1, s2) == (1, 2) and d1 != d2                 # a suite's seeds draw differently (depth, crops)
+    assert draws(0)[0] == 0 and draws(5, seed=3) == draws(9, seed=3)   # an explicit seed wins
+
+
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_truncated_step_only_reaches_blocks_up_to_the_drawn_depth(method):
     model = _quiet(_model(method, weights=[1, 0, 0, 0], hard_pairs=False))   # always depth 1
