@@ -171,6 +171,7 @@ class InterLoss(Plugin):
     Config = InterLossConfig
     drives_step = True
     leaves_parameters_unused = True
+    run_seed_keys = ("seed",)
     supported_methods = SUPPORTED
     method_requirement = "applies the method's own objective at every head's depth and knows these objectives"
 

@@ -146,6 +146,9 @@ class Plugin:
     #: key existed: at that value the key stays out of a run's fingerprint (``solo-sparse bench``), so finished
     #: rows are not retrained for a key that changes nothing in them
     neutral_defaults: ClassVar[Dict[str, Any]] = {}
+    #: config keys whose null value means "the run's own seed" (the plugin's own random draws): the plugin resolves
+    #: them at setup, and a run's fingerprint (``solo-sparse bench``) holds the seed the run trains with
+    run_seed_keys: ClassVar[Tuple[str, ...]] = ()
     Config: ClassVar[type]
 
     def __init_subclass__(cls, **kwargs):
@@ -166,7 +169,7 @@ class Plugin:
                 raise TypeError(f"{where}: {flag}={getattr(cls, flag)!r}; True or False")
         if len(cls.speed_paths) not in (0, 2):
             raise TypeError(f"{where}: speed_paths={cls.speed_paths!r}; empty or (fast, dense)")
-        for key in ("refused_methods", "supported_methods", "evaluation_keys", "speed_paths"):
+        for key in ("refused_methods", "supported_methods", "evaluation_keys", "speed_paths", "run_seed_keys"):
             v = getattr(cls, key)
             if not isinstance(v, tuple) or not all(isinstance(s, str) for s in v):
                 raise TypeError(f"{where}: {key}={v!r}; a tuple of strings")

@@ -55,3 +55,17 @@ def test_a_neutral_key_stays_out_of_the_digest_and_any_other_value_enters_it():
     assert plugin_digest(cfg, [*base, "++solo_sparse.control=none"]) == plain
     assert plugin_digest(cfg, [*base, "++solo_sparse.control=static"]) != plain
     assert plugin_digest(cfg, [*base, "++solo_sparse.target=0.3"]) != plain
+
+
+def test_a_run_seed_key_enters_the_digest_as_the_seed_the_run_trains_with(monkeypatch):
+    """interloss's ``seed`` (null: the run's seed) digests as that seed: a row at seed 0 keeps the fingerprint it had
+    when the key was 0 for every run; rows at other seeds differ; an explicit seed is the same at every run seed."""
+    from solo_sparse.tools.bench import plugin_digest
+    from solo_sparse_plugins.interloss import InterLoss
+
+    cfg, base = ROOT / "scripts" / "configs" / "fmnist" / "simclr.yaml", ["+solo_sparse=interloss"]
+    assert plugin_digest(cfg, base, 0) == plugin_digest(cfg, [*base, "++solo_sparse.seed=0"], 5)
+    assert plugin_digest(cfg, base, 1) != plugin_digest(cfg, base, 0)
+    assert plugin_digest(cfg, [*base, "++solo_sparse.seed=3"], 1) == plugin_digest(cfg, [*base, "++solo_sparse.seed=3"], 2)
+    monkeypatch.setattr(InterLoss, "run_seed_keys", ())
+    assert plugin_digest(cfg, base, 1) == plugin_digest(cfg, base, 0)     # without the key: every seed alike

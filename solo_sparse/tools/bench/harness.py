@@ -133,23 +133,24 @@ class Bench:
               spec.kind, spec.rounds if spec.kind == "rounds" else None, spec.rate if spec.kind == "rounds" else None]
         if self.host != "solo-learn":      # solo-learn rows keep the fingerprints they always had
             fp.append(f"host={self.host}")
-        plugins = self.plugin_digest(spec) if spec.kind == "pretrain" and spec.config else None
+        plugins = self.plugin_digest(spec, seed) if spec.kind == "pretrain" and spec.config else None
         if plugins is not None:            # dense rows keep theirs; a changed plugin default retrains the row
             fp.append(f"plugins={plugins}")
         if self.window_overrides(spec):   # runs outside a window keep theirs
             fp.append(f"window={self.window_overrides(spec)}")
         return json.dumps(fp)
 
-    def plugin_digest(self, spec: RunSpec) -> Optional[str]:
+    def plugin_digest(self, spec: RunSpec, seed: Optional[int] = None) -> Optional[str]:
         """Digest of the run's effective plugin configs (every key, defaults included, as the run will save them --
-        except a key at its plugin's ``neutral_defaults`` value), or None without a plugin: a row trained before a
-        plugin's default changed is not taken for this one."""
+        except a key at its plugin's ``neutral_defaults`` value; a ``run_seed_keys`` key left null as the run's
+        ``seed``), or None without a plugin: a row trained before a plugin's default changed is not taken for this
+        one."""
         win = self.window_overrides(spec)
-        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra))
+        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra), seed)
         cache = self.__dict__.setdefault("_plugin_digests", {})
         if key not in cache:
             cache[key] = plugin_digest(self.suite.root / spec.config,
-                                       [*self.suite.overrides, *spec.overrides, *win, *self.extra])
+                                       [*self.suite.overrides, *spec.overrides, *win, *self.extra], seed)
         return cache[key]
 
     def window_overrides(self, spec: RunSpec) -> List[str]:

@@ -270,8 +270,9 @@ def compose_plugins(config: Path, overrides: Sequence[str]) -> list:
     return build_plugins(section) if section else []
 
 
-def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
-    """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin)."""
+def plugin_digest(config: Path, overrides: Sequence[str], seed: Optional[int] = None) -> Optional[str]:
+    """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin), a
+    plugin's ``run_seed_keys`` left null resolved to the run's ``seed`` as the plugin resolves them."""
     import hashlib
 
     from solo_sparse.core.config import config_to_state
@@ -282,5 +283,7 @@ def plugin_digest(config: Path, overrides: Sequence[str]) -> Optional[str]:
     state = {}
     for p in plugins:
         neutral = type(p).neutral_defaults
-        state[p.name] = {k: v for k, v in config_to_state(p.config).items() if k not in neutral or v != neutral[k]}
+        cfg = config_to_state(p.config)
+        cfg.update({k: seed for k in type(p).run_seed_keys if cfg.get(k) is None and seed is not None})
+        state[p.name] = {k: v for k, v in cfg.items() if k not in neutral or v != neutral[k]}
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:12]
