@@ -308,6 +308,7 @@ class InterLoss(Plugin):
                 with torch.no_grad():
                     g1 = forward_maps(model.momentum_backbone, x1, depth, crops1)
                     g2 = forward_maps(model.momentum_backbone, x2, depth, crops2)
+                host.on_crop(Branch(crop=0, encoder="online"))     # the step's later hooks see the online branch
         total = 0.0
         metrics = {}
         weights = dict(zip(c.depths, c.depth_weights))

@@ -84,6 +84,17 @@ def test_truncated_step_only_reaches_blocks_up_to_the_drawn_depth(method):
     assert all(p.grad is None for p in heads["2"].parameters())
 
 
+@pytest.mark.parametrize("hard_pairs", [False, True])
+def test_a_truncated_moco_step_leaves_the_host_on_the_online_branch(hard_pairs):
+    model = _quiet(_model("mocov2plus", weights=[0, 1, 0, 0], hard_pairs=hard_pairs, hard_blocks=[1]))  # depth 2
+    model.train()
+    model.solo_sparse.on_step_start()
+    seen = []
+    model.solo_sparse.on_crop = (lambda f: lambda b: (seen.append(b.encoder), f(b))[1])(model.solo_sparse.on_crop)
+    model.solo_sparse.training_step(model, _batch(), 0)
+    assert "momentum" in seen and model.solo_sparse.view.branch.encoder == "online"
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_final_depth_objective_equals_the_methods_own_loss(method):
     import solo.methods as sm
