@@ -72,6 +72,12 @@ def _blocks(key: str, v: Any, allow_empty: bool) -> List[int]:
     return sorted(vals)
 
 
+#: mean cosine between the MoCo v2+ embeddings of different images above which the collapse warning fires (online
+#: projector outputs of 256 validation images: healthy runs of the synccp suite 0.71-0.75; the run collapsed under
+#: partial back-propagation 1.00)
+COLLAPSE_COS = 0.9
+
+
 @dataclass
 class InterLossConfig:
     #: stages with an auxiliary head (1-based; the final stage is the method's own loss)
@@ -230,9 +236,37 @@ class InterLoss(Plugin):
                 self.mods.register_buffer(f"queue_ptr_{d}", torch.zeros(1, dtype=torch.long))
         self._tau: Optional[float] = None
         self._last_ema_step = -1
+        #: per epoch, the mean cosine between the final embeddings (the method's projector outputs in training
+        #: steps) of different images: a collapse watch (see :data:`COLLAPSE_COS`)
+        self._emb: List[float] = []
+        self._warned_collapse = False
+        proj.register_forward_hook(self._watch_embeddings)
 
     def modules(self) -> nn.Module:
         return self.mods
+
+    # ------------------------------------------------------------------ collapse watch
+    def _watch_embeddings(self, module, inp, out) -> None:
+        if module.training and torch.is_tensor(out) and out.dim() == 2 and len(out) > 1 and len(self._emb) < 64:
+            z = F.normalize(out.detach()[:128].float(), dim=1)
+            n = len(z)
+            self._emb.append(float(((z @ z.T).sum() - n) / (n * (n - 1))))
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if not self._emb:
+            return
+        cos, self._emb = sum(self._emb) / len(self._emb), []
+        self.log({"interloss/embedding_cos": cos})
+        if self.view.method == "mocov2plus" and epoch >= 1 and cos > COLLAPSE_COS and not self._warned_collapse:
+            import sys
+            import warnings
+
+            self._warned_collapse = True
+            msg = (f"solo-sparse interloss: at epoch {epoch} the final embeddings of different images have mean "
+                   f"cosine {cos:.3f} (> {COLLAPSE_COS}): the projection head is collapsing (MoCo v2+'s loss then "
+                   f"sits at ln(queue + 1)); measured with partial back-propagation in docs/plugins/interloss.md")
+            print(msg, file=sys.stderr, flush=True)
+            warnings.warn(msg, stacklevel=2)
 
     def param_groups(self, base_lr: float) -> list:
         params = list(self.mods.heads.parameters()) + list(self.mods.predictors.parameters())

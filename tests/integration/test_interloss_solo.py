@@ -68,6 +68,19 @@ def test_the_draws_follow_the_runs_seed_unless_the_config_sets_one():
     assert draws(0)[0] == 0 and draws(5, seed=3) == draws(9, seed=3)   # an explicit seed wins
 
 
+def test_the_embedding_spread_is_logged_per_epoch_and_a_moco_collapse_warns_once(monkeypatch, capsys):
+    import solo_sparse_plugins.interloss as P
+    from test_solo_integration import fit
+
+    monkeypatch.setattr(P, "COLLAPSE_COS", -1.0)             # any spread counts as collapsed: the warning path
+    model = _model("mocov2plus", hard_pairs=False)
+    with pytest.warns(UserWarning, match=r"at epoch 1 the final embeddings of different images have mean cosine"):
+        tr = fit(model, epochs=3)
+    cos = float(tr.logged_metrics["solo_sparse/interloss/embedding_cos"])
+    assert -1.0 <= cos <= 1.0
+    assert capsys.readouterr().err.count("projection head is collapsing") == 1       # once, not every epoch
+
+
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_truncated_step_only_reaches_blocks_up_to_the_drawn_depth(method):
     model = _quiet(_model(method, weights=[1, 0, 0, 0], hard_pairs=False))   # always depth 1
