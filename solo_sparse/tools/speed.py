@@ -113,9 +113,10 @@ def _load(spec: Mapping[str, Any], root: Optional[Path]) -> Tuple[nn.Module, Opt
 
     if "zoo" in spec:
         e = zoo.entry(spec["zoo"], root)
-        net = zoo.load(spec["zoo"], "solo", root)
-        plugin = next((n for n in (e.get("plugins") or {}) if get_plugin(n).rewrites_backbone), None)
-        return net.eval(), plugin, dict((e.get("plugins") or {}).get(plugin) or {})
+        net, meta = zoo.load_with_meta(spec["zoo"], "solo", root)
+        gating = meta.get("gating") or {}       # the plugin that rebuilt the backbone (weight-mask plugins of the
+        plugin = gating.get("plugin")           # entry left nothing of theirs in the module)
+        return net.eval(), plugin, dict((e.get("plugins") or {}).get(plugin) or gating.get("config") or {})
     if "checkpoint" in spec:
         from solo_sparse.tools.inputs import read_checkpoint
 

@@ -313,3 +313,7 @@ def test_a_static_control_entry_exports_and_benches_as_the_narrow_resnet_it_is(t
         torch.testing.assert_close(small(x), net(x), rtol=1e-4, atol=1e-4)
     res = bench_entry("s", sizes=(32,), batches=(1,), reps=2, root=root, progress=False)
     assert res["kind"].startswith("compact export") and res["internal_channels"][0] <= 1920
+    from solo_sparse.tools.speed import build_path
+
+    p = build_path({"id": "z", "zoo": "s"}, root)                  # `solo-sparse speed` on the entry as well
+    assert p.info["plain_backbone_of"] == "dgnet_gated"
