@@ -210,8 +210,11 @@ class InterLoss(Plugin):
                             f"pairs against (methods with one: {', '.join(MOMENTUM)}); allowed here: auto, online")
         #: seed of the per-step draws: the config's, else the run's (cfg.seed; 0 outside solo-learn)
         run_seed = getattr(getattr(model, "cfg", None), "seed", None)
-        self.draw_seed = self.config.seed if self.config.seed is not None else \
-            abs(int(run_seed)) if isinstance(run_seed, int) and not isinstance(run_seed, bool) else 0
+        try:              # an int, or what seed_everything takes for one ('3' from a command line); else 0
+            run_seed = 0 if run_seed is None or isinstance(run_seed, bool) else int(run_seed)
+        except (TypeError, ValueError):
+            run_seed = 0
+        self.draw_seed = self.config.seed if self.config.seed is not None else run_seed
         #: hard pairs scored against the key encoder (and the queue, MoCo v2+): the paper's L_info
         self.key_pairs = keyed and self.config.hard_pairs and self.config.hard_pair_keys in ("auto", "key")
         backbone = view.groups["backbone"].online

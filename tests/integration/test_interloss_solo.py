@@ -66,6 +66,7 @@ def test_the_draws_follow_the_runs_seed_unless_the_config_sets_one():
     s2, d2 = draws(2)
     assert (s1, s2) == (1, 2) and d1 != d2                 # a suite's seeds draw differently (depth, crops)
     assert draws(0)[0] == 0 and draws(5, seed=3) == draws(9, seed=3)   # an explicit seed wins
+    assert draws("2") == (2, d2) and draws(None)[0] == 0          # a command line's '2'; no seed: 0
 
 
 def test_the_embedding_spread_is_logged_per_epoch_and_a_moco_collapse_warns_once(monkeypatch, capsys):

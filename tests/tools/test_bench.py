@@ -507,7 +507,8 @@ def test_a_reused_row_takes_its_siblings_re_measured_cost_columns(setup, capsys)
     b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
     current = cost_versions(["dgnet_dual"])
     src = {"id": "dual", "seed": 0, "kind": "pretrain", "status": "ok", "linear": 0.7, "plugins": ["dgnet_dual"],
-           "inference_macs_ratio": 0.35, "gate_sparsity": 0.6, "cost_versions": current}
+           "inference_macs_ratio": 0.35, "gate_sparsity": 0.6, "cost_versions": current,
+           "checkpoint": "runs/dual/seed0/x.ckpt"}
     sib = b.out.parent / "sib" / "results.json"
     sib.parent.mkdir(parents=True)
     sib.write_text(json.dumps({"rows": {"dual/seed0": src}}))
@@ -520,6 +521,10 @@ def test_a_reused_row_takes_its_siblings_re_measured_cost_columns(setup, capsys)
     row["inference_macs_ratio"] = 0.2                       # same count as the sibling: left alone
     b.backfill()
     assert row["inference_macs_ratio"] == 0.2
+    sib.write_text(json.dumps({"rows": {"dual/seed0": {**src, "linear": 0.71}}}))   # retrained since: not this one
+    row["cost_versions"] = {"dgnet_dual": 0}
+    b.backfill()
+    assert row["inference_macs_ratio"] == 0.2
     sib.write_text(json.dumps({"rows": {"dual/seed0": {**src, "cost_versions": None, "inference_macs_ratio": 0.9}}}))
     row["cost_versions"] = {"dgnet_dual": 0}
     b.backfill()                                            # the sibling is stale itself: nothing to take
@@ -527,3 +532,21 @@ def test_a_reused_row_takes_its_siblings_re_measured_cost_columns(setup, capsys)
     sib.unlink()
     b.backfill()
     assert row["inference_macs_ratio"] == 0.2
+
+
+def test_a_sibling_row_trained_with_other_plugin_defaults_is_not_reused(setup):
+    """Same config, overrides, seed and size, but the sibling's plugin digest differs (a plugin default changed
+    since it trained, or a run_seed_key resolves differently): trained again, not reused."""
+    repo, suite, solo, tmp = setup
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=print)
+    spec = next(r for r in b.suite.runs if r.id == "gmp")
+    fp = json.loads(b.fingerprint(spec, 0))
+    row = {"id": "gmp", "seed": 0, "kind": "pretrain", "status": "ok", "linear": 0.5, "image_size": 32,
+           "overrides": list(fp[1]) + list(fp[2]), "fingerprint": json.dumps(fp), "checkpoint": "runs/g/x.ckpt"}
+    sib = b.out.parent / "sib" / "results.json"
+    sib.parent.mkdir(parents=True)
+    sib.write_text(json.dumps({"rows": {"gmp/seed0": row}}))
+    assert b.sibling_row(spec, 0)[0] == "sib/gmp/seed0"
+    old = [x if not str(x).startswith("plugins=") else "plugins=000000000000" for x in fp]
+    sib.write_text(json.dumps({"rows": {"gmp/seed0": {**row, "fingerprint": json.dumps(old)}}}))
+    assert b.sibling_row(spec, 0) is None

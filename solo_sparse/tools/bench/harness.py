@@ -146,12 +146,12 @@ class Bench:
         ``seed``), or None without a plugin: a row trained before a plugin's default changed is not taken for this
         one."""
         win = self.window_overrides(spec)
-        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra), seed)
-        cache = self.__dict__.setdefault("_plugin_digests", {})
+        key = (spec.config, tuple(self.suite.overrides), tuple(spec.overrides), tuple(win), tuple(self.extra))
+        cache = self.__dict__.setdefault("_plugin_compositions", {})   # one Hydra compose per run, not per seed
+        ov = [*self.suite.overrides, *spec.overrides, *win, *self.extra]
         if key not in cache:
-            cache[key] = plugin_digest(self.suite.root / spec.config,
-                                       [*self.suite.overrides, *spec.overrides, *win, *self.extra], seed)
-        return cache[key]
+            cache[key] = compose_plugins(self.suite.root / spec.config, ov)
+        return plugin_digest(self.suite.root / spec.config, ov, seed, plugins=cache[key])
 
     def window_overrides(self, spec: RunSpec) -> List[str]:
         """The suite's one window (``window: {start, end}``) as Hydra overrides of the run's plugin keys — which
@@ -274,6 +274,8 @@ class Bench:
             src = json.loads((self.out.resolve().parent / suite / "results.json").read_text())["rows"][key]
         except (OSError, ValueError, KeyError, TypeError):
             return                       # the sibling's results are not here: the row keeps what it copied
+        if src.get("linear") != row.get("linear") or src.get("checkpoint") is None:
+            return          # the sibling was retrained since (or lost its run): not the training this row copied
         if stale_cost(src) or src.get("cost_versions") == row.get("cost_versions"):
             return
         old, new = row.get("inference_macs_ratio"), src.get("inference_macs_ratio")
@@ -366,12 +368,23 @@ class Bench:
                         or (r.get("host") or "solo-learn") != host:
                     continue
                 try:
-                    digest = json.loads(r["fingerprint"])[0]
+                    fp = json.loads(r["fingerprint"])
+                    digest = fp[0]
                 except (KeyError, TypeError, ValueError, IndexError):
                     continue
-                if [digest, list(r.get("overrides") or []), r.get("seed"), r.get("image_size")] == mine:
+                if [digest, list(r.get("overrides") or []), r.get("seed"), r.get("image_size")] == mine and \
+                        self._plugins_part(fp) == self._my_plugins_part(spec, seed):
                     return f"{res.parent.name}/{k}", r
         return None
+
+    @staticmethod
+    def _plugins_part(fp: Sequence[Any]) -> Optional[str]:
+        """The ``plugins=<digest>`` element of a fingerprint (None for a row without a plugin)."""
+        return next((x for x in fp if isinstance(x, str) and x.startswith("plugins=")), None)
+
+    def _my_plugins_part(self, spec: RunSpec, seed: int) -> Optional[str]:
+        d = self.plugin_digest(spec, seed)
+        return None if d is None else f"plugins={d}"
 
     def run_pretrain(self, spec: RunSpec, seed: int) -> None:
         key = f"{spec.id}/seed{seed}"

@@ -270,14 +270,16 @@ def compose_plugins(config: Path, overrides: Sequence[str]) -> list:
     return build_plugins(section) if section else []
 
 
-def plugin_digest(config: Path, overrides: Sequence[str], seed: Optional[int] = None) -> Optional[str]:
+def plugin_digest(config: Path, overrides: Sequence[str], seed: Optional[int] = None,
+                  plugins: Optional[Sequence[Any]] = None) -> Optional[str]:
     """First 12 hex digits of the sha256 of the plugin configs a YAML + overrides compose to (None: no plugin), a
-    plugin's ``run_seed_keys`` left null resolved to the run's ``seed`` as the plugin resolves them."""
+    plugin's ``run_seed_keys`` left null resolved to the run's ``seed`` as the plugin resolves them. ``plugins``:
+    what :func:`compose_plugins` gave for them already (one Hydra compose for every seed of a run)."""
     import hashlib
 
     from solo_sparse.core.config import config_to_state
 
-    plugins = compose_plugins(config, overrides)
+    plugins = compose_plugins(config, overrides) if plugins is None else plugins
     if not plugins:
         return None
     state = {}
