@@ -34,6 +34,7 @@ Stacks with weight-sparsity plugins (``plugins: [synccp, interloss]``).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -73,8 +74,8 @@ def _blocks(key: str, v: Any, allow_empty: bool) -> List[int]:
 
 
 #: mean cosine between the MoCo v2+ embeddings of different images above which the collapse warning fires (online
-#: projector outputs of 256 validation images: healthy runs of the synccp suite 0.71-0.75; the run collapsed under
-#: partial back-propagation 1.00)
+#: projector outputs, eval mode, 256 validation images: healthy runs of the synccp suite 0.71-0.75; the run
+#: collapsed under partial back-propagation 1.00; the watch itself reads augmented training crops)
 COLLAPSE_COS = 0.9
 
 
@@ -243,15 +244,16 @@ class InterLoss(Plugin):
         #: steps) of different images: a collapse watch (see :data:`COLLAPSE_COS`)
         self._emb: List[float] = []
         self._warned_collapse = False
-        proj.register_forward_hook(self._watch_embeddings)
+        me = weakref.ref(self)       # the hook holds no reference to the plugin (a copied projector copies no plugin)
+        proj.register_forward_hook(lambda m, i, o: me() is not None and me()._watch_embeddings(m, i, o))
 
     def modules(self) -> nn.Module:
         return self.mods
 
     # ------------------------------------------------------------------ collapse watch
     def _watch_embeddings(self, module, inp, out) -> None:
-        if module.training and torch.is_tensor(out) and out.dim() == 2 and len(out) > 1 and len(self._emb) < 64:
-            z = F.normalize(out.detach()[:128].float(), dim=1)
+        if module.training and torch.is_tensor(out) and out.dim() == 2 and len(out) > 1:
+            z = F.normalize(out.detach()[:64].float(), dim=1)     # 64 images of every training forward
             n = len(z)
             self._emb.append(float(((z @ z.T).sum() - n) / (n * (n - 1))))
 

@@ -106,6 +106,9 @@ def main(argv=None) -> int:
                          "every model is timed in each block, in turn)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    names = [v[0] for v in args.variant]
+    if len(set(names)) != len(names) or {"dense", "sparse"} & set(names):
+        ap.error(f"--variant names {names}: each once, and not 'dense' or 'sparse' (the two built-in models)")
     models = [("dense", args.dense, False, []), ("sparse", args.sparse, True, args.sparse_overrides)]
     models += [(v[0], args.sparse, True, v[1:]) for v in args.variant]
     res = {m[0]: [] for m in models}

@@ -100,7 +100,8 @@ def measure(backbone: nn.Module, X: torch.Tensor, batch_size: int = 256, branch:
     """Gated-path statistics on images ``X`` (N, 3, H, W) in eval mode on branch ``branch``:
     conditional (or channel) sparsity per conv and overall, the exact reduction over the gated convs
     (gates' cost included), over the whole network (stem, downsample, FC included), and the seed's
-    eq. 13 reduction where it applies (CGNet/CDG)."""
+    eq. 13 reduction where it applies (CGNet/CDG). Routing (branch, mode) and the recording flag are restored; the
+    per-forward records (``_ss_stats``, the last masks) are this call's afterwards — call it between steps."""
     from solo_sparse.engine.flops import count_macs
 
     was = backbone.training

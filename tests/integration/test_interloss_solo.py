@@ -70,8 +70,9 @@ def test_the_draws_follow_the_runs_seed_unless_the_config_sets_one():
 
 
 def test_the_embedding_spread_is_logged_per_epoch_and_a_moco_collapse_warns_once(monkeypatch, capsys):
-    import solo_sparse_plugins.interloss as P
     from test_solo_integration import fit
+
+    import solo_sparse_plugins.interloss as P
 
     monkeypatch.setattr(P, "COLLAPSE_COS", -1.0)             # any spread counts as collapsed: the warning path
     model = _model("mocov2plus", hard_pairs=False)

@@ -25,6 +25,14 @@ def test_suite_files_load_and_every_run_composes(name):
             plugin_digest(suite.root / spec.config, [*suite.overrides, *spec.overrides])
 
 
+@pytest.mark.parametrize("name", ["interloss-diag", "cdg-diag"])
+def test_diagnosis_suites_load_and_every_run_composes(name):
+    suite = Suite.load(SUITES / f"{name}.yaml")
+    assert suite.seeds == 1 and suite.overrides[0] == "augmentations=grey64.yaml"
+    for spec in suite.runs:
+        plugin_digest(suite.root / spec.config, [*suite.overrides, *spec.overrides])
+
+
 def test_the_imp_suite_follows_the_paper_protocol():
     suite = Suite.load(SUITES / "imp.yaml")
     (imp,) = suite.runs
