@@ -263,15 +263,12 @@ class InterLoss(Plugin):
         cos, self._emb = sum(self._emb) / len(self._emb), []
         self.log({"interloss/embedding_cos": cos})
         if self.view.method == "mocov2plus" and epoch >= 1 and cos > COLLAPSE_COS and not self._warned_collapse:
-            import sys
-            import warnings
+            from solo_sparse.core.events import warn
 
             self._warned_collapse = True
-            msg = (f"solo-sparse interloss: at epoch {epoch} the final embeddings of different images have mean "
-                   f"cosine {cos:.3f} (> {COLLAPSE_COS}): the projection head is collapsing (MoCo v2+'s loss then "
-                   f"sits at ln(queue + 1)); measured with partial back-propagation in docs/plugins/interloss.md")
-            print(msg, file=sys.stderr, flush=True)
-            warnings.warn(msg, stacklevel=2)
+            warn(f"solo-sparse interloss: at epoch {epoch} the final embeddings of different images have mean "
+                 f"cosine {cos:.3f} (> {COLLAPSE_COS}): the projection head is collapsing (MoCo v2+'s loss then "
+                 f"sits at ln(queue + 1)); measured with partial back-propagation in docs/plugins/interloss.md")
 
     def param_groups(self, base_lr: float) -> list:
         params = list(self.mods.heads.parameters()) + list(self.mods.predictors.parameters())

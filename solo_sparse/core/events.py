@@ -111,6 +111,15 @@ def _rank0() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def warn(msg: str) -> None:
+    """A warning a user must not miss during training: one flushed stderr line (progress bars hide Python's
+    warnings) and :func:`warnings.warn` (tests and callers can catch it), attributed to the plugin hook's caller."""
+    import warnings
+
+    print(msg, file=sys.stderr, flush=True)
+    warnings.warn(msg, stacklevel=3)
+
+
 def emit(plugin: str, kind: str, at: int, note: str = "", cause: Optional[str] = None, **values: Any) -> str:
     """Print one event's :func:`line` on stderr (rank 0 only, flushed) and return it."""
     text = line(plugin, kind, at, note, cause, **values)

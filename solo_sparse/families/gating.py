@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
 
 import torch
@@ -171,18 +170,14 @@ class PairMonitor:
         sh = self.shift()
         events.emit(self.plugin.name, "pairs", epoch, positives=pos, random=neg, shift=sh)
         if sh is not None and not math.isfinite(sh):
-            msg = (f"solo-sparse {self.plugin.name}: at epoch {epoch} the online encoder's evaluation path (eval mode, "
-                   f"BN running statistics) gives non-finite features on the monitor's fixed batch (shift "
-                   f"sensitivity {sh}); the training loss is checked separately, so training goes on")
-            print(msg, file=sys.stderr, flush=True)
-            warnings.warn(msg, stacklevel=2)
+            events.warn(f"solo-sparse {self.plugin.name}: at epoch {epoch} the online encoder's evaluation path (eval "
+                        f"mode, BN running statistics) gives non-finite features on the monitor's fixed batch (shift "
+                        f"sensitivity {sh}); the training loss is checked separately, so training goes on")
         if epoch >= 1 and pos - neg < self.margin and not self.warned:
             self.warned = True
-            msg = (f"solo-sparse {self.plugin.name}: collapse: at epoch {epoch} the two views of an image are no more "
-                   f"alike than two random images (positive-pair cosine {pos:.3f}, random pairs {neg:.3f}); the "
-                   f"representation is collapsing — see the plugin's docs for the known causes")
-            print(msg, file=sys.stderr, flush=True)
-            warnings.warn(msg, stacklevel=2)
+            events.warn(f"solo-sparse {self.plugin.name}: collapse: at epoch {epoch} the two views of an image are no "
+                        f"more alike than two random images (positive-pair cosine {pos:.3f}, random pairs {neg:.3f}); "
+                        f"the representation is collapsing — see the plugin's docs for the known causes")
         out = {"pair/pos_cos": pos, "pair/neg_cos": neg, "pair/margin": pos - neg}
         if sh is not None:
             out["diag/shift_sensitivity"] = sh
