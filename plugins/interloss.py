@@ -77,6 +77,9 @@ def _blocks(key: str, v: Any, allow_empty: bool) -> List[int]:
 #: projector outputs, eval mode, 256 validation images: healthy runs of the synccp suite 0.71-0.75; the run
 #: collapsed under partial back-propagation 1.00; the watch itself reads augmented training crops)
 COLLAPSE_COS = 0.9
+#: the first epoch judged: an untrained projector maps every image close to one direction (0.93 at epoch 0 of a
+#: partial back-propagation run), so the warm-up epochs are logged, not judged
+COLLAPSE_FROM_EPOCH = 3
 
 
 @dataclass
@@ -262,7 +265,8 @@ class InterLoss(Plugin):
             return
         cos, self._emb = sum(self._emb) / len(self._emb), []
         self.log({"interloss/embedding_cos": cos})
-        if self.view.method == "mocov2plus" and epoch >= 1 and cos > COLLAPSE_COS and not self._warned_collapse:
+        if self.view.method == "mocov2plus" and epoch >= COLLAPSE_FROM_EPOCH and cos > COLLAPSE_COS \
+                and not self._warned_collapse:
             from solo_sparse.core.events import warn
 
             self._warned_collapse = True

@@ -75,6 +75,7 @@ def test_the_embedding_spread_is_logged_per_epoch_and_a_moco_collapse_warns_once
     import solo_sparse_plugins.interloss as P
 
     monkeypatch.setattr(P, "COLLAPSE_COS", -1.0)             # any spread counts as collapsed: the warning path
+    monkeypatch.setattr(P, "COLLAPSE_FROM_EPOCH", 1)
     model = _model("mocov2plus", hard_pairs=False)
     with pytest.warns(UserWarning, match=r"at epoch 1 the final embeddings of different images have mean cosine"):
         tr = fit(model, epochs=3)
