@@ -58,6 +58,7 @@ from solo_sparse.engine.interloss import (
     stage_channels,
     two_view_forward,
 )
+from solo_sparse.engine.probes import other_images_cos
 
 FINAL = len(STAGES)
 #: ``hard_pair_keys``: the key encoder where the method has one (auto), always (key), never (online)
@@ -182,6 +183,8 @@ class InterLoss(Plugin):
     drives_step = True
     leaves_parameters_unused = True
     run_seed_keys = ("seed",)
+    #: the collapse warning was given (checkpointed: once per run, not once per resume)
+    _warned_collapse = False
     supported_methods = SUPPORTED
     method_requirement = "applies the method's own objective at every head's depth and knows these objectives"
 
@@ -246,7 +249,6 @@ class InterLoss(Plugin):
         #: per epoch, the mean cosine between the final embeddings (the method's projector outputs in training
         #: steps) of different images: a collapse watch (see :data:`COLLAPSE_COS`)
         self._emb: List[float] = []
-        self._warned_collapse = False
         me = weakref.ref(self)       # the hook holds no reference to the plugin (a copied projector copies no plugin)
         proj.register_forward_hook(lambda m, i, o: me() is not None and me()._watch_embeddings(m, i, o))
 
@@ -256,9 +258,7 @@ class InterLoss(Plugin):
     # ------------------------------------------------------------------ collapse watch
     def _watch_embeddings(self, module, inp, out) -> None:
         if module.training and torch.is_tensor(out) and out.dim() == 2 and len(out) > 1:
-            z = F.normalize(out.detach()[:64].float(), dim=1)     # 64 images of every training forward
-            n = len(z)
-            self._emb.append(float(((z @ z.T).sum() - n) / (n * (n - 1))))
+            self._emb.append(other_images_cos(out[:64]))     # 64 images of every training forward
 
     def on_epoch_end(self, epoch: int) -> None:
         if not self._emb:
@@ -273,6 +273,13 @@ class InterLoss(Plugin):
             warn(f"solo-sparse interloss: at epoch {epoch} the final embeddings of different images have mean "
                  f"cosine {cos:.3f} (> {COLLAPSE_COS}): the projection head is collapsing (MoCo v2+'s loss then "
                  f"sits at ln(queue + 1)); measured with partial back-propagation in docs/plugins/interloss.md")
+
+    def extra_state(self):
+        return {**super().extra_state(), "warned_collapse": self._warned_collapse}     # once per run, not per resume
+
+    def load_extra_state(self, state) -> None:
+        super().load_extra_state(state)
+        self._warned_collapse = bool(state.get("warned_collapse", False))
 
     def param_groups(self, base_lr: float) -> list:
         params = list(self.mods.heads.parameters()) + list(self.mods.predictors.parameters())

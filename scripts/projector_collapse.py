@@ -36,13 +36,8 @@ def mlp(sd, prefix):
     return f
 
 
-def erank(z):
-    s = torch.linalg.svdvals(z - z.mean(0))
-    p = s / s.sum()
-    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
-
-
 def main(argv=None) -> int:
+    from solo_sparse.engine.probes import effective_rank, other_images_cos
     from solo_sparse.tools.evaluate import load_backbone, load_splits
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,13 +53,12 @@ def main(argv=None) -> int:
         mo, _ = load_backbone(ck, "resnet18", prefix="momentum_backbone.")
         with torch.no_grad():
             fo, fm = on.eval()(X), mo.eval()(X)
-            zo = F.normalize(mlp(sd, "projector")(fo), dim=1)
-            zm = F.normalize(mlp(sd, "momentum_projector")(fm), dim=1)
-            cos = zo @ zm.T
-        n = len(X)
-        print(json.dumps({"checkpoint": ck, "same_image_cos": round(float(cos.diagonal().mean()), 4),
-                          "other_images_cos": round(float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1))), 4),
-                          "feature_erank": round(erank(fo), 1), "embedding_erank": round(erank(zo), 1)}))
+            zo, zm = mlp(sd, "projector")(fo), mlp(sd, "momentum_projector")(fm)
+            same = float((F.normalize(zo, dim=1) * F.normalize(zm, dim=1)).sum(1).mean())
+        print(json.dumps({"checkpoint": ck, "same_image_cos": round(same, 4),
+                          "other_images_cos": round(other_images_cos(zo, zm), 4),
+                          "feature_erank": round(effective_rank(fo), 1),
+                          "embedding_erank": round(effective_rank(zo), 1)}))
     return 0
 
 

@@ -7,6 +7,9 @@ whether two encoders agree — plain torch, used by the gating monitor, the benc
   0.06-0.07).
 * :func:`twin_agreement`: mean cosine between two encoders' features of the same images (online vs momentum:
   MoCo's keys must come from about the same function as its queries).
+* :func:`other_images_cos` / :func:`effective_rank`: whether embeddings collapsed — the mean cosine between the
+  embeddings of different images (equal to the same-image cosine when every image maps to one direction) and the
+  effective rank of a batch of embeddings (a dimensional collapse keeps a few directions).
 """
 from __future__ import annotations
 
@@ -50,3 +53,25 @@ def twin_agreement(a: nn.Module, b: nn.Module, x: torch.Tensor,
                    route: Optional[Callable[[nn.Module], object]] = None) -> float:
     """Mean cos(f_a(x), f_b(x)) in eval mode."""
     return float((_features(a, x, route) * _features(b, x, route)).sum(1).mean())
+
+
+def other_images_cos(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> float:
+    """Mean cos(a_i, b_j) over the pairs i != j of rows (different images); ``b`` defaults to ``a`` (one set of
+    embeddings against itself). ``a`` and ``b``: (N, D) with the same N >= 2, normalized here."""
+    b = a if b is None else b
+    if a.dim() != 2 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"other_images_cos needs two (N, D) tensors of one shape with N >= 2, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = F.normalize(a.detach().float(), dim=1), F.normalize(b.detach().float(), dim=1)
+    n = len(a)
+    # sum_i sum_j a_i . b_j without the (N, N) matrix, minus the diagonal
+    total = (a.sum(0) * b.sum(0)).sum() - (a * b).sum()
+    return float(total / (n * (n - 1)))
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    """exp(entropy) of the normalized singular values of the centred (N, D) batch ``z`` (Roy & Vetterli 2007):
+    D for isotropic embeddings, 1 for embeddings on one line."""
+    s = torch.linalg.svdvals(z.detach().float() - z.detach().float().mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))

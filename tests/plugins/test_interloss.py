@@ -261,3 +261,21 @@ def test_two_view_forward_with_a_key_encoder_returns_its_cropped_maps():
         torch.testing.assert_close(m1[j], q1[j])
     assert not torch.equal(g1[3], m1[3])
     assert order[:2] == ["online", "momentum"] and order[-1] == "online" and order.count("momentum") == 4
+
+
+def test_the_collapse_warning_is_given_once_per_run_not_once_per_resume():
+    from solo_sparse.core.plugin import PluginHost
+    from solo_sparse_plugins.interloss import InterLoss
+
+    assert not InterLoss.from_params({})._warned_collapse
+    p = InterLoss.from_params({})
+    p._warned_collapse = True
+    state = PluginHost([p]).state_dict()
+    assert state["interloss"]["extra"]["warned_collapse"] is True
+    q = InterLoss.from_params({})
+    PluginHost([q]).load_state_dict(state)
+    assert q._warned_collapse
+    state["interloss"]["extra"] = {}                      # a checkpoint saved before the flag was: not given yet
+    r = InterLoss.from_params({})
+    PluginHost([r]).load_state_dict(state)
+    assert not r._warned_collapse
