@@ -404,9 +404,10 @@ class ThresholdGatingPlugin(ChannelGatingPlugin):
         return out
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"s_applied": self._s_applied} if self.config.ramping else {}
+        return {**super().extra_state(), **({"s_applied": self._s_applied} if self.config.ramping else {})}
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
+        super().load_extra_state(state)
         if self.config.ramping:
             self._s_applied = float(state["s_applied"])
 

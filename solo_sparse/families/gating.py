@@ -116,6 +116,29 @@ class PairMonitor:
     def on_crop(self, crop: Optional[int]) -> None:
         self.crop = crop
 
+    # ------------------------------------------------------------------ state (checkpointed by the plugin)
+    def state_dict(self) -> Dict[str, Any]:
+        """What a resumed run needs to go on measuring as the uninterrupted run would: the fixed batch and the
+        previous key (the same probe images, the same drift reference), the step count (the probe cadence), the
+        epoch's running sums and whether the collapse warning was given (once per run, not once per resume)."""
+        return {"fixed": self.fixed, "prev_key": self.prev_key, "steps": self.steps, "sums": list(self.sums),
+                "n": self.n, "warned": self.warned}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (an empty mapping: a checkpoint saved before the monitor was saved — it
+        starts over, as it used to). Tensors are moved to the online encoder's device."""
+        if not state:
+            return
+        dev = next(iter(self.online.parameters())).device if self.online is not None else None
+
+        def to(t):
+            return t.detach().clone().to(dev) if torch.is_tensor(t) and dev is not None else t
+
+        self.fixed, self.prev_key = to(state.get("fixed")), to(state.get("prev_key"))
+        self.steps, self.n = int(state.get("steps", 0)), int(state.get("n", 0))
+        self.sums = [float(v) for v in state.get("sums", (0.0, 0.0))]
+        self.warned = bool(state.get("warned", False))
+
     def step_end(self) -> None:
         a, b = self.feats.get(0), self.feats.get(1)
         self.feats, self.crop = {}, None
@@ -218,6 +241,7 @@ class GatedBackbonePlugin(Plugin):
         convert_encoders(self, view, self.convert, self.crops_why)
         self.pairs = PairMonitor(self)
         self.pairs.attach(view.groups["backbone"].online, view.groups["backbone"].momentum)
+        self.pairs.load_state_dict(getattr(self, "_monitor_state", {}))
 
     def monitor_crop(self, branch) -> None:
         """Tell the pair monitor which crop the online encoder is about to forward (subclasses' on_crop)."""
@@ -226,6 +250,17 @@ class GatedBackbonePlugin(Plugin):
 
     def monitor_epoch(self, epoch: int) -> Dict[str, float]:
         return self.pairs.epoch_end(epoch)
+
+    def extra_state(self) -> Dict[str, Any]:
+        pairs = getattr(self, "pairs", None)
+        monitor = pairs.state_dict() if pairs is not None else getattr(self, "_monitor_state", {})
+        return {**super().extra_state(), "monitor": monitor}
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self._monitor_state = dict(state.get("monitor", {}))     # loaded before setup: the monitor takes it there
+        if getattr(self, "pairs", None) is not None:
+            self.pairs.load_state_dict(self._monitor_state)
 
     def on_crop(self, branch: Branch) -> None:
         """The pair monitor hears of the crop; then the encoder that forwards it (when the method has that

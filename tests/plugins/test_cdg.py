@@ -738,3 +738,37 @@ def test_cost_depends_on_input_only_where_a_gate_reads_it(plugin, cfg, depends):
         x = torch.randn(2, 3, 32, 32)
         a = plugin.measure_backbone(net, x)["network_macs_ratio"]
         assert a == pytest.approx(plugin.measure_backbone(net, torch.zeros(1, 3, 32, 32))["network_macs_ratio"])
+
+
+@pytest.mark.parametrize("cls,params", [(CDG, {"stages": [1], "ramp": 2}), (FBS, {"stages": [1]})])
+def test_the_pair_monitor_survives_a_resume(cls, params):
+    """A resumed run probes the same fixed batch against the same previous key at the same cadence, and does not
+    repeat a collapse warning already given (the monitor's state rides in the plugin's checkpointed state)."""
+    torch.manual_seed(0)
+    p = cls.from_params(params)
+    host, online, mom, logs = host_for(p, momentum=True, method="byol")
+    p.pairs.probe_every = 2
+    opt = torch.optim.SGD(online.parameters(), lr=0.01)
+    x = torch.randn(2, 4, 3, 32, 32)
+    for _ in range(3):
+        two_view_step(host, online, opt, x, mom)
+    p.pairs.warned = True
+    saved = copy.deepcopy(host.state_dict())
+    assert torch.equal(saved[p.name]["extra"]["monitor"]["fixed"], x[0][:16])
+
+    q = cls.from_params(params)
+    host2, online2, mom2, logs2 = host_for(q, momentum=True, method="byol")
+    q.pairs.probe_every = 2
+    online2.load_state_dict(online.state_dict())
+    mom2.load_state_dict(mom.state_dict())
+    host2.load_state_dict(saved)
+    m, n = p.pairs, q.pairs
+    assert torch.equal(m.fixed, n.fixed) and torch.equal(m.prev_key, n.prev_key)
+    assert (m.steps, m.n, m.sums, m.warned) == (n.steps, n.n, n.sums, n.warned) == (3, 3, m.sums, True)
+    y = torch.randn(2, 4, 3, 32, 32)                                  # other images: the fixed batch stays
+    two_view_step(host, online, opt, y, mom)
+    two_view_step(host2, online2, torch.optim.SGD(online2.parameters(), lr=0.01), y, mom2)
+    assert logs2["solo_sparse/diag/key_drift_cos"] == pytest.approx(logs["solo_sparse/diag/key_drift_cos"], abs=1e-6)
+    assert torch.equal(n.fixed, x[0][:16]) and n.steps == 4
+    if cls is CDG:
+        assert saved[p.name]["extra"]["s_applied"] == p._s_applied       # the family's own state is kept beside it
