@@ -126,15 +126,15 @@ class PairMonitor:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (an empty mapping: a checkpoint saved before the monitor was saved — it
-        starts over, as it used to). Tensors are moved to the online encoder's device."""
+        starts over, as it used to). The tensors stay where they were loaded: Lightning restores a checkpoint
+        before it moves the module to its device, so they follow the encoder when used (:meth:`_here`)."""
         if not state:
             return
-        dev = next(iter(self.online.parameters())).device if self.online is not None else None
 
-        def to(t):
-            return t.detach().clone().to(dev) if torch.is_tensor(t) and dev is not None else t
+        def copy(t):
+            return t.detach().clone() if torch.is_tensor(t) else None
 
-        self.fixed, self.prev_key = to(state.get("fixed")), to(state.get("prev_key"))
+        self.fixed, self.prev_key = copy(state.get("fixed")), copy(state.get("prev_key"))
         self.steps, self.n = int(state.get("steps", 0)), int(state.get("n", 0))
         self.sums = [float(v) for v in state.get("sums", (0.0, 0.0))]
         self.warned = bool(state.get("warned", False))
@@ -154,8 +154,20 @@ class PairMonitor:
         self.sums[1] += neg
         self.n += 1
 
+    def _here(self) -> None:
+        """Put the fixed batch and the previous key on the online encoder's device (after a resume they were
+        loaded before the module moved there)."""
+        p = next(iter(self.online.parameters()), None) if self.online is not None else None
+        if p is None:
+            return
+        if self.fixed is not None and self.fixed.device != p.device:
+            self.fixed = self.fixed.to(p.device)
+        if self.prev_key is not None and self.prev_key.device != p.device:
+            self.prev_key = self.prev_key.to(p.device)
+
     @torch.no_grad()
     def probe(self) -> Dict[str, float]:
+        self._here()
         was = (self.online.training, self.momentum.training)
         try:
             self.online.eval()
@@ -180,6 +192,7 @@ class PairMonitor:
         """Shift sensitivity of the online encoder's evaluation path on the fixed batch (None before it exists)."""
         if self.fixed is None or self.online is None or self.fixed.dim() != 4:
             return None
+        self._here()
         from solo_sparse.engine.probes import shift_sensitivity
 
         # like :meth:`probe`: the next crop's on_crop routes the encoder back to its training branch
@@ -242,6 +255,7 @@ class GatedBackbonePlugin(Plugin):
         self.pairs = PairMonitor(self)
         self.pairs.attach(view.groups["backbone"].online, view.groups["backbone"].momentum)
         self.pairs.load_state_dict(getattr(self, "_monitor_state", {}))
+        self._monitor_state = {}
 
     def monitor_crop(self, branch) -> None:
         """Tell the pair monitor which crop the online encoder is about to forward (subclasses' on_crop)."""
@@ -261,6 +275,7 @@ class GatedBackbonePlugin(Plugin):
         self._monitor_state = dict(state.get("monitor", {}))     # loaded before setup: the monitor takes it there
         if getattr(self, "pairs", None) is not None:
             self.pairs.load_state_dict(self._monitor_state)
+            self._monitor_state = {}
 
     def on_crop(self, branch: Branch) -> None:
         """The pair monitor hears of the crop; then the encoder that forwards it (when the method has that

@@ -772,3 +772,43 @@ def test_the_pair_monitor_survives_a_resume(cls, params):
     assert torch.equal(n.fixed, x[0][:16]) and n.steps == 4
     if cls is CDG:
         assert saved[p.name]["extra"]["s_applied"] == p._s_applied       # the family's own state is kept beside it
+
+
+def test_the_resumed_monitor_batch_follows_the_encoder_to_its_device():
+    """Lightning restores a checkpoint before it moves the module to its device: the monitor's saved tensors are
+    loaded where they are and moved to the online encoder's device when a probe or the shift measure uses them."""
+    from solo_sparse.families.gating import PairMonitor
+
+    class P:
+        name = "cdg"
+
+        @staticmethod
+        def route_eval(net):
+            pass
+
+    mon = PairMonitor(P())
+    mon.online = nn.Linear(4, 4, device="meta")                  # stands for an encoder moved to another device
+    mon.load_state_dict({"fixed": torch.randn(2, 4), "prev_key": torch.randn(2, 4), "steps": 3})
+    assert mon.fixed.device.type == "cpu" and mon.steps == 3     # loaded as is, not moved at load time
+    mon._here()
+    assert mon.fixed.device.type == "meta" and mon.prev_key.device.type == "meta"
+    used = []
+    mon._here = lambda: used.append(1)
+    mon.fixed, mon.prev_key = torch.randn(2, 3, 8, 8), None
+    mon.online = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1))
+    mon.momentum = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1))
+    mon.plugin.log = lambda d: None
+    mon.shift()
+    mon.probe()
+    assert used == [1, 1]                                         # both users move the tensors first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_monitor_resumed_on_the_cpu_probes_on_the_gpu():
+    p = CDG.from_params({"stages": [1]})
+    host, online, mom, logs = host_for(p, momentum=True, method="byol")
+    p.pairs.load_state_dict({"fixed": torch.randn(16, 3, 32, 32), "prev_key": torch.randn(16, 512), "steps": 1})
+    online.cuda()
+    mom.cuda()
+    p.pairs.probe()
+    assert p.pairs.fixed.is_cuda and "solo_sparse/diag/key_drift_cos" in logs
