@@ -42,6 +42,9 @@ class IMPConfig(MaskSpec):
     init: Optional[str] = None
     rewind: Any = "1ep"
     rewind_out: Optional[str] = None
+    #: stop the run once the rewind point is written (the IMP driver replays round 0's start this way to
+    #: re-create a rewind point on another machine; the schedule is the full run's, only cut short)
+    stop_after_rewind: bool = False
     exclude_stem: bool = False
     supervised_fraction: float = 0.0
     supervised_weight: float = 1.0
@@ -58,6 +61,11 @@ class IMPConfig(MaskSpec):
             if k != "rewind_out" and v is not None and not os.path.isfile(v):
                 raise key_error(k, v, "no such file")
         self.rewind = StepSpec.parse("rewind", self.rewind)
+        if not isinstance(self.stop_after_rewind, bool):
+            raise key_error("stop_after_rewind", self.stop_after_rewind, "true or false")
+        if self.stop_after_rewind and self.rewind_out is None:
+            raise key_error("stop_after_rewind", self.stop_after_rewind, "true only with rewind_out set (the run "
+                                                                          "stops after writing it)")
         if self.rewind.unit == "percent":
             raise key_error("rewind", str(self.rewind), "give the rewind point in steps (e.g. 200) or epochs ('1ep')")
         self.supervised_fraction = check_range("supervised_fraction", self.supervised_fraction, 0.0, 1.0)
@@ -155,6 +163,11 @@ class IMP(WeightSparsityPlugin):
                   file=sys.stderr, flush=True)
         self.captured = True
         self.log({"rewind_step": self.step})
+        trainer = getattr(getattr(self.view, "model", None), "_trainer", None)
+        if self.config.stop_after_rewind and trainer is not None:
+            trainer.should_stop = True
+            print(f"solo-sparse imp: stop_after_rewind: the run stops after step {self.step}", file=sys.stderr,
+                  flush=True)
 
     # ------------------------------------------------------------------ semi-supervised pruning
     def _keep_features(self, module, inp, out):

@@ -95,6 +95,19 @@ def load_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
+def state_digest(path) -> str:
+    """sha256 of a state file's *content* — every tensor's name, dtype, shape and bytes in name order, and the
+    metadata sorted — not of its bytes: safetensors writes the metadata in hash-map order, so two writes of the same
+    state may differ byte for byte."""
+    state, meta = load_state(path)
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for k in sorted(state):
+        v = state[k]
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
 def fingerprint(obj) -> str:
     """A stable short hash of a JSON-able object (IMP run configs)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -147,6 +147,44 @@ def save_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
     return write_safetensors(path, tensors, md)
 
 
+def save_packed_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
+    """Write ``{layer: bool mask}`` bit-packed (8 weights per byte; a ResNet-18's masks in 1.4 MB instead of
+    11 MB): what an IMP chain carries to another machine (:meth:`~solo_sparse.tools.imp.driver.IMPDriver.carry`).
+    :func:`load_packed_masks` returns exactly the masks given."""
+    import numpy as np
+
+    tensors, shapes = {}, {}
+    for k, v in masks.items():
+        flat = v.detach().to("cpu", torch.bool).flatten().numpy()
+        tensors[k] = torch.from_numpy(np.packbits(flat))
+        shapes[k] = list(v.shape)
+    md = _meta({"format": MASKS_FORMAT + "-packed", "density": density(masks), "shapes": shapes, **meta})
+    return write_safetensors(path, tensors, md)
+
+
+def load_packed_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Read :func:`save_packed_masks`'s file back to ``({layer: bool mask}, metadata)``."""
+    import numpy as np
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            packed = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
+        raise ConfigError(f"{str(path)!r}: not a readable packed mask file ({e})") from e
+    if meta.get("format") != MASKS_FORMAT + "-packed":
+        raise ConfigError(f"{str(path)!r}: not a packed solo-sparse mask file (format {meta.get('format')!r})")
+    shapes = json.loads(meta.pop("shapes"))
+    meta["format"] = MASKS_FORMAT
+    out = {}
+    for k, v in packed.items():
+        n = int(np.prod(shapes[k])) if shapes[k] else 1
+        bits = np.unpackbits(v.numpy(), count=n).astype(bool)
+        out[k] = torch.from_numpy(bits).view(*shapes[k])
+    return out, meta
+
+
 def load_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """Read a mask file; raises ConfigError if it is missing, not a solo-sparse mask file, holds a non-bool
     mask, or keeps no weight at all (every layer all False: a dead backbone)."""

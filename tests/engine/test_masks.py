@@ -91,3 +91,21 @@ def test_xor_share():
     a = torch.tensor([1, 1, 0, 0], dtype=torch.bool)
     b = torch.tensor([1, 0, 1, 0], dtype=torch.bool)
     assert xor_share(a, b) == 0.5
+
+
+def test_packed_mask_files_hold_the_same_bits_in_an_eighth(tmp_path):
+    from solo_sparse.engine.maskio import load_masks, load_packed_masks, save_masks, save_packed_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = {"backbone.layer1.0.conv1": torch.rand(64, 64, 3, 3, generator=g) < 0.33,
+             "backbone.fc": torch.rand(10, 7, generator=g) < 0.9, "backbone.one": torch.tensor([True])}
+    save_masks(tmp_path / "full.safetensors", masks, round=3)
+    save_packed_masks(tmp_path / "packed.safetensors", masks, round=3)
+    back, meta = load_packed_masks(tmp_path / "packed.safetensors")
+    assert set(back) == set(masks) and all(torch.equal(back[k], masks[k]) and back[k].dtype == torch.bool
+                                           for k in masks)
+    assert meta["round"] == load_masks(tmp_path / "full.safetensors")[1]["round"] == "3"
+    assert meta["format"] == load_masks(tmp_path / "full.safetensors")[1]["format"]
+    assert (tmp_path / "packed.safetensors").stat().st_size * 6 < (tmp_path / "full.safetensors").stat().st_size
+    with pytest.raises(ConfigError, match="not a packed solo-sparse mask file"):
+        load_packed_masks(tmp_path / "full.safetensors")

@@ -88,6 +88,23 @@ def _cfg_dir(tmp_path):
 
 
 @pytest.mark.skipif(not (ROOT / "scripts/configs/fmnist/mocov2plus_imp.yaml").exists(), reason="configs")
+def test_stop_after_rewind_ends_a_real_fit_once_the_point_is_written(tmp_path):
+    """What the IMP driver's replay relies on: the fit stops at the rewind step (4 steps per epoch here; rewind
+    2 of a 3-epoch run), the rewind point is written, and the schedule was the 3-epoch run's."""
+    import solo.methods as sm
+    from test_solo_integration import fit, tiny_cfg
+
+    import solo_sparse
+    from solo_sparse.engine.imp import load_state
+
+    out = tmp_path / "rewind.safetensors"
+    model = solo_sparse.wrap(sm.METHODS["mocov2plus"], "imp", rewind=2, rewind_out=str(out),
+                             stop_after_rewind=True)(tiny_cfg("mocov2plus"))
+    tr = fit(model, epochs=3)
+    assert out.exists() and load_state(out)[1]["step"] == "2"
+    assert tr.global_step == 2 and model.solo_sparse.plugins[0].total_steps == 12
+
+
 def test_imp_driver_over_unchanged_main_pretrain(tmp_path):
     from helpers import TINY_RUN, make_image_folder, run_solo, solo_dir
 

@@ -159,6 +159,24 @@ def test_imp_rewind_capture_then_reset(tmp_path, tiny_pair):
     assert torch.equal(on2.bn1.running_mean, at3["bn1.running_mean"])
 
 
+def test_stop_after_rewind_asks_the_trainer_to_stop_once_the_point_is_written(tmp_path):
+    out = tmp_path / "rewind.safetensors"
+
+    class Trainer:
+        should_stop = False
+
+    for stop in (False, True):
+        online, momentum = TinyNet(), TinyNet()
+        p = IMP.from_params({"rewind": 3, "rewind_out": str(out), "stop_after_rewind": stop})
+        host = make_host(p, online, momentum, steps_per_epoch=4, total_steps=8)
+        p.view.model = type("Module", (), {"_trainer": Trainer()})()
+        train(host, online, momentum, torch.optim.SGD(online.parameters(), lr=0.1), 2)
+        assert not p.view.model._trainer.should_stop and not out.exists()
+        train(host, online, momentum, torch.optim.SGD(online.parameters(), lr=0.1), 1)
+        assert out.exists() and p.view.model._trainer.should_stop is stop
+        out.unlink()
+
+
 def test_imp_rewind_beyond_run_refused(tmp_path, tiny_pair):
     online, momentum = tiny_pair
     p = IMP.from_params({"rewind": "3ep", "rewind_out": str(tmp_path / "r.safetensors")})
@@ -173,6 +191,8 @@ def test_imp_rewind_beyond_run_refused(tmp_path, tiny_pair):
     ({"supervised_fraction": 1.5}, "supervised_fraction"),
     ({"masks": ""}, "masks"),
     ({"rate": 0.2}, "unknown key"),
+    ({"stop_after_rewind": True}, r"stop_after_rewind=True: .*only with rewind_out set"),
+    ({"stop_after_rewind": "yes", "rewind_out": "r.safetensors"}, "stop_after_rewind.*true or false"),
 ])
 def test_imp_config_errors(params, match):
     with pytest.raises(ConfigError, match=match):
@@ -256,3 +276,20 @@ def test_imp_driver_refuses_changed_config_and_long_rewind(tmp_path):
     cfg.write_text("defaults:\n  - _self_\n  - solo_sparse: gmp\nmax_epochs: 3\n")
     with pytest.raises(ConfigError, match="needs the 'imp' plugin|IMP rounds need"):
         IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o4")), solo_dir=tmp_path, plugin="imp")
+
+
+def test_state_digest_reads_the_content_not_the_bytes(tmp_path):
+    """safetensors writes its metadata in hash-map order: two writes of one state may differ byte for byte; the
+    digest (what a rewind replay is checked against) does not, and any changed tensor changes it."""
+    from solo_sparse.engine.imp import state_digest
+
+    st = {"backbone.a": torch.randn(3, 4), "backbone.n": torch.tensor(7), "momentum_backbone.a": torch.randn(2)}
+    save_state(tmp_path / "1.safetensors", st, step=3, epoch=1, method="mocov2plus")
+    save_state(tmp_path / "2.safetensors", dict(reversed(list(st.items()))), method="mocov2plus", epoch=1, step=3)
+    assert state_digest(tmp_path / "1.safetensors") == state_digest(tmp_path / "2.safetensors")
+    st["backbone.a"][0, 0] += 1e-6
+    save_state(tmp_path / "3.safetensors", st, step=3, epoch=1, method="mocov2plus")
+    assert state_digest(tmp_path / "3.safetensors") != state_digest(tmp_path / "1.safetensors")
+    save_state(tmp_path / "4.safetensors", {**st, "backbone.a": st["backbone.a"].double()}, step=3, epoch=1,
+               method="mocov2plus")
+    assert state_digest(tmp_path / "4.safetensors") != state_digest(tmp_path / "3.safetensors")

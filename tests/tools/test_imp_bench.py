@@ -212,3 +212,51 @@ def test_retrain_rows_without_retrain_epochs_are_not_claimable(setup):
     suite.write_text(SUITE.replace("retrain_epochs: 1", "retrain_epochs: 0"))
     with pytest.raises(ConfigError, match="imp:retrain-ticket-r1.*not a run of the suite"):
         Suite.load(suite)
+
+
+@pytest.mark.slow
+def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup, monkeypatch):
+    """The runs folder stays on the machine that trained; the chain's small state goes with the results
+    (``chains/<id>/seed<k>``). A ticket is evaluated as soon as its round trains, so rows are kept; on a fresh
+    machine the chain is restored, the rewind point replayed (round 0 up to it, checked by sha256) and only the rows
+    left are trained — the controls from the carried masks."""
+    import shutil
+
+    import solo_sparse.tools.bench.rounds as rounds_mod
+    from solo_sparse.engine.maskio import load_masks, load_packed_masks
+
+    repo, suite, solo, tmp = setup
+    suite.write_text(_no_retrain(SUITE))
+    real = rounds_mod.evaluate_backbone
+    state = {"n": 0}
+
+    def cut(*a, **k):             # the session ends during the first control's evaluation
+        state["n"] += 1
+        if state["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
+    with pytest.raises(KeyboardInterrupt):
+        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    out = repo / "results" / "impt"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {k for k, v in rows.items() if v["status"] == "ok"} == {"imp:ticket-r0/seed0", "imp:ticket-r1/seed0"}
+    keep = out / "chains" / "imp" / "seed0"
+    man = json.loads((keep / "chain.json").read_text())
+    assert sorted(man["rounds"]) == ["0", "1"] and list(man["round_masks"]) == ["1"] and man["rewind_sha256"]
+    ticket = load_masks(out / "runs" / "imp" / "seed0" / "rounds" / "round_1" / "masks.safetensors")[0]
+    shutil.rmtree(out / "runs")                                  # the next session's machine
+    n = len(_calls(tmp))
+    lines = []
+    res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lines.append).run()
+    names = [c["name"] for c in _calls(tmp)[n:]]
+    assert names == ["imp-r0", "imp:global_random-r1-s0", "imp:layer_permutation-r1-s0"], names
+    assert "++solo_sparse.stop_after_rewind=true" in _calls(tmp)[n]["argv"]
+    assert all(v["status"] == "ok" for v in res["rows"].values()) and len(res["rows"]) == 4
+    assert any("identical to round 0's" in line for line in lines), lines
+    restored = load_masks(out / "runs" / "imp" / "seed0" / "rounds" / "round_1" / "masks.safetensors")[0]
+    assert all(restored[k].equal(ticket[k]) for k in ticket)
+    assert all(load_packed_masks(keep / "round_1.masks.safetensors")[0][k].equal(ticket[k]) for k in ticket)
+    for f in keep.iterdir():                                     # committed: no machine path
+        assert str(tmp) not in f.read_bytes().decode("latin-1"), f

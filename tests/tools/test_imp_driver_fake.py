@@ -37,7 +37,11 @@ LAYERS = {"layer1.0.conv1": (8, 4, 3, 3), "layer2.0.conv1": (16, 8, 3, 3)}
 masks = load_masks(args["solo_sparse.masks"])[0] if "solo_sparse.masks" in args else {
     f"backbone.{k}": torch.ones(s, dtype=torch.bool) for k, s in LAYERS.items()}
 if "solo_sparse.rewind_out" in args:
-    pathlib.Path(args["solo_sparse.rewind_out"]).write_bytes(b"rewind")
+    from solo_sparse.engine.imp import save_state
+    save_state(args["solo_sparse.rewind_out"], {"backbone.w": torch.tensor([float(len(os.environ.get("FAKE_REWIND",
+                                                                                                 "rewind")))])}, step=1)
+    if args.get("solo_sparse.stop_after_rewind") == "true":
+        sys.exit(0)                        # the run stops once the rewind point is written
 start, prev = 0, None
 if "resume_from_checkpoint" in args:
     prev = pathlib.Path(args["resume_from_checkpoint"])
@@ -237,3 +241,66 @@ def test_permute_masks_default_control_is_global_and_names_are_checked(tmp_path,
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
     assert "--control" in err and "'layer'" in err and "'global', 'layer-permutation'" in err, err
+
+
+# ----------------------------------------------------------------------------- a chain carried to another machine
+def test_a_chain_carried_to_another_machine_continues_with_a_replayed_rewind_point(fake, tmp_path, monkeypatch):
+    """The runs folder does not survive the session: the driver writes the chain's small state (densities, masks
+    bit-packed, the rewind point's sha256) to a kept folder; a fresh driver on another machine restores it, replays
+    round 0 only up to the rewind point (stop_after_rewind), checks the file against the recorded sha256 and trains
+    the rounds left. Masks are the same bits; a replay that differs is refused."""
+    import shutil
+
+    from solo_sparse.core.config import ConfigError
+    from solo_sparse.engine.imp import load_state
+    from solo_sparse.engine.maskio import load_packed_masks
+
+    solo, cfg, log = fake
+    keep = tmp_path / "keep"
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "a"), rounds=2, rate=0.5, rewind="1ep")
+    monkeypatch.setenv("FAKE_CRASH", "imp-r2")            # machine A stops during round 2
+    a = IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None)
+    seen = []
+    with pytest.raises(RuntimeError):
+        a.run_all(on_round=lambda k, ck: (seen.append((k, ck.exists())), a.carry(keep, "fp-1")))
+    assert seen == [(0, True), (1, True)]                  # each finished round reported with its checkpoint
+    monkeypatch.delenv("FAKE_CRASH")
+    man = json.loads((keep / "chain.json").read_text())
+    assert sorted(man["rounds"]) == ["0", "1"] and sorted(man["round_masks"]) == ["1", "2"] and man["rewind_sha256"]
+    assert "/" not in json.dumps(man)                                          # no machine path
+    for k in (1, 2):
+        packed, _ = load_packed_masks(keep / f"round_{k}.masks.safetensors")
+        full = load_masks(tmp_path / "a" / f"round_{k}" / "masks.safetensors")[0]
+        assert all(torch.equal(packed[n], full[n]) for n in full)
+    shutil.rmtree(tmp_path / "a")                          # machine B: nothing of A but the kept folder
+
+    run_b = IMPRun(config=str(cfg), out=str(tmp_path / "b"), rounds=2, rate=0.5, rewind="1ep")
+    with pytest.raises(ConfigError, match="belongs to another run"):
+        IMPDriver(run_b, solo, "imp", python=sys.executable, log=lambda *_: None).restore(keep, "fp-2")
+    n = len(_calls(log))
+    lines = []
+    b = IMPDriver(run_b, solo, "imp", python=sys.executable, log=lines.append)
+    assert b.restore(keep, "fp-1")
+    st = b.run_all()
+    calls = _calls(log)[n:]
+    assert [c["name"] for c in calls] == ["imp-r0", "imp-r2"]                 # a replay of round 0, then round 2
+    assert "++solo_sparse.stop_after_rewind=true" in calls[0]["argv"]
+    assert any("rewind_replay" in a and "rewind_out" in a for a in calls[0]["argv"])
+    assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
+    assert st["rounds"]["1"].get("restored") and "checkpoint" not in st["rounds"]["1"]
+    assert load_state(tmp_path / "b" / "rewind.safetensors")[0]["backbone.w"].item() == 6.0
+    assert any("identical to round 0's" in line for line in lines), lines
+    got = load_masks(tmp_path / "b" / "round_2" / "masks.safetensors")[0]
+    assert all(torch.equal(got[n], packed[n]) for n in got)                   # the carried bits, unchanged
+    assert not b.restore(keep, "fp-1")                                        # B has trained: nothing to restore
+
+    # a replay that is not bit-identical: refused, nothing trained on it
+    shutil.rmtree(tmp_path / "b")
+    monkeypatch.setenv("FAKE_REWIND", "another")
+    c = IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "c"), rounds=2, rate=0.5, rewind="1ep"), solo, "imp",
+                  python=sys.executable, log=lambda *_: None)
+    c.restore(keep, "fp-1")
+    n = len(_calls(log))
+    with pytest.raises(RuntimeError, match="differs from the one the masks were pruned from"):
+        c.run_all()
+    assert [x["name"] for x in _calls(log)[n:]] == ["imp-r0"] and not (tmp_path / "c" / "rewind.safetensors").exists()

@@ -49,16 +49,27 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
     drv = IMPDriver(run, solo_learn_dir(bench.solo_dir), plugin, log=bench.log)
     train, test = bench.eval_data()
     t0 = time.time()
-    st = drv.run_all()
     bench.paths = _Paths(repo=bench.suite.root, **{"solo-learn": solo_learn_dir(bench.solo_dir)}, data=bench.data,
                          out=bench.out)
     fp = bench.fingerprint(spec, seed)
     rows = bench.results["rows"]
     base = {"kind": "rounds", "config": spec.config, "seed": seed, "image_size": bench.suite.size,
             "overrides": [*bench.suite.overrides, *spec.overrides, *bench.extra], "status": "ok"}
-    init = drv.rewind_path if run.reset == "rewind" and drv.rewind_path.exists() else None
-    init_state = load_state(init)[0] if init is not None and spec.retrain_epochs else None
+    # the chain's small state (masks, densities, the rewind point's sha256) beside the results, so that a suite
+    # cut by the end of a session continues on the next machine instead of starting the seed again
+    keep = chain_dir(bench, spec, seed)
+    drv.restore(keep, fp)
+    init = drv.rewind_path if run.reset == "rewind" else None
     init_name = "rewind" if init is not None else "fresh"
+    loaded = {}
+
+    def init_state():
+        if init is None or not spec.retrain_epochs:
+            return None
+        if "state" not in loaded:
+            drv.ensure_rewind()
+            loaded["state"] = load_state(init)[0]
+        return loaded["state"]
 
     def done(rid: str, fpx: str, status: str = "ok") -> bool:
         row = rows.get(f"{rid}/seed{seed}") or {}
@@ -90,19 +101,35 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                  f"{'fresh' if state is None else init_name})")
         bench.save()
 
-    for k in range(spec.rounds + 1):
-        r = st["rounds"][str(k)]
+    def ticket(k: int, ck: Optional[Path]) -> None:
+        r = drv.state["rounds"][str(k)]
         rid = round_row_id(spec.id, "ticket", k)
         if not done(rid, fp):
-            probe(rid, drv.out / r["checkpoint"], fp, wall_clock_s=r.get("train_seconds"),
-                  command=bench.paths(str(r.get("command", ""))))
-        retrain("ticket", k, drv.masks_path(k) if k > 0 else None, init_state)
+            if ck is None or not ck.exists():          # trained on another machine, evaluated nowhere: again
+                bench.log(f"[bench] {rid}/seed{seed}: round {k}'s checkpoint is not on this machine; training the "
+                          "round again under its masks (the next round's masks are kept)")
+                before = r.get("train_seconds") or 0.0
+                ck = drv.train_round(k)
+                r = drv.state["rounds"][str(k)]
+                r["status"], r["train_seconds"] = "done", r["train_seconds"] - before   # this training's time
+                drv._save()
+            probe(rid, ck, fp, wall_clock_s=r.get("train_seconds"), command=bench.paths(str(r.get("command", ""))))
+        retrain("ticket", k, drv.masks_path(k) if k > 0 else None, init_state())
+        drv.carry(keep, fp)
+
+    st = drv.run_all(on_round=ticket)
+    drv.carry(keep, fp)
+    for k in range(spec.rounds + 1):
+        r = st["rounds"][str(k)]
+        ticket(k, drv.out / r["checkpoint"] if r.get("checkpoint") else None)
     for k in (spec.control_rounds or [spec.rounds]):
         masks = load_masks(drv.masks_path(k))[0]
         for control in spec.controls:
             rid = round_row_id(spec.id, control, k)
             cd = d / "controls" / f"{control}_{k}"
             own_init = None if control == "random_reinit" else init
+            if own_init is not None:
+                drv.ensure_rewind()
             cfp = json.dumps([fp, control, "init=" + ("rewind" if own_init is not None else "fresh")])
             if control == "random_reinit":
                 mfile = drv.masks_path(k)
@@ -134,5 +161,11 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                                                  "wall_clock_s": seconds}
                     bench.save()
                 probe(rid, ck, cfp, wall_clock_s=seconds, command=bench.paths(shlex.join(cmd)))
-            retrain(control, k, mfile, None if control == "random_reinit" else init_state)
+            retrain(control, k, mfile, None if control == "random_reinit" else init_state())
     bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")
+
+
+def chain_dir(bench: Bench, spec: RunSpec, seed: int) -> Path:
+    """Where a ``kind: rounds`` run keeps its chain's carried state (committed with the results):
+    ``<suite out>/chains/<id>/seed<k>`` (:meth:`~solo_sparse.tools.imp.driver.IMPDriver.carry`)."""
+    return bench.out / "chains" / spec.id / f"seed{seed}"

@@ -45,15 +45,15 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec
 from solo_sparse.core.files import file_sha256, write_atomic
-from solo_sparse.engine.imp import fingerprint, global_magnitude_prune
+from solo_sparse.engine.imp import fingerprint, global_magnitude_prune, state_digest
 from solo_sparse.engine.maskio import density as total_density
-from solo_sparse.engine.maskio import encoder_masks, load_masks, save_masks
+from solo_sparse.engine.maskio import encoder_masks, load_masks, load_packed_masks, save_masks, save_packed_masks
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command
 
@@ -233,9 +233,10 @@ class IMPDriver:
         return self.out / "rewind.safetensors"
 
     # ------------------------------------------------------------------ one round
-    def command(self, k: int, resume: Optional[Path]) -> List[str]:
+    def command(self, k: int, resume: Optional[Path], rewind_out: Optional[Path] = None,
+                stop_after_rewind: bool = False) -> List[str]:
         r = self.run
-        d = self.round_dir(k)
+        d = self.round_dir(k) if not stop_after_rewind else self.out / "rewind_replay"
         ov = [f"+solo_sparse={self.plugin}"] if self.add_group else []
         ov += [f"++name=imp-r{k}", f"++checkpoint.dir={d}", "++auto_resume.enabled=False",
                f"++{PREFIX}.rewind={r.rewind}"]
@@ -243,7 +244,9 @@ class IMPDriver:
             ov.append(f"++{PREFIX}.masks='{self.masks_path(k)}'")
         if r.reset == "rewind":
             if k == 0:
-                ov.append(f"++{PREFIX}.rewind_out='{self.rewind_path}'")
+                ov.append(f"++{PREFIX}.rewind_out='{rewind_out or self.rewind_path}'")
+                if stop_after_rewind:
+                    ov.append(f"++{PREFIX}.stop_after_rewind=true")
             else:
                 ov.append(f"++{PREFIX}.init='{self.rewind_path}'")
         if r.seed is not None or r.reset == "random":
@@ -298,7 +301,10 @@ class IMPDriver:
         net, _ = load_backbone(str(ck))
         return evaluate_backbone(net, *self._eval)
 
-    def run_all(self) -> Dict:
+    def run_all(self, on_round: Optional[Callable[[int, Path], None]] = None) -> Dict:
+        """Train the rounds not done yet. ``on_round(k, checkpoint)`` runs after each round this call trains
+        (its next round's masks written, its state saved): the benchmark evaluates a ticket there, so that a
+        run cut short keeps every finished round's rows."""
         R, rate = self.run.rounds, self.run.rate
         for k in range(R + 1):
             rs = self.state["rounds"].setdefault(str(k), {})
@@ -306,10 +312,11 @@ class IMPDriver:
             if rs.get("status") != "done":
                 if k > 0 and not self.masks_path(k).exists():
                     raise RuntimeError(f"round {k}: masks missing at {self.masks_path(k)}")
-                if k > 0 and self.run.reset == "rewind" and not self.rewind_path.exists():
-                    raise RuntimeError(f"rewind point {self.rewind_path} missing: round 0 did not reach "
-                                       f"--rewind={self.run.rewind}")
+                if k > 0:
+                    self.ensure_rewind()
                 ck = self.train_round(k)
+                if k == 0 and self.run.reset == "rewind" and self.rewind_path.exists():
+                    self.state["rewind_sha256"] = state_digest(self.rewind_path)
                 if self.run.eval_data:
                     rs["eval"] = self.evaluate(ck)
                     self.log(f"[imp] round {k}: " + ", ".join(f"{a} {v:.4f}" for a, v in rs["eval"].items()))
@@ -325,5 +332,87 @@ class IMPDriver:
                                parent=str(ck.relative_to(self.out)), reset=self.run.reset)
                 rs["status"] = "done"
                 self._save()
+                if on_round is not None:
+                    on_round(k, ck)
             self.log(f"[imp] round {k}/{R} done: density {rs['density']:.4f}")
         return self.state
+
+    # ------------------------------------------------------------------ continuing on another machine
+    def ensure_rewind(self) -> None:
+        """The rewind point exists, or is re-created: round 0 replayed until it writes the point
+        (``stop_after_rewind``: the full run's schedule, cut short after ``--rewind``) and checked against the
+        content digest recorded when round 0 trained (:func:`~solo_sparse.engine.imp.state_digest`). A different
+        state (another torch build or CPU) is refused: the masks were pruned from a run that started elsewhere."""
+        if self.run.reset != "rewind" or self.rewind_path.exists():
+            return
+        want = self.state.get("rewind_sha256")
+        if not want:
+            raise RuntimeError(f"rewind point {self.rewind_path} missing: round 0 did not reach "
+                               f"--rewind={self.run.rewind}")
+        d = self.out / "rewind_replay"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "rewind.safetensors"
+        tmp.unlink(missing_ok=True)
+        cmd = self.command(0, None, rewind_out=tmp, stop_after_rewind=True)
+        self.log(f"[imp] rewind point missing: replaying round 0 up to --rewind={self.run.rewind} to re-create it")
+        res = run_command(cmd, d, append=True)
+        if not tmp.exists():
+            raise RuntimeError(f"rewind replay: main_pretrain.py wrote no rewind point ({res.error or 'no error'}); "
+                               f"see {res.log}")
+        got = state_digest(tmp)
+        if got != want:
+            raise RuntimeError(f"rewind replay: the re-created rewind point differs from the one the masks were "
+                               f"pruned from (sha256 {got[:12]}… vs {want[:12]}…): this machine's training is not "
+                               f"bit-identical to the first one's; the chain cannot continue exactly — remove "
+                               f"{self.out} and the carried state to start this chain again")
+        tmp.replace(self.rewind_path)
+        self.log(f"[imp] rewind point re-created, identical to round 0's (sha256 {got[:12]}…)")
+
+    def carry(self, keep: Path, fingerprint: str) -> None:
+        """Write into ``keep`` what another machine needs to continue this chain — small and free of machine
+        paths: each done round's density and training time, every round's masks written so far (bit-packed,
+        1/8 of a mask file) and the rewind point's sha256 (the point itself is replayed: :meth:`ensure_rewind`).
+        ``fingerprint`` names the run the state belongs to (:meth:`restore` refuses another)."""
+        keep = Path(keep)
+        keep.mkdir(parents=True, exist_ok=True)
+        rounds = {k: {"density": rs["density"], "train_seconds": rs.get("train_seconds")}
+                  for k, rs in self.state["rounds"].items() if rs.get("status") == "done"}
+        masks = {}
+        for k in range(1, self.run.rounds + 1):
+            src = self.masks_path(k)
+            if not src.exists():
+                continue
+            dst = keep / f"round_{k}.masks.safetensors"
+            m, meta = load_masks(src)
+            if not dst.exists():
+                save_packed_masks(dst, m, **{a: b for a, b in meta.items() if a not in ("format", "density")})
+            masks[str(k)] = total_density(m)
+        manifest = {"fingerprint": fingerprint, "rounds": rounds, "round_masks": masks,
+                    "rewind_sha256": self.state.get("rewind_sha256")}
+        write_atomic(keep / "chain.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    def restore(self, keep: Path, fingerprint: str) -> bool:
+        """Continue a chain carried from another machine (:meth:`carry`) when this one has trained none of it:
+        the done rounds are marked done (their checkpoints stayed behind: ``checkpoint`` is absent), the masks
+        unpacked, the rewind sha256 kept for :meth:`ensure_rewind`. False when there is nothing to restore."""
+        man = Path(keep) / "chain.json"
+        if not man.exists() or any(rs.get("status") for rs in self.state["rounds"].values()):
+            return False
+        m = json.loads(man.read_text())
+        if m.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{man} belongs to another run (fingerprint {str(m.get('fingerprint'))[:16]}…, this "
+                              f"run {fingerprint[:16]}…); remove it to start this chain again")
+        for k in m.get("round_masks", {}):
+            masks, meta = load_packed_masks(Path(keep) / f"round_{k}.masks.safetensors")
+            save_masks(self.masks_path(int(k)), masks, **{a: b for a, b in meta.items() if a not in ("format",
+                                                                                                     "density")})
+        for k, r in m.get("rounds", {}).items():
+            self.state["rounds"][k] = {"status": "done", "density": r["density"],
+                                       "train_seconds": r.get("train_seconds"), "restored": True}
+        if m.get("rewind_sha256"):
+            self.state["rewind_sha256"] = m["rewind_sha256"]
+        self._save()
+        done = sorted(int(k) for k in m.get("rounds", {}))
+        self.log(f"[imp] restored from {man.parent.name}: rounds {done} done elsewhere (their checkpoints stayed "
+                 f"there), masks of rounds {sorted(int(k) for k in m.get('round_masks', {}))}")
+        return True

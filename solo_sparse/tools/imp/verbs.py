@@ -26,6 +26,10 @@ def _args_imp(a: argparse.ArgumentParser) -> None:
     a.add_argument("--eval-data", default=None, help="image folder (train/ val/): kNN + linear probe per round")
     a.add_argument("--input-size", type=IMAGE_SIZE, default=32)
     a.add_argument("--solo-learn", default=None, help="solo-learn checkout (default: next to the solo package)")
+    a.add_argument("--keep", default=None,
+                   help="folder for the chain's small state (masks bit-packed, densities, the rewind point's "
+                        "sha256), written after every round: with it a chain continues on another machine, the "
+                        "rewind point replayed there and checked bit for bit")
     a.add_argument("overrides", nargs="*", help="extra Hydra overrides for every round (after --)")
 
 
@@ -61,7 +65,13 @@ def _cmd_imp(args) -> int:
                  eval_size=args.input_size)
     drv = IMPDriver(run, solo_learn_dir(args.solo_learn), args.plugin)
     t0 = time.time()
-    st = drv.run_all()
+    keep, fp = None, None
+    if args.keep:
+        from pathlib import Path
+
+        keep, fp = Path(args.keep), drv.state["fingerprint"]
+        drv.restore(keep, fp)
+    st = drv.run_all(on_round=None if keep is None else lambda k, ck: drv.carry(keep, fp))
     print(f"[imp] {args.rounds + 1} round(s) done in {(time.time() - t0) / 60:.1f} min; "
           f"state in {drv.out / 'imp.json'}")
     for k, r in sorted(st["rounds"].items(), key=lambda kv: int(kv[0])):
