@@ -64,8 +64,6 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
     loaded = {}
 
     def init_state():
-        if init is None or not spec.retrain_epochs:
-            return None
         if "state" not in loaded:
             drv.ensure_rewind()
             loaded["state"] = load_state(init)[0]
@@ -84,12 +82,13 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         bench.log(f"[bench] {rid}/seed{seed}: linear {100 * acc['linear']:.2f}  density {info['density']:.4f}")
         bench.save()
 
-    def retrain(what: str, k: int, mfile: Optional[Path], state) -> None:
+    def retrain(what: str, k: int, mfile: Optional[Path], fresh: bool) -> None:
+        fresh = fresh or init is None
         rid = round_row_id(spec.id, what, k, retrain=True)
-        rfp = json.dumps([fp, "retrain", what, spec.retrain_epochs, "init=" + ("fresh" if state is None
-                                                                                 else init_name)])
+        rfp = json.dumps([fp, "retrain", what, spec.retrain_epochs, "init=" + ("fresh" if fresh else init_name)])
         if not spec.retrain_epochs or done(rid, rfp):
             return
+        state = None if fresh else init_state()       # the rewind point is loaded (or replayed) only when needed
         t1 = time.time()
         res = retrain_supervised(load_masks(mfile)[0] if mfile else None, state, train, test,
                                  epochs=spec.retrain_epochs, seed=seed)
@@ -114,7 +113,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                 r["status"], r["train_seconds"] = "done", r["train_seconds"] - before   # this training's time
                 drv._save()
             probe(rid, ck, fp, wall_clock_s=r.get("train_seconds"), command=bench.paths(str(r.get("command", ""))))
-        retrain("ticket", k, drv.masks_path(k) if k > 0 else None, init_state())
+        retrain("ticket", k, drv.masks_path(k) if k > 0 else None, fresh=False)
         drv.carry(keep, fp)
 
     st = drv.run_all(on_round=ticket)
@@ -128,8 +127,6 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
             rid = round_row_id(spec.id, control, k)
             cd = d / "controls" / f"{control}_{k}"
             own_init = None if control == "random_reinit" else init
-            if own_init is not None:
-                drv.ensure_rewind()
             cfp = json.dumps([fp, control, "init=" + ("rewind" if own_init is not None else "fresh")])
             if control == "random_reinit":
                 mfile = drv.masks_path(k)
@@ -150,6 +147,8 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                                *([f"++solo_sparse.init='{own_init}'"] if own_init is not None else [])])
                 seconds = (rows.get(f"{rid}/seed{seed}") or {}).get("wall_clock_s")
                 if ck is None:
+                    if own_init is not None:
+                        drv.ensure_rewind()          # replayed on a machine that did not train round 0
                     res = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
                     if not res.ok:
                         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "failed",
@@ -161,7 +160,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                                                  "wall_clock_s": seconds}
                     bench.save()
                 probe(rid, ck, cfp, wall_clock_s=seconds, command=bench.paths(shlex.join(cmd)))
-            retrain(control, k, mfile, None if control == "random_reinit" else init_state())
+            retrain(control, k, mfile, fresh=control == "random_reinit")
     bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")
 
 
