@@ -9,6 +9,7 @@
 - the suite file: claims may name these rows; control rounds beyond the last round are refused.
 """
 import json
+from pathlib import Path
 
 import pytest
 from helpers import make_image_folder
@@ -31,6 +32,8 @@ for a in sys.argv[1:]:
         args[k] = v.strip("'")
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps({"name": args["name"], "argv": sys.argv[1:]}) + "\n")
+if not os.path.isdir(args.get("data.train_path", ".")):     # as solo-learn's loader fails, from the run's cwd
+    sys.exit("FileNotFoundError: " + args["data.train_path"])
 torch.manual_seed(int(args.get("seed", 0)))
 net = build_resnet("resnet18")
 layers = {f"backbone.{n}": m for n, m in select_layers(net, exclude_stem=False)}
@@ -237,8 +240,9 @@ def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup,
         return real(*a, **k)
 
     monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
+    monkeypatch.chdir(tmp)                       # a relative data root, as `solo-sparse bench` gets by default
     with pytest.raises(KeyboardInterrupt):
-        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+        Bench(Suite.load(suite), data_root=Path("data"), solo_dir=solo, log=lambda *_: None).run()
     out = repo / "results" / "impt"
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {k for k, v in rows.items() if v["status"] == "ok"} == {"imp:ticket-r0/seed0", "imp:ticket-r1/seed0"}

@@ -43,7 +43,8 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                           f"solo-learn's main_pretrain.py; the {bench.host} host trains kind: pretrain runs only")
     plugin = spec.plugin
     d = bench.out / "runs" / spec.id / f"seed{seed}"
-    over = [*bench._overrides(spec, seed), f"++data.train_path={bench.data / 'train'}"]
+    # absolute: every round runs in its own folder (a relative --data root failed round 0 with FileNotFoundError)
+    over = [*bench._overrides(spec, seed), f"++data.train_path={(bench.data / 'train').resolve()}"]
     run = IMPRun(config=str(bench.suite.root / spec.config), out=str(d / "rounds"), rounds=spec.rounds,
                  rate=spec.rate, rewind=spec.rewind, overrides=over, seed=seed)
     drv = IMPDriver(run, solo_learn_dir(bench.solo_dir), plugin, log=bench.log)
