@@ -147,6 +147,17 @@ def save_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
     return write_safetensors(path, tensors, md)
 
 
+def _read(path, bad: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """``({name: tensor}, metadata)`` of a safetensors file; any parse error is ConfigError ``bad (error)``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
+        raise ConfigError(f"{bad} ({e})") from e
+
+
 def save_packed_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
     """Write ``{layer: bool mask}`` bit-packed (8 weights per byte; a ResNet-18's masks in 1.4 MB instead of
     11 MB): what an IMP chain carries to another machine (:meth:`~solo_sparse.tools.imp.driver.IMPDriver.carry`).
@@ -165,14 +176,8 @@ def save_packed_masks(path, masks: Mapping[str, torch.Tensor], **meta) -> Path:
 def load_packed_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """Read :func:`save_packed_masks`'s file back to ``({layer: bool mask}, metadata)``."""
     import numpy as np
-    from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            packed = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
-        raise ConfigError(f"{str(path)!r}: not a readable packed mask file ({e})") from e
+    packed, meta = _read(path, f"{str(path)!r}: not a readable packed mask file")
     if meta.get("format") != MASKS_FORMAT + "-packed":
         raise ConfigError(f"{str(path)!r}: not a packed solo-sparse mask file (format {meta.get('format')!r})")
     shapes = json.loads(meta.pop("shapes"))
@@ -188,17 +193,10 @@ def load_packed_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
 def load_masks(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """Read a mask file; raises ConfigError if it is missing, not a solo-sparse mask file, holds a non-bool
     mask, or keeps no weight at all (every layer all False: a dead backbone)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{PREFIX}.masks={str(path)!r}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
-        raise ConfigError(f"{PREFIX}.masks={str(path)!r}: not a readable safetensors file ({e})") from e
+    tensors, meta = _read(path, f"{PREFIX}.masks={str(path)!r}: not a readable safetensors file")
     if meta.get("format") != MASKS_FORMAT:
         raise ConfigError(f"{PREFIX}.masks={str(path)!r}: not a solo-sparse mask file "
                           f"(format {meta.get('format')!r}, expected {MASKS_FORMAT!r})")
