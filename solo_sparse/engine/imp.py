@@ -108,6 +108,45 @@ def state_digest(path) -> str:
     return h.hexdigest()
 
 
+def state_norms(path) -> Dict[str, float]:
+    """The L2 norm (float64) of every floating tensor of a state file, by name: a summary small enough to carry in
+    JSON that says *how far* a re-created state is from the recorded one when their :func:`state_digest` differ."""
+    state, _ = load_state(path)
+    return {k: float(v.double().norm()) for k, v in sorted(state.items()) if v.is_floating_point()}
+
+
+def norms_difference(want: Mapping[str, float], got: Mapping[str, float]) -> Tuple[float, Optional[str]]:
+    """The largest relative difference ``|got - want| / max(|want|, 1e-12)`` over the tensors of ``want`` and the
+    tensor it is in; ``inf`` (and the name) when a tensor of ``want`` is missing from ``got`` or the other way
+    round. ``(0.0, None)`` for equal summaries."""
+    names = sorted(set(want) | set(got))
+    worst, where = 0.0, None
+    for n in names:
+        if n not in want or n not in got:
+            return float("inf"), n
+        d = abs(float(got[n]) - float(want[n])) / max(abs(float(want[n])), 1e-12)
+        if d > worst:
+            worst, where = d, n
+    return worst, where
+
+
+def machine_summary() -> Dict[str, object]:
+    """What decides whether two CPU trainings are bit-identical, without a machine path: the torch version, the
+    CPU kernel level torch dispatches to, the thread count and the CPU's model name."""
+    import platform
+
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "cpu": model}
+
+
 def fingerprint(obj) -> str:
     """A stable short hash of a JSON-able object (IMP run configs)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -293,3 +293,20 @@ def test_state_digest_reads_the_content_not_the_bytes(tmp_path):
     save_state(tmp_path / "4.safetensors", {**st, "backbone.a": st["backbone.a"].double()}, step=3, epoch=1,
                method="mocov2plus")
     assert state_digest(tmp_path / "4.safetensors") != state_digest(tmp_path / "3.safetensors")
+
+
+def test_state_norms_measure_how_far_a_replayed_state_is(tmp_path):
+    """What an inexact rewind replay is measured by: per-tensor L2 norms (floating tensors only) and the largest
+    relative difference, with the tensor it is in; a tensor present on one side only is an infinite difference."""
+    from solo_sparse.engine.imp import norms_difference, state_norms
+
+    st = {"backbone.a": torch.full((2, 2), 3.0), "backbone.b": torch.ones(4), "backbone.n": torch.tensor(7)}
+    save_state(tmp_path / "1.safetensors", st, step=3)
+    want = state_norms(tmp_path / "1.safetensors")
+    assert want == {"backbone.a": 6.0, "backbone.b": 2.0}                         # the int counter is not a norm
+    assert norms_difference(want, dict(want)) == (0.0, None)
+    got = {**want, "backbone.b": 2.0 * (1 + 1e-4), "backbone.a": 6.0 * (1 - 1e-6)}
+    diff, where = norms_difference(want, got)
+    assert diff == pytest.approx(1e-4) and where == "backbone.b"
+    assert norms_difference(want, {"backbone.a": 6.0}) == (float("inf"), "backbone.b")
+    assert norms_difference(want, {**want, "backbone.c": 1.0}) == (float("inf"), "backbone.c")

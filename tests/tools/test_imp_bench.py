@@ -43,7 +43,10 @@ if "solo_sparse.init" in args:
     st = load_state(args["solo_sparse.init"])[0]
     net.load_state_dict({k[len("backbone."):]: v for k, v in st.items() if k.startswith("backbone.")})
 if "solo_sparse.rewind_out" in args:
-    save_state(args["solo_sparse.rewind_out"], {f"backbone.{k}": v for k, v in net.state_dict().items()}, step=1)
+    st = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    if os.environ.get("FAKE_REWIND_NOISE"):             # another machine's replay: not bit-identical
+        st["backbone.conv1.weight"] = st["backbone.conv1.weight"] * (1 + float(os.environ["FAKE_REWIND_NOISE"]))
+    save_state(args["solo_sparse.rewind_out"], st, step=1)
 g = torch.Generator().manual_seed(len(args["name"]))
 with torch.no_grad():
     for k, m in layers.items():           # "training": weights move, pruned ones stay 0
@@ -202,6 +205,8 @@ def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatc
     (lambda s: s.replace("[global_random, layer_permutation]", "[layer]"), "controls=.*global_random, "
                                                                             "layer_permutation, random_reinit"),
     (lambda s: s.replace("retrain_epochs: 1", "retrain_epochs: -1"), "retrain_epochs=-1"),
+    (lambda s: s.replace("rate: 0.5", "rate: 0.5\n    rewind_tolerance: 1.5"), r"rewind_tolerance=1.5: expected a "
+                                                                              r"number in \[0, 1\)"),
 ])
 def test_suite_refusals_for_rounds_runs(setup, edit, match):
     repo, suite, solo, tmp = setup
@@ -268,3 +273,57 @@ def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup,
     n = len(_calls(tmp))
     Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
     assert len(_calls(tmp)) == n
+
+
+@pytest.mark.slow
+def test_a_round_cut_before_its_rows_and_an_inexact_replay_within_the_tolerance(setup, monkeypatch):
+    """A session ends after round 1 trained but before its ticket's probe: the next machine trains round 1 again,
+    which needs the rewind point replayed first. A replay that is not bit-identical is refused (with the measured
+    difference) unless the suite's ``rewind_tolerance`` is above it; every row computed from the replayed point then
+    records ``rewind_replay``; the dense round 0's row, from the first machine, does not."""
+    import shutil
+
+    import solo_sparse.tools.bench.rounds as rounds_mod
+
+    repo, suite, solo, tmp = setup
+    text = _no_retrain(SUITE).replace("[global_random, layer_permutation]", "[global_random]")
+    suite.write_text(text)
+    real = rounds_mod.evaluate_backbone
+    state = {"n": 0}
+
+    def cut(*a, **k):             # the session ends during round 1's ticket probe
+        state["n"] += 1
+        if state["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
+    with pytest.raises(KeyboardInterrupt):
+        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
+    out = repo / "results" / "impt"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert set(rows) == {"imp:ticket-r0/seed0"}
+    man = json.loads((out / "chains" / "imp" / "seed0" / "chain.json").read_text())
+    assert sorted(man["rounds"]) == ["0", "1"] and man["rewind_norms"]["backbone.conv1.weight"] > 0
+    shutil.rmtree(out / "runs")                                  # the next session's machine, another CPU
+    monkeypatch.setenv("FAKE_REWIND_NOISE", "1e-5")
+    n = len(_calls(tmp))
+    with pytest.raises(RuntimeError, match=r"not bit-identical.*1e-05 \(backbone.conv1.weight\)|"
+                                           r"1e-05 \(backbone.conv1.weight\).*not bit-identical"):
+        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    assert [c["name"] for c in _calls(tmp)[n:]] == ["imp-r0"]                 # the replay only: nothing trained on it
+    suite.write_text(text.replace("rate: 0.5", "rate: 0.5\n    rewind_tolerance: 0.001"))
+    shutil.rmtree(out / "runs")
+    n = len(_calls(tmp))
+    lines = []
+    res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lines.append).run()
+    assert [c["name"] for c in _calls(tmp)[n:]] == ["imp-r0", "imp-r1", "imp:global_random-r1-s0"]
+    rows = res["rows"]
+    assert all(v["status"] == "ok" for v in rows.values()) and len(rows) == 3
+    assert "rewind_replay" not in rows["imp:ticket-r0/seed0"]
+    for rid in ("imp:ticket-r1/seed0", "imp:global_random-r1/seed0"):
+        rep = rows[rid]["rewind_replay"]
+        assert rep["max_rel_norm_diff"] == pytest.approx(1e-5, rel=1e-2) and rep["tolerance"] == 0.001, rep
+        assert rep["tensor"] == "backbone.conv1.weight"
+    assert any("NOT bit-identical" in line for line in lines), lines

@@ -206,6 +206,17 @@ def test_a_rate_outside_0_1_is_refused_with_the_allowed_range(fake, tmp_path, ra
     assert not log.exists()
 
 
+@pytest.mark.parametrize("tol", [-0.1, 1.0, float("nan"), True, "0.1"])
+def test_a_rewind_tolerance_outside_0_1_is_refused_with_the_allowed_range(fake, tmp_path, tol):
+    from solo_sparse.core.config import ConfigError
+
+    solo, cfg, log = fake
+    with pytest.raises(ConfigError, match=r"imp --rewind-tolerance=.*: allowed: a number in \[0, 1\)"):
+        IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rewind_tolerance=tol), solo, "imp",
+                  log=lambda *_: None)
+    assert not log.exists()
+
+
 def test_a_global_prune_that_empties_a_layer_stops_before_the_next_round(fake, tmp_path):
     """Global magnitude pruning may strip a layer of small weights faster than the average (the fake's
     layer1 weights are smaller than layer2's): the run stops naming the layer; round 1 never trains."""
@@ -267,6 +278,8 @@ def test_a_chain_carried_to_another_machine_continues_with_a_replayed_rewind_poi
     monkeypatch.delenv("FAKE_CRASH")
     man = json.loads((keep / "chain.json").read_text())
     assert sorted(man["rounds"]) == ["0", "1"] and sorted(man["round_masks"]) == ["1", "2"] and man["rewind_sha256"]
+    assert man["rewind_norms"] == {"backbone.w": 6.0}                          # what a replay is measured against
+    assert man["rewind_machine"]["torch"] == torch.__version__ and man["rewind_machine"]["threads"] >= 1
     assert "/" not in json.dumps(man)                                          # no machine path
     for k in (1, 2):
         packed, _ = load_packed_masks(keep / f"round_{k}.masks.safetensors")
@@ -301,6 +314,32 @@ def test_a_chain_carried_to_another_machine_continues_with_a_replayed_rewind_poi
                   python=sys.executable, log=lambda *_: None)
     c.restore(keep, "fp-1")
     n = len(_calls(log))
-    with pytest.raises(RuntimeError, match="differs from the one the masks were pruned from"):
+    with pytest.raises(RuntimeError, match="differs from the one the masks were pruned from") as exc:
         c.run_all()
     assert [x["name"] for x in _calls(log)[n:]] == ["imp-r0"] and not (tmp_path / "c" / "rewind.safetensors").exists()
+    msg = str(exc.value)            # how far (6 -> 7: 1/6), where, both machines, and the way on
+    assert "0.167 (backbone.w)" in msg and f"round 0's: torch {torch.__version__}" in msg and "--rewind-tolerance" in msg, msg
+    assert "rewind_replay" not in c.state
+
+    # ... accepted within a tolerance above the measured difference, and recorded; refused below it
+    def driver(tol, lines=None):
+        shutil.rmtree(tmp_path / "c", ignore_errors=True)
+        d = IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "c"), rounds=2, rate=0.5, rewind="1ep",
+                             rewind_tolerance=tol), solo, "imp", python=sys.executable,
+                      log=(lines.append if lines is not None else lambda *_: None))
+        d.restore(keep, "fp-1")
+        return d
+
+    with pytest.raises(RuntimeError, match="0.167"):
+        driver(0.16).run_all()
+    lines = []
+    d = driver(0.17, lines)
+    st = d.run_all()
+    assert [st["rounds"][k]["status"] for k in "012"] == ["done"] * 3
+    rep = st["rewind_replay"]
+    assert rep["exact"] is False and rep["max_rel_norm_diff"] == pytest.approx(1 / 6) and rep["tensor"] == "backbone.w"
+    assert rep["tolerance"] == 0.17 and rep["machine"]["torch"] == torch.__version__
+    assert load_state(tmp_path / "c" / "rewind.safetensors")[0]["backbone.w"].item() == 7.0
+    assert any("NOT bit-identical" in line and "0.167" in line for line in lines), lines
+    assert json.loads((tmp_path / "c" / "imp.json").read_text())["rewind_replay"]["exact"] is False   # persisted
+    assert d.state["fingerprint"] == b.state["fingerprint"]       # a policy for continuing, not part of the run

@@ -46,7 +46,8 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
     # absolute: every round runs in its own folder (a relative --data root failed round 0 with FileNotFoundError)
     over = [*bench._overrides(spec, seed), f"++data.train_path={(bench.data / 'train').resolve()}"]
     run = IMPRun(config=str(bench.suite.root / spec.config), out=str(d / "rounds"), rounds=spec.rounds,
-                 rate=spec.rate, rewind=spec.rewind, overrides=over, seed=seed)
+                 rate=spec.rate, rewind=spec.rewind, overrides=over, seed=seed,
+                 rewind_tolerance=spec.rewind_tolerance)
     drv = IMPDriver(run, solo_learn_dir(bench.solo_dir), plugin, log=bench.log)
     train, test = bench.eval_data()
     t0 = time.time()
@@ -64,6 +65,13 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
     init_name = "rewind" if init is not None else "fresh"
     loaded = {}
 
+    def replayed(uses_rewind: bool) -> dict:
+        """A row computed from a rewind point replayed here within the tolerance, not bit-identically, says so."""
+        rep = drv.state.get("rewind_replay") or {}
+        if not uses_rewind or init is None or rep.get("exact", True):
+            return {}
+        return {"rewind_replay": {k: rep[k] for k in ("max_rel_norm_diff", "tensor", "tolerance")}}
+
     def init_state():
         if "state" not in loaded:
             drv.ensure_rewind()
@@ -74,11 +82,11 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         row = rows.get(f"{rid}/seed{seed}") or {}
         return row.get("fingerprint") == fpx and row.get("status") == status
 
-    def probe(rid: str, ck: Path, fpx: str, **extra) -> None:
+    def probe(rid: str, ck: Path, fpx: str, uses_rewind: bool = False, **extra) -> None:
         net, info = load_backbone(str(ck))
         acc = evaluate_backbone(net, train, test)
         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": fpx, "density_online": info["density"],
-                                     **acc, **extra,
+                                     **acc, **extra, **replayed(uses_rewind),
                                      "checkpoint": str(Path(ck).resolve().relative_to(bench.out.resolve()))}
         bench.log(f"[bench] {rid}/seed{seed}: linear {100 * acc['linear']:.2f}  density {info['density']:.4f}")
         bench.save()
@@ -95,13 +103,15 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                                  epochs=spec.retrain_epochs, seed=seed)
         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": rfp, "path": "label-retrain",
                                      "linear": res["accuracy"], "density_online": res["density"],
-                                     "epochs": spec.retrain_epochs, "wall_clock_s": time.time() - t1}
+                                     "epochs": spec.retrain_epochs, "wall_clock_s": time.time() - t1,
+                                     **replayed(state is not None)}
         bench.log(f"[bench] {rid}/seed{seed}: label re-training top-1 {100 * res['accuracy']:.2f} at density "
                  f"{res['density']:.4f} ({spec.retrain_epochs} epochs, init "
                  f"{'fresh' if state is None else init_name})")
         bench.save()
 
     def ticket(k: int, ck: Optional[Path]) -> None:
+        drv.carry(keep, fp)            # the round and the next one's masks, before its rows (a session may end there)
         r = drv.state["rounds"][str(k)]
         rid = round_row_id(spec.id, "ticket", k)
         if not done(rid, fp):
@@ -113,7 +123,8 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                 r = drv.state["rounds"][str(k)]
                 r["status"], r["train_seconds"] = "done", r["train_seconds"] - before   # this training's time
                 drv._save()
-            probe(rid, ck, fp, wall_clock_s=r.get("train_seconds"), command=bench.paths(str(r.get("command", ""))))
+            probe(rid, ck, fp, uses_rewind=k > 0, wall_clock_s=r.get("train_seconds"),
+                  command=bench.paths(str(r.get("command", ""))))
         retrain("ticket", k, drv.masks_path(k) if k > 0 else None, fresh=False)
         drv.carry(keep, fp)
 
@@ -160,7 +171,8 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                     rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "trained",
                                                  "wall_clock_s": seconds}
                     bench.save()
-                probe(rid, ck, cfp, wall_clock_s=seconds, command=bench.paths(shlex.join(cmd)))
+                probe(rid, ck, cfp, uses_rewind=own_init is not None, wall_clock_s=seconds,
+                      command=bench.paths(shlex.join(cmd)))
             retrain(control, k, mfile, fresh=control == "random_reinit")
     bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")
 

@@ -109,6 +109,9 @@ RUN_KEYS = {
     "control_rounds": (lambda v: v is None or (isinstance(v, list) and all(_int_in(1, 100)(x) for x in v)),
                        "a list of pruned round numbers (1..rounds) or null"),
     "retrain_epochs": (_int_in(0, 1000), "an integer in [0, 1000] (0: no label re-training)"),
+    "rewind_tolerance": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0,
+                         "a number in [0, 1): the largest relative difference of a tensor's norm accepted in a rewind "
+                         "point replayed on another machine (0: bit-identical only)"),
     "baseline": (lambda v: v is None or is_plain_name(v), "the id of another run of the suite"),
 }
 
@@ -167,6 +170,9 @@ class RunSpec:
     control_rounds: Optional[List[int]] = None
     #: epochs of label re-training of every ticket and control (0: none)
     retrain_epochs: int = 0
+    #: a rewind point replayed on another machine may differ by this much (:class:`~solo_sparse.tools.imp.driver.
+    #: IMPRun`); not in the rows' fingerprints: rows trained from such a point record ``rewind_replay``
+    rewind_tolerance: float = 0.0
 
     def row_ids(self) -> List[str]:
         """The row ids a ``kind: rounds`` run writes (what claims and baselines may name)."""

@@ -51,13 +51,23 @@ import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec
 from solo_sparse.core.files import file_sha256, write_atomic
-from solo_sparse.engine.imp import fingerprint, global_magnitude_prune, state_digest
+from solo_sparse.engine.imp import (
+    fingerprint,
+    global_magnitude_prune,
+    machine_summary,
+    norms_difference,
+    state_digest,
+    state_norms,
+)
 from solo_sparse.engine.maskio import density as total_density
 from solo_sparse.engine.maskio import encoder_masks, load_masks, load_packed_masks, save_masks, save_packed_masks
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command
 
 STATE = "imp.json"
+#: what a chain carries about its rewind point besides the masks (:meth:`IMPDriver.carry`): its content digest,
+#: its tensors' norms and the machine round 0 ran on (what an inexact replay is measured and reported against)
+CARRIED = ("rewind_sha256", "rewind_norms", "rewind_machine")
 
 
 @dataclass
@@ -72,6 +82,10 @@ class IMPRun:
     seed: Optional[int] = None
     eval_data: Optional[str] = None
     eval_size: int = 32
+    #: a rewind point re-created on another machine (:meth:`IMPDriver.ensure_rewind`) whose content differs from
+    #: the recorded one is accepted when no tensor's L2 norm differs by more than this relative amount (0: only a
+    #: bit-identical replay); not part of the run's fingerprint — a policy for continuing, not a setting of it
+    rewind_tolerance: float = 0.0
 
     def validate(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0.0 < self.rate < 1.0:
@@ -81,6 +95,10 @@ class IMPRun:
             raise ConfigError(f"imp --rounds={self.rounds!r}: allowed: an integer >= 0")
         if self.reset not in ("rewind", "random"):
             raise ConfigError(f"imp --reset={self.reset!r}: allowed: rewind, random")
+        tol = self.rewind_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 <= tol < 1.0:
+            raise ConfigError(f"imp --rewind-tolerance={tol!r}: allowed: a number in [0, 1), the largest relative "
+                              "difference of a tensor's norm accepted in a replayed rewind point (0: bit-identical)")
         spec = StepSpec.parse("rewind", self.rewind)
         if spec.unit == "percent":
             raise ConfigError(f"imp --rewind={self.rewind!r}: give steps (e.g. 200) or epochs ('1ep')")
@@ -92,9 +110,17 @@ class IMPRun:
         d.pop("out")
         d.pop("eval_data")
         d.pop("eval_size")
+        d.pop("rewind_tolerance")
         d["config_sha256"] = file_sha256(self.config)
         d["config"] = str(Path(self.config).resolve())
         return d
+
+
+def _machine(m: Optional[Dict]) -> str:
+    """A :func:`~solo_sparse.engine.imp.machine_summary` as one phrase."""
+    if not m:
+        return "not recorded"
+    return f"torch {m.get('torch')}, {m.get('cpu_capability')} kernels, {m.get('threads')} threads, {m.get('cpu')}"
 
 
 def _defaults_plugin(cfg_path: Path) -> Optional[str]:
@@ -276,6 +302,8 @@ class IMPDriver:
                      "not resumed from")
 
     def train_round(self, k: int) -> Path:
+        if k > 0:                  # a round restarts from the rewind point: replayed first on a machine without it
+            self.ensure_rewind()
         d = self.round_dir(k)
         d.mkdir(parents=True, exist_ok=True)
         resume = self.resumable_checkpoint(k)
@@ -312,11 +340,11 @@ class IMPDriver:
             if rs.get("status") != "done":
                 if k > 0 and not self.masks_path(k).exists():
                     raise RuntimeError(f"round {k}: masks missing at {self.masks_path(k)}")
-                if k > 0:
-                    self.ensure_rewind()
                 ck = self.train_round(k)
                 if k == 0 and self.run.reset == "rewind" and self.rewind_path.exists():
                     self.state["rewind_sha256"] = state_digest(self.rewind_path)
+                    self.state["rewind_norms"] = state_norms(self.rewind_path)
+                    self.state["rewind_machine"] = machine_summary()
                 if self.run.eval_data:
                     rs["eval"] = self.evaluate(ck)
                     self.log(f"[imp] round {k}: " + ", ".join(f"{a} {v:.4f}" for a, v in rs["eval"].items()))
@@ -360,13 +388,37 @@ class IMPDriver:
             raise RuntimeError(f"rewind replay: main_pretrain.py wrote no rewind point ({res.error or 'no error'}); "
                                f"see {res.log}")
         got = state_digest(tmp)
-        if got != want:
-            raise RuntimeError(f"rewind replay: the re-created rewind point differs from the one the masks were "
-                               f"pruned from (sha256 {got[:12]}… vs {want[:12]}…): this machine's training is not "
-                               f"bit-identical to the first one's; the chain cannot continue exactly — remove "
-                               f"{self.out} and the carried state to start this chain again")
+        if got == want:
+            self.state["rewind_replay"] = {"exact": True, "machine": machine_summary()}
+            self.log(f"[imp] rewind point re-created, identical to round 0's (sha256 {got[:12]}…)")
+        else:
+            self._inexact_replay(tmp, got, want)
+        self._save()
         tmp.replace(self.rewind_path)
-        self.log(f"[imp] rewind point re-created, identical to round 0's (sha256 {got[:12]}…)")
+
+    def _inexact_replay(self, tmp: Path, got: str, want: str) -> None:
+        """A replayed rewind point whose content differs: accepted within ``rewind_tolerance`` (recorded in the
+        state as ``rewind_replay`` with the measured difference, so rows trained from it can say so), else
+        refused with the difference and both machines."""
+        ref = self.state.get("rewind_norms")
+        here, there = machine_summary(), self.state.get("rewind_machine")
+        diff, where = norms_difference(ref, state_norms(tmp)) if ref else (float("inf"), None)
+        measured = (f"largest relative difference of a tensor's L2 norm {diff:.3g} ({where})" if ref else
+                    "no norms were recorded with round 0 to measure the difference")
+        tol = self.run.rewind_tolerance
+        if diff <= tol:
+            self.state["rewind_replay"] = {"exact": False, "max_rel_norm_diff": diff, "tensor": where,
+                                           "tolerance": tol, "machine": here, "round0_machine": there}
+            self.log(f"[imp] rewind point re-created NOT bit-identical to round 0's (sha256 {got[:12]}… vs "
+                     f"{want[:12]}…): {measured} <= rewind tolerance {tol}; continuing from the replayed point "
+                     "(rows trained from it record rewind_replay)")
+            return
+        raise RuntimeError(f"rewind replay: the re-created rewind point differs from the one the masks were pruned "
+                           f"from (sha256 {got[:12]}… vs {want[:12]}…; {measured}; this machine: {_machine(here)}; "
+                           f"round 0's: {_machine(there)}): this machine's training is not bit-identical to the first "
+                           f"one's. Continue from the replayed point with a rewind tolerance above the difference "
+                           f"(--rewind-tolerance, a suite's rewind_tolerance; rows then record it), or remove "
+                           f"{self.out} and the carried state to start this chain again")
 
     def carry(self, keep: Path, fingerprint: str) -> None:
         """Write into ``keep`` what another machine needs to continue this chain — small and free of machine
@@ -375,6 +427,7 @@ class IMPDriver:
         ``fingerprint`` names the run the state belongs to (:meth:`restore` refuses another)."""
         keep = Path(keep)
         keep.mkdir(parents=True, exist_ok=True)
+        self._backfill_rewind_summary()
         rounds = {k: {"density": rs["density"], "train_seconds": rs.get("train_seconds")}
                   for k, rs in self.state["rounds"].items() if rs.get("status") == "done"}
         masks = {}
@@ -388,8 +441,18 @@ class IMPDriver:
                 save_packed_masks(dst, m, **{a: b for a, b in meta.items() if a not in ("format", "density")})
             masks[str(k)] = total_density(m)
         manifest = {"fingerprint": fingerprint, "rounds": rounds, "round_masks": masks,
-                    "rewind_sha256": self.state.get("rewind_sha256")}
+                    **{k: self.state.get(k) for k in CARRIED}}
         write_atomic(keep / "chain.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    def _backfill_rewind_summary(self) -> None:
+        """A chain whose round 0 ran before norms and machines were recorded gets them here, from the rewind point
+        on this machine when its content is the recorded one."""
+        if self.state.get("rewind_norms") or not self.state.get("rewind_sha256") or not self.rewind_path.exists():
+            return
+        if state_digest(self.rewind_path) == self.state["rewind_sha256"]:
+            self.state["rewind_norms"] = state_norms(self.rewind_path)
+            self.state.setdefault("rewind_machine", machine_summary())    # the content is this machine's
+            self._save()
 
     def restore(self, keep: Path, fingerprint: str) -> bool:
         """Continue a chain carried from another machine (:meth:`carry`) when this one has trained none of it:
@@ -409,8 +472,7 @@ class IMPDriver:
         for k, r in m.get("rounds", {}).items():
             self.state["rounds"][k] = {"status": "done", "density": r["density"],
                                        "train_seconds": r.get("train_seconds"), "restored": True}
-        if m.get("rewind_sha256"):
-            self.state["rewind_sha256"] = m["rewind_sha256"]
+        self.state.update({k: m[k] for k in CARRIED if m.get(k)})
         self._save()
         done = sorted(int(k) for k in m.get("rounds", {}))
         self.log(f"[imp] restored from {man.parent.name}: rounds {done} done elsewhere (their checkpoints stayed "

@@ -30,6 +30,9 @@ def _args_imp(a: argparse.ArgumentParser) -> None:
                    help="folder for the chain's small state (masks bit-packed, densities, the rewind point's "
                         "sha256), written after every round: with it a chain continues on another machine, the "
                         "rewind point replayed there and checked bit for bit")
+    a.add_argument("--rewind-tolerance", type=float, default=0.0,
+                   help="accept a replayed rewind point that is not bit-identical when no tensor's L2 norm differs "
+                        "by more than this relative amount (default 0: bit-identical only); the state records it")
     a.add_argument("overrides", nargs="*", help="extra Hydra overrides for every round (after --)")
 
 
@@ -62,7 +65,7 @@ def _cmd_imp(args) -> int:
 
     run = IMPRun(config=args.config, out=args.out, rounds=args.rounds, rate=args.rate, rewind=args.rewind,
                  reset=args.reset, overrides=list(args.overrides or []), seed=args.seed, eval_data=args.eval_data,
-                 eval_size=args.input_size)
+                 eval_size=args.input_size, rewind_tolerance=args.rewind_tolerance)
     drv = IMPDriver(run, solo_learn_dir(args.solo_learn), args.plugin)
     t0 = time.time()
     keep, fp = None, None
