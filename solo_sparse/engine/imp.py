@@ -115,6 +115,21 @@ def state_norms(path) -> Dict[str, float]:
     return {k: float(v.double().norm()) for k, v in sorted(state.items()) if v.is_floating_point()}
 
 
+def state_structure(path) -> str:
+    """sha256 of everything in a state file but its floating-point values: the metadata (sorted; the step and
+    epoch the point was taken at), every tensor's name, dtype and shape, and the bytes of the non-floating tensors
+    (counters, queue pointers). Two states equal here differ at most in float values — what
+    :func:`norms_difference` then measures."""
+    state, meta = load_state(path)
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for k in sorted(state):
+        v = state[k]
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        if not v.is_floating_point() and v.numel():
+            h.update(v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def norms_difference(want: Mapping[str, float], got: Mapping[str, float]) -> Tuple[float, Optional[str]]:
     """The largest relative difference ``|got - want| / max(|want|, 1e-12)`` over the tensors of ``want`` and the
     tensor it is in; ``inf`` (and the name) when a tensor of ``want`` is missing from ``got`` or the other way

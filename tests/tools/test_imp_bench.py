@@ -264,6 +264,7 @@ def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup,
     assert "++solo_sparse.stop_after_rewind=true" in _calls(tmp)[n]["argv"]
     assert all(v["status"] == "ok" for v in res["rows"].values()) and len(res["rows"]) == 4
     assert any("identical to round 0's" in line for line in lines), lines
+    assert not any("rewind_replay" in v for v in res["rows"].values())          # an exact replay: no label
     restored = load_masks(out / "runs" / "imp" / "seed0" / "rounds" / "round_1" / "masks.safetensors")[0]
     assert all(restored[k].equal(ticket[k]) for k in ticket)
     assert all(load_packed_masks(keep / "round_1.masks.safetensors")[0][k].equal(ticket[k]) for k in ticket)
@@ -286,7 +287,7 @@ def test_a_round_cut_before_its_rows_and_an_inexact_replay_within_the_tolerance(
     import solo_sparse.tools.bench.rounds as rounds_mod
 
     repo, suite, solo, tmp = setup
-    text = _no_retrain(SUITE).replace("[global_random, layer_permutation]", "[global_random]")
+    text = SUITE.replace("[global_random, layer_permutation]", "[global_random]")
     suite.write_text(text)
     real = rounds_mod.evaluate_backbone
     state = {"n": 0}
@@ -303,7 +304,7 @@ def test_a_round_cut_before_its_rows_and_an_inexact_replay_within_the_tolerance(
     monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
     out = repo / "results" / "impt"
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert set(rows) == {"imp:ticket-r0/seed0"}
+    assert set(rows) == {"imp:ticket-r0/seed0", "imp:retrain-ticket-r0/seed0"}
     man = json.loads((out / "chains" / "imp" / "seed0" / "chain.json").read_text())
     assert sorted(man["rounds"]) == ["0", "1"] and man["rewind_norms"]["backbone.conv1.weight"] > 0
     shutil.rmtree(out / "runs")                                  # the next session's machine, another CPU
@@ -320,10 +321,48 @@ def test_a_round_cut_before_its_rows_and_an_inexact_replay_within_the_tolerance(
     res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lines.append).run()
     assert [c["name"] for c in _calls(tmp)[n:]] == ["imp-r0", "imp-r1", "imp:global_random-r1-s0"]
     rows = res["rows"]
-    assert all(v["status"] == "ok" for v in rows.values()) and len(rows) == 3
-    assert "rewind_replay" not in rows["imp:ticket-r0/seed0"]
-    for rid in ("imp:ticket-r1/seed0", "imp:global_random-r1/seed0"):
+    assert all(v["status"] == "ok" for v in rows.values()) and len(rows) == 6
+    for rid in ("imp:ticket-r0/seed0", "imp:retrain-ticket-r0/seed0"):      # from the first machine
+        assert "rewind_replay" not in rows[rid], rid
+    for rid in ("imp:ticket-r1/seed0", "imp:global_random-r1/seed0", "imp:retrain-ticket-r1/seed0",
+                "imp:retrain-global_random-r1/seed0"):
         rep = rows[rid]["rewind_replay"]
         assert rep["max_rel_norm_diff"] == pytest.approx(1e-5, rel=1e-2) and rep["tolerance"] == 0.001, rep
         assert rep["tensor"] == "backbone.conv1.weight"
     assert any("NOT bit-identical" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_round_0_trained_again_on_a_fresh_machine_leaves_the_rewind_point_alone(setup, monkeypatch):
+    """A session ends after round 0 trained but before its rows: round 0 is carried as done; the next machine trains
+    it again for its rows, and that run writes no rewind point (the point the chain was recorded with is only ever
+    re-created by the checked replay)."""
+    import shutil
+
+    import solo_sparse.tools.bench.rounds as rounds_mod
+    from solo_sparse.engine.imp import state_digest
+
+    repo, suite, solo, tmp = setup
+    suite.write_text(_no_retrain(SUITE).replace("[global_random, layer_permutation]", "[global_random]"))
+    real = rounds_mod.evaluate_backbone
+
+    def cut(*a, **k):             # the session ends during round 0's ticket probe
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
+    with pytest.raises(KeyboardInterrupt):
+        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
+    out = repo / "results" / "impt"
+    man = json.loads((out / "chains" / "imp" / "seed0" / "chain.json").read_text())
+    assert sorted(man["rounds"]) == ["0"] and not (out / "results.json").exists()       # no row written
+    shutil.rmtree(out / "runs")
+    n = len(_calls(tmp))
+    res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    calls = _calls(tmp)[n:]
+    assert [c["name"] for c in calls] == ["imp-r0", "imp-r1", "imp-r0", "imp:global_random-r1-s0"]
+    assert "++solo_sparse.stop_after_rewind=true" in calls[0]["argv"]            # the checked replay
+    assert not any("rewind_out" in a for a in calls[2]["argv"]), calls[2]["argv"]  # round 0 again: no capture
+    assert all(v["status"] == "ok" for v in res["rows"].values()) and len(res["rows"]) == 3
+    point = out / "runs" / "imp" / "seed0" / "rounds" / "rewind.safetensors"
+    assert state_digest(point) == man["rewind_sha256"]

@@ -39,7 +39,8 @@ masks = load_masks(args["solo_sparse.masks"])[0] if "solo_sparse.masks" in args 
 if "solo_sparse.rewind_out" in args:
     from solo_sparse.engine.imp import save_state
     save_state(args["solo_sparse.rewind_out"], {"backbone.w": torch.tensor([float(len(os.environ.get("FAKE_REWIND",
-                                                                                                 "rewind")))])}, step=1)
+                                                                                                 "rewind")))])},
+               step=int(os.environ.get("FAKE_REWIND_STEP", 1)))
     if args.get("solo_sparse.stop_after_rewind") == "true":
         sys.exit(0)                        # the run stops once the rewind point is written
 start, prev = 0, None
@@ -317,8 +318,9 @@ def test_a_chain_carried_to_another_machine_continues_with_a_replayed_rewind_poi
     with pytest.raises(RuntimeError, match="differs from the one the masks were pruned from") as exc:
         c.run_all()
     assert [x["name"] for x in _calls(log)[n:]] == ["imp-r0"] and not (tmp_path / "c" / "rewind.safetensors").exists()
-    msg = str(exc.value)            # how far (6 -> 7: 1/6), where, both machines, and the way on
-    assert "0.167 (backbone.w)" in msg and f"round 0's: torch {torch.__version__}" in msg and "--rewind-tolerance" in msg, msg
+    msg = str(exc.value)            # how far (6 -> 7: 1/6), where, the tolerance, both machines, and the way on
+    assert "0.167 (backbone.w)" in msg and f"round 0's: torch {torch.__version__}" in msg, msg
+    assert "rewind_tolerance=0.0" in msg and "tolerance above 0.167 (--rewind-tolerance" in msg, msg
     assert "rewind_replay" not in c.state
 
     # ... accepted within a tolerance above the measured difference, and recorded; refused below it
@@ -343,3 +345,45 @@ def test_a_chain_carried_to_another_machine_continues_with_a_replayed_rewind_poi
     assert any("NOT bit-identical" in line and "0.167" in line for line in lines), lines
     assert json.loads((tmp_path / "c" / "imp.json").read_text())["rewind_replay"]["exact"] is False   # persisted
     assert d.state["fingerprint"] == b.state["fingerprint"]       # a policy for continuing, not part of the run
+    d.carry(keep, "fp-1")                                          # the chain remembers it for the next machines
+    assert json.loads((keep / "chain.json").read_text())["inexact_replay"] == {
+        "max_rel_norm_diff": pytest.approx(1 / 6), "tensor": "backbone.w", "tolerance": 0.17}
+
+    # equal values taken at another step (or another dtype, shape, counter): no tolerance applies, 0 included
+    monkeypatch.setenv("FAKE_REWIND", "rewind")
+    monkeypatch.setenv("FAKE_REWIND_STEP", "2")
+    (keep / "chain.json").write_text(json.dumps({**man, "inexact_replay": None}))
+    for tol in (0.0, 0.5):
+        with pytest.raises(RuntimeError, match=r"differs in more than float values .*rewind_tolerance=" + str(tol)
+                                               + ".*no rewind tolerance applies to such a difference"):
+            driver(tol).run_all()
+
+
+def test_a_chain_from_before_norms_were_recorded_gets_them_where_its_rewind_point_is(fake, tmp_path, monkeypatch):
+    """A chain whose round 0 ran before the rewind point's norms and structure were recorded: carry() fills them in
+    from the point on this machine when its content is the recorded one (round 0's machine named only where round 0
+    ran, not where the point was replayed); a replay against a chain without them is refused, no tolerance applying."""
+    solo, cfg, log = fake
+    keep = tmp_path / "keep"
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "a"), rounds=1, rate=0.5, rewind="1ep")
+    a = IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None)
+    a.run_all()
+    full = {k: a.state[k] for k in ("rewind_norms", "rewind_structure", "rewind_machine")}
+    for k in full:
+        a.state.pop(k)
+    a.carry(keep, "fp")
+    man = json.loads((keep / "chain.json").read_text())
+    assert {k: man[k] for k in full} == full
+    for k in full:
+        a.state.pop(k)
+    a.state["rewind_replay"] = {"exact": True}                    # the point here was replayed, not trained
+    a.carry(keep, "fp")
+    man = json.loads((keep / "chain.json").read_text())
+    assert man["rewind_norms"] == full["rewind_norms"] and man["rewind_machine"] is None
+    (tmp_path / "a" / "rewind.safetensors").unlink()               # another machine, another value, no norms
+    a.state.update({"rewind_norms": None, "rewind_structure": None})
+    a.run.rewind_tolerance = 0.5
+    monkeypatch.setenv("FAKE_REWIND", "another")
+    with pytest.raises(RuntimeError, match="no tensor norms or structure were recorded.*no rewind tolerance applies "
+                                           "to this chain"):
+        a.ensure_rewind()

@@ -65,12 +65,11 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
     init_name = "rewind" if init is not None else "fresh"
     loaded = {}
 
-    def replayed(uses_rewind: bool) -> dict:
-        """A row computed from a rewind point replayed here within the tolerance, not bit-identically, says so."""
-        rep = drv.state.get("rewind_replay") or {}
-        if not uses_rewind or init is None or rep.get("exact", True):
-            return {}
-        return {"rewind_replay": {k: rep[k] for k in ("max_rel_norm_diff", "tensor", "tolerance")}}
+    def replayed(from_chain: bool) -> dict:
+        """A row whose init or mask descends from a rewind point replayed within the tolerance, not bit-identically
+        (here or on an earlier machine of the chain), says so: the largest such replay of the chain."""
+        rep = drv.state.get("inexact_replay")
+        return {"rewind_replay": dict(rep)} if from_chain and rep else {}
 
     def init_state():
         if "state" not in loaded:
@@ -82,11 +81,11 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         row = rows.get(f"{rid}/seed{seed}") or {}
         return row.get("fingerprint") == fpx and row.get("status") == status
 
-    def probe(rid: str, ck: Path, fpx: str, uses_rewind: bool = False, **extra) -> None:
+    def probe(rid: str, ck: Path, fpx: str, from_chain: bool = True, **extra) -> None:
         net, info = load_backbone(str(ck))
         acc = evaluate_backbone(net, train, test)
         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": fpx, "density_online": info["density"],
-                                     **acc, **extra, **replayed(uses_rewind),
+                                     **acc, **extra, **replayed(from_chain),
                                      "checkpoint": str(Path(ck).resolve().relative_to(bench.out.resolve()))}
         bench.log(f"[bench] {rid}/seed{seed}: linear {100 * acc['linear']:.2f}  density {info['density']:.4f}")
         bench.save()
@@ -104,7 +103,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": rfp, "path": "label-retrain",
                                      "linear": res["accuracy"], "density_online": res["density"],
                                      "epochs": spec.retrain_epochs, "wall_clock_s": time.time() - t1,
-                                     **replayed(state is not None)}
+                                     **replayed(state is not None or mfile is not None)}
         bench.log(f"[bench] {rid}/seed{seed}: label re-training top-1 {100 * res['accuracy']:.2f} at density "
                  f"{res['density']:.4f} ({spec.retrain_epochs} epochs, init "
                  f"{'fresh' if state is None else init_name})")
@@ -123,7 +122,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                 r = drv.state["rounds"][str(k)]
                 r["status"], r["train_seconds"] = "done", r["train_seconds"] - before   # this training's time
                 drv._save()
-            probe(rid, ck, fp, uses_rewind=k > 0, wall_clock_s=r.get("train_seconds"),
+            probe(rid, ck, fp, from_chain=k > 0, wall_clock_s=r.get("train_seconds"),
                   command=bench.paths(str(r.get("command", ""))))
         retrain("ticket", k, drv.masks_path(k) if k > 0 else None, fresh=False)
         drv.carry(keep, fp)
@@ -171,7 +170,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                     rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "trained",
                                                  "wall_clock_s": seconds}
                     bench.save()
-                probe(rid, ck, cfp, uses_rewind=own_init is not None, wall_clock_s=seconds,
+                probe(rid, ck, cfp, wall_clock_s=seconds,
                       command=bench.paths(shlex.join(cmd)))
             retrain(control, k, mfile, fresh=control == "random_reinit")
     bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")

@@ -58,6 +58,7 @@ from solo_sparse.engine.imp import (
     norms_difference,
     state_digest,
     state_norms,
+    state_structure,
 )
 from solo_sparse.engine.maskio import density as total_density
 from solo_sparse.engine.maskio import encoder_masks, load_masks, load_packed_masks, save_masks, save_packed_masks
@@ -66,8 +67,10 @@ from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_co
 
 STATE = "imp.json"
 #: what a chain carries about its rewind point besides the masks (:meth:`IMPDriver.carry`): its content digest,
-#: its tensors' norms and the machine round 0 ran on (what an inexact replay is measured and reported against)
-CARRIED = ("rewind_sha256", "rewind_norms", "rewind_machine")
+#: its tensors' norms, the digest of all but its float values and the machine round 0 ran on (what an inexact
+#: replay is measured and reported against), and the largest inexact replay accepted so far in the chain (rows
+#: computed after it, on any machine, record it: their masks or init descend from the replayed point)
+CARRIED = ("rewind_sha256", "rewind_norms", "rewind_structure", "rewind_machine", "inexact_replay")
 
 
 @dataclass
@@ -260,7 +263,9 @@ class IMPDriver:
 
     # ------------------------------------------------------------------ one round
     def command(self, k: int, resume: Optional[Path], rewind_out: Optional[Path] = None,
-                stop_after_rewind: bool = False) -> List[str]:
+                stop_after_rewind: bool = False, capture: bool = True) -> List[str]:
+        """Round ``k``'s ``main_pretrain.py`` command. ``capture`` False: round 0 writes no rewind point (it is
+        trained again after its point was recorded; the point is only ever re-created by :meth:`ensure_rewind`)."""
         r = self.run
         d = self.round_dir(k) if not stop_after_rewind else self.out / "rewind_replay"
         ov = [f"+solo_sparse={self.plugin}"] if self.add_group else []
@@ -269,7 +274,7 @@ class IMPDriver:
         if k > 0:
             ov.append(f"++{PREFIX}.masks='{self.masks_path(k)}'")
         if r.reset == "rewind":
-            if k == 0:
+            if k == 0 and capture:
                 ov.append(f"++{PREFIX}.rewind_out='{rewind_out or self.rewind_path}'")
                 if stop_after_rewind:
                     ov.append(f"++{PREFIX}.stop_after_rewind=true")
@@ -307,7 +312,8 @@ class IMPDriver:
         d = self.round_dir(k)
         d.mkdir(parents=True, exist_ok=True)
         resume = self.resumable_checkpoint(k)
-        cmd = self.command(k, resume)
+        # round 0 trained again (its rows were lost with its machine) must not overwrite the recorded rewind point
+        cmd = self.command(k, resume, capture=not self.state.get("rewind_sha256"))
         rs = self.state["rounds"].setdefault(str(k), {})
         rs.update({"status": "training", "command": shlex.join(cmd)})
         self._save()
@@ -344,6 +350,7 @@ class IMPDriver:
                 if k == 0 and self.run.reset == "rewind" and self.rewind_path.exists():
                     self.state["rewind_sha256"] = state_digest(self.rewind_path)
                     self.state["rewind_norms"] = state_norms(self.rewind_path)
+                    self.state["rewind_structure"] = state_structure(self.rewind_path)
                     self.state["rewind_machine"] = machine_summary()
                 if self.run.eval_data:
                     rs["eval"] = self.evaluate(ck)
@@ -397,28 +404,40 @@ class IMPDriver:
         tmp.replace(self.rewind_path)
 
     def _inexact_replay(self, tmp: Path, got: str, want: str) -> None:
-        """A replayed rewind point whose content differs: accepted within ``rewind_tolerance`` (recorded in the
-        state as ``rewind_replay`` with the measured difference, so rows trained from it can say so), else
-        refused with the difference and both machines."""
-        ref = self.state.get("rewind_norms")
+        """A replayed rewind point whose content differs. Accepted only when it differs in float values alone (the
+        same tensors, dtypes, shapes, integer tensors and metadata — :func:`~solo_sparse.engine.imp.state_structure`)
+        by at most ``rewind_tolerance`` > 0 in any tensor's relative L2 norm: recorded as ``rewind_replay`` and, the
+        largest so far, ``inexact_replay`` (carried; rows computed after it say so). Else refused, saying why."""
+        tol = self.run.rewind_tolerance
+        ref, struct = self.state.get("rewind_norms"), self.state.get("rewind_structure")
         here, there = machine_summary(), self.state.get("rewind_machine")
         diff, where = norms_difference(ref, state_norms(tmp)) if ref else (float("inf"), None)
-        measured = (f"largest relative difference of a tensor's L2 norm {diff:.3g} ({where})" if ref else
-                    "no norms were recorded with round 0 to measure the difference")
-        tol = self.run.rewind_tolerance
-        if diff <= tol:
-            self.state["rewind_replay"] = {"exact": False, "max_rel_norm_diff": diff, "tensor": where,
-                                           "tolerance": tol, "machine": here, "round0_machine": there}
-            self.log(f"[imp] rewind point re-created NOT bit-identical to round 0's (sha256 {got[:12]}… vs "
-                     f"{want[:12]}…): {measured} <= rewind tolerance {tol}; continuing from the replayed point "
-                     "(rows trained from it record rewind_replay)")
-            return
+        if not ref or not struct:
+            measured = "no tensor norms or structure were recorded with round 0 to measure the difference"
+            way = "no rewind tolerance applies to this chain"
+        elif state_structure(tmp) != struct:
+            measured = ("it differs in more than float values (tensor names, dtypes, shapes, integer tensors or the "
+                        "metadata, e.g. the step it was taken at)")
+            way = "no rewind tolerance applies to such a difference"
+        else:
+            measured = f"largest relative difference of a tensor's L2 norm {diff:.3g} ({where})"
+            if 0.0 < tol and diff <= tol:
+                rec = {"exact": False, "max_rel_norm_diff": diff, "tensor": where, "tolerance": tol,
+                       "machine": here, "round0_machine": there}
+                self.state["rewind_replay"] = rec
+                if diff >= (self.state.get("inexact_replay") or {}).get("max_rel_norm_diff", -1.0):
+                    self.state["inexact_replay"] = {a: rec[a] for a in ("max_rel_norm_diff", "tensor", "tolerance")}
+                self.log(f"[imp] rewind point re-created NOT bit-identical to round 0's (sha256 {got[:12]}… vs "
+                         f"{want[:12]}…): {measured} <= rewind tolerance {tol}; continuing from the replayed point "
+                         "(rows computed from it record rewind_replay)")
+                return
+            way = (f"continue from the replayed point with a rewind tolerance above {diff:.3g} (--rewind-tolerance, "
+                   f"a suite run's rewind_tolerance; rows then record it)")
         raise RuntimeError(f"rewind replay: the re-created rewind point differs from the one the masks were pruned "
-                           f"from (sha256 {got[:12]}… vs {want[:12]}…; {measured}; this machine: {_machine(here)}; "
-                           f"round 0's: {_machine(there)}): this machine's training is not bit-identical to the first "
-                           f"one's. Continue from the replayed point with a rewind tolerance above the difference "
-                           f"(--rewind-tolerance, a suite's rewind_tolerance; rows then record it), or remove "
-                           f"{self.out} and the carried state to start this chain again")
+                           f"from (sha256 {got[:12]}… vs {want[:12]}…; {measured}; rewind_tolerance={tol}; this "
+                           f"machine: {_machine(here)}; round 0's: {_machine(there)}): this machine's training is not "
+                           f"bit-identical to the first one's. To go on: {way}, or remove {self.out} and the carried "
+                           f"state to start this chain again")
 
     def carry(self, keep: Path, fingerprint: str) -> None:
         """Write into ``keep`` what another machine needs to continue this chain — small and free of machine
@@ -445,13 +464,16 @@ class IMPDriver:
         write_atomic(keep / "chain.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def _backfill_rewind_summary(self) -> None:
-        """A chain whose round 0 ran before norms and machines were recorded gets them here, from the rewind point
-        on this machine when its content is the recorded one."""
-        if self.state.get("rewind_norms") or not self.state.get("rewind_sha256") or not self.rewind_path.exists():
+        """A chain whose round 0 ran before norms, structure and machines were recorded gets them here, from the
+        rewind point on this machine when its content is the recorded one."""
+        have = self.state.get("rewind_norms") and self.state.get("rewind_structure")
+        if have or not self.state.get("rewind_sha256") or not self.rewind_path.exists():
             return
         if state_digest(self.rewind_path) == self.state["rewind_sha256"]:
             self.state["rewind_norms"] = state_norms(self.rewind_path)
-            self.state.setdefault("rewind_machine", machine_summary())    # the content is this machine's
+            self.state["rewind_structure"] = state_structure(self.rewind_path)
+            if "rewind_replay" not in self.state:     # round 0 ran here (not a replay): this is round 0's machine
+                self.state.setdefault("rewind_machine", machine_summary())
             self._save()
 
     def restore(self, keep: Path, fingerprint: str) -> bool:
