@@ -102,6 +102,28 @@ def _no_retrain(text):
                      if "re-trained" not in line)
 
 
+def _cut_at(monkeypatch, suite, solo, data_root, n: int) -> None:
+    """Run the suite until its ``n``-th evaluation (a linear probe) starts and stop it there, as the end of a
+    session does; later runs evaluate normally."""
+    import solo_sparse.tools.bench.rounds as rounds_mod  # where run_rounds looks the name up
+
+    real = rounds_mod.evaluate_backbone
+    seen = {"n": 0}
+
+    def cut(*a, **k):
+        seen["n"] += 1
+        if seen["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Bench(Suite.load(suite), data_root=data_root, solo_dir=solo, log=lambda *_: None).run()
+    finally:
+        monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
+
+
 def _calls(tmp):
     return [json.loads(line) for line in (tmp / "calls.jsonl").read_text().splitlines()]
 
@@ -178,20 +200,7 @@ def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, 
 def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatch):
     repo, suite, solo, tmp = setup
     suite.write_text(_no_retrain(SUITE))
-    import solo_sparse.tools.bench.rounds as rounds_mod  # where run_rounds looks the name up
-
-    real = rounds_mod.evaluate_backbone
-    state = {"n": 0}
-
-    def flaky(*a, **k):           # the first control's evaluation dies after its training
-        state["n"] += 1
-        if state["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(rounds_mod, "evaluate_backbone", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
+    _cut_at(monkeypatch, suite, solo, tmp / "data", 3)     # the first control's evaluation dies after its training
     n = len(_calls(tmp))
     res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
     assert [c["name"] for c in _calls(tmp)[n:]] == ["imp:layer_permutation-r1-s0"]     # global_random not retrained
@@ -230,24 +239,12 @@ def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup,
     left are trained — the controls from the carried masks."""
     import shutil
 
-    import solo_sparse.tools.bench.rounds as rounds_mod
     from solo_sparse.engine.maskio import load_masks, load_packed_masks
 
     repo, suite, solo, tmp = setup
     suite.write_text(_no_retrain(SUITE))
-    real = rounds_mod.evaluate_backbone
-    state = {"n": 0}
-
-    def cut(*a, **k):             # the session ends during the first control's evaluation
-        state["n"] += 1
-        if state["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
     monkeypatch.chdir(tmp)                       # a relative data root, as `solo-sparse bench` gets by default
-    with pytest.raises(KeyboardInterrupt):
-        Bench(Suite.load(suite), data_root=Path("data"), solo_dir=solo, log=lambda *_: None).run()
+    _cut_at(monkeypatch, suite, solo, Path("data"), 3)       # the session ends during the first control's evaluation
     out = repo / "results" / "impt"
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {k for k, v in rows.items() if v["status"] == "ok"} == {"imp:ticket-r0/seed0", "imp:ticket-r1/seed0"}
@@ -284,24 +281,10 @@ def test_a_round_cut_before_its_rows_and_an_inexact_replay_within_the_tolerance(
     records ``rewind_replay``; the dense round 0's row, from the first machine, does not."""
     import shutil
 
-    import solo_sparse.tools.bench.rounds as rounds_mod
-
     repo, suite, solo, tmp = setup
     text = SUITE.replace("[global_random, layer_permutation]", "[global_random]")
     suite.write_text(text)
-    real = rounds_mod.evaluate_backbone
-    state = {"n": 0}
-
-    def cut(*a, **k):             # the session ends during round 1's ticket probe
-        state["n"] += 1
-        if state["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
-    with pytest.raises(KeyboardInterrupt):
-        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
-    monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
+    _cut_at(monkeypatch, suite, solo, tmp / "data", 2)       # the session ends during round 1's ticket probe
     out = repo / "results" / "impt"
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert set(rows) == {"imp:ticket-r0/seed0", "imp:retrain-ticket-r0/seed0"}
@@ -339,20 +322,11 @@ def test_round_0_trained_again_on_a_fresh_machine_leaves_the_rewind_point_alone(
     re-created by the checked replay)."""
     import shutil
 
-    import solo_sparse.tools.bench.rounds as rounds_mod
     from solo_sparse.engine.imp import state_digest
 
     repo, suite, solo, tmp = setup
     suite.write_text(_no_retrain(SUITE).replace("[global_random, layer_permutation]", "[global_random]"))
-    real = rounds_mod.evaluate_backbone
-
-    def cut(*a, **k):             # the session ends during round 0's ticket probe
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(rounds_mod, "evaluate_backbone", cut)
-    with pytest.raises(KeyboardInterrupt):
-        Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()
-    monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
+    _cut_at(monkeypatch, suite, solo, tmp / "data", 1)       # the session ends during round 0's ticket probe
     out = repo / "results" / "impt"
     man = json.loads((out / "chains" / "imp" / "seed0" / "chain.json").read_text())
     assert sorted(man["rounds"]) == ["0"] and not (out / "results.json").exists()       # no row written
