@@ -95,39 +95,33 @@ def load_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
+def _content_hash(state: Mapping[str, torch.Tensor], meta: Mapping[str, str], floats: bool) -> str:
+    """sha256 over the sorted metadata and every tensor's name, dtype, shape and bytes (a floating tensor's bytes
+    only with ``floats``)."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for k in sorted(state):
+        v = state[k]
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        if v.numel() and (floats or not v.is_floating_point()):
+            h.update(v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def state_digest(path) -> str:
     """sha256 of a state file's *content* — every tensor's name, dtype, shape and bytes in name order, and the
     metadata sorted — not of its bytes: safetensors writes the metadata in hash-map order, so two writes of the same
     state may differ byte for byte."""
+    return _content_hash(*load_state(path), floats=True)
+
+
+def state_summary(path) -> Dict[str, object]:
+    """One read of a state file: ``sha256`` (:func:`state_digest`), ``structure`` (the same hash without the
+    floating-point values: metadata — the step and epoch the point was taken at —, names, dtypes, shapes and the
+    non-floating tensors; two states equal here differ at most in float values) and ``norms`` (the float64 L2 norm
+    of every floating tensor, by name: small enough to carry in JSON, what :func:`norms_difference` compares)."""
     state, meta = load_state(path)
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for k in sorted(state):
-        v = state[k]
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
-
-
-def state_norms(path) -> Dict[str, float]:
-    """The L2 norm (float64) of every floating tensor of a state file, by name: a summary small enough to carry in
-    JSON that says *how far* a re-created state is from the recorded one when their :func:`state_digest` differ."""
-    state, _ = load_state(path)
-    return {k: float(v.double().norm()) for k, v in sorted(state.items()) if v.is_floating_point()}
-
-
-def state_structure(path) -> str:
-    """sha256 of everything in a state file but its floating-point values: the metadata (sorted; the step and
-    epoch the point was taken at), every tensor's name, dtype and shape, and the bytes of the non-floating tensors
-    (counters, queue pointers). Two states equal here differ at most in float values — what
-    :func:`norms_difference` then measures."""
-    state, meta = load_state(path)
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for k in sorted(state):
-        v = state[k]
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        if not v.is_floating_point() and v.numel():
-            h.update(v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return {"sha256": _content_hash(state, meta, True), "structure": _content_hash(state, meta, False),
+            "norms": {k: float(v.double().norm()) for k, v in sorted(state.items()) if v.is_floating_point()}}
 
 
 def norms_difference(want: Mapping[str, float], got: Mapping[str, float]) -> Tuple[float, Optional[str]]:

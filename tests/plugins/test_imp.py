@@ -298,11 +298,11 @@ def test_state_digest_reads_the_content_not_the_bytes(tmp_path):
 def test_state_norms_measure_how_far_a_replayed_state_is(tmp_path):
     """What an inexact rewind replay is measured by: per-tensor L2 norms (floating tensors only) and the largest
     relative difference, with the tensor it is in; a tensor present on one side only is an infinite difference."""
-    from solo_sparse.engine.imp import norms_difference, state_norms
+    from solo_sparse.engine.imp import norms_difference, state_summary
 
     st = {"backbone.a": torch.full((2, 2), 3.0), "backbone.b": torch.ones(4), "backbone.n": torch.tensor(7)}
     save_state(tmp_path / "1.safetensors", st, step=3)
-    want = state_norms(tmp_path / "1.safetensors")
+    want = state_summary(tmp_path / "1.safetensors")["norms"]
     assert want == {"backbone.a": 6.0, "backbone.b": 2.0}                         # the int counter is not a norm
     assert norms_difference(want, dict(want)) == (0.0, None)
     got = {**want, "backbone.b": 2.0 * (1 + 1e-4), "backbone.a": 6.0 * (1 - 1e-6)}
@@ -310,3 +310,13 @@ def test_state_norms_measure_how_far_a_replayed_state_is(tmp_path):
     assert diff == pytest.approx(1e-4) and where == "backbone.b"
     assert norms_difference(want, {"backbone.a": 6.0}) == (float("inf"), "backbone.b")
     assert norms_difference(want, {**want, "backbone.c": 1.0}) == (float("inf"), "backbone.c")
+    # the structure digest: blind to float values, not to the step, a dtype or an integer tensor
+    base = state_summary(tmp_path / "1.safetensors")
+    for name, st2, meta in [("floats", {**st, "backbone.b": st["backbone.b"] * 1.001}, {"step": 3}),
+                            ("step", st, {"step": 4}), ("dtype", {**st, "backbone.b": st["backbone.b"].double()},
+                                                       {"step": 3}),
+                            ("counter", {**st, "backbone.n": torch.tensor(8)}, {"step": 3})]:
+        save_state(tmp_path / f"{name}.safetensors", st2, **meta)
+        other = state_summary(tmp_path / f"{name}.safetensors")
+        assert other["sha256"] != base["sha256"], name
+        assert (other["structure"] == base["structure"]) == (name == "floats"), name

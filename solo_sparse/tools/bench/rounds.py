@@ -170,8 +170,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                     rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "trained",
                                                  "wall_clock_s": seconds}
                     bench.save()
-                probe(rid, ck, cfp, wall_clock_s=seconds,
-                      command=bench.paths(shlex.join(cmd)))
+                probe(rid, ck, cfp, wall_clock_s=seconds, command=bench.paths(shlex.join(cmd)))
             retrain(control, k, mfile, fresh=control == "random_reinit")
     bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")
 

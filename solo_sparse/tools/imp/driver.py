@@ -56,9 +56,7 @@ from solo_sparse.engine.imp import (
     global_magnitude_prune,
     machine_summary,
     norms_difference,
-    state_digest,
-    state_norms,
-    state_structure,
+    state_summary,
 )
 from solo_sparse.engine.maskio import density as total_density
 from solo_sparse.engine.maskio import encoder_masks, load_masks, load_packed_masks, save_masks, save_packed_masks
@@ -348,10 +346,7 @@ class IMPDriver:
                     raise RuntimeError(f"round {k}: masks missing at {self.masks_path(k)}")
                 ck = self.train_round(k)
                 if k == 0 and self.run.reset == "rewind" and self.rewind_path.exists():
-                    self.state["rewind_sha256"] = state_digest(self.rewind_path)
-                    self.state["rewind_norms"] = state_norms(self.rewind_path)
-                    self.state["rewind_structure"] = state_structure(self.rewind_path)
-                    self.state["rewind_machine"] = machine_summary()
+                    self._record_rewind(state_summary(self.rewind_path), machine=True)
                 if self.run.eval_data:
                     rs["eval"] = self.evaluate(ck)
                     self.log(f"[imp] round {k}: " + ", ".join(f"{a} {v:.4f}" for a, v in rs["eval"].items()))
@@ -394,28 +389,29 @@ class IMPDriver:
         if not tmp.exists():
             raise RuntimeError(f"rewind replay: main_pretrain.py wrote no rewind point ({res.error or 'no error'}); "
                                f"see {res.log}")
-        got = state_digest(tmp)
+        summary = state_summary(tmp)
+        got = summary["sha256"]
         if got == want:
             self.state["rewind_replay"] = {"exact": True, "machine": machine_summary()}
             self.log(f"[imp] rewind point re-created, identical to round 0's (sha256 {got[:12]}…)")
         else:
-            self._inexact_replay(tmp, got, want)
+            self._inexact_replay(summary, want)
         self._save()
         tmp.replace(self.rewind_path)
 
-    def _inexact_replay(self, tmp: Path, got: str, want: str) -> None:
+    def _inexact_replay(self, summary: Dict, want: str) -> None:
         """A replayed rewind point whose content differs. Accepted only when it differs in float values alone (the
-        same tensors, dtypes, shapes, integer tensors and metadata — :func:`~solo_sparse.engine.imp.state_structure`)
+        same tensors, dtypes, shapes, integer tensors and metadata — :func:`~solo_sparse.engine.imp.state_summary`)
         by at most ``rewind_tolerance`` > 0 in any tensor's relative L2 norm: recorded as ``rewind_replay`` and, the
         largest so far, ``inexact_replay`` (carried; rows computed after it say so). Else refused, saying why."""
-        tol = self.run.rewind_tolerance
+        tol, got = self.run.rewind_tolerance, summary["sha256"]
         ref, struct = self.state.get("rewind_norms"), self.state.get("rewind_structure")
         here, there = machine_summary(), self.state.get("rewind_machine")
-        diff, where = norms_difference(ref, state_norms(tmp)) if ref else (float("inf"), None)
+        diff, where = norms_difference(ref, summary["norms"]) if ref else (float("inf"), None)
         if not ref or not struct:
             measured = "no tensor norms or structure were recorded with round 0 to measure the difference"
             way = "no rewind tolerance applies to this chain"
-        elif state_structure(tmp) != struct:
+        elif summary["structure"] != struct:
             measured = ("it differs in more than float values (tensor names, dtypes, shapes, integer tensors or the "
                         "metadata, e.g. the step it was taken at)")
             way = "no rewind tolerance applies to such a difference"
@@ -469,12 +465,19 @@ class IMPDriver:
         have = self.state.get("rewind_norms") and self.state.get("rewind_structure")
         if have or not self.state.get("rewind_sha256") or not self.rewind_path.exists():
             return
-        if state_digest(self.rewind_path) == self.state["rewind_sha256"]:
-            self.state["rewind_norms"] = state_norms(self.rewind_path)
-            self.state["rewind_structure"] = state_structure(self.rewind_path)
-            if "rewind_replay" not in self.state:     # round 0 ran here (not a replay): this is round 0's machine
-                self.state.setdefault("rewind_machine", machine_summary())
+        summary = state_summary(self.rewind_path)
+        if summary["sha256"] == self.state["rewind_sha256"]:
+            # round 0's machine is this one only where round 0 ran here (not where its point was replayed)
+            here = "rewind_replay" not in self.state and "rewind_machine" not in self.state
+            self._record_rewind(summary, machine=here)
             self._save()
+
+    def _record_rewind(self, summary: Dict, machine: bool) -> None:
+        """The rewind point's digests and norms (and this machine, as round 0's) in the state, for :meth:`carry`."""
+        self.state.update({"rewind_sha256": summary["sha256"], "rewind_norms": summary["norms"],
+                           "rewind_structure": summary["structure"]})
+        if machine:
+            self.state["rewind_machine"] = machine_summary()
 
     def restore(self, keep: Path, fingerprint: str) -> bool:
         """Continue a chain carried from another machine (:meth:`carry`) when this one has trained none of it:
