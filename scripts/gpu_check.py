@@ -216,6 +216,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--lanes", type=int, default=1,
                     help="trainings run side by side on the device (their step times are then indicative only)")
+    ap.add_argument("--precision", default=None,
+                    help="Lightning precision of the trainings (default: bf16-mixed on CUDA, 32 with --cpu-tiny; "
+                         "`--cpu-tiny --precision bf16-mixed` trains every plugin under CPU bf16 autocast)")
     ap.add_argument("--workers", type=int, default=8, help="data workers in all, shared between the lanes (GPU)")
     args = ap.parse_args(argv)
     missing = missing_plugins()
@@ -227,15 +230,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.cpu_tiny:
         device, steps, bs, data = "cpu", 4, 8, tiny_data(out / "data")
-        hw = ["accelerator=cpu", "++devices=\"1\"", "++precision=32", "++data.num_workers=0"]
+        hw = ["accelerator=cpu", "++devices=\"1\"", f"++precision={args.precision or 32}", "++data.num_workers=0"]
     else:
         if not torch.cuda.is_available():
             print("gpu_check: no CUDA device here; use --cpu-tiny for the CPU path", file=sys.stderr)
             return 2
         device, steps, bs, data = "cuda", args.steps, args.batch_size, Path(args.data).resolve()
-        hw = ["accelerator=gpu", "++devices=[0]", "++precision=bf16-mixed", f"++data.num_workers={args.workers}"]
+        hw = ["accelerator=gpu", "++devices=[0]", f"++precision={args.precision or 'bf16-mixed'}",
+              f"++data.num_workers={args.workers}"]
     solo = solo_learn_dir()
     res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+           "precision": hw[2].split("=", 1)[1],
            "steps": steps, "batch_size": bs, "lanes": args.lanes, "runs": {}}
     epoch_steps = max(1, len(list((data / "train").rglob("*.png"))) // bs)
     epochs = max(1, -(-steps // epoch_steps))

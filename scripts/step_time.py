@@ -84,8 +84,10 @@ def run(model, cfg, steps: int):
 
     loader = torch.utils.data.DataLoader(DS(), batch_size=None)
     t = Timer(model)
+    # the config's precision (e.g. `precision=bf16-mixed`: CPU autocast to bfloat16, AMX where the CPU has it)
     tr = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, callbacks=[t.cb])
+                    enable_progress_bar=False, enable_model_summary=False, callbacks=[t.cb],
+                    precision=str(cfg.get("precision", "32")))
     tr.fit(model, loader)
     return t.times, t.flags
 
@@ -104,13 +106,17 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
                     help="a further wrapped model: its name and its overrides of the sparse config (repeatable; "
                          "every model is timed in each block, in turn)")
+    ap.add_argument("--plain-variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
+                    help="a further plain (unwrapped) model: its name and its overrides of the dense config, e.g. "
+                         "`--plain-variant dense-bf16 precision=bf16-mixed` (repeatable)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    names = [v[0] for v in args.variant]
+    names = [v[0] for v in args.variant + args.plain_variant]
     if len(set(names)) != len(names) or {"dense", "sparse"} & set(names):
         ap.error(f"--variant names {names}: each once, and not 'dense' or 'sparse' (the two built-in models)")
     models = [("dense", args.dense, False, []), ("sparse", args.sparse, True, args.sparse_overrides)]
     models += [(v[0], args.sparse, True, v[1:]) for v in args.variant]
+    models += [(v[0], args.dense, False, v[1:]) for v in args.plain_variant]
     res = {m[0]: [] for m in models}
     raw = {m[0]: [] for m in models}
     update_steps = {m[0]: 0 for m in models}
@@ -138,13 +144,13 @@ def main(argv=None) -> int:
     }
     out["overhead"] = out["sparse_median_s"] / out["dense_median_s"]
     out["overhead_mean"] = out["sparse_mean_s"] / out["dense_mean_s"]
-    if args.variant:
-        out["variants"] = {name: {"overrides": extra, "median_s": statistics.median(res[name]),
+    if len(models) > 2:
+        out["variants"] = {name: {"overrides": extra, "wrapped": wrap, "median_s": statistics.median(res[name]),
                                   "mean_s": statistics.fmean(res[name]), "n": len(res[name]),
                                   "excluded_update_steps": update_steps[name],
                                   "overhead": statistics.median(res[name]) / out["dense_median_s"],
                                   "overhead_mean": statistics.fmean(res[name]) / out["dense_mean_s"]}
-                           for name, _, _, extra in models[2:]}
+                           for name, _, wrap, extra in models[2:]}
     out["steps"] = {"per_block": args.steps, "blocks": args.blocks, "warmup": args.warmup,
                     "times_s": raw}                    # [block, step index in its block, seconds] per model
     out["command"] = "python scripts/step_time.py " + shlex.join(sys.argv[1:] if argv is None else argv)
