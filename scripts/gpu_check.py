@@ -228,19 +228,19 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    precision = args.precision or ("32" if args.cpu_tiny else "bf16-mixed")
     if args.cpu_tiny:
         device, steps, bs, data = "cpu", 4, 8, tiny_data(out / "data")
-        hw = ["accelerator=cpu", "++devices=\"1\"", f"++precision={args.precision or 32}", "++data.num_workers=0"]
+        hw = ["accelerator=cpu", "++devices=\"1\"", f"++precision={precision}", "++data.num_workers=0"]
     else:
         if not torch.cuda.is_available():
             print("gpu_check: no CUDA device here; use --cpu-tiny for the CPU path", file=sys.stderr)
             return 2
         device, steps, bs, data = "cuda", args.steps, args.batch_size, Path(args.data).resolve()
-        hw = ["accelerator=gpu", "++devices=[0]", f"++precision={args.precision or 'bf16-mixed'}",
-              f"++data.num_workers={args.workers}"]
+        hw = ["accelerator=gpu", "++devices=[0]", f"++precision={precision}", f"++data.num_workers={args.workers}"]
     solo = solo_learn_dir()
     res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
-           "precision": hw[2].split("=", 1)[1],
+           "precision": precision,
            "steps": steps, "batch_size": bs, "lanes": args.lanes, "runs": {}}
     epoch_steps = max(1, len(list((data / "train").rglob("*.png"))) // bs)
     epochs = max(1, -(-steps // epoch_steps))

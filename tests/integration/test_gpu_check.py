@@ -20,7 +20,7 @@ def test_gpu_check_cpu_tiny(tmp_path):
                        timeout=1200)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     res = json.loads((out / "gpu_check.json").read_text())
-    assert set(res["runs"]) == {"mocov2plus", "gmp", "synccp-2:4"}
+    assert set(res["runs"]) == {"mocov2plus", "gmp", "synccp-2:4"} and res["precision"] == "32"
     for rid in ("gmp", "synccp-2:4"):
         row = res["runs"][rid]
         assert row["ok"] and row["masks"]["online"]["leaked"] == 0 and row["masks"]["momentum"]["leaked"] == 0
@@ -38,6 +38,22 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert any(r["reference"] == "dense+opt" for r in sp["rows"])      # compact+opt's fair reference is reported
     assert (out / "speed" / "results.json").exists()
     assert "Speed (`solo-sparse speed` suite on cpu, run alone before the trainings): ok" in (out / "gpu_check.md").read_text()
+
+
+@pytest.mark.solo
+@pytest.mark.slow
+def test_gpu_check_cpu_bf16(tmp_path):
+    """``--precision bf16-mixed`` reaches solo-learn's run (its saved args) and the masks still hold."""
+    out = tmp_path / "gc"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--cpu-tiny", "--precision",
+                        "bf16-mixed", "--out", str(out), "--only", "gmp"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert res["precision"] == "bf16-mixed"
+    row = res["runs"]["gmp"]
+    assert row["ok"] and row["masks"]["online"]["leaked"] == 0 and row["masks"]["momentum"]["leaked"] == 0
+    saved = [json.loads(p.read_text()) for p in (out / "runs" / "gmp").rglob("args.json")]
+    assert saved and all(a["precision"] == "bf16-mixed" for a in saved)
 
 
 def test_the_gpu_check_covers_every_installed_plugin():
