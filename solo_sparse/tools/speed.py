@@ -156,7 +156,8 @@ def _compact_path(pid: str, net: nn.Module, spec: Mapping[str, Any]) -> SpeedPat
     if density is not None:
         C.channel_prune(net, float(density))
     keep = C.removable(net)
-    if spec.get("round_to_vector", True):
+    rounded = bool(spec.get("round_to_vector", True))
+    if rounded:
         keep = C.round_keep(net, keep, C.vector_width())
     small = C.compact(net, keep)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -173,8 +174,8 @@ def _compact_path(pid: str, net: nn.Module, spec: Mapping[str, Any]) -> SpeedPat
         return {"compact+opt": _macs(net, size) / _macs(small, size), "compact": _macs(net, size) / _macs(small, size)}
 
     what = f"compact export at internal channel density {density}" if density is not None else "compact export"
-    return SpeedPath(pid, "compact", f"{what} ({widths[0]}/{widths[1]} internal channels, widths rounded to "
-                                     f"{C.vector_width()} lanes)", net, variants,
+    how = f"widths rounded to {C.vector_width()} lanes" if rounded else "widths as they are, not rounded to the lanes"
+    return SpeedPath(pid, "compact", f"{what} ({widths[0]}/{widths[1]} internal channels, {how})", net, variants,
                      [("compact+opt", "dense"), ("compact+opt", "dense+opt"), ("compact", "dense")], limit,
                      {"internal_channels": widths, "max_rel_diff": err, "vector_width": C.vector_width()})
 
@@ -568,7 +569,8 @@ def to_markdown(res: Mapping[str, Any]) -> str:
                              f"{lim} |")
     lines += ["", "Paths:"]
     for pid, p in res["paths"].items():
-        syn = " Gates synthetic (initial thresholds on random weights): a speed measurement only." \
+        syn = " Synthetic: random weights (gates, where the path has them, at their initial thresholds), a speed " \
+              "measurement only." \
             if p["info"].get("synthetic") else ""
         note = f" {p['info']['note']}" if p["info"].get("note") else ""
         lines.append(f"- `{pid}`: {p['description']}.{syn}{note}")

@@ -184,3 +184,16 @@ def test_a_plugin_without_a_plain_form_is_not_copied(monkeypatch):
     monkeypatch.setattr(speed.copy, "deepcopy", no_copy)
     assert speed.plain_fast_path(get_plugin("cdg"), torchvision.models.resnet18(), {}) is None
     assert speed.plain_fast_path(None, torchvision.models.resnet18(), {}) is None
+
+
+def test_a_compact_path_says_whether_its_widths_were_rounded():
+    """``round_to_vector: false`` times the widths the network has; its label must not claim lane rounding (the
+    static control's results once said "rounded to 16 lanes" for 546 channels)."""
+    from solo_sparse.engine import compact as C
+
+    spec = {"plugin": "dgnet_gated", "params": {"control": "static", "target": 0.3}}
+    exact = speed.build_path({"id": "a", "round_to_vector": False, **spec})
+    rounded = speed.build_path({"id": "b", **spec})
+    assert "not rounded" in exact.description and "lanes)" in exact.description
+    assert f"rounded to {C.vector_width()} lanes" in rounded.description and "not rounded" not in rounded.description
+    assert exact.info["internal_channels"][0] <= rounded.info["internal_channels"][0]
