@@ -305,7 +305,8 @@ def write_results(out: Path, res: dict) -> list:
             f" {lanes} trainings ran side by side on the one device (the check's time limit): the step times and "
             "ratios are indicative, not a benchmark.")
     lines = [f"GPU check on {res['device']} (torch {res['torch']}), {steps} steps of batch {bs} per run, "
-             f"{'bf16-mixed' if res['device'] != 'cpu' else 'fp32'}, channels-last.{side}", "",
+             f"precision {res.get('precision', 'bf16-mixed' if res['device'] != 'cpu' else '32')}, "
+             f"channels-last.{side}", "",
              "| run | ok | s/step | vs plain | leaked (online/momentum) | density online |", "|---|---|---:|---:|---:|---:|"]
     if res.get("note"):
         lines[1:1] = ["", res["note"]]

@@ -67,3 +67,18 @@ def test_the_gpu_check_covers_every_installed_plugin():
     refs = gpu_check.reference_runs()
     assert refs["gmp"] == "mocov2plus" and refs["cdg"] == "simclr" and refs["dgnet_gated"] == "vicreg"
     assert set(refs.values()) <= {rid for rid, _, ov in gpu_check.RUNS if not ov}
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_the_gpu_check_report_names_the_precision_the_runs_used(tmp_path, precision):
+    """Its markdown once said "fp32" for every CPU run, also for a ``--cpu-tiny --precision bf16-mixed`` check."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    res = {"device": "cpu", "torch": "x", "precision": precision, "steps": 4, "batch_size": 8, "lanes": 1,
+           "runs": {"gmp": {"ok": True, "step_s": 0.3, "masks": {}}}}
+    gpu_check.write_results(tmp_path, res)
+    head = (tmp_path / "gpu_check.md").read_text().splitlines()[0]
+    assert f"precision {precision}," in head and ("fp32" in head) == (precision == "fp32")
