@@ -270,6 +270,17 @@ def test_rounds_rows_become_curves_per_evaluation_paired_with_the_ticket(tmp_pat
     assert plot_rounds(res, tmp_path / "r.png").stat().st_size > 0
     assert plot_rounds({"rows": rows("x", 1, [50.0], status="failed")}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    # the rows table: a ticket against the round-0 ticket (the dense network), a control also against its round's
+    # ticket, each within its evaluation; other rows keep the prefix rule
+    table = {ln.split(" | ")[0][2:]: ln.split(" | ") for ln in to_markdown(res).splitlines() if ln.startswith("| imp:")}
+    assert table["imp:ticket-r1"][3].startswith("-1.00 ± 0.00") and table["imp:ticket-r1"][4] == "-"
+    assert table["imp:ticket-r0"][3] == "-" and table["imp:ticket-r0"][4] == "-"
+    assert table["imp:global_random-r1"][4].startswith("-1.00 ± 0.50") and "(imp:ticket-r1)" in table[
+        "imp:global_random-r1"][4]
+    assert table["imp:global_random-r1"][3].startswith("-2.00 ± 0.50")
+    assert table["imp:retrain-global_random-r1"][4].startswith("-1.00 ± 0.00") and "(imp:retrain-ticket-r1)" in table[
+        "imp:retrain-global_random-r1"][4]
+    assert table["imp:retrain-ticket-r1"][3] == "-"           # no re-trained round-0 ticket among these rows
 
 
 def test_claim_verdicts_follow_the_paired_interval():

@@ -8,7 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
@@ -73,6 +73,22 @@ def versus_dense(a: Dict[str, Any], by: Dict[str, Dict[str, Any]], results: Dict
     return versus(a, dense_of(a["id"], by), results)
 
 
+def round_references(results: Dict[str, Any]) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+    """For each ``kind: rounds`` row id: (its dense row, its baseline) — the run's round-0 ticket (the dense network)
+    and, for a control, the ticket of the same round; both of the same evaluation (linear probe or label
+    re-training). The ticket at round 0 has neither, a ticket at round k > 0 no baseline."""
+    out: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
+    for r in results.get("rows", {}).values():
+        key = parse_round_row_id(r.get("id", "")) if r.get("kind") == "rounds" else None
+        if key is None:
+            continue
+        retrain = key["evaluation"] == RETRAIN
+        is_ticket = key["what"] == "ticket"
+        dense = None if is_ticket and key["round"] == 0 else round_row_id(key["run"], "ticket", 0, retrain)
+        out[r["id"]] = (dense, None if is_ticket else round_row_id(key["run"], "ticket", key["round"], retrain))
+    return out
+
+
 def _f(v, fmt=".3f", dash="-"):
     return dash if v is None else format(v, fmt)
 
@@ -91,13 +107,19 @@ def to_markdown(results: Dict[str, Any]) -> str:
              "| trigger step | train wall-clock |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     baselines = meta.get("baselines") or {}
+    rounds = round_references(results)
     for a in agg:
         acc = [("-" if a[k] is None else f"{a[k]:.2f}" if a["n"] == 1 else f"{a[k]:.2f} ± {a[k + '_std']:.2f}")
                for k in ("linear", "knn20", "knn1")]
         trig = "-" if not a["trigger_step"] else ", ".join(str(t) for t in a["trigger_step"])
-        base_id = baselines.get(a["id"].split(":")[0])
+        if a["id"] in rounds:
+            dense_id, base_id = rounds[a["id"]]
+            vd = versus(a, by.get(dense_id), results) if dense_id else "-"
+        else:
+            base_id = baselines.get(a["id"].split(":")[0])
+            vd = versus_dense(a, by, results)
         vb = versus(a, by.get(base_id), results) if base_id else "-"
-        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {versus_dense(a, by, results)} | "
+        lines.append(f"| {a['id']} | {a['n']} | {acc[0]} | {vd} | "
                      f"{vb + f' ({base_id})' if base_id and vb != '-' else vb} | {acc[1]} | {acc[2]} | "
                      f"{_f(a['density_online'])} | "
                      f"{_f(a['density_momentum'])} | {_f(a['inference_macs_ratio'])} | "
@@ -118,8 +140,11 @@ def to_markdown(results: Dict[str, Any]) -> str:
     if reused:
         lines += ["", "Same training as another suite's row, reused (not trained twice): "
                   + "; ".join(f"{i} = {w}" for i, w in reused) + "."]
+    imp_dense = "; for IMP rounds rows the round-0 ticket of the same evaluation" if rounds else ""
+    imp_base = " (for an IMP control: the ticket of its round and evaluation)" if rounds else ""
     lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "
-                  "`<prefix>-dense` for `<prefix>-...`) / to the baseline the suite names, paired by seed (runs of "
+                  f"`<prefix>-dense` for `<prefix>-...`{imp_dense}) / to the baseline the suite names{imp_base}, "
+                  "paired by seed (runs of "
                   "one seed share initialisation and data order): mean ± std of the per-seed differences [95% "
                   "t-interval]; `*` where the interval excludes 0 — only those differences are called. Shift "
                   "1−cos: 1 − cosine of the pooled features under a 1-px shift (256 val images, evaluation path); "
