@@ -561,3 +561,33 @@ def test_a_sibling_row_trained_with_other_plugin_defaults_is_not_reused(setup):
     old = [x if not str(x).startswith("plugins=") else "plugins=000000000000" for x in fp]
     sib.write_text(json.dumps({"rows": {"gmp/seed0": {**row, "fingerprint": json.dumps(old)}}}))
     assert b.sibling_row(spec, 0) is None
+
+
+def test_the_eta_is_timed_only_on_runs_trained_from_their_start(setup, monkeypatch):
+    """A rounds run is planned at every seed and resumes inside: a seed whose rows were all done returns in 0 s
+    (the imp suite once printed "ETA 0 min 10 s" for two 6-hour seeds). Only a run that trained from its start
+    times the ETA."""
+    from solo_sparse.tools.bench import harness
+
+    repo, suite, solo, tmp = setup
+    lines = []
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lines.append)
+    dense = next(s for s in b.suite.runs if s.id == "dense")
+    b.suite.random_init = False
+    now = [1000.0]
+
+    def train(spec, seed):
+        if f"{spec.id}/seed{seed}" in b.results["rows"]:
+            return                                           # every row done: nothing trained
+        now[0] += 600.0
+        b.results["rows"][f"{spec.id}/seed{seed}"] = {"id": spec.id, "seed": seed, "status": "ok"}
+
+    b.results["rows"]["dense/seed0"] = {"id": "dense", "seed": 0, "status": "ok"}
+    monkeypatch.setattr(harness.time, "time", lambda: now[0])
+    for name, fn in (("plan", lambda: [(dense, 0), (dense, 1), (dense, 2), (dense, 3)]), ("backfill", lambda: None),
+                     ("save", lambda: None), ("run_pretrain", train)):
+        monkeypatch.setattr(b, name, fn)
+    b.run()
+    runs = [ln for ln in lines if "] run " in ln]
+    assert len(runs) == 4 and not any("ETA" in ln for ln in runs[:2])      # seed 0's 0 s times nothing
+    assert runs[2].endswith("ETA 20 min 00 s") and runs[3].endswith("ETA 10 min 00 s")

@@ -333,14 +333,25 @@ class Bench:
             self.log(f"[bench {self.suite.suite}] run {i + 1}/{total}: {spec.id} seed {seed} — elapsed "
                      f"{_fmt_time(time.time() - t0)}" + (f", ETA {_fmt_time(eta)}" if eta is not None else ""))
             t1 = time.time()
+            before = self._ok_rows(spec, seed)
             if spec.kind == "rounds":
                 self.run_imp(spec, seed)
             else:
                 self.run_pretrain(spec, seed)
-            done_s.append(time.time() - t1)
+            if before == 0 and self._ok_rows(spec, seed) > 0:
+                # only a run trained from its start times the next ones: a rounds run whose rows were all done
+                # (0 s) or that resumed half-way would shrink the ETA
+                done_s.append(time.time() - t1)
             self.save()
         self.save()
         return self.results
+
+    def _ok_rows(self, spec: RunSpec, seed: int) -> int:
+        """Finished rows of run ``spec`` at ``seed`` (its own id, an evaluation path ``id:path``, or a rounds
+        run's ``id:<what>-r<k>`` rows)."""
+        return sum(1 for r in self.results["rows"].values()
+                   if r.get("seed") == seed and r.get("status") == "ok"
+                   and (r.get("id") == spec.id or str(r.get("id", "")).startswith(spec.id + ":")))
 
     def _overrides(self, spec: RunSpec, seed: int) -> List[str]:
         return [*self.suite.overrides, *spec.overrides, *self.window_overrides(spec), f"++seed={seed}", *self.extra]
