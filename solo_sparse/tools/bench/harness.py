@@ -339,8 +339,9 @@ class Bench:
             else:
                 self.run_pretrain(spec, seed)
             if before == 0 and self._ok_rows(spec, seed) > 0:
-                # only a run trained from its start times the next ones: a rounds run whose rows were all done
-                # (0 s) or that resumed half-way would shrink the ETA
+                # only a run with no finished row before it started times the next ones: a rounds run whose rows
+                # were all done (0 s) or resumed after some would shrink the ETA (one resumed inside its first row,
+                # from a training checkpoint, is still timed: an ETA somewhat short)
                 done_s.append(time.time() - t1)
             self.save()
         self.save()

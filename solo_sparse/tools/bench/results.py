@@ -235,14 +235,14 @@ def rounds_curves(results: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, List
             continue
         groups.setdefault((key["run"], key["evaluation"], key["what"], key["round"]), []).append(r)
     rows = list(results.get("rows", {}).values())
+    refs = round_references(results)
     out: Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]] = {}
     for (run, ev, what, k), rs in sorted(groups.items()):
         m, sd, n = _mean_std([100 * r["linear"] for r in rs])
         dens, _, _ = _mean_std([r.get("density_online") for r in rs])
-        vs = None
-        if what != "ticket":
-            tid = round_row_id(run, "ticket", k, ev == RETRAIN)
-            vs = stats.paired(stats.by_seed(rows, round_row_id(run, what, k, ev == RETRAIN)), stats.by_seed(rows, tid))
+        rid = rs[0]["id"]
+        tid = refs[rid][1]
+        vs = None if tid is None else stats.paired(stats.by_seed(rows, rid), stats.by_seed(rows, tid))
         out.setdefault(run, {}).setdefault(ev, {}).setdefault(what, []).append(
             {"round": k, "density": dens, "mean": m, "std": sd, "n": n, "vs_ticket": vs})
     return out
