@@ -395,6 +395,9 @@ if "+solo_sparse=gmp" in sys.argv:
     state = {"gmp": {"config": {"every": 20}, "step": 10, "epoch": 1, "extra": {}}}
 if args.get("++nan") == "yes":          # a run that diverged without stopping (e.g. another host's)
     sd["backbone.conv1.weight"] = torch.full_like(sd["backbone.conv1.weight"], float("nan"))
+if args.get("++overflow") == "yes":     # finite weights whose evaluation path overflows float32: 3e38 * (x_hat + 1)
+    for p in ("weight", "bias"):
+        sd[f"backbone.layer4.1.bn2.{p}"] = torch.full_like(sd[f"backbone.layer4.1.bn2.{p}"], 3e38)
 (d / "args.json").write_text(json.dumps({"method": "fakemethod"}))
 torch.save({"state_dict": sd, "solo_sparse": state, "epoch": 1}, d / "fake-ep=1.ckpt")
 events.emit("synccp", "csi", 5, I=0.3, r=0.0, gap=0.3, note=" (rule literal: fires at r <= 0.02)")

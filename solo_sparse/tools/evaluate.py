@@ -24,8 +24,9 @@ from solo_sparse.engine.maskio import apply_masks, counts, split_state
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.inputs import read_checkpoint
 
-__all__ = ["backbone_macs", "backbone_state", "build_resnet", "describe", "evaluate_backbone", "extract_features",
-           "knn_accuracy", "linear_probe", "load_backbone", "load_images", "load_splits"]
+__all__ = ["DivergedCheckpoint", "NonFiniteFeatures", "backbone_macs", "backbone_state", "build_resnet", "describe",
+           "evaluate_backbone", "extract_features", "knn_accuracy", "linear_probe", "load_backbone", "load_images",
+           "load_splits"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +42,11 @@ def backbone_state(checkpoint: Dict, prefix: str = "backbone.") -> Dict[str, tor
 
 class DivergedCheckpoint(ConfigError):
     """A checkpoint whose backbone holds non-finite weights (its run diverged): nothing to evaluate."""
+
+
+class NonFiniteFeatures(ConfigError):
+    """Finite weights whose evaluation path gives non-finite features (float32 overflowed there): accuracies
+    computed from them would be meaningless, so none is reported."""
 
 
 def load_backbone(path: str, name: str = "resnet18", cifar_stem: bool = False,
@@ -175,7 +181,8 @@ def load_splits(root, size: int = 32, log: Optional[Callable[[str], None]] = Non
 
 @torch.no_grad()
 def extract_features(net: nn.Module, X: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, D) features of ``net`` in eval mode."""
+    """(N, 3, H, W) -> (N, D) features of ``net`` in eval mode; raises :class:`NonFiniteFeatures` when any is
+    not finite."""
     net.eval()
     out = []
     rng = range(0, len(X), batch_size)
@@ -185,7 +192,15 @@ def extract_features(net: nn.Module, X: torch.Tensor, batch_size: int = 256, pro
         rng = tqdm(rng, desc="features", leave=False)
     for i in rng:
         out.append(net(X[i: i + batch_size]).flatten(1))
-    return torch.cat(out)
+    f = torch.cat(out)
+    bad = ~torch.isfinite(f).all(1)
+    if bool(bad.any()):
+        fin = f[torch.isfinite(f)]
+        big = f"{float(fin.abs().max()):.3g}" if fin.numel() else "none"
+        raise NonFiniteFeatures(f"{int(bad.sum())} of {len(f)} images give non-finite features on the network's "
+                                f"evaluation path (first: image {int(bad.nonzero()[0])}; largest finite |feature| "
+                                f"{big}): it overflows float32 there, so no accuracy is reported")
+    return f
 
 
 @torch.no_grad()

@@ -131,6 +131,57 @@ runs:
                                         out=tmp / "out").plan()] == [("diverged", 0)]     # tried again next time
 
 
+def test_an_evaluation_path_that_overflows_is_a_failed_row_re_evaluated_not_re_trained(setup, capsys):
+    """Finite weights whose features overflow float32 (FBS's evaluation path can: docs/plugins/cdg.md) get no
+    accuracy computed from inf/NaN features: the row fails naming the cause, the bench goes on, and the next run
+    evaluates the same checkpoint again without training it again."""
+    repo, _, solo, tmp = setup
+    suite = repo / "scripts" / "suites" / "inf.yaml"
+    suite.write_text("""
+suite: inf
+description: "an overflowing evaluation path and a good run"
+data: tiny
+size: 32
+seeds: 1
+random_init: false
+runs:
+  - id: overflow
+    config: cfg.yaml
+    overrides: ["++overflow=yes"]
+  - id: dense
+    config: cfg.yaml
+""")
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out", log=print)
+    rows = b.run()["rows"]
+    bad = rows["overflow/seed0"]
+    assert bad["status"] == "failed" and bad["trained"] is True and bad.get("linear") is None
+    assert "non-finite features on the network's evaluation path" in bad["error"]
+    assert rows["dense/seed0"]["status"] == "ok"
+    assert "overflow/seed0: not evaluated" in capsys.readouterr().out
+    ck = next((tmp / "out" / "runs" / "overflow" / "seed0").rglob("*.ckpt"))
+    stamp = ck.stat().st_mtime_ns
+    again = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out", log=print)
+    assert [(s.id, k) for s, k in again.plan()] == [("overflow", 0)]
+    assert again.run()["rows"]["overflow/seed0"]["status"] == "failed"
+    assert ck.stat().st_mtime_ns == stamp          # evaluated again, not trained again
+
+
+def test_non_finite_features_are_refused_with_how_many_and_which():
+    import torch
+
+    from solo_sparse.tools.evaluate import NonFiniteFeatures, extract_features
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1) * torch.where(x.flatten(1)[:, :1] > 0, float("inf"), 1.0)
+
+    x = -torch.ones(6, 1, 2, 2)
+    assert torch.isfinite(extract_features(Net(), x, batch_size=4)).all()
+    x[4] = 1.0
+    with pytest.raises(NonFiniteFeatures, match=r"1 of 6 images .* \(first: image 4; largest finite \|feature\| 1\)"):
+        extract_features(Net(), x, batch_size=4)
+
+
 def test_rows_of_another_configuration_are_marked_stale_whatever_only_and_seeds_select(setup):
     """A row trained under another configuration leaves the tables even when the bench is asked for other runs
     or fewer seeds: a re-trained row is never paired with it (a synccp row re-trained with --only beside an

@@ -21,7 +21,13 @@ from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats, stale_cost
 from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, plot_rounds, to_markdown
 from solo_sparse.tools.bench.suite import RunSpec, Suite, compose_plugins, plugin_digest
-from solo_sparse.tools.evaluate import DivergedCheckpoint, evaluate_backbone, load_backbone, load_splits
+from solo_sparse.tools.evaluate import (
+    DivergedCheckpoint,
+    NonFiniteFeatures,
+    evaluate_backbone,
+    load_backbone,
+    load_splits,
+)
 from solo_sparse.tools.inputs import read_checkpoint
 from solo_sparse.tools.runner import (
     config_digest,
@@ -221,6 +227,7 @@ class Bench:
                     continue
                 if spec.eval_paths != [None] and all(
                         (self.results["rows"].get(f"{spec.id}:{pth}/seed{seed}") or {}).get("fingerprint") == fp
+                        and self.results["rows"][f"{spec.id}:{pth}/seed{seed}"].get("status") == "ok"
                         for pth in spec.eval_paths):
                     continue
                 todo.append((spec, seed))
@@ -457,6 +464,7 @@ class Bench:
         args_json = next(Path(ck_path).parent.glob("args.json"), None)
         method = json.loads(args_json.read_text()).get("method") if args_json else None
         train, test = self.eval_data()
+        overflowed = False
         for path in spec.eval_paths:
             rkey = key if path is None else f"{spec.id}:{path}/seed{seed}"
             try:
@@ -466,7 +474,18 @@ class Bench:
                                              "error": self.paths(str(e))}
                 self.log(f"[bench] {key}: not evaluated: {self.paths(str(e))}")
                 return
-            acc = evaluate_backbone(net, train, test)
+            try:
+                acc = evaluate_backbone(net, train, test)
+            except NonFiniteFeatures as e:
+                # finite weights, an evaluation path that overflows: a failed row of this path, the other paths go
+                # on, and the training row stays (a re-run evaluates the checkpoint again; it does not re-train)
+                overflowed = True
+                err = self.paths(f"evaluation path {path or '(default)'}: {e}")
+                self.results["rows"][rkey] = {**base, "id": spec.id if path is None else f"{spec.id}:{path}",
+                                              "path": path, "trained": True, "status": "failed",
+                                              "wall_clock_s": seconds, "error": err}
+                self.log(f"[bench] {rkey}: not evaluated: {err}")
+                continue
             stats = checkpoint_stats(ck, self.suite.size, test[0][:2000], net, path)
             stats.update(probe_stats(str(ck_path), net, test[0][-256:], path))
             row = {**base, "id": spec.id if path is None else f"{spec.id}:{path}", "path": path, "trained": True,
@@ -480,7 +499,7 @@ class Bench:
             self.log(f"[bench] {rkey}: linear {100 * acc['linear']:.2f}  kNN20 {100 * acc['knn20']:.2f}  "
                      f"kNN1 {100 * acc['knn1']:.2f}  density {row['density_online']:.3f}  "
                      f"MACs x{row['inference_macs_ratio']:.3f}  ({_fmt_time(seconds or 0)})")
-        if spec.eval_paths != [None] and key in self.results["rows"]:
+        if spec.eval_paths != [None] and key in self.results["rows"] and not overflowed:
             del self.results["rows"][key]      # the per-path rows replace the training row
 
     def random_init_rows(self) -> None:
