@@ -30,7 +30,7 @@ from solo_sparse import zoo
 from solo_sparse.core.registry import backbone_plugin, get_plugin
 from solo_sparse.engine.flops import count_macs
 from solo_sparse.engine.maskio import MASK, split_state
-from solo_sparse.tools.evaluate import backbone_state, evaluate_backbone, load_splits
+from solo_sparse.tools.evaluate import NonFiniteFeatures, backbone_state, evaluate_backbone, load_splits
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,11 @@ def main(argv=None) -> int:
     state, masks, meta = zoo.read_backbone(zroot / rel)
     net = zoo.build_module(state, masks, meta)
     train, test = load_splits(data, 32)
-    acc = evaluate_backbone(net, train, test)
+    try:
+        acc = evaluate_backbone(net, train, test)
+    except NonFiniteFeatures as e:       # no zoo entry from a network whose features overflow; no orphan weights
+        (zroot / rel).unlink(missing_ok=True)
+        raise SystemExit(f"{args.name}: not added to the zoo: {e}") from e
     fl = flops_of(net, info["gating"], test[0][:2000])
     kept = sum(int(m.sum()) for m in masks.values())
     tot = sum(m.numel() for m in masks.values())

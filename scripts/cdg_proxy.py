@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from solo_sparse.core.plugin import Branch, ModelView, ModuleGroup, PluginHost
 from solo_sparse.core.registry import get_plugin
 from solo_sparse.engine.probes import shift_sensitivity, twin_agreement
-from solo_sparse.tools.evaluate import extract_features, linear_probe, load_splits
+from solo_sparse.tools.evaluate import NonFiniteFeatures, extract_features, linear_probe, load_splits
 
 #: variant -> (plugin, params); None = dense
 VARIANTS: Dict[str, Optional[tuple]] = {
@@ -219,10 +219,13 @@ def evaluate(run: Dict, train_set, test_set, probe_x: torch.Tensor) -> Dict:
     route = plugin.route_eval if plugin is not None and hasattr(plugin, "route_eval") else None
     if route is not None:
         route(net)
-    ftr = extract_features(net, train_set[0])
-    fte = extract_features(net, test_set[0])
-    out = {"linear": 100 * linear_probe(ftr, train_set[1], fte, test_set[1]),
-           "shift": shift_sensitivity(net, probe_x, 1, route)}
+    try:
+        ftr = extract_features(net, train_set[0])
+        fte = extract_features(net, test_set[0])
+        out = {"linear": 100 * linear_probe(ftr, train_set[1], fte, test_set[1])}
+    except NonFiniteFeatures as e:       # the sweep goes on: this variant's row says why it has no accuracy
+        out = {"linear": float("nan"), "error": str(e)}
+    out["shift"] = shift_sensitivity(net, probe_x, 1, route)
     if run["momentum"] is not None:
         out["online_momentum_cos"] = twin_agreement(net, run["momentum"], probe_x, route)
     if plugin is not None and hasattr(plugin, "measure_backbone"):

@@ -179,6 +179,7 @@ def _cmd_evaluate(args) -> int:
     from solo_sparse.core.files import write_atomic
     from solo_sparse.tools.evaluate import (
         MEASURE_IMAGES,
+        NonFiniteFeatures,
         backbone_macs,
         describe,
         evaluate_backbone,
@@ -195,9 +196,17 @@ def _cmd_evaluate(args) -> int:
         rows.append((f"{ck} ({describe(info)})", net, info, {"kind": "checkpoint", "name": Path(ck).stem}))
     print(f"loading {data}/train and {data}/val ...", flush=True)     # after the checkpoints: a bad one fails fast
     train, test = load_splits(data, args.input_size)
-    results = []
+    results, failed = [], 0
     for name, net, info, tags in rows:
-        acc = evaluate_backbone(net, train, test, progress=True)
+        try:
+            acc = evaluate_backbone(net, train, test, progress=True)
+        except NonFiniteFeatures as e:     # the other backbones go on; the exit status says one failed
+            failed += 1
+            results.append({"backbone": name, **tags, "error": str(e)})
+            print(f"{name}: not evaluated: {e}", file=sys.stderr, flush=True)
+            if args.out:
+                write_atomic(args.out, json.dumps(results, indent=2))
+            continue
         cost = backbone_macs(net, info, test[0][:MEASURE_IMAGES])
         results.append({"backbone": name, **tags, **acc, **cost})
         gates = f"  gate sparsity {cost['gate_sparsity']:.3f}" if "gate_sparsity" in cost else ""
@@ -205,7 +214,7 @@ def _cmd_evaluate(args) -> int:
               f"linear {100 * acc['linear']:.2f}  MACs x{cost['macs_ratio']:.3f}{gates}", flush=True)
         if args.out:      # after every backbone: an interrupted run keeps the rows it finished
             write_atomic(args.out, json.dumps(results, indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 def _zoo_list(args, root: Optional[Path]) -> int:

@@ -166,6 +166,56 @@ runs:
     assert ck.stat().st_mtime_ns == stamp          # evaluated again, not trained again
 
 
+def test_a_multi_path_run_keeps_its_training_until_every_path_is_evaluated(setup, monkeypatch):
+    """One evaluation path overflows, the other does not: the good path's row is kept, the training row stays,
+    the next run evaluates again without training, and once every path is evaluated the training row goes."""
+    import torch
+
+    import solo_sparse.tools.bench.harness as harness_mod
+
+    repo, _, solo, tmp = setup
+    suite = repo / "scripts" / "suites" / "paths.yaml"
+    suite.write_text("""
+suite: paths
+description: "two evaluation paths"
+data: tiny
+size: 32
+seeds: 1
+random_init: false
+runs:
+  - id: two
+    config: cfg.yaml
+    eval_paths: [a, b]
+""")
+    real = harness_mod.load_backbone
+
+    class Inf(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) * float("inf")
+
+    def b_overflows(path, name="resnet18", gated_path=None, **k):
+        net, info = real(path, name, **k)
+        return (Inf(net) if gated_path == "b" else net), info
+
+    monkeypatch.setattr(harness_mod, "load_backbone", b_overflows)
+    rows = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out").run()["rows"]
+    assert rows["two:a/seed0"]["status"] == "ok" and rows["two:b/seed0"]["status"] == "failed"
+    assert rows["two/seed0"]["status"] == "trained"
+    ck = next((tmp / "out" / "runs" / "two" / "seed0").rglob("*.ckpt"))
+    stamp = ck.stat().st_mtime_ns
+    again = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out")
+    assert [(s.id, k) for s, k in again.plan()] == [("two", 0)]
+    assert again.run()["rows"]["two:b/seed0"]["status"] == "failed"
+    monkeypatch.setattr(harness_mod, "load_backbone", real)
+    rows = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out").run()["rows"]
+    assert rows["two:a/seed0"]["status"] == rows["two:b/seed0"]["status"] == "ok" and "two/seed0" not in rows
+    assert ck.stat().st_mtime_ns == stamp          # evaluated three times, trained once
+
+
 def test_non_finite_features_are_refused_with_how_many_and_which():
     import torch
 

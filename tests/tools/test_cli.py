@@ -145,3 +145,29 @@ def test_report_refuses_a_json_that_is_not_an_evaluation(tmp_path, capsys):
     bad.write_text(json.dumps({"rows": {}}))
     assert main(["report", str(bad), "--out", str(tmp_path)]) == 2
     assert "not an evaluation file" in capsys.readouterr().err
+
+
+def test_evaluate_reports_an_overflowing_backbone_and_goes_on_to_the_next(tmp_path, capsys):
+    """A backbone whose features overflow float32 gets an error row, not an accuracy from inf/NaN; the next
+    backbone is evaluated and the exit status says one failed."""
+    from helpers import make_image_folder
+
+    from solo_sparse.engine.resnet import build_resnet
+
+    make_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1)
+    cks = []
+    for name, big in (("bad", True), ("good", False)):
+        torch.manual_seed(0)
+        sd = {f"backbone.{k}": v for k, v in build_resnet("resnet18").state_dict().items()}
+        if big:     # finite weights, features at 3e38 * (x_hat + 1): inf
+            for p in ("weight", "bias"):
+                sd[f"backbone.layer4.1.bn2.{p}"] = torch.full_like(sd[f"backbone.layer4.1.bn2.{p}"], 3e38)
+        torch.save({"state_dict": sd}, tmp_path / f"{name}.ckpt")
+        cks.append(str(tmp_path / f"{name}.ckpt"))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", *cks, "--data", str(tmp_path / "data"), "--out", str(out)]) == 1
+    res = json.loads(out.read_text())
+    assert [r["name"] for r in res] == ["bad", "good"]
+    assert "non-finite features" in res[0]["error"] and "linear" not in res[0]
+    assert 0.0 <= res[1]["linear"] <= 1.0 and "error" not in res[1]
+    assert "bad.ckpt" in capsys.readouterr().err

@@ -208,6 +208,34 @@ def test_a_control_trained_but_not_evaluated_is_only_evaluated(setup, monkeypatc
     assert not any("retrain" in k for k in res["rows"])
 
 
+def test_a_round_row_whose_features_overflow_fails_and_is_evaluated_again_not_trained(setup, monkeypatch):
+    """A control whose features are not finite is a failed row; the suite goes on (the other control, the
+    tickets), and the next run evaluates its checkpoint again without training it again."""
+    import solo_sparse.tools.bench.rounds as rounds_mod
+    from solo_sparse.tools.evaluate import NonFiniteFeatures
+
+    repo, suite, solo, tmp = setup
+    suite.write_text(_no_retrain(SUITE))
+    real = rounds_mod.evaluate_backbone
+    seen = {"n": 0}
+
+    def third_overflows(*a, **k):
+        seen["n"] += 1
+        if seen["n"] == 3:                       # the first control's linear probe
+            raise NonFiniteFeatures("7 of 10 images give non-finite features")
+        return real(*a, **k)
+
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", third_overflows)
+    rows = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()["rows"]
+    bad = rows["imp:global_random-r1/seed0"]
+    assert bad["status"] == "failed" and bad["trained"] and "7 of 10 images" in bad["error"]
+    assert rows["imp:layer_permutation-r1/seed0"]["status"] == "ok" and rows["imp:ticket-r1/seed0"]["status"] == "ok"
+    n = len(_calls(tmp))
+    monkeypatch.setattr(rounds_mod, "evaluate_backbone", real)
+    rows = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lambda *_: None).run()["rows"]
+    assert rows["imp:global_random-r1/seed0"]["status"] == "ok" and len(_calls(tmp)) == n     # nothing trained
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda s: s.replace("imp:retrain-ticket-r1", "imp:ticket-r9"), "imp:ticket-r9.*not a run of the suite"),
     (lambda s: s.replace("control_rounds: [1]", "control_rounds: [2]"), r"control_rounds=\[2\].*allowed: 1..1"),

@@ -387,3 +387,23 @@ def test_a_chain_from_before_norms_were_recorded_gets_them_where_its_rewind_poin
     with pytest.raises(RuntimeError, match="no tensor norms or structure were recorded.*no rewind tolerance applies "
                                            "to this chain"):
         a.ensure_rewind()
+
+
+def test_a_round_whose_features_overflow_is_not_evaluated_and_the_chain_goes_on(fake, tmp_path, monkeypatch):
+    """--eval-data: the pruning needs no evaluation, so a round whose features overflow float32 records why it
+    has none and the next round is trained."""
+    from solo_sparse.tools.evaluate import NonFiniteFeatures
+
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=1, rate=0.5, rewind="1ep",
+                 eval_data=str(tmp_path / "nowhere"))
+
+    def overflow(self, ck):
+        raise NonFiniteFeatures("3 of 4 images give non-finite features")
+
+    monkeypatch.setattr(IMPDriver, "evaluate", overflow)
+    lines = []
+    st = IMPDriver(run, solo, "imp", python=sys.executable, log=lines.append).run_all()
+    assert [st["rounds"][k]["status"] for k in ("0", "1")] == ["done", "done"]
+    assert "3 of 4 images" in st["rounds"]["0"]["eval_error"] and "eval" not in st["rounds"]["0"]
+    assert any("round 0: not evaluated" in x for x in lines)

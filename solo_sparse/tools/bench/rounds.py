@@ -12,7 +12,7 @@ from typing import Optional
 from solo_sparse.core.config import ConfigError
 from solo_sparse.tools.bench.harness import Bench, _fmt_time, _Paths
 from solo_sparse.tools.bench.suite import RunSpec, round_row_id
-from solo_sparse.tools.evaluate import evaluate_backbone, load_backbone
+from solo_sparse.tools.evaluate import NonFiniteFeatures, evaluate_backbone, load_backbone
 from solo_sparse.tools.runner import newest_checkpoint, pretrain_command, run_command, solo_learn_dir
 
 
@@ -83,7 +83,16 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
 
     def probe(rid: str, ck: Path, fpx: str, from_chain: bool = True, **extra) -> None:
         net, info = load_backbone(str(ck))
-        acc = evaluate_backbone(net, train, test)
+        try:
+            acc = evaluate_backbone(net, train, test)
+        except NonFiniteFeatures as e:
+            # its training is kept (a re-run evaluates the checkpoint again) and the suite goes on
+            err = bench.paths(f"{Path(ck).name}: {e}")
+            rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": fpx, "status": "failed", "trained": True,
+                                         "error": err, **extra}
+            bench.log(f"[bench] {rid}/seed{seed}: not evaluated: {err}")
+            bench.save()
+            return
         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": fpx, "density_online": info["density"],
                                      **acc, **extra, **replayed(from_chain),
                                      "checkpoint": str(Path(ck).resolve().relative_to(bench.out.resolve()))}
@@ -148,7 +157,9 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                         global_random_masks(masks, seed=seed * 100 + k)
                     save_masks(mfile, m, control=control, round=k)
             if not done(rid, cfp):
-                ck = newest_checkpoint(cd) if done(rid, cfp, "trained") else None
+                row = rows.get(f"{rid}/seed{seed}") or {}
+                trained = row.get("fingerprint") == cfp and (row.get("status") == "trained" or row.get("trained"))
+                ck = newest_checkpoint(cd) if trained else None
                 cmd = pretrain_command(
                     bench.suite.root / spec.config, solo_dir=solo_learn_dir(bench.solo_dir), name=f"{rid}-s{seed}",
                     run_dir=cd, train_path=bench.data / "train",

@@ -348,8 +348,14 @@ class IMPDriver:
                 if k == 0 and self.run.reset == "rewind" and self.rewind_path.exists():
                     self._record_rewind(state_summary(self.rewind_path), machine=True)
                 if self.run.eval_data:
-                    rs["eval"] = self.evaluate(ck)
-                    self.log(f"[imp] round {k}: " + ", ".join(f"{a} {v:.4f}" for a, v in rs["eval"].items()))
+                    from solo_sparse.tools.evaluate import NonFiniteFeatures
+
+                    try:
+                        rs["eval"] = self.evaluate(ck)
+                        self.log(f"[imp] round {k}: " + ", ".join(f"{a} {v:.4f}" for a, v in rs["eval"].items()))
+                    except NonFiniteFeatures as e:      # the pruning needs no evaluation: the chain goes on
+                        rs["eval_error"] = str(e)
+                        self.log(f"[imp] round {k}: not evaluated: {e}")
                 if k < R:
                     weights, masks = checkpoint_masks(ck)
                     new = global_magnitude_prune(weights, masks, rate)
