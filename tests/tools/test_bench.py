@@ -261,6 +261,7 @@ def test_rows_of_another_configuration_are_marked_stale_whatever_only_and_seeds_
     ("suite: x\nbogus: 1\nruns: [{id: a, config: nope.yaml}]\n", "unknown suite key"),
     ("suite: x\nruns: [{id: a, config: nope.yaml}]\n", "config 'nope.yaml' not found"),
     ("suite: x\nruns: [{id: a, kind: rounds}]\n", "needs 'plugin'"),
+    ("suite: x\nruns: [{id: a, config: cfg.yaml, eval_paths: [null, dense]}]\n", "null, the default path, only alone"),
 ])
 def test_bad_suites_are_refused(tmp_path, text, match):
     s = tmp_path / "s.yaml"

@@ -100,8 +100,9 @@ RUN_KEYS = {
     "plugin": (lambda v: v is None or is_plain_name(v), "a plugin name"),
     "seeds": (lambda v: v is None or _int_in(1, 1000)(v), "an integer in [1, 1000] or null"),
     "overrides": (_str_list, "a list of strings (Hydra overrides)"),
-    "eval_paths": (lambda v: isinstance(v, list) and v != [] and all(x is None or is_plain_name(x) for x in v),
-                   "a non-empty list of evaluation path names"),
+    "eval_paths": (lambda v: isinstance(v, list) and (v == [None] or (v != [] and all(is_plain_name(x) for x in v))),
+                   "a non-empty list of evaluation path names (null, the default path, only alone: its row would "
+                   "take the training row's key)"),
     "rounds": (_int_in(0, 100), "an integer in [0, 100]"),
     "rate": (lambda v: isinstance(v, float) and 0.0 < v < 1.0, "a number in (0, 1)"),
     "rewind": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "steps or 'Nep'"),
