@@ -8,9 +8,11 @@ when that interval excludes the margin; otherwise it is "not decided".
 
 A claim is ``a − b ≥ margin`` (in linear-probe points): e.g. "SyncCP ≥ GraNet" is margin 0, "within 1 pt of dense"
 is margin −1. Verdict: *reproduced* when the interval's lower end is ≥ the margin, *not reproduced* when its upper
-end is below it, *not decided* otherwise; one seed gives no interval ("one seed: not decided"). Beside an undecided
-claim, :func:`seeds_to_decide` estimates how many seeds would decide it if the measured mean and spread held — a
-plan for the next runs, never a verdict.
+end is below it, *not decided* otherwise; one seed gives no interval ("one seed: not decided"), and fewer than
+:data:`MIN_SEEDS` paired seeds decide nothing ("2 seeds: not decided"; the interval is still shown): a t-interval
+from two differences is exact only if they are normal, which two values cannot show, and one lucky pair with a small
+spread would otherwise settle a claim. Beside an undecided claim, :func:`seeds_to_decide` estimates how many seeds
+would decide it if the measured mean and spread held — a plan for the next runs, never a verdict.
 
 A claim may name another row column (``metric``, e.g. ``shift_sensitivity``, ``online_momentum_cos``,
 ``gate_sparsity``) and a bound instead of a margin: on run ``a``'s per-seed values (no ``b``), or on the per-seed
@@ -57,11 +59,22 @@ def paired(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Dict[str,
     return out
 
 
+#: the fewest paired seeds that decide a claim (the project's rule: every claim is decided at 3 seeds)
+MIN_SEEDS = 3
+
+
+def _too_few(p: Dict[str, Any]) -> Optional[str]:
+    """The verdict of a comparison with fewer than :data:`MIN_SEEDS` paired seeds, None when it has enough."""
+    if p["n"] >= MIN_SEEDS:
+        return None
+    return "one seed: not decided" if p["n"] < 2 else f"{p['n']} seeds: not decided"
+
+
 def verdict(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
     if p is None:
         return "not measured"
-    if p["n"] < 2:
-        return "one seed: not decided"
+    if _too_few(p):
+        return _too_few(p)
     if p["lo"] >= margin:
         return "reproduced"
     if p["hi"] < margin:
@@ -77,20 +90,21 @@ def seeds_to_decide(p: Optional[Dict[str, Any]], threshold: float) -> Optional[i
     """A planning estimate for an undecided comparison: the fewest seeds whose 95% interval would exclude
     ``threshold`` (a claim's margin or bound) **if** the per-seed mean and std stayed as measured —
     ``t(n − 1) · std / √n < |mean − threshold|``. None where it cannot say: fewer than 2 seeds, no spread, the
-    interval already excludes the threshold, or more than :data:`MAX_SEEDS` seeds needed (``> 30``)."""
+    interval already excludes the threshold with at least :data:`MIN_SEEDS` seeds, or more than :data:`MAX_SEEDS`
+    seeds needed (``> 30``). Never fewer than :data:`MIN_SEEDS`: below it nothing is decided."""
     if p is None or p["n"] < 2 or not p["std"]:
         return None
     if p["lo"] >= threshold or p["hi"] < threshold:
-        return None
+        return MIN_SEEDS if p["n"] < MIN_SEEDS else None
     gap = abs(p["mean"] - threshold)
-    for n in range(p["n"] + 1, MAX_SEEDS + 1):
+    for n in range(max(p["n"] + 1, MIN_SEEDS), MAX_SEEDS + 1):
         if t975(n - 1) * p["std"] / math.sqrt(n) < gap:
             return n
     return None
 
 
 def _seeds_cell(p: Optional[Dict[str, Any]], threshold: float, verdict_: str) -> str:
-    if verdict_ != "not decided":
+    if not verdict_.endswith("not decided") or p is None or p["n"] < 2:
         return "-"
     n = seeds_to_decide(p, threshold)
     return f"> {MAX_SEEDS}" if n is None else f"~{n}"
@@ -119,8 +133,8 @@ def bound_verdict(p: Optional[Dict[str, Any]], kind: str, bound: float) -> str:
     """The verdict of ``value ≥ bound`` (``at_least``) or ``value ≤ bound`` (``at_most``) on the per-seed values."""
     if p is None:
         return "not measured"
-    if p["n"] < 2:
-        return "one seed: not decided"
+    if _too_few(p):
+        return _too_few(p)
     lo, hi = p["lo"], p["hi"]
     good, bad = (lo >= bound, hi < bound) if kind == "at_least" else (hi <= bound, lo > bound)
     return "reproduced" if good else "not reproduced" if bad else "not decided"
@@ -185,7 +199,8 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
     lines += ["", "A claim is a − b ≥ margin (linear-probe points, paired by seed: runs of one seed share the "
                   "initialisation and the data order). Reproduced: the 95% t-interval of the mean per-seed "
                   "difference lies at or above the margin; not reproduced: it lies below; not decided: it contains "
-                  "the margin. `*`: the interval excludes the margin. Seeds to decide (est.): for a claim not "
+                  "the margin, or fewer than 3 paired seeds (the interval is shown, nothing is decided from 2). "
+                  "`*`: the interval excludes the margin. Seeds to decide (est.): for a claim not "
                   "decided, the fewest seeds whose interval would exclude the margin or bound if the per-seed mean "
                   "and std stayed as measured (t(n − 1) · std / √n < |mean − margin|) — a planning estimate for the "
                   "next runs, not a result; `> 30` where the mean sits too close to the margin for its spread."

@@ -396,6 +396,10 @@ def test_claim_verdicts_follow_the_paired_interval():
     assert stats.verdict(p, 1.0) == "not decided"                     # the interval contains the margin
     assert stats.verdict(stats.paired({0: 1.0}, {0: 0.0}), 0.0) == "one seed: not decided"
     assert stats.verdict(None) == "not measured"
+    two = stats.paired({0: 82.0, 1: 82.1}, {0: 80.0, 1: 80.0})          # +2.05, interval [+1.41, +2.69] clears 0
+    assert two["lo"] > 0 and stats.verdict(two, 0.0) == "2 seeds: not decided"   # the project decides at 3 seeds
+    assert stats.bound_verdict(two, "at_least", 1.0) == "2 seeds: not decided"
+    assert stats.fmt(two).endswith("*")                               # the interval is still shown, and marked
     res = {"meta": {"suite": "s", "claims": [{"claim": "x >= y", "source": "P", "a": "x", "b": "y", "margin": -1}]},
            "rows": {**_rows("x", [80.0, 81.0, 82.0]), **_rows("y", [80.5, 81.4, 82.6])}}
     (row,) = stats.claim_rows(res)
@@ -410,18 +414,23 @@ def test_seeds_to_decide_is_the_smallest_n_whose_interval_would_exclude_the_marg
     from solo_sparse.tools import stats
 
     p = stats.paired({0: 82.76, 1: 82.63}, {0: 83.20, 1: 82.85})       # -0.44, -0.22: -0.33 ± 0.16 [-1.73, +1.07]
-    assert stats.verdict(p, -1.0) == "not decided"
+    assert stats.verdict(p, -1.0) == "2 seeds: not decided"
     assert stats.seeds_to_decide(p, -1.0) == 3                          # 4.303 * 0.156 / sqrt(3) = 0.39 < 0.67
     wide = stats.paired({0: 1.0, 1: 0.0, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})   # +0.5 ± 0.5 vs margin 0
     n = stats.seeds_to_decide(wide, 0.0)                                # needs t(n-1) / sqrt(n) < 1
     assert n == 7 and stats.t975(n - 1) / n ** 0.5 < 1.0 <= stats.t975(n - 2) / (n - 1) ** 0.5
     assert stats.seeds_to_decide(stats.paired({0: 1.0, 1: -1.0}, {0: 0.0, 1: 0.0}), 0.0) is None   # mean on margin
-    assert stats.seeds_to_decide(stats.paired({0: 2.0, 1: 2.1}, {0: 0.0, 1: 0.0}), 0.0) is None    # decided
+    clear2 = stats.paired({0: 2.0, 1: 2.1}, {0: 0.0, 1: 0.0})         # clears 0 at 2 seeds: 3 would decide it
+    assert stats.seeds_to_decide(clear2, 0.0) == stats.MIN_SEEDS == 3
+    clear3 = stats.paired({0: 2.0, 1: 2.1, 2: 2.05}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert stats.verdict(clear3, 0.0) == "reproduced" and stats.seeds_to_decide(clear3, 0.0) is None   # decided
     res = {"meta": {"suite": "s", "claims": [{"claim": "c", "a": "x", "b": "y", "margin": -1},
                                              {"claim": "d", "a": "x", "b": "y", "margin": -0.33}]},
            "rows": {**_rows("x", [82.76, 82.63]), **_rows("y", [83.20, 82.85])}}
     md = stats.claims_markdown([res])
-    assert "**not decided** | ~3 |" in md and "**not decided** | > 30 |" in md
+    assert "**2 seeds: not decided** | ~3 |" in md and "**2 seeds: not decided** | > 30 |" in md
+    one = {"meta": res["meta"], "rows": {**_rows("x", [82.76]), **_rows("y", [83.20])}}
+    assert "**one seed: not decided** | - |" in stats.claims_markdown([one])
 
 
 def test_bound_claims_on_a_row_column_and_on_a_ratio():
