@@ -118,6 +118,29 @@ def main(argv=None) -> int:
         ck = newest_checkpoint(work if not imp_args else sorted(work.glob("round_*"))[-1])
         if ck is None:
             raise SystemExit(f"training wrote no checkpoint under {work}")
+    rel = Path("weights") / f"{args.name}.safetensors"
+    t0 = time.time()
+    import yaml
+
+    # packed beside the entry's weights and moved over them only once evaluated: a rebuild that fails keeps the
+    # entry's weights and config as they were (its manifest row still matches them)
+    staged = zroot / rel.parent / f".{args.name}.staged.safetensors"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        info = pack_checkpoint(ck, staged, args.fp16, method=yaml.safe_load(cfg_src.read_text()).get("method"))
+        # evaluate what users load: the packed file, through the zoo loader
+        state, masks, meta = zoo.read_backbone(staged)
+        net = zoo.build_module(state, masks, meta)
+        train, test = load_splits(data, 32)
+        try:
+            acc = evaluate_backbone(net, train, test)
+        except NonFiniteFeatures as e:   # no zoo entry from a network whose features overflow
+            raise SystemExit(f"{args.name}: not added to the zoo (the entry, if any, is unchanged): {e}") from e
+        fl = flops_of(net, info["gating"], test[0][:2000])
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    staged.replace(zroot / rel)
     # config (and its augmentation group files) next to the manifest
     cfg_dst.parent.mkdir(parents=True, exist_ok=True)
     if cfg_src != cfg_dst:
@@ -125,21 +148,6 @@ def main(argv=None) -> int:
         aug = cfg_src.parent / "augmentations"
         if aug.is_dir():
             shutil.copytree(aug, cfg_dst.parent / "augmentations", dirs_exist_ok=True)
-    rel = Path("weights") / f"{args.name}.safetensors"
-    t0 = time.time()
-    import yaml
-
-    info = pack_checkpoint(ck, zroot / rel, args.fp16, method=yaml.safe_load(cfg_dst.read_text()).get("method"))
-    # evaluate what users load: the packed file, through the zoo loader
-    state, masks, meta = zoo.read_backbone(zroot / rel)
-    net = zoo.build_module(state, masks, meta)
-    train, test = load_splits(data, 32)
-    try:
-        acc = evaluate_backbone(net, train, test)
-    except NonFiniteFeatures as e:       # no zoo entry from a network whose features overflow; no orphan weights
-        (zroot / rel).unlink(missing_ok=True)
-        raise SystemExit(f"{args.name}: not added to the zoo: {e}") from e
-    fl = flops_of(net, info["gating"], test[0][:2000])
     kept = sum(int(m.sum()) for m in masks.values())
     tot = sum(m.numel() for m in masks.values())
     cfg = yaml.safe_load(cfg_dst.read_text())
