@@ -224,7 +224,7 @@ def evaluate(run: Dict, train_set, test_set, probe_x: torch.Tensor) -> Dict:
         fte = extract_features(net, test_set[0])
         out = {"linear": 100 * linear_probe(ftr, train_set[1], fte, test_set[1])}
     except NonFiniteFeatures as e:       # the sweep goes on: this variant's row says why it has no accuracy
-        out = {"linear": float("nan"), "error": str(e)}
+        out = {"linear": None, "error": str(e)}
     out["shift"] = shift_sensitivity(net, probe_x, 1, route)
     if run["momentum"] is not None:
         out["online_momentum_cos"] = twin_agreement(net, run["momentum"], probe_x, route)
@@ -271,11 +271,18 @@ def summary(res: Dict, method: str, steps: int) -> str:
                      f"{ms(v, 'gate_sparsity', nd=3)} | {ms(v, 'eq13')} | {ms(v, 'network_macs_ratio', nd=3)} | "
                      f"{ms(v, 'online_momentum_cos', nd=3)} |")
     lines += ["", "| a − b | per-seed (pt) | mean ± std [95% interval] | verdict (a ≥ b) |", "|---|---|---|---|"]
+    def acc(v: str) -> Dict[int, float]:          # seeds whose features were finite
+        return {s: r["linear"] for s, r in by[v].items() if r.get("linear") is not None}
+
     for a, b in COMPARISONS:
         if a in by and b in by:
-            p = paired({s: r["linear"] for s, r in by[a].items()}, {s: r["linear"] for s, r in by[b].items()})
+            p = paired(acc(a), acc(b))
             per = ", ".join(f"{d:+.2f}" for d in p["diffs"]) if p else "-"
             lines.append(f"| {a} − {b} | {per} | {fmt(p)} | {verdict(p)} |")
+    failed = [f"{v} seed {s}: {r['error']}" for v in order for s, r in sorted(by[v].items()) if r.get("error")]
+    if failed:
+        lines += ["", "No linear probe (non-finite features; left out of the means and the pairs):", "",
+                  *[f"- {f}" for f in failed]]
     return "\n".join(lines)
 
 
