@@ -677,7 +677,7 @@ def test_a_sibling_row_trained_with_other_plugin_defaults_is_not_reused(setup):
 def test_the_eta_is_timed_only_on_runs_trained_from_their_start(setup, monkeypatch):
     """A rounds run is planned at every seed and resumes inside: a seed whose rows were all done returns in 0 s
     (the imp suite once printed "ETA 0 min 10 s" for two 6-hour seeds). Only a run that trained from its start
-    times the ETA."""
+    times the ETA: not a run resumed inside its first row from a training checkpoint."""
     from solo_sparse.tools.bench import harness
 
     repo, suite, solo, tmp = setup
@@ -702,3 +702,13 @@ def test_the_eta_is_timed_only_on_runs_trained_from_their_start(setup, monkeypat
     runs = [ln for ln in lines if "] run " in ln]
     assert len(runs) == 4 and not any("ETA" in ln for ln in runs[:2])      # seed 0's 0 s times nothing
     assert runs[2].endswith("ETA 20 min 00 s") and runs[3].endswith("ETA 10 min 00 s")
+
+    # seed 4 resumes inside its first row from a training checkpoint (its 600 s here are the rest of it): untimed
+    ck = b.out / "runs" / "dense" / "seed4" / "x" / "last.ckpt"
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"")
+    lines.clear()
+    monkeypatch.setattr(b, "plan", lambda: [(dense, 4), (dense, 5), (dense, 6)])
+    b.run()
+    runs = [ln for ln in lines if "] run " in ln]
+    assert "ETA" not in runs[1] and runs[2].endswith("ETA 10 min 00 s")

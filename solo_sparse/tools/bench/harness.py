@@ -341,18 +341,24 @@ class Bench:
                      f"{_fmt_time(time.time() - t0)}" + (f", ETA {_fmt_time(eta)}" if eta is not None else ""))
             t1 = time.time()
             before = self._ok_rows(spec, seed)
+            resumed = self._has_checkpoint(spec, seed)
             if spec.kind == "rounds":
                 self.run_imp(spec, seed)
             else:
                 self.run_pretrain(spec, seed)
-            if before == 0 and self._ok_rows(spec, seed) > 0:
-                # only a run with no finished row before it started times the next ones: a rounds run whose rows
-                # were all done (0 s) or resumed after some would shrink the ETA (one resumed inside its first row,
-                # from a training checkpoint, is still timed: an ETA somewhat short)
+            if before == 0 and not resumed and self._ok_rows(spec, seed) > 0:
+                # only a run trained from its start times the next ones: a rounds run whose rows were all done
+                # (0 s), or one resumed after some rows or inside its first (from a training checkpoint), would
+                # shrink the ETA
                 done_s.append(time.time() - t1)
             self.save()
         self.save()
         return self.results
+
+    def _has_checkpoint(self, spec: RunSpec, seed: int) -> bool:
+        """Whether run ``spec`` at ``seed`` left a training checkpoint here (it resumes rather than starts)."""
+        d = self.out / "runs" / spec.id / f"seed{seed}"
+        return d.is_dir() and next(d.rglob("*.ckpt"), None) is not None
 
     def _ok_rows(self, spec: RunSpec, seed: int) -> int:
         """Finished rows of run ``spec`` at ``seed`` (its own id, an evaluation path ``id:path``, or a rounds
