@@ -271,6 +271,7 @@ def summary(res: Dict, method: str, steps: int) -> str:
                      f"{ms(v, 'gate_sparsity', nd=3)} | {ms(v, 'eq13')} | {ms(v, 'network_macs_ratio', nd=3)} | "
                      f"{ms(v, 'online_momentum_cos', nd=3)} |")
     lines += ["", "| a − b | per-seed (pt) | mean ± std [95% interval] | verdict (a ≥ b) |", "|---|---|---|---|"]
+
     def acc(v: str) -> Dict[int, float]:          # seeds whose features were finite
         return {s: r["linear"] for s, r in by[v].items() if r.get("linear") is not None}
 

@@ -73,8 +73,8 @@ def _too_few(p: Dict[str, Any]) -> Optional[str]:
 def verdict(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
     if p is None:
         return "not measured"
-    if _too_few(p):
-        return _too_few(p)
+    if few := _too_few(p):
+        return few
     if p["lo"] >= margin:
         return "reproduced"
     if p["hi"] < margin:
@@ -133,8 +133,8 @@ def bound_verdict(p: Optional[Dict[str, Any]], kind: str, bound: float) -> str:
     """The verdict of ``value ≥ bound`` (``at_least``) or ``value ≤ bound`` (``at_most``) on the per-seed values."""
     if p is None:
         return "not measured"
-    if _too_few(p):
-        return _too_few(p)
+    if few := _too_few(p):
+        return few
     lo, hi = p["lo"], p["hi"]
     good, bad = (lo >= bound, hi < bound) if kind == "at_least" else (hi <= bound, lo > bound)
     return "reproduced" if good else "not reproduced" if bad else "not decided"
@@ -199,7 +199,7 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
     lines += ["", "A claim is a − b ≥ margin (linear-probe points, paired by seed: runs of one seed share the "
                   "initialisation and the data order). Reproduced: the 95% t-interval of the mean per-seed "
                   "difference lies at or above the margin; not reproduced: it lies below; not decided: it contains "
-                  "the margin, or fewer than 3 paired seeds (the interval is shown, nothing is decided from 2). "
+                  f"the margin, or fewer than {MIN_SEEDS} paired seeds (the interval is shown, nothing is decided). "
                   "`*`: the interval excludes the margin. Seeds to decide (est.): for a claim not "
                   "decided, the fewest seeds whose interval would exclude the margin or bound if the per-seed mean "
                   "and std stayed as measured (t(n − 1) · std / √n < |mean − margin|) — a planning estimate for the "

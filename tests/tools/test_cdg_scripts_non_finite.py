@@ -1,5 +1,7 @@
 """The CDG proxy scripts keep their sweep when a variant's features overflow (:class:`NonFiniteFeatures`): the row
 records why it has no accuracy, and the summary leaves it out of the means and the pairs instead of scoring NaN."""
+import json
+
 import torch
 from helpers import load_script
 
@@ -45,7 +47,6 @@ def test_cdg_diagnostics_init_keeps_the_other_targets(monkeypatch, tmp_path):
     monkeypatch.setattr(mod, "evaluate_backbone", evaluate)
     out = tmp_path / "init.json"
     assert mod.main(["init", "--data", str(tmp_path), "--out", str(out)]) == 0
-    import json
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == len(calls) == 1 + len(mod.TARGETS)
     errors = [n for n, r in rows.items() if "error" in r]

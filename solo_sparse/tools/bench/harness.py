@@ -249,7 +249,7 @@ class Bench:
             # evaluated paths are 'id:path' rows of one run)
             ck = Path(row.get("checkpoint") or "")
             run_dir = self.out / Path(*ck.parts[:3]) if len(ck.parts) > 3 and ck.parts[0] == "runs" \
-                else self.out / "runs" / str(row["id"]).split(":")[0] / f"seed{row['seed']}"
+                else self.run_dir(str(row["id"]).split(":")[0], row["seed"])
             if "monitor" not in row:
                 row["monitor"] = read_monitor(run_dir) or None
             ck_file = self.out / ck if row.get("checkpoint") else None
@@ -355,9 +355,13 @@ class Bench:
         self.save()
         return self.results
 
+    def run_dir(self, run_id: str, seed: int) -> Path:
+        """Where run ``run_id`` trains at ``seed``: ``<out>/runs/<run id>/seed<k>``."""
+        return self.out / "runs" / run_id / f"seed{seed}"
+
     def _has_checkpoint(self, spec: RunSpec, seed: int) -> bool:
         """Whether run ``spec`` at ``seed`` left a training checkpoint here (it resumes rather than starts)."""
-        d = self.out / "runs" / spec.id / f"seed{seed}"
+        d = self.run_dir(spec.id, seed)
         return d.is_dir() and next(d.rglob("*.ckpt"), None) is not None
 
     def _ok_rows(self, spec: RunSpec, seed: int) -> int:
@@ -413,7 +417,7 @@ class Bench:
 
     def run_pretrain(self, spec: RunSpec, seed: int) -> None:
         key = f"{spec.id}/seed{seed}"
-        run_dir = self.out / "runs" / spec.id / f"seed{seed}"
+        run_dir = self.run_dir(spec.id, seed)
         if self.host == "lightning":
             self.paths = _Paths(repo=self.suite.root, data=self.data, out=self.out)
             cmd = lightning_command(self.suite.root / spec.config, name=f"{self.suite.suite}-{spec.id}-s{seed}",

@@ -42,7 +42,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         raise ConfigError(f"run {spec.id!r} (kind rounds) trains through `solo-sparse imp`, which runs "
                           f"solo-learn's main_pretrain.py; the {bench.host} host trains kind: pretrain runs only")
     plugin = spec.plugin
-    d = bench.out / "runs" / spec.id / f"seed{seed}"
+    d = bench.run_dir(spec.id, seed)
     # absolute: every round runs in its own folder (a relative --data root failed round 0 with FileNotFoundError)
     over = [*bench._overrides(spec, seed), f"++data.train_path={(bench.data / 'train').resolve()}"]
     run = IMPRun(config=str(bench.suite.root / spec.config), out=str(d / "rounds"), rounds=spec.rounds,
