@@ -122,10 +122,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     import yaml
 
-    # packed beside the entry's weights and moved over them only once evaluated: a rebuild that fails keeps the
-    # entry's weights and config as they were (its manifest row still matches them)
+    # packed (and the config copied) beside the entry's files and moved over them only once evaluated: a rebuild
+    # that fails keeps the entry's weights and config as they were (its manifest row still matches them), and the
+    # commit is two renames on one file system, not a copy that could fail half-way after the weights moved
     staged = zroot / rel.parent / f".{args.name}.staged.safetensors"
+    cfg_staged = cfg_dst.parent / f".{args.name}.staged.yaml"
     staged.parent.mkdir(parents=True, exist_ok=True)
+    cfg_dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         info = pack_checkpoint(ck, staged, args.fp16, method=yaml.safe_load(cfg_src.read_text()).get("method"))
         # evaluate what users load: the packed file, through the zoo loader
@@ -137,17 +140,19 @@ def main(argv=None) -> int:
         except NonFiniteFeatures as e:   # no zoo entry from a network whose features overflow
             raise SystemExit(f"{args.name}: not added to the zoo (the entry, if any, is unchanged): {e}") from e
         fl = flops_of(net, info["gating"], test[0][:2000])
+        if cfg_src != cfg_dst:
+            shutil.copyfile(cfg_src, cfg_staged)
+            # augmentation group files the config names: added beside the configs, never removed
+            aug = cfg_src.parent / "augmentations"
+            if aug.is_dir():
+                shutil.copytree(aug, cfg_dst.parent / "augmentations", dirs_exist_ok=True)
     except BaseException:
         staged.unlink(missing_ok=True)
+        cfg_staged.unlink(missing_ok=True)
         raise
     staged.replace(zroot / rel)
-    # config (and its augmentation group files) next to the manifest
-    cfg_dst.parent.mkdir(parents=True, exist_ok=True)
     if cfg_src != cfg_dst:
-        shutil.copyfile(cfg_src, cfg_dst)
-        aug = cfg_src.parent / "augmentations"
-        if aug.is_dir():
-            shutil.copytree(aug, cfg_dst.parent / "augmentations", dirs_exist_ok=True)
+        cfg_staged.replace(cfg_dst)
     kept = sum(int(m.sum()) for m in masks.values())
     tot = sum(m.numel() for m in masks.values())
     cfg = yaml.safe_load(cfg_dst.read_text())

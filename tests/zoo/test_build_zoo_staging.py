@@ -1,6 +1,6 @@
 """``scripts/build_zoo.py`` packs into a staged file and moves it over the entry's weights only once the packed
 network has been evaluated: a rebuild whose features overflow (:class:`NonFiniteFeatures`) leaves the entry's
-weights and config as they were, and no staged file behind."""
+weights and config as they were, and no staged file behind; so does a config copy that fails."""
 import pytest
 import torch
 from helpers import load_script
@@ -50,3 +50,21 @@ def test_a_rebuild_that_evaluates_replaces_weights_and_config(tmp_path, monkeypa
     assert w.read_bytes() != b"the entry's weights" and w.stat().st_size > 1000
     assert (zroot / "configs" / "e.yaml").read_text() == "method: simclr\nnew: 1\n"
     assert sorted(p.name for p in (zroot / "weights").iterdir()) == ["e.safetensors"]
+    assert sorted(p.name for p in (zroot / "configs").iterdir()) == ["e.yaml"]
+
+
+def test_a_config_copy_that_fails_keeps_the_entry(tmp_path, monkeypatch):
+    """The config is staged before the weights move: a copy that fails (disk full, permissions) leaves the old
+    weights beside the old config, not new weights beside an old config."""
+    mod, zroot, argv = _setup(tmp_path, monkeypatch, lambda net, train, test: {"knn20": 0.5, "linear": 0.6})
+
+    def full_disk(src, dst, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mod.shutil, "copyfile", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        mod.main(argv)
+    assert (zroot / "weights" / "e.safetensors").read_bytes() == b"the entry's weights"
+    assert (zroot / "configs" / "e.yaml").read_text() == "method: simclr\nold: 1\n"
+    assert sorted(p.name for p in (zroot / "weights").iterdir()) == ["e.safetensors"]
+    assert sorted(p.name for p in (zroot / "configs").iterdir()) == ["e.yaml"]
