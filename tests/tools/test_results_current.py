@@ -1,6 +1,7 @@
 """Every finished row of the committed benchmark results carries the fingerprint the current code and suite give
 it: a change that would make ``solo-sparse bench`` mark finished rows stale (and retrain them) fails here -- e.g. a
-plugin key added without a ``neutral_defaults`` entry, which enters every run's plugin digest."""
+plugin key added without a ``neutral_defaults`` entry, which enters every run's plugin digest. And every generated
+text (each suite's results.md, the README's and docs' bench blocks) is what the committed results render to."""
 import json
 
 import pytest
@@ -69,3 +70,42 @@ def test_a_run_seed_key_enters_the_digest_as_the_seed_the_run_trains_with(monkey
     assert plugin_digest(cfg, [*base, "++solo_sparse.seed=3"], 1) == plugin_digest(cfg, [*base, "++solo_sparse.seed=3"], 2)
     monkeypatch.setattr(InterLoss, "run_seed_keys", ())
     assert plugin_digest(cfg, base, 1) == plugin_digest(cfg, base, 0)     # without the key: every seed alike
+
+
+def _bench_results():
+    """The committed results of each suite: its own folder (results/<suite>/results.json, meta.suite = <suite>)."""
+    out = {}
+    for p in sorted((ROOT / "results").glob("*/results.json")):
+        meta = json.loads(p.read_text()).get("meta") or {}
+        if meta.get("suite") == p.parent.name:
+            out[p.parent.name] = p
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_bench_results()))
+def test_each_suites_results_md_is_rendered_from_its_results_json(name):
+    """A change to the renderer (a column, a footnote, the decision rule) regenerates every suite's results.md, not
+    only the suite that ran last."""
+    from solo_sparse.tools.bench import to_markdown
+
+    p = _bench_results()[name]
+    assert (p.parent / "results.md").read_text() == to_markdown(json.loads(p.read_text())), (
+        f"results/{name}/results.md is not what its results.json renders to: regenerate it")
+
+
+def test_the_docs_blocks_are_rendered_from_the_committed_results(tmp_path):
+    """Every generated block of the README and docs/ (tables, claims, regime) is what the committed results render
+    to: `solo-sparse bench --update-docs` would change nothing."""
+    import shutil
+
+    from solo_sparse.tools.bench import update_docs
+
+    docs = [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] if "<!-- bench" in p.read_text()]
+    assert docs
+    copies = []
+    for i, d in enumerate(docs):
+        copies.append(tmp_path / f"{i}-{d.name}")
+        shutil.copyfile(d, copies[-1])
+    changed = update_docs(list(_bench_results().values()), copies)
+    assert not changed, ("stale generated blocks, regenerate with `solo-sparse bench --update-docs`: "
+                         + ", ".join(str(docs[copies.index(c)].relative_to(ROOT)) for c in changed))
