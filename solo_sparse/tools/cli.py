@@ -347,7 +347,7 @@ def _cmd_bench(args) -> int:
 
     if args.update_docs:
         changed = update_docs([Path(p) for p in args.suite], [Path(d) for d in args.update_docs])
-        print("updated: " + (", ".join(map(str, changed)) or "nothing (no <!-- bench:SUITE --> block changed)"))
+        print("updated: " + (", ".join(map(str, changed)) or "nothing (no results.md and no <!-- bench:SUITE --> block changed)"))
         return 0
     suite = Suite.load(args.suite[0])
     bench = Bench(suite, data_root=Path(args.data_root), out=Path(args.out) if args.out else None, seeds=args.seeds,
@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train through solo-learn's main_pretrain.py or the Lightning binding's trainer (same YAML); "
                         "auto: solo-learn where installed, else lightning")
     a.add_argument("--update-docs", nargs="*", default=None, metavar="MD",
-                   help="rewrite the <!-- bench:SUITE --> blocks of these markdown files from the given results.json")
+                   help="rewrite the <!-- bench:SUITE --> blocks of these markdown files from the given results.json "
+                        "(and re-render each results.json's sibling results.md)")
     a.add_argument("--override", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
                    help="an extra Hydra override for every run (repeatable)")
     a.set_defaults(fn=_cmd_bench)

@@ -99,9 +99,14 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     # generated doc blocks
     doc = tmp / "doc.md"
     doc.write_text("x\n<!-- bench:toy -->\nold\n<!-- /bench:toy -->\n<!-- bench-regime:toy -->\n<!-- /bench-regime:toy -->\n")
-    assert update_docs([repo / "results" / "toy" / "results.json"], [doc]) == [doc]
+    md = repo / "results" / "toy" / "results.md"
+    current = md.read_text()
+    md.write_text("a results.md from an older renderer\n")
+    assert update_docs([repo / "results" / "toy" / "results.json"], [doc]) == [md, doc]
     text = doc.read_text()
     assert "old" not in text and "| gmp | 2 |" in text and "over random-init features" in text
+    assert md.read_text() == current                          # re-rendered: what the bench run wrote
+    assert update_docs([repo / "results" / "toy" / "results.json"], [doc]) == []     # nothing left to change
 
 
 def test_a_diverged_checkpoint_is_a_failed_row_and_the_bench_goes_on(setup, capsys):
@@ -524,10 +529,13 @@ def test_update_docs_skips_files_that_are_not_bench_results_and_refuses_two_of_o
         p.write_text(json.dumps({"meta": {"suite": "toy"}, "rows": {}}))
     doc = tmp_path / "doc.md"
     doc.write_text("x\n<!-- bench-claims:toy -->\n<!-- /bench-claims:toy -->\n")
-    assert update_docs([other, a], [doc]) == [doc]
+    assert update_docs([other, a], [doc]) == [tmp_path / "results.md", doc]
     assert f"skipped {other}: not a bench results file" in capsys.readouterr().out
+    assert not (tmp_path / "speed.md").exists()           # a skipped file gets no results.md
+    (tmp_path / "results.md").unlink()
     with pytest.raises(ConfigError, match="are both results of suite 'toy'"):
         update_docs([a, b], [doc])
+    assert not (tmp_path / "results.md").exists()         # refused before anything was written
     with pytest.raises(ConfigError, match="no such results file"):
         update_docs([tmp_path / "missing.json"], [doc])
 

@@ -106,6 +106,13 @@ def test_the_docs_blocks_are_rendered_from_the_committed_results(tmp_path):
     for i, d in enumerate(docs):
         copies.append(tmp_path / f"{i}-{d.name}")
         shutil.copyfile(d, copies[-1])
-    changed = update_docs(list(_bench_results().values()), copies)
-    assert not changed, ("stale generated blocks, regenerate with `solo-sparse bench --update-docs`: "
-                         + ", ".join(str(docs[copies.index(c)].relative_to(ROOT)) for c in changed))
+    results = []                     # copies too: update_docs re-renders each results.json's sibling results.md
+    for name, p in _bench_results().items():
+        results.append(tmp_path / "results" / name / "results.json")
+        results[-1].parent.mkdir(parents=True)
+        shutil.copyfile(p, results[-1])
+        shutil.copyfile(p.parent / "results.md", results[-1].parent / "results.md")
+    changed = update_docs(results, copies)
+    assert not changed, ("stale generated files, regenerate with `solo-sparse bench --update-docs`: "
+                         + ", ".join(str(docs[copies.index(c)].relative_to(ROOT)) if c in copies
+                                     else str(c.relative_to(tmp_path)) for c in changed))

@@ -310,9 +310,14 @@ def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
 
 def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:
     """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
-    the suites' results.json (the README's result tables are generated, never typed)."""
-    tables = {}
+    the suites' results.json (the README's result tables are generated, never typed), and re-render each given
+    results.json's sibling ``results.md`` (what a suite's own bench run writes), so that a renderer change reaches
+    every suite, not only the one that ran last. Returns the files that changed: the results.md first, in the order
+    of ``results_paths``, then the docs."""
+    tables: Dict[str, str] = {}
+    pages: Dict[Path, str] = {}
     seen: Dict[str, Path] = {}
+    changed: List[Path] = []
     for p in results_paths:
         if not Path(p).is_file():
             raise ConfigError(f"{p}: no such results file")
@@ -325,10 +330,16 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
             raise ConfigError(f"{seen[suite]} and {p} are both results of suite {suite!r}: their doc blocks would "
                               "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
         seen[suite] = Path(p)
-        tables[f"bench:{res['meta']['suite']}"] = to_markdown(res)
-        tables[f"bench-regime:{res['meta']['suite']}"] = regime_markdown(res)
-        tables[f"bench-claims:{res['meta']['suite']}"] = stats.claims_markdown([res])
-    changed = []
+        rendered = to_markdown(res)
+        pages[Path(p).with_name("results.md")] = rendered
+        tables[f"bench:{suite}"] = rendered
+        tables[f"bench-regime:{suite}"] = regime_markdown(res)
+        tables[f"bench-claims:{suite}"] = stats.claims_markdown([res])
+    # every input is checked before anything is written
+    for md, rendered in pages.items():
+        if not md.is_file() or md.read_text() != rendered:
+            write_atomic(md, rendered)
+            changed.append(md)
     for d in docs:
         text = Path(d).read_text()
         new = text
