@@ -347,7 +347,8 @@ def _cmd_bench(args) -> int:
 
     if args.update_docs:
         changed = update_docs([Path(p) for p in args.suite], [Path(d) for d in args.update_docs])
-        print("updated: " + (", ".join(map(str, changed)) or "nothing (no results.md and no <!-- bench:SUITE --> block changed)"))
+        print("updated: " + (", ".join(map(str, changed))
+                             or "nothing (no results.md and no <!-- bench:SUITE --> block changed)"))
         return 0
     suite = Suite.load(args.suite[0])
     bench = Bench(suite, data_root=Path(args.data_root), out=Path(args.out) if args.out else None, seeds=args.seeds,
