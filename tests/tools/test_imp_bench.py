@@ -341,6 +341,12 @@ def test_a_round_cut_before_its_rows_and_an_inexact_replay_within_the_tolerance(
         assert rep["max_rel_norm_diff"] == pytest.approx(1e-5, rel=1e-2) and rep["tolerance"] == 0.001, rep
         assert rep["tensor"] == "backbone.conv1.weight"
     assert any("NOT bit-identical" in line for line in lines), lines
+    # and the table says so: which rows, at which seed, how far the replay was
+    md = (out / "results.md").read_text()
+    note = next(line for line in md.splitlines() if line.startswith("Computed from a rewind point replayed"))
+    assert "1e-05" in note and ("seed 0: imp:global_random-r1, imp:retrain-global_random-r1, imp:retrain-ticket-r1, "
+                                "imp:ticket-r1.") in note, note
+    assert "imp:ticket-r0" not in note, note
 
 
 @pytest.mark.slow

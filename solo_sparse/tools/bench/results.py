@@ -140,6 +140,17 @@ def to_markdown(results: Dict[str, Any]) -> str:
     if reused:
         lines += ["", "Same training as another suite's row, reused (not trained twice): "
                   + "; ".join(f"{i} = {w}" for i, w in reused) + "."]
+    replays: Dict[Any, List[str]] = {}
+    for r in results["rows"].values():
+        if r.get("rewind_replay"):
+            replays.setdefault(r.get("seed"), []).append(r["id"])
+    if replays:
+        worst = max(float(r["rewind_replay"].get("max_rel_norm_diff", float("nan")))
+                    for r in results["rows"].values() if r.get("rewind_replay"))
+        lines += ["", "Computed from a rewind point replayed on another machine, not bit-identical (the same tensors "
+                  "and metadata, float values within the run's `rewind_tolerance`; largest relative difference of a "
+                  f"tensor's L2 norm {worst:.3g}): "
+                  + "; ".join(f"seed {sd}: " + ", ".join(sorted(ids)) for sd, ids in sorted(replays.items())) + "."]
     imp_dense = "; for IMP rounds rows the round-0 ticket of the same evaluation" if rounds else ""
     imp_base = " (for an IMP control: the ticket of its round and evaluation)" if rounds else ""
     lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "
