@@ -35,6 +35,7 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, T
 import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError, build_config, config_to_state
+from solo_sparse.core.watch import EmbeddingWatch
 
 FAMILIES = ("momentum", "shared")
 #: values of :attr:`Plugin.dense_gradients`
@@ -424,11 +425,18 @@ class PluginHost:
         self.plugins = list(plugins)
         self.view: Optional[ModelView] = None
         self._nonfinite: Optional[Dict[str, Any]] = None     # the first step of a run of non-finite losses
+        #: the collapse watch on the method's online projector (:mod:`solo_sparse.core.watch`), None without one
+        self.watch: Optional[EmbeddingWatch] = None
 
     def setup(self, view: ModelView) -> None:
         self.view = view
         for p in self.plugins:
             p.setup(view)
+        if self.watch is not None:
+            self.watch.detach()
+        proj = view.groups.get("projector")
+        # after the plugins' setup: a head a plugin deep-copies from the projector there carries no hook
+        self.watch = EmbeddingWatch(proj.online, view.log) if proj is not None and proj.online is not None else None
 
     def set_schedule_info(self, steps_per_epoch: Optional[int], total_steps: Optional[int]) -> None:
         for p in self.plugins:
@@ -546,6 +554,8 @@ class PluginHost:
     def on_epoch_end(self, epoch: int) -> None:
         for p in self.plugins:
             p.on_epoch_end(epoch)
+        if self.watch is not None:
+            self.watch.epoch_end()
 
     def param_groups(self, base_lr: float) -> list:
         out = []

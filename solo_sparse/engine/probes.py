@@ -19,6 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from solo_sparse.core.watch import effective_rank
+
+__all__ = ["effective_rank", "other_images_cos", "shift", "shift_sensitivity", "twin_agreement"]
+
 
 def shift(x: torch.Tensor, px: int = 1) -> torch.Tensor:
     """(N, C, H, W) images moved ``px`` pixels to the right, the left edge replicated."""
@@ -67,11 +71,3 @@ def other_images_cos(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> float
     # sum_i sum_j a_i . b_j without the (N, N) matrix, minus the diagonal
     total = (a.sum(0) * b.sum(0)).sum() - (a * b).sum()
     return float(total / (n * (n - 1)))
-
-
-def effective_rank(z: torch.Tensor) -> float:
-    """exp(entropy) of the normalized singular values of the centred (N, D) batch ``z`` (Roy & Vetterli 2007):
-    D for isotropic embeddings, 1 for embeddings on one line."""
-    s = torch.linalg.svdvals(z.detach().float() - z.detach().float().mean(0))
-    p = s / s.sum().clamp_min(1e-12)
-    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))

@@ -212,6 +212,7 @@ def test_lightly_module_keeps_the_invariants_at_every_step(cls, plugin, mom_dens
     assert chk.steps == chk.post_steps == 6 and chk.batches == 6 and p.step == 6
     assert s.density("online") == pytest.approx(0.2, abs=0.02)
     assert sp.metrics["solo_sparse/density/online"] == pytest.approx(s.density("online"))
+    assert sp.metrics["solo_sparse/embedding_erank"] >= 1.0          # the collapse watch on the projection head
     if hasattr(module, "backbone_momentum"):
         assert len(seen) >= 6                       # every momentum forward was checked
         if plugin == "sdclr":                       # damage=online: the momentum copy carries the online mask

@@ -79,6 +79,7 @@ def test_wrapped_byol_fits_and_keeps_masks():
     assert sp.leaked("online") == 0 and sp.leaked("momentum") == 0
     assert "solo_sparse/density/online" in tr.logged_metrics
     assert any(k.startswith("solo_sparse/layer_density/momentum/") for k in tr.logged_metrics)
+    assert float(tr.logged_metrics["solo_sparse/embedding_erank"]) >= 1.0      # the collapse watch, every plugin
     # crop order seen by the plugin: online crops 0,1 then momentum crops 0,1 in every step
     assert model.solo_sparse.view.branch.encoder == "momentum"
 
