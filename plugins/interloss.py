@@ -86,6 +86,14 @@ COLLAPSE_COS = 0.9
 COLLAPSE_FROM_EPOCH = 3
 
 
+def _call_if_alive(ref, module, inp, out) -> None:
+    """The projector's forward hook: the plugin's watch while the plugin lives. Returns None (a hook's non-None
+    return would replace the module's output -- e.g. in a deep copy of the model made after the plugin was freed)."""
+    plugin = ref()
+    if plugin is not None:
+        plugin._watch_embeddings(module, inp, out)
+
+
 @dataclass
 class InterLossConfig:
     #: stages with an auxiliary head (1-based; the final stage is the method's own loss)
@@ -253,7 +261,7 @@ class InterLoss(Plugin):
         #: steps) of different images: a collapse watch (see :data:`COLLAPSE_COS`)
         self._emb: List[float] = []
         me = weakref.ref(self)       # the hook holds no reference to the plugin (a copied projector copies no plugin)
-        proj.register_forward_hook(lambda m, i, o: me() is not None and me()._watch_embeddings(m, i, o))
+        proj.register_forward_hook(lambda m, i, o: _call_if_alive(me, m, i, o))
 
     def modules(self) -> nn.Module:
         return self.mods

@@ -449,6 +449,8 @@ class PluginHost:
     def on_step_start(self) -> None:
         for p in self.plugins:
             p.on_step_start()
+        if self.watch is not None:
+            self.watch.step_start()
 
     def on_crop(self, branch: Branch) -> None:
         if self.view is not None:

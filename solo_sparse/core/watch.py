@@ -1,13 +1,15 @@
 """The embedding watch every plugin run gets: is the representation collapsing, completely or dimensionally?
 
 :class:`EmbeddingWatch` hooks the method's online projector (the ``projector`` group of the
-:class:`~solo_sparse.core.plugin.ModelView`, when the method has one) and, for each training-mode forward, takes the
-effective rank (:func:`effective_rank`) of the first 64 embeddings. At each epoch end the host logs their mean as
-``solo_sparse/embedding_erank``. A complete collapse (every image on one direction) reads ~1, a dimensional collapse
-(the embeddings spread over a few directions) a few units; how far from that a healthy run reads depends on the
-method, the head and the regime, so no threshold is drawn (measured: docs/plugins/interloss.md, MoCo v2+ runs at
-64 px read 6–29 healthy and 1.6–4 collapsed, in train-mode batches of 64 at the last epoch). Logging only: nothing
-here changes the training (no random draw, no gradient).
+:class:`~solo_sparse.core.plugin.ModelView`, when the method has one) and, once per training step (the projector's
+first training forward of the step: crop 0, a large crop, in solo-learn's and Lightly's steps), takes the effective
+rank (:func:`effective_rank`) of its first 64 embeddings. At each epoch end the host logs their mean as
+``solo_sparse/embedding_erank`` (under DDP each process its own; rank 0's reaches the logger). A complete collapse
+(every image on one direction) reads ~1, a dimensional collapse (the embeddings spread over a few directions) a few
+units; how far from that a healthy run reads depends on the method, the head and the regime, so no threshold is
+drawn (measured: docs/plugins/interloss.md, MoCo v2+ runs at 64 px read 6–29 healthy and 1.6–4 collapsed, in
+train-mode batches of 64 at the last epoch). Logging only: nothing here changes the training (no random draw, no
+gradient); per step it costs one copy of 64 embeddings to the CPU and a 64 x 64 eigenvalue problem.
 
 A run resumed in the middle of an epoch logs that epoch's mean over the steps after the resume (the per-epoch sums
 are not checkpointed; solo-learn checkpoints at epoch ends, where they are empty).
@@ -46,28 +48,52 @@ def effective_rank(z: torch.Tensor, gram: bool = False) -> float:
 class EmbeddingWatch:
     """Mean effective rank of the online projector's training embeddings per epoch (see the module docstring).
 
-    ``log`` receives ``{"solo_sparse/embedding_erank": value}`` at :meth:`epoch_end` (nothing for an epoch without
-    a training forward). A copy of the projector (a plugin's auxiliary head made by deep copy carries the hook) is
-    not measured: only the hooked module itself."""
+    One reading per training step: the first training-mode forward of the hooked projector after :meth:`step_start`
+    (in solo-learn's and Lightly's steps, crop 0 — a large crop — of the online encoder), its first ``rows``
+    embeddings, copied to the CPU and taken in float32 outside autocast. A batch with fewer rows than the largest
+    seen (an epoch's short last batch) is skipped: its rank is bounded by its size. ``log`` receives
+    ``{"solo_sparse/embedding_erank": value}`` at :meth:`epoch_end` (nothing for an epoch without a reading). A copy
+    of the projector (a deep copy carries the hook) is not measured, only the hooked module itself; the hook never
+    changes the module's output and never raises."""
 
     KEY = "solo_sparse/embedding_erank"
 
     def __init__(self, projector: nn.Module, log: Callable[[Dict[str, float]], None], rows: int = WATCH_ROWS):
         self.log, self.rows = log, rows
         self.sum, self.n = 0.0, 0
+        self._armed = True
+        self._full = 2              # the largest batch (capped at rows) seen: shorter ones are skipped
         self._module = weakref.ref(projector)
         me = weakref.ref(self)     # the module's hook keeps neither the watch nor the host alive
-        self._handle = projector.register_forward_hook(
-            lambda m, i, o: me() is not None and me()._record(m, o))
+
+        def hook(module, inp, out) -> None:      # returns None: the module's output is left as it is
+            watch = me()
+            if watch is not None:
+                watch._record(module, out)
+
+        self._handle = projector.register_forward_hook(hook)
+
+    def step_start(self) -> None:
+        self._armed = True
 
     def _record(self, module: nn.Module, out) -> None:
-        if module is not self._module() or not module.training or not torch.is_tensor(out) or out.dim() != 2 \
-                or len(out) < 2:
+        if not self._armed or module is not self._module() or not module.training or not torch.is_tensor(out) \
+                or out.dim() != 2 or len(out) < 2:
             return
-        z = out[: self.rows]
-        if not bool(torch.isfinite(z).all()):    # a non-finite batch is the divergence check's business
+        self._armed = False
+        n = min(len(out), self.rows)
+        if n < self._full:
             return
-        self.sum += effective_rank(z, gram=True)
+        self._full = n
+        try:
+            with torch.no_grad(), torch.autocast(out.device.type, enabled=False):
+                z = out[:n].detach().to("cpu", torch.float32)
+                if not bool(torch.isfinite(z).all()):    # a non-finite batch is the divergence check's business
+                    return
+                r = effective_rank(z, gram=True)
+        except Exception:          # a monitor never stops a training (e.g. an eigensolver that fails to converge)
+            return
+        self.sum += r
         self.n += 1
 
     def epoch_end(self) -> Optional[float]:

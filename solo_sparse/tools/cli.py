@@ -345,7 +345,7 @@ def _cmd_report(args) -> int:
 def _cmd_bench(args) -> int:
     from solo_sparse.tools.bench import Bench, Suite, to_markdown, update_docs
 
-    if args.update_docs:
+    if args.update_docs is not None:       # `--update-docs` with no document: the results.md files only
         changed = update_docs([Path(p) for p in args.suite], [Path(d) for d in args.update_docs])
         print("updated: " + (", ".join(map(str, changed))
                              or "nothing (no results.md and no <!-- bench:SUITE --> block changed)"))
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto: solo-learn where installed, else lightning")
     a.add_argument("--update-docs", nargs="*", default=None, metavar="MD",
                    help="rewrite the <!-- bench:SUITE --> blocks of these markdown files from the given results.json "
-                        "(and re-render each results.json's sibling results.md)")
+                        "(and re-render each results.json's results.md; with no file: only those)")
     a.add_argument("--override", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
                    help="an extra Hydra override for every run (repeatable)")
     a.set_defaults(fn=_cmd_bench)

@@ -49,53 +49,85 @@ def _erank_logged(logged):
     return [m[EmbeddingWatch.KEY] for m in logged if EmbeddingWatch.KEY in m]
 
 
+def _step(h, proj, out, n=256):
+    h.on_step_start()
+    proj.out = out
+    return proj(torch.zeros(n, 3))
+
+
 def test_the_host_logs_the_epochs_mean_effective_rank_of_the_training_embeddings():
     h, proj, logged = _host()
     g = torch.Generator().manual_seed(0)
-    x = torch.zeros(256, 3)
     proj.train()
-    proj.out = torch.randn(256, 16, generator=g)                  # spread over 16 directions
-    proj(x)
-    proj(x)
+    _step(h, proj, torch.randn(256, 16, generator=g))             # spread over 16 directions
+    _step(h, proj, torch.randn(256, 16, generator=g))
     h.on_epoch_end(0)
     (spread,) = _erank_logged(logged)
     assert 12.0 < spread <= 16.0
-    proj.out = torch.randn(256, 1, generator=g) * torch.randn(1, 16, generator=g) + 3.0     # one direction
-    proj(x)
+    _step(h, proj, torch.randn(256, 1, generator=g) * torch.randn(1, 16, generator=g) + 3.0)    # one direction
     proj.eval()
-    proj.out = torch.randn(256, 16, generator=g)                  # evaluation forwards are not training embeddings
-    proj(x)
+    _step(h, proj, torch.randn(256, 16, generator=g))             # evaluation forwards are not training embeddings
     h.on_epoch_end(1)
     assert _erank_logged(logged)[1] == pytest.approx(1.0, abs=0.03)
-    two = torch.cat([torch.randn(256, 2, generator=g), torch.zeros(256, 14)], 1)
     proj.train()
-    proj.out = two                                                # a dimensional collapse: 2 directions
-    proj(x)
+    _step(h, proj, torch.cat([torch.randn(256, 2, generator=g), torch.zeros(256, 14)], 1))   # 2 directions
+    proj.out = torch.randn(256, 16, generator=g)                  # the step's second forward (crop 1): not read
+    proj(torch.zeros(256, 3))
     h.on_epoch_end(2)
     assert 1.5 < _erank_logged(logged)[2] <= 2.01
     h.on_epoch_end(3)                                             # no training forward: nothing logged
     assert len(_erank_logged(logged)) == 3
 
 
-def test_only_the_first_rows_of_finite_batches_of_the_hooked_module_count():
+def test_only_the_first_rows_of_full_finite_batches_of_the_hooked_module_count():
     h, proj, logged = _host()
     g = torch.Generator().manual_seed(1)
     proj.train()
     rows = torch.randn(WATCH_ROWS, 8, generator=g)
     # beyond WATCH_ROWS the embeddings all lie on one line: they must not enter the rank
-    proj.out = torch.cat([rows, torch.ones(64, 8)])
-    proj(torch.zeros(WATCH_ROWS + 64, 3))
-    bad = torch.randn(32, 8, generator=g)
+    _step(h, proj, torch.cat([rows, torch.ones(64, 8)]), WATCH_ROWS + 64)
+    bad = torch.randn(WATCH_ROWS, 8, generator=g)
     bad[0, 0] = float("nan")
-    proj.out = bad
-    proj(torch.zeros(32, 3))                                      # non-finite: skipped, not a NaN mean
-    head = copy.deepcopy(proj)                                    # a plugin's head copied later carries the hook
-    head.out = torch.ones(32, 8)
-    head(torch.zeros(32, 3))
+    _step(h, proj, bad, WATCH_ROWS)                                # non-finite: skipped, not a NaN mean
+    _step(h, proj, torch.ones(8, 8), 8)                            # a short last batch: skipped (rank <= its size)
+    head = copy.deepcopy(proj)                                    # a copy made later carries the hook: not read
+    h.on_step_start()
+    head.out = torch.ones(WATCH_ROWS, 8)
+    head(torch.zeros(WATCH_ROWS, 3))
     h.on_epoch_end(0)
     from solo_sparse.core.watch import effective_rank
 
     assert _erank_logged(logged) == [pytest.approx(effective_rank(rows), rel=1e-3)]
+
+
+def test_the_hook_never_changes_the_output_nor_raises():
+    h, proj, logged = _host()
+    proj.train()
+    out = torch.randn(WATCH_ROWS, 8)
+    twin = copy.deepcopy(proj)                                    # e.g. a model copied for export
+    h.setup(h.view)                                               # the first watch is freed: its hook is removed,
+    del h                                                         # the copy's hook points at a dead watch
+    twin.out = out
+    y = twin(torch.zeros(WATCH_ROWS, 3))
+    assert torch.is_tensor(y) and torch.equal(y, out)
+    h2, proj2, _ = _host()
+    proj2.train()
+    y = _step(h2, proj2, out, WATCH_ROWS)
+    assert torch.is_tensor(y) and torch.equal(y, out)
+
+
+def test_under_bf16_autocast_the_rank_is_taken_in_float32():
+    h, proj, logged = _host()
+    g = torch.Generator().manual_seed(4)
+    proj.train()
+    low = torch.randn(WATCH_ROWS, 4, generator=g) @ torch.randn(4, 256, generator=g)     # rank 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _step(h, proj, low, WATCH_ROWS)
+    h.on_epoch_end(0)
+    from solo_sparse.core.watch import effective_rank
+
+    assert _erank_logged(logged) == [pytest.approx(effective_rank(low, gram=True), rel=1e-6)]   # as in fp32
+    assert _erank_logged(logged)[0] < 4.1         # bf16 products would read ~7 for this rank-4 batch
 
 
 def test_the_gram_route_reads_what_the_singular_values_read():
@@ -119,6 +151,5 @@ def test_no_projector_no_watch_and_a_second_setup_hooks_once():
     h, proj, logged = _host()
     h.setup(h.view)                                               # set up again: the old hook is removed
     proj.train()
-    proj.out = torch.randn(64, 8)
-    proj(torch.zeros(64, 3))
+    _step(h, proj, torch.randn(64, 8), 64)
     assert h.watch.n == 1

@@ -529,13 +529,15 @@ def test_update_docs_skips_files_that_are_not_bench_results_and_refuses_two_of_o
         p.write_text(json.dumps({"meta": {"suite": "toy"}, "rows": {}}))
     doc = tmp_path / "doc.md"
     doc.write_text("x\n<!-- bench-claims:toy -->\n<!-- /bench-claims:toy -->\n")
-    assert update_docs([other, a], [doc]) == [tmp_path / "results.md", doc]
+    assert update_docs([other, a], [doc]) == [tmp_path / "a.md", doc]     # X.json's twin: X.md, no other file
     assert f"skipped {other}: not a bench results file" in capsys.readouterr().out
-    assert not (tmp_path / "speed.md").exists()           # a skipped file gets no results.md
-    (tmp_path / "results.md").unlink()
+    assert not (tmp_path / "speed.md").exists() and not (tmp_path / "results.md").exists()
+    (tmp_path / "a.md").unlink()
     with pytest.raises(ConfigError, match="are both results of suite 'toy'"):
         update_docs([a, b], [doc])
-    assert not (tmp_path / "results.md").exists()         # refused before anything was written
+    with pytest.raises(ConfigError, match="no such document"):
+        update_docs([a], [doc, tmp_path / "typo.md"])
+    assert not (tmp_path / "a.md").exists()               # refused before anything was written
     with pytest.raises(ConfigError, match="no such results file"):
         update_docs([tmp_path / "missing.json"], [doc])
 

@@ -145,12 +145,14 @@ def to_markdown(results: Dict[str, Any]) -> str:
         if r.get("rewind_replay"):
             replays.setdefault(r.get("seed"), []).append(r["id"])
     if replays:
-        worst = max(float(r["rewind_replay"].get("max_rel_norm_diff", float("nan")))
-                    for r in results["rows"].values() if r.get("rewind_replay"))
-        lines += ["", "Computed from a rewind point replayed on another machine, not bit-identical (the same tensors "
-                  "and metadata, float values within the run's `rewind_tolerance`; largest relative difference of a "
-                  f"tensor's L2 norm {worst:.3g}): "
-                  + "; ".join(f"seed {sd}: " + ", ".join(sorted(ids)) for sd, ids in sorted(replays.items())) + "."]
+        diffs = [r["rewind_replay"].get("max_rel_norm_diff") for r in results["rows"].values()
+                 if r.get("rewind_replay")]
+        diffs = [float(d) for d in diffs if isinstance(d, (int, float)) and math.isfinite(d)]
+        worst = f"; largest relative difference of a tensor's L2 norm {max(diffs):.3g}" if diffs else ""
+        lines += ["", "Computed from a rewind point replayed not bit-identically (on another machine or build: the "
+                  f"same tensors and metadata, float values within the run's `rewind_tolerance`{worst}): "
+                  + "; ".join(f"seed {sd}: " + ", ".join(sorted(ids))
+                              for sd, ids in sorted(replays.items(), key=lambda kv: str(kv[0]))) + "."]
     imp_dense = "; for IMP rounds rows the round-0 ticket of the same evaluation" if rounds else ""
     imp_base = " (for an IMP control: the ticket of its round and evaluation)" if rounds else ""
     lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "
@@ -322,7 +324,8 @@ def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
 def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:
     """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
     the suites' results.json (the README's result tables are generated, never typed), and re-render each given
-    results.json's sibling ``results.md`` (what a suite's own bench run writes), so that a renderer change reaches
+    results file's markdown twin (``results.json`` -> ``results.md``, what a suite's own bench run writes; another
+    name ``X.json`` -> ``X.md``), so that a renderer change reaches
     every suite, not only the one that ran last. Returns the files that changed: the results.md first, in the order
     of ``results_paths``, then the docs."""
     tables: Dict[str, str] = {}
@@ -342,10 +345,13 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
                               "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
         seen[suite] = Path(p)
         rendered = to_markdown(res)
-        pages[Path(p).with_name("results.md")] = rendered
+        pages[Path(p).with_suffix(".md")] = rendered     # results.json -> results.md, as a bench run writes it
         tables[f"bench:{suite}"] = rendered
         tables[f"bench-regime:{suite}"] = regime_markdown(res)
         tables[f"bench-claims:{suite}"] = stats.claims_markdown([res])
+    for d in docs:
+        if not Path(d).is_file():
+            raise ConfigError(f"{d}: no such document to update (--update-docs takes existing markdown files)")
     # every input is checked before anything is written
     for md, rendered in pages.items():
         if not md.is_file() or md.read_text() != rendered:
