@@ -722,3 +722,14 @@ def test_the_eta_is_timed_only_on_runs_trained_from_their_start(setup, monkeypat
     b.run()
     runs = [ln for ln in lines if "] run " in ln]
     assert "ETA" not in runs[1] and runs[2].endswith("ETA 10 min 00 s")
+
+
+def test_update_docs_without_a_document_re_renders_the_results_md_only(tmp_path, capsys):
+    """`solo-sparse bench RESULTS.json --update-docs` (no document) re-renders RESULTS.md and runs no bench."""
+    from solo_sparse.tools.cli import main
+
+    res = tmp_path / "results.json"
+    res.write_text(json.dumps({"meta": {"suite": "toy"}, "rows": {}}))
+    assert main(["bench", str(res), "--update-docs"]) == 0
+    assert (tmp_path / "results.md").read_text() == to_markdown(json.loads(res.read_text()))
+    assert f"updated: {tmp_path / 'results.md'}" in capsys.readouterr().out
