@@ -141,13 +141,14 @@ def to_markdown(results: Dict[str, Any]) -> str:
         lines += ["", "Same training as another suite's row, reused (not trained twice): "
                   + "; ".join(f"{i} = {w}" for i, w in reused) + "."]
     replays: Dict[Any, List[str]] = {}
+    diffs: List[float] = []
     for r in results["rows"].values():
         if r.get("rewind_replay"):
             replays.setdefault(r.get("seed"), []).append(r["id"])
+            d = r["rewind_replay"].get("max_rel_norm_diff")
+            if isinstance(d, (int, float)) and math.isfinite(d):
+                diffs.append(float(d))
     if replays:
-        diffs = [r["rewind_replay"].get("max_rel_norm_diff") for r in results["rows"].values()
-                 if r.get("rewind_replay")]
-        diffs = [float(d) for d in diffs if isinstance(d, (int, float)) and math.isfinite(d)]
         worst = f"; largest relative difference of a tensor's L2 norm {max(diffs):.3g}" if diffs else ""
         lines += ["", "Computed from a rewind point replayed not bit-identically (on another machine or build: the "
                   f"same tensors and metadata, float values within the run's `rewind_tolerance`{worst}): "
@@ -325,9 +326,8 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
     the suites' results.json (the README's result tables are generated, never typed), and re-render each given
     results file's markdown twin (``results.json`` -> ``results.md``, what a suite's own bench run writes; another
-    name ``X.json`` -> ``X.md``), so that a renderer change reaches
-    every suite, not only the one that ran last. Returns the files that changed: the results.md first, in the order
-    of ``results_paths``, then the docs."""
+    name ``X.json`` -> ``X.md``), so that a renderer change reaches every suite, not only the one that ran last.
+    Returns the files that changed: the results.md first, in the order of ``results_paths``, then the docs."""
     tables: Dict[str, str] = {}
     pages: Dict[Path, str] = {}
     seen: Dict[str, Path] = {}
