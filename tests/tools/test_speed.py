@@ -197,3 +197,55 @@ def test_a_compact_path_says_whether_its_widths_were_rounded():
     assert "not rounded" in exact.description and "lanes)" in exact.description
     assert f"rounded to {C.vector_width()} lanes" in rounded.description and "not rounded" not in rounded.description
     assert exact.info["internal_channels"][0] <= rounded.info["internal_channels"][0]
+
+
+def test_the_speed_up_is_the_paired_median_inside_its_own_iqr():
+    # a machine that slows down between repetitions: each repetition's ratio is ~1.1 or 2, but the medians of the
+    # two columns come from different repetitions (10 ms vs 90 ms), a ratio no repetition measured
+    ref, fast = [10, 10, 10, 100, 100], [5, 5, 90, 90, 90]
+    r = speed._ratio_stats(ref, fast)
+    assert r["median"] == pytest.approx(100 / 90) and r["q1"] <= r["median"] <= r["q3"]
+    assert r["ratio_of_medians"] == pytest.approx(10 / 90)
+
+
+def _old_schema_results():
+    return {"machine": {"cpu": "cpu", "cores": 2}, "threads": 1, "torch": "t", "reps": 20, "warmup": 3,
+            "load_before": [0, 0, 0], "load_after": [0, 0, 0], "inputs": "x", "note": "",
+            "paths": {"p": {"description": "d", "variants": {"fast": "f"}, "info": {}, "rows": [
+                {"batch": 1, "size": 32,
+                 "ms": {"dense": {"median_ms": 10.0, "iqr_ms": 1.0}, "fast": {"median_ms": 8.0, "iqr_ms": 1.0}},
+                 "ratios": [{"fast": "fast", "reference": "dense", "median": 1.25, "per_repeat_median": 1.5,
+                             "q1": 1.4, "q3": 1.6, "iqr": 0.2, "macs_limit": 2.0}]}]}}}
+
+
+def test_a_results_file_of_the_old_schema_renders_its_paired_median(tmp_path):
+    f = tmp_path / "results.json"
+    f.write_text(json.dumps(_old_schema_results()))
+    doc = tmp_path / "doc.md"
+    doc.write_text("# d\n\n<!-- speed -->\nold\n<!-- /speed -->\ntail\n")
+    speed.main(speed_args(["--render", str(f), "--docs", str(doc)]))
+    md = (tmp_path / "results.md").read_text()
+    assert "| **1.50×** | 1.40–1.60 | 2.00× |" in md and "1.25" not in md
+    assert "**1.50×**" in doc.read_text() and doc.read_text().endswith("tail\n")
+    assert json.loads(f.read_text()) == _old_schema_results()           # the results file is left as it is
+
+
+def test_render_refuses_before_writing(tmp_path):
+    f = tmp_path / "results.json"
+    f.write_text(json.dumps(_old_schema_results()))
+    with pytest.raises(ConfigError, match="no such results file"):
+        speed.render(tmp_path / "nope.json")
+    with pytest.raises(ConfigError, match="missing.md: no such file"):
+        speed.render(f, [str(tmp_path / "missing.md")])
+    assert not (tmp_path / "results.md").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ConfigError, match="not a solo-sparse speed results file"):
+        speed.render(tmp_path / "other.json")
+
+
+def speed_args(argv):
+    import argparse
+
+    a = argparse.ArgumentParser()
+    speed.add_arguments(a)
+    return a.parse_args(argv)
