@@ -33,10 +33,7 @@ LABEL = ("Seconds per training epoch at equal batch on the machine that trained 
          "GPU-days for SimCLR mixes the algorithm with batch-size scaling).")
 
 
-def seconds_per_epoch(results: Mapping[str, Any]) -> Dict[str, Dict[int, float]]:
-    """``{run id: {seed: seconds per epoch}}`` of the finished rows with a wall-clock and an epoch count (a run's
-    evaluation-path rows ``id:path`` are one training: counted once under ``id``)."""
-    out: Dict[str, Dict[int, float]] = {}
+def _timed_rows(results: Mapping[str, Any]):
     for r in results.get("rows", {}).values():
         if r.get("status") != "ok" or r.get("kind") not in (None, "pretrain"):
             continue
@@ -44,7 +41,23 @@ def seconds_per_epoch(results: Mapping[str, Any]) -> Dict[str, Dict[int, float]]
         if not secs or not ep or int(ep) <= 0:
             continue
         rid = str(r["id"]).split(":")[0] if r.get("path") else str(r["id"])
-        out.setdefault(rid, {})[int(r.get("seed") or 0)] = float(secs) / int(ep)
+        yield rid, int(r.get("seed") or 0), float(secs) / int(ep), r.get("train_machine")
+
+
+def seconds_per_epoch(results: Mapping[str, Any]) -> Dict[str, Dict[int, float]]:
+    """``{run id: {seed: seconds per epoch}}`` of the finished rows with a wall-clock and an epoch count (a run's
+    evaluation-path rows ``id:path`` are one training: counted once under ``id``)."""
+    out: Dict[str, Dict[int, float]] = {}
+    for rid, seed, spe, _ in _timed_rows(results):
+        out.setdefault(rid, {})[seed] = spe
+    return out
+
+
+def train_machines(results: Mapping[str, Any]) -> Dict[str, Dict[int, Optional[str]]]:
+    """``{run id: {seed: the machine that trained it}}`` (``train_machine``; None where the row does not record it)."""
+    out: Dict[str, Dict[int, Optional[str]]] = {}
+    for rid, seed, _, machine in _timed_rows(results):
+        out.setdefault(rid, {})[seed] = machine
     return out
 
 
@@ -55,14 +68,20 @@ def _dense_of(rid: str, ids: Sequence[str]) -> Optional[str]:
     return pre if pre in ids else ("dense" if "dense" in ids else None)
 
 
-def ratio_stats(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Dict[str, Any]]:
-    """Per-seed ratios a / b over the seeds both have: n, ratios, mean, std, 95% interval (None for n < 2)."""
-    seeds = sorted(set(a) & set(b))
+def ratio_stats(a: Mapping[int, float], b: Mapping[int, float], machine_a: Optional[Mapping[int, Any]] = None,
+                machine_b: Optional[Mapping[int, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Per-seed ratios a / b over the seeds both have: n, ratios, mean, std, 95% interval (None for n < 2). A seed
+    whose two trainings record different machines (``machine_a`` / ``machine_b``) is left out, under ``skipped``: a
+    time ratio across machines measures the machines."""
+    ma, mb = machine_a or {}, machine_b or {}
+    both = sorted(set(a) & set(b))
+    skipped = [s for s in both if ma.get(s) and mb.get(s) and ma[s] != mb[s]]
+    seeds = [s for s in both if s not in skipped]
     if not seeds:
-        return None
+        return {"n": 0, "seeds": [], "skipped": skipped} if skipped else None
     r = [a[s] / b[s] for s in seeds]
     out: Dict[str, Any] = {"n": len(r), "seeds": seeds, "ratios": r, "mean": statistics.mean(r), "std": None,
-                           "lo": None, "hi": None}
+                           "lo": None, "hi": None, "skipped": skipped}
     if len(r) > 1:
         sd = statistics.stdev(r)
         half = t975(len(r) - 1) * sd / math.sqrt(len(r))
@@ -73,13 +92,17 @@ def ratio_stats(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Dict
 def _fmt_ratio(p: Optional[Dict[str, Any]]) -> str:
     if p is None:
         return "-"
+    skip = (f" (seed {', '.join(str(s) for s in p['skipped'])} left out: trained on different machines)"
+            if p.get("skipped") else "")
+    if p["n"] == 0:
+        return "-" + skip
     if p["n"] < 2:
-        return f"×{p['mean']:.3f} (1 seed)"
-    return f"×{p['mean']:.3f} ± {p['std']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]"
+        return f"×{p['mean']:.3f} (1 seed)" + skip
+    return f"×{p['mean']:.3f} ± {p['std']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]" + skip
 
 
 def to_markdown(results: Mapping[str, Any]) -> str:
-    per = seconds_per_epoch(results)
+    per, machines = seconds_per_epoch(results), train_machines(results)
     ids = list(per)
     reused = {str(r["id"]).split(":")[0]: str(r["reused_from"]).split("/", 1)[0]
               for r in results.get("rows", {}).values() if r.get("reused_from")}
@@ -89,10 +112,13 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         vals = [s[k] for k in sorted(s)]
         ms = f"{statistics.mean(vals):.1f}" + (f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else " (one seed)")
         dense = _dense_of(rid, ids)
-        vs = _fmt_ratio(ratio_stats(s, per[dense])) + f" ({dense})" if dense else "-"
+        vs = (_fmt_ratio(ratio_stats(s, per[dense], machines[rid], machines[dense])) + f" ({dense})"
+              if dense else "-")
         name = rid + (f" (trained in suite `{reused[rid]}`)" if rid in reused else "")
         lines.append(f"| {name} | {', '.join(f's{k}: {s[k]:.1f}' for k in sorted(s))} | {ms} | {vs} |")
-    return "\n".join(lines) + "\n\n" + LABEL + "\n"
+    from solo_sparse.tools.bench.results import machines_note
+
+    return "\n".join(lines + machines_note(results)) + "\n\n" + LABEL + "\n"
 
 
 def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:

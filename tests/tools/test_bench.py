@@ -61,6 +61,10 @@ def test_suite_runs_resumes_and_writes_pathless_outputs(setup, capsys):
     assert g["inference_macs_ratio"] < 1.0 and g["training_macs_ratio"] < 1.0 and g["epochs"] == 2
     assert g["csi"]["steps"] == [5] and all(set(ROW_KEYS) <= set(r) for r in rows.values())   # one schema
     assert rows["broken/seed0"]["status"] == "failed" and "exit 3" in rows["broken/seed0"]["error"]
+    from solo_sparse.engine.costmodel import machine_tag
+
+    assert g["train_machine"] == rows["broken/seed0"]["train_machine"] == machine_tag()   # beside its wall-clock
+    assert rows["random-init/seed0"]["train_machine"] is None
     assert g["monitor"]["pos"] == [0.8] and g["monitor"]["online_momentum_cos"] == [0.91]
     assert rows["dense/seed0"]["monitor"] is None
     assert (repo / "results" / "toy" / "monitor.png").stat().st_size > 1000

@@ -58,3 +58,21 @@ def test_cli_prints_and_updates_docs(tmp_path, capsys):
     bad.write_text("{}")
     assert main(["epoch-time", str(bad)]) == 2
     assert "not a benchmark results.json" in capsys.readouterr().err
+
+
+def test_a_seed_trained_on_two_machines_is_left_out_of_the_ratio():
+    res = _results()
+    res["rows"]["simclr-dense/seed1"]["train_machine"] = "Intel(R) Xeon(R) Processor (2 cores, avx512)"
+    res["rows"]["simclr-pbhp/seed1"]["train_machine"] = "AMD EPYC (2 cores, avx2)"
+    res["rows"]["simclr-pbhp/seed2"]["train_machine"] = "AMD EPYC (2 cores, avx2)"   # dense seed 2: unrecorded
+    per, machines = ET.seconds_per_epoch(res), ET.train_machines(res)
+    r = ET.ratio_stats(per["simclr-pbhp"], per["simclr-dense"], machines["simclr-pbhp"], machines["simclr-dense"])
+    assert r["seeds"] == [0, 2] and r["skipped"] == [1] and r["ratios"] == pytest.approx([0.5, 0.5])
+    md = ET.to_markdown(res)
+    assert "(seed 1 left out: trained on different machines)" in md
+    assert "Train wall-clock measured on 3 machines" in md and "AMD EPYC (2 cores, avx2): 2" in md
+    # one machine everywhere (or none recorded): no note, every seed paired
+    for r in res["rows"].values():
+        r.pop("train_machine", None)
+    md = ET.to_markdown(res)
+    assert "left out" not in md and "machines" not in md

@@ -162,6 +162,9 @@ def test_rounds_run_gives_tickets_and_both_controls_two_evaluations_each(setup, 
     for r in probes[1:] + retrains[1:]:
         assert rows[f"{r}/seed0"]["density_online"] == pytest.approx(0.5, abs=1e-3), r
     assert rows["imp:ticket-r1/seed0"]["wall_clock_s"] > 0
+    from solo_sparse.engine.costmodel import machine_tag
+
+    assert {rows[f"{r}/seed0"]["train_machine"] for r in probes + retrains} == {machine_tag()}   # every timed row
     # the rounds rows get their own plot (top-1 vs density, both evaluations), not the MACs scatter
     out = repo / "results" / "impt"
     assert (out / "impt-rounds.png").stat().st_size > 0 and not (out / "impt.png").exists()
@@ -280,7 +283,18 @@ def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup,
     man = json.loads((keep / "chain.json").read_text())
     assert sorted(man["rounds"]) == ["0", "1"] and list(man["round_masks"]) == ["1"] and man["rewind_sha256"]
     ticket = load_masks(out / "runs" / "imp" / "seed0" / "rounds" / "round_1" / "masks.safetensors")[0]
+    from solo_sparse.engine.costmodel import machine_tag
+
+    first = machine_tag()
+    assert {r["train_machine"] for r in man["rounds"].values()} == {first}     # carried with the round's time
     shutil.rmtree(out / "runs")                                  # the next session's machine
+    import solo_sparse.tools.bench.harness as harness_mod
+    import solo_sparse.tools.bench.rounds as rounds_mod
+    import solo_sparse.tools.imp.driver as driver_mod
+
+    other = "Other CPU (2 cores, avx512)"
+    for mod in (harness_mod, rounds_mod, driver_mod):
+        monkeypatch.setattr(mod, "machine_tag", lambda: other)
     n = len(_calls(tmp))
     lines = []
     res = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, log=lines.append).run()
@@ -290,6 +304,10 @@ def test_a_suite_cut_by_the_end_of_a_session_continues_on_a_fresh_machine(setup,
     assert all(v["status"] == "ok" for v in res["rows"].values()) and len(res["rows"]) == 4
     assert any("identical to round 0's" in line for line in lines), lines
     assert not any("rewind_replay" in v for v in res["rows"].values())          # an exact replay: no label
+    # each row keeps the machine that trained it: the tickets the first, the controls this one; the table says so
+    assert [res["rows"][f"imp:{r}/seed0"]["train_machine"] for r in
+            ("ticket-r1", "global_random-r1", "layer_permutation-r1")] == [first, other, other]
+    assert "Train wall-clock measured on 2 machines" in (out / "results.md").read_text()
     restored = load_masks(out / "runs" / "imp" / "seed0" / "rounds" / "round_1" / "masks.safetensors")[0]
     assert all(restored[k].equal(ticket[k]) for k in ticket)
     assert all(load_packed_masks(keep / "round_1.masks.safetensors")[0][k].equal(ticket[k]) for k in ticket)

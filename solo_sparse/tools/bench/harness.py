@@ -17,6 +17,7 @@ import torch
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
+from solo_sparse.engine.costmodel import machine_tag
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats, stale_cost
 from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, plot_rounds, to_markdown
@@ -437,7 +438,7 @@ class Bench:
                 "command": self.paths(shlex.join(cmd))}
         if self.host != "solo-learn":
             base["host"] = self.host
-        ck_path = None
+        ck_path, machine = None, None
         sibling = self.sibling_row(spec, seed)
         if sibling is not None:
             where, row = sibling
@@ -448,23 +449,25 @@ class Bench:
                      f"linear {100 * row['linear']:.2f}")
             return
         if prev.get("fingerprint") == base["fingerprint"] and prev.get("trained") and newest_checkpoint(run_dir):
-            ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
+            ck_path, seconds, machine = newest_checkpoint(run_dir), prev.get("wall_clock_s"), prev.get("train_machine")
         elif self.eval_only:
-            ck_path, seconds = newest_checkpoint(run_dir), prev.get("wall_clock_s")
+            ck_path, seconds, machine = newest_checkpoint(run_dir), prev.get("wall_clock_s"), prev.get("train_machine")
             if ck_path is None:
                 self.log(f"[bench] {key}: --eval-only but no checkpoint in {run_dir}; skipped")
                 return
         if ck_path is None:
             run = run_command(cmd, run_dir, log=run_dir / "train.log", cwd=run_dir)
-            seconds = run.seconds
+            seconds, machine = run.seconds, machine_tag()
             if not run.ok:
                 self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
+                                             "train_machine": machine,
                                              "error": self.paths(run.error)}
                 who = "main_pretrain.py" if self.host == "solo-learn" else f"the {self.host} trainer"
                 self.log(f"[bench] {key}: {who} failed ({run.error}); log: {run.log}")
                 return
             ck_path = run.checkpoint
-            self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "status": "trained"}
+            self.results["rows"][key] = {**base, "trained": True, "wall_clock_s": seconds, "train_machine": machine,
+                                         "status": "trained"}
             self.save()
         from solo_sparse.tools.report import read_csi, read_monitor
 
@@ -481,7 +484,7 @@ class Bench:
                 net, info = load_backbone(str(ck_path), "resnet18", gated_path=path)
             except DivergedCheckpoint as e:    # non-finite weights: a diverged run is a failed row
                 self.results["rows"][key] = {**base, "status": "failed", "wall_clock_s": seconds,
-                                             "error": self.paths(str(e))}
+                                             "train_machine": machine, "error": self.paths(str(e))}
                 self.log(f"[bench] {key}: not evaluated: {self.paths(str(e))}")
                 return
             try:
@@ -493,14 +496,14 @@ class Bench:
                 err = self.paths(f"evaluation path {path or '(default)'}: {e}")
                 self.results["rows"][rkey] = {**base, "id": spec.id if path is None else f"{spec.id}:{path}",
                                               "path": path, "trained": True, "status": "failed",
-                                              "wall_clock_s": seconds, "error": err}
+                                              "wall_clock_s": seconds, "train_machine": machine, "error": err}
                 self.log(f"[bench] {rkey}: not evaluated: {err}")
                 continue
             stats = checkpoint_stats(ck, self.suite.size, test[0][:2000], net, path)
             stats.update(probe_stats(str(ck_path), net, test[0][-256:], path))
             row = {**base, "id": spec.id if path is None else f"{spec.id}:{path}", "path": path, "trained": True,
                    "epochs": int(ck.get("epoch", -1)) + 1, "method": method,
-                   **stats, **acc, "wall_clock_s": seconds, "status": "ok",
+                   **stats, **acc, "wall_clock_s": seconds, "train_machine": machine, "status": "ok",
                    "csi": ({"steps": csi["steps"], "I": csi["I"], "r": csi["r"], "timed_out": csi["timed_out"]}
                            if csi else None),
                    "monitor": monitor,

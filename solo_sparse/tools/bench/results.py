@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
@@ -18,8 +19,25 @@ from solo_sparse.tools.bench.suite import RETRAIN, parse_round_row_id, round_row
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
-            "cost_versions", "trigger_step", "wall_clock_s", "knn20", "knn1", "linear", "shift_sensitivity",
-            "online_momentum_cos", "status", "error", "command", "reused_from")
+            "cost_versions", "trigger_step", "wall_clock_s", "train_machine", "knn20", "knn1", "linear",
+            "shift_sensitivity", "online_momentum_cos", "status", "error", "command", "reused_from")
+
+
+def machines_note(results: Mapping[str, Any]) -> List[str]:
+    """A line under the table when its train wall-clock column comes from more than one machine (``train_machine``
+    of each timed training; rows written before 2026-12-07 do not record theirs): times compare within one only."""
+    trainings: Dict[Any, str] = {}
+    for r in results.get("rows", {}).values():
+        if r.get("status") == "ok" and r.get("wall_clock_s") and not r.get("reused_from"):
+            rid, path = str(r.get("id")), r.get("path")
+            rid = rid[:-len(path) - 1] if path and rid.endswith(f":{path}") else rid     # a training's eval paths
+            trainings[(rid, r.get("seed"))] = r.get("train_machine") or "not recorded"
+    count = Counter(trainings.values())
+    if len(count) < 2:
+        return []
+    parts = "; ".join(f"{m}: {n}" for m, n in sorted(count.items(), key=lambda kv: (kv[0] == "not recorded", kv[0])))
+    return ["", f"Train wall-clock measured on {len(count)} machines (trainings per machine — {parts}; rows written "
+                "before 2026-12-07 do not record theirs): compare times of one machine only."]
 
 
 def _mean_std(vals: Sequence[float]):
@@ -154,6 +172,7 @@ def to_markdown(results: Dict[str, Any]) -> str:
                   f"same tensors and metadata, float values within the run's `rewind_tolerance`{worst}): "
                   + "; ".join(f"seed {sd}: " + ", ".join(sorted(ids))
                               for sd, ids in sorted(replays.items(), key=lambda kv: str(kv[0]))) + "."]
+    lines += machines_note(results)
     imp_dense = "; for IMP rounds rows the round-0 ticket of the same evaluation" if rounds else ""
     imp_base = " (for an IMP control: the ticket of its round and evaluation)" if rounds else ""
     lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from solo_sparse.core.config import ConfigError
+from solo_sparse.engine.costmodel import machine_tag
 from solo_sparse.tools.bench.harness import Bench, _fmt_time, _Paths
 from solo_sparse.tools.bench.suite import RunSpec, round_row_id
 from solo_sparse.tools.evaluate import NonFiniteFeatures, evaluate_backbone, load_backbone
@@ -112,6 +113,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": rfp, "path": "label-retrain",
                                      "linear": res["accuracy"], "density_online": res["density"],
                                      "epochs": spec.retrain_epochs, "wall_clock_s": time.time() - t1,
+                                     "train_machine": machine_tag(),
                                      **replayed(state is not None or mfile is not None)}
         bench.log(f"[bench] {rid}/seed{seed}: label re-training top-1 {100 * res['accuracy']:.2f} at density "
                  f"{res['density']:.4f} ({spec.retrain_epochs} epochs, init "
@@ -130,9 +132,10 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                 ck = drv.train_round(k)
                 r = drv.state["rounds"][str(k)]
                 r["status"], r["train_seconds"] = "done", r["train_seconds"] - before   # this training's time
+                r["train_machine"] = machine_tag()
                 drv._save()
             probe(rid, ck, fp, from_chain=k > 0, wall_clock_s=r.get("train_seconds"),
-                  command=bench.paths(str(r.get("command", ""))))
+                  train_machine=r.get("train_machine"), command=bench.paths(str(r.get("command", ""))))
         retrain("ticket", k, drv.masks_path(k) if k > 0 else None, fresh=False)
         drv.carry(keep, fp)
 
@@ -167,7 +170,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                                *bench._overrides(spec, seed), "++auto_resume.enabled=False",
                                f"++solo_sparse.masks='{mfile}'",
                                *([f"++solo_sparse.init='{own_init}'"] if own_init is not None else [])])
-                seconds = (rows.get(f"{rid}/seed{seed}") or {}).get("wall_clock_s")
+                seconds, machine = row.get("wall_clock_s"), row.get("train_machine")
                 if ck is None:
                     if own_init is not None:
                         drv.ensure_rewind()          # replayed on a machine that did not train round 0
@@ -177,11 +180,11 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                                                      "error": bench.paths(str(res.error))}
                         bench.save()
                         continue
-                    ck, seconds = res.checkpoint, res.seconds
+                    ck, seconds, machine = res.checkpoint, res.seconds, machine_tag()
                     rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "trained",
-                                                 "wall_clock_s": seconds}
+                                                 "wall_clock_s": seconds, "train_machine": machine}
                     bench.save()
-                probe(rid, ck, cfp, wall_clock_s=seconds, command=bench.paths(shlex.join(cmd)))
+                probe(rid, ck, cfp, wall_clock_s=seconds, train_machine=machine, command=bench.paths(shlex.join(cmd)))
             retrain(control, k, mfile, fresh=control == "random_reinit")
     bench.log(f"[bench] {spec.id} seed {seed}: IMP, controls and evaluations done in {_fmt_time(time.time() - t0)}")
 

@@ -51,6 +51,7 @@ import torch
 
 from solo_sparse.core.config import PREFIX, ConfigError, StepSpec
 from solo_sparse.core.files import file_sha256, write_atomic
+from solo_sparse.engine.costmodel import machine_tag
 from solo_sparse.engine.imp import (
     fingerprint,
     global_magnitude_prune,
@@ -321,6 +322,8 @@ class IMPDriver:
         if not res.ok:
             raise RuntimeError(f"round {k}: main_pretrain.py: {res.error}; see {res.log}")
         rs["train_seconds"] = rs.get("train_seconds", 0.0) + res.seconds
+        tag, was = machine_tag(), rs.get("train_machine")
+        rs["train_machine"] = tag if not was or was == tag else f"{was}; {tag}"     # resumed on another machine
         ck = res.checkpoint
         rs["checkpoint"] = str(ck.relative_to(self.out))
         return ck
@@ -449,7 +452,8 @@ class IMPDriver:
         keep = Path(keep)
         keep.mkdir(parents=True, exist_ok=True)
         self._backfill_rewind_summary()
-        rounds = {k: {"density": rs["density"], "train_seconds": rs.get("train_seconds")}
+        rounds = {k: {"density": rs["density"], "train_seconds": rs.get("train_seconds"),
+                      **({"train_machine": rs["train_machine"]} if rs.get("train_machine") else {})}
                   for k, rs in self.state["rounds"].items() if rs.get("status") == "done"}
         masks = {}
         for k in range(1, self.run.rounds + 1):
@@ -502,7 +506,8 @@ class IMPDriver:
                                                                                                      "density")})
         for k, r in m.get("rounds", {}).items():
             self.state["rounds"][k] = {"status": "done", "density": r["density"],
-                                       "train_seconds": r.get("train_seconds"), "restored": True}
+                                       "train_seconds": r.get("train_seconds"), "restored": True,
+                                       **({"train_machine": r["train_machine"]} if r.get("train_machine") else {})}
         self.state.update({k: m[k] for k in CARRIED if m.get(k)})
         self._save()
         done = sorted(int(k) for k in m.get("rounds", {}))
