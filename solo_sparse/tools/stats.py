@@ -44,6 +44,12 @@ def by_seed(rows: Iterable[Mapping[str, Any]], rid: str, key: str = "linear") ->
     return out
 
 
+def _machines(rows: Iterable[Mapping[str, Any]], rid: str) -> Dict[int, str]:
+    """{seed: the machine that trained it} of run ``rid``'s finished rows that record one (``train_machine``)."""
+    return {int(r.get("seed") or 0): r["train_machine"] for r in rows
+            if r.get("id") == rid and r.get("status") == "ok" and r.get("train_machine")}
+
+
 def paired(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Dict[str, Any]]:
     """The per-seed differences a − b over the seeds both have: n, mean, std, 95% interval (None for n < 2)."""
     seeds = sorted(set(a) & set(b))
@@ -149,6 +155,11 @@ def claim_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
         key = c.get("metric") or "linear"
         a = by_seed(rows, c["a"], key)
         b = by_seed(rows, c["b"], key) if c.get("b") else None
+        if key == "wall_clock_s" and b is not None:      # a time compared across machines measures the machines
+            ma, mb = _machines(rows, c["a"]), _machines(rows, c["b"])
+            left = sorted(s for s in set(a) & set(b) if ma.get(s) and mb.get(s) and ma[s] != mb[s])
+            a = {s: v for s, v in a.items() if s not in left}
+            c = {**c, "left_out": left} if left else c
         bd = bounded(c)
         if bd is None:
             margin = float(c.get("margin", 0.0))
@@ -165,11 +176,14 @@ def _claim_cells(c: Mapping[str, Any], suite: Any) -> Tuple[str, str, str]:
     """(compared, bound, per-seed values) cells of a claim's table row."""
     p, key = c["paired"], c.get("metric") or "linear"
     bd = bounded(c)
+    left = (f" (seed {', '.join(str(x) for x in c['left_out'])} left out: trained on different machines)"
+            if c.get("left_out") else "")
     if bd is None:
         per = "-" if p is None else ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(p["seeds"], p["diffs"]))
         what = "" if key == "linear" else f" ({key})"
-        return f"`{suite}`: {c['a']} − {c['b']}{what}", f"{c['margin']:+.1f}", per
+        return f"`{suite}`: {c['a']} − {c['b']}{what}", f"{c['margin']:+.1f}", per + left
     per = "-" if p is None else ", ".join(f"s{s}: {d:.4g}" for s, d in zip(p["seeds"], p["diffs"]))
+    per += left
     what = f"{c['a']} / {c['b']}" if c.get("b") else c["a"]
     return f"`{suite}`: {what} ({key})", f"{'≥' if bd[0] == 'at_least' else '≤'} {bd[1]:g}", per
 

@@ -442,6 +442,23 @@ def test_seeds_to_decide_is_the_smallest_n_whose_interval_would_exclude_the_marg
     assert "**one seed: not decided** | - |" in stats.claims_markdown([one])
 
 
+def test_a_wall_clock_claim_pairs_only_seeds_trained_on_one_machine():
+    from solo_sparse.tools import stats
+
+    def rows(rid, secs, machines):
+        return {f"{rid}/seed{i}": {"id": rid, "seed": i, "status": "ok", "wall_clock_s": v, "train_machine": m}
+                for i, (v, m) in enumerate(zip(secs, machines))}
+
+    fast, slow = "Intel(R) Xeon(R) Processor (2 cores, avx512)", "AMD EPYC (2 cores, avx2)"
+    res = {"meta": {"suite": "s", "claims": [
+        {"claim": "cheaper", "a": "p", "b": "d", "metric": "wall_clock_s", "at_most": 0.8}]},
+        "rows": {**rows("p", [50.0, 52.0, 120.0, 51.0], [fast, fast, slow, None]),
+                 **rows("d", [100.0, 101.0, 99.0, 100.0], [fast, fast, fast, fast])}}
+    (c,) = stats.claim_rows(res)
+    assert c["paired"]["seeds"] == [0, 1, 3] and c["left_out"] == [2] and c["verdict"] == "reproduced"
+    assert "(seed 2 left out: trained on different machines)" in stats.claims_markdown([res])
+
+
 def test_bound_claims_on_a_row_column_and_on_a_ratio():
     """Goals on other columns (issue 25): a value bound on one run (twin cosine >= 0.88) and a ratio bound against
     another run (shift sensitivity <= 3x dense), decided by the 95% interval like the difference claims."""
