@@ -181,12 +181,15 @@ def speed_step(out: Path, device: str, tiny: bool) -> dict:
 def speed_rows(res: dict) -> list:
     """One row per measured ratio of a speed result (every reference: ``dense`` and, where the suite times it,
     ``dense+opt`` — the same inference optimisations without the sparsity, the fair reference of ``compact+opt``)."""
+    from solo_sparse.tools.speed import upgrade
+
     rows = []
-    for pid, p in res["paths"].items():
+    for pid, p in upgrade(res)["paths"].items():      # a results file of the old schema: its paired median
         for row in p["rows"]:
             for r in row["ratios"]:
                 rows.append({"path": pid, "fast": r["fast"], "reference": r["reference"], "batch": row["batch"],
-                             "size": row["size"], "speedup": r["median"], "macs_limit": r.get("macs_limit")})
+                             "size": row["size"], "speedup": r["median"], "q1": r.get("q1"), "q3": r.get("q3"),
+                             "macs_limit": r.get("macs_limit")})
     return rows
 
 

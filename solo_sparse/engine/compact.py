@@ -293,10 +293,11 @@ def macs(net: nn.Module, size: int = 32) -> float:
 @torch.inference_mode()
 def latency(nets: Mapping[str, nn.Module], batch: int, size: int, reps: int, warmup: int = 3,
             progress: bool = False) -> Dict[str, Dict[str, float]]:
-    """CPU latency of each net on a (batch, 3, size, size) input: {name: {median_ms, p10_ms, p90_ms}}.
+    """CPU latency of each net on a (batch, 3, size, size) input: {name: {median_ms, p10_ms, p90_ms, ms}} (``ms``:
+    the time of each repetition, in order, for ratios paired by repetition).
 
-    The nets run interleaved (one call each per repetition), so background load hits all of them alike;
-    the statistics are over ``reps`` repetitions in this process."""
+    The nets run interleaved (one call each per repetition, their order rotating by one each repetition), so
+    background load hits all of them alike; the statistics are over ``reps`` repetitions in this process."""
     import statistics
     import time
 
@@ -311,13 +312,15 @@ def latency(nets: Mapping[str, nn.Module], batch: int, size: int, reps: int, war
         from tqdm import tqdm
 
         it = tqdm(it, desc=f"latency b={batch} {size}px", leave=False)
-    for _ in it:
-        for n, net in nets.items():
+    items = list(nets.items())
+    for r in it:
+        k = r % len(items)
+        for n, net in items[k:] + items[:k]:
             t0 = time.perf_counter()
             net(x)
             ts[n].append(1e3 * (time.perf_counter() - t0))
     out = {}
     for n, v in ts.items():
         q = statistics.quantiles(v, n=10) if len(v) >= 2 else [v[0]] * 9
-        out[n] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1]}
+        out[n] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "ms": v}
     return out

@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -52,10 +53,11 @@ def cpu_model() -> str:
 
 
 def machine_tag() -> str:
-    """A short name of the machine a wall-clock was measured on: CPU model, logical cores and its widest vector
-    unit, plus the first GPU where one is visible. Machines sold under one model name differ there (measured in
-    this project: a MoCo v2+ epoch took 2.9 min on an 'AMD EPYC' with AVX2 and 1.3 min on an 'Intel(R) Xeon(R)
-    Processor' with AVX-512, both 2 cores), so times are compared within one tag only."""
+    """A short name of what a wall-clock was measured on: CPU model, the cores this process may use, the CPU's widest
+    vector unit, the NVIDIA GPUs the driver lists (read from ``/proc``: no CUDA context is created) and the torch
+    build. Machines sold under one model name differ there (measured in this project: a MoCo v2+ epoch took 2.9 min
+    on an 'AMD EPYC' with AVX2 and 1.3 min on an 'Intel(R) Xeon(R) Processor' with AVX-512, both 2 cores), so times
+    are compared within one tag only."""
     flags: List[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -66,10 +68,18 @@ def machine_tag() -> str:
         pass
     isa = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("asimd", "neon")) if flag in flags),
                platform.machine())
-    tag = f"{cpu_model()} ({os.cpu_count()} cores, {isa})"
-    if torch.cuda.is_available():
-        tag += f", {torch.cuda.get_device_name(0)}"
-    return tag
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count()
+    gpus = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            gpus += [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("Model:")]
+        except OSError:
+            pass
+    gpu = [f"{n}× {g}" if n > 1 else g for g, n in sorted(Counter(gpus).items())]
+    return ", ".join([f"{cpu_model()} ({cores} cores, {isa})", *gpu, f"torch {torch.__version__}"])
 
 
 def machine_key(device: str = "cpu") -> Dict[str, Any]:

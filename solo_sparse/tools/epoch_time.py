@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from solo_sparse.core.files import write_atomic
-from solo_sparse.tools.stats import t975
+from solo_sparse.tools.stats import LEFT_OUT, same_machine, t975
 
 LABEL = ("Seconds per training epoch at equal batch on the machine that trained the suite (wall-clock of the "
          "whole training process / epochs; start-up and data loading included, alike for every row). Rows trained "
@@ -71,11 +71,12 @@ def _dense_of(rid: str, ids: Sequence[str]) -> Optional[str]:
 def ratio_stats(a: Mapping[int, float], b: Mapping[int, float], machine_a: Optional[Mapping[int, Any]] = None,
                 machine_b: Optional[Mapping[int, Any]] = None) -> Optional[Dict[str, Any]]:
     """Per-seed ratios a / b over the seeds both have: n, ratios, mean, std, 95% interval (None for n < 2). A seed
-    whose two trainings record different machines (``machine_a`` / ``machine_b``) is left out, under ``skipped``: a
-    time ratio across machines measures the machines."""
+    whose two trainings do not share a recorded machine (``machine_a`` / ``machine_b``;
+    :func:`~solo_sparse.tools.stats.same_machine`) is left out, under ``skipped``: a time ratio across machines
+    measures the machines."""
     ma, mb = machine_a or {}, machine_b or {}
     both = sorted(set(a) & set(b))
-    skipped = [s for s in both if ma.get(s) and mb.get(s) and ma[s] != mb[s]]
+    skipped = [s for s in both if not same_machine(ma.get(s), mb.get(s))]
     seeds = [s for s in both if s not in skipped]
     if not seeds:
         return {"n": 0, "seeds": [], "skipped": skipped} if skipped else None
@@ -92,8 +93,7 @@ def ratio_stats(a: Mapping[int, float], b: Mapping[int, float], machine_a: Optio
 def _fmt_ratio(p: Optional[Dict[str, Any]]) -> str:
     if p is None:
         return "-"
-    skip = (f" (seed {', '.join(str(s) for s in p['skipped'])} left out: trained on different machines)"
-            if p.get("skipped") else "")
+    skip = f" (seed {', '.join(str(s) for s in p['skipped'])} left out: {LEFT_OUT})" if p.get("skipped") else ""
     if p["n"] == 0:
         return "-" + skip
     if p["n"] < 2:
@@ -118,7 +118,8 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {', '.join(f's{k}: {s[k]:.1f}' for k in sorted(s))} | {ms} | {vs} |")
     from solo_sparse.tools.bench.results import machines_note
 
-    return "\n".join(lines + machines_note(results)) + "\n\n" + LABEL + "\n"
+    shown = {"rows": {k: r for k, r in results.get("rows", {}).items() if r.get("kind") in (None, "pretrain")}}
+    return "\n".join(lines + machines_note(shown)) + "\n\n" + LABEL + "\n"
 
 
 def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:

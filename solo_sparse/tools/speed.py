@@ -382,7 +382,8 @@ def _stats(ts: Sequence[float]) -> Dict[str, float]:
 def time_group(paths: Sequence[SpeedPath], batch: int, size: int, X: torch.Tensor, reps: int, warmup: int = 3,
                progress: Callable[[str], None] = _say) -> Dict[str, Dict[str, List[float]]]:
     """{path id: {variant: [ms per repetition]}} (the dense reference under "dense"), all interleaved (CUDA:
-    synchronised around each call)."""
+    synchronised around each call). The order of the variants rotates by one each repetition, so that no variant is
+    always the one that runs first (after the input changes) or right after a given other."""
     sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
     runs: List[Tuple[str, str, nn.Module]] = [(p.id, v.name, v.module) for p in paths for v in p.runs(batch, size)]
     for _, _, m in runs:
@@ -410,7 +411,8 @@ def time_group(paths: Sequence[SpeedPath], batch: int, size: int, X: torch.Tenso
     start = time.perf_counter()
     for r in range(reps):
         x = inp(r)
-        for pid, name, m in runs:
+        k = r % len(runs)
+        for pid, name, m in runs[k:] + runs[:k]:
             sync()
             t0 = time.perf_counter()
             m(x)
@@ -658,8 +660,8 @@ def add_arguments(a) -> None:
     a.add_argument("--zoo", default=None, help="zoo directory")
     a.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     a.add_argument("--render", default=None, metavar="RESULTS_JSON",
-                   help="time nothing: re-render RESULTS_JSON's results.md beside it (and --docs) with this version's "
-                        "report")
+                   help="time nothing: re-render the markdown beside RESULTS_JSON (results.md for results.json, X.md "
+                        "for X.json) and the --docs blocks with this version's report")
 
 
 def render(path: Path, docs: Sequence[str] = ()) -> Dict[str, Any]:
@@ -671,8 +673,11 @@ def render(path: Path, docs: Sequence[str] = ()) -> Dict[str, Any]:
     missing = [d for d in docs if not Path(d).is_file()]
     if missing:
         raise ConfigError(f"speed --docs: {', '.join(missing)}: no such file (nothing was written)")
-    res = json.loads(path.read_text())
-    if "paths" not in res or "machine" not in res:
+    try:
+        res = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"speed --render={path}: not JSON ({e})") from None
+    if not isinstance(res, dict) or "paths" not in res or "machine" not in res:
         raise ConfigError(f"speed --render={path}: not a solo-sparse speed results file (no 'paths' / 'machine')")
     _write(path.with_suffix(".md") if path.name != "results.json" else path.parent / "results.md",
            portable(to_markdown(res)) + "\n")

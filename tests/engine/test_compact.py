@@ -106,6 +106,11 @@ def test_compact_zoo_round_trip(tmp_path):
     assert getattr(small.layer3[0].conv2, MASK).shape == small.layer3[0].conv2.weight.shape
     res = bench_entry("toy", 0.5, sizes=(32,), batches=(1,), reps=3, root=root, progress=False)
     assert res["rows"][0]["dense_ms"] > 0 and res["rows"][0]["fast_ms"] > 0 and res["max_abs_diff"] < 1e-4
+    # the speed-up is paired by repetition, as solo-sparse speed's: the median of the per-repetition ratios
+    d = res["rows"][0]["detail"]
+    ratios = sorted(a / b for a, b in zip(d["dense"]["ms"], d["fast"]["ms"]))
+    assert len(ratios) == 3 and res["rows"][0]["speedup"] == ratios[1]
+    assert res["rows"][0]["ratio_of_medians"] == res["rows"][0]["dense_ms"] / res["rows"][0]["fast_ms"]
 
 
 def test_gated_backbones_refused():

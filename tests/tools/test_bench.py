@@ -223,6 +223,21 @@ runs:
     rows = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out").run()["rows"]
     assert rows["two:a/seed0"]["status"] == rows["two:b/seed0"]["status"] == "ok" and "two/seed0" not in rows
     assert ck.stat().st_mtime_ns == stamp          # evaluated three times, trained once
+    from solo_sparse.engine.costmodel import machine_tag
+
+    assert rows["two:a/seed0"]["train_machine"] == rows["two:b/seed0"]["train_machine"] == machine_tag()
+    # evaluated again (--eval-only) once the per-path rows replaced the training row: the training's time and
+    # machine come from a path row
+    res_file = tmp / "out" / "results.json"
+    data = json.loads(res_file.read_text())
+    wall = data["rows"]["two:a/seed0"]["wall_clock_s"]
+    for k in ("two:a/seed0", "two:b/seed0"):
+        data["rows"][k].update(status="stale", train_machine="An earlier machine")
+    res_file.write_text(json.dumps(data))
+    rows = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out", eval_only=True).run()["rows"]
+    assert rows["two:a/seed0"]["status"] == "ok" and rows["two:a/seed0"]["wall_clock_s"] == wall
+    assert rows["two:a/seed0"]["train_machine"] == rows["two:b/seed0"]["train_machine"] == "An earlier machine"
+    assert ck.stat().st_mtime_ns == stamp
 
 
 def test_non_finite_features_are_refused_with_how_many_and_which():
@@ -455,8 +470,9 @@ def test_a_wall_clock_claim_pairs_only_seeds_trained_on_one_machine():
         "rows": {**rows("p", [50.0, 52.0, 120.0, 51.0], [fast, fast, slow, None]),
                  **rows("d", [100.0, 101.0, 99.0, 100.0], [fast, fast, fast, fast])}}
     (c,) = stats.claim_rows(res)
-    assert c["paired"]["seeds"] == [0, 1, 3] and c["left_out"] == [2] and c["verdict"] == "reproduced"
-    assert "(seed 2 left out: trained on different machines)" in stats.claims_markdown([res])
+    # seed 2: two machines; seed 3: only one side records its machine
+    assert c["paired"]["seeds"] == [0, 1] and c["left_out"] == [2, 3] and c["verdict"] == "2 seeds: not decided"
+    assert "(seed 2, 3 left out: its two trainings do not share a recorded machine)" in stats.claims_markdown([res])
 
 
 def test_bound_claims_on_a_row_column_and_on_a_ratio():

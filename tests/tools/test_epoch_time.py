@@ -60,19 +60,39 @@ def test_cli_prints_and_updates_docs(tmp_path, capsys):
     assert "not a benchmark results.json" in capsys.readouterr().err
 
 
-def test_a_seed_trained_on_two_machines_is_left_out_of_the_ratio():
+def test_a_seed_whose_trainings_do_not_share_a_recorded_machine_is_left_out_of_the_ratio():
     res = _results()
-    res["rows"]["simclr-dense/seed1"]["train_machine"] = "Intel(R) Xeon(R) Processor (2 cores, avx512)"
-    res["rows"]["simclr-pbhp/seed1"]["train_machine"] = "AMD EPYC (2 cores, avx2)"
-    res["rows"]["simclr-pbhp/seed2"]["train_machine"] = "AMD EPYC (2 cores, avx2)"   # dense seed 2: unrecorded
+    intel, amd = "Intel(R) Xeon(R) Processor (2 cores, avx512)", "AMD EPYC (2 cores, avx2)"
+    res["rows"]["simclr-dense/seed1"]["train_machine"] = intel
+    res["rows"]["simclr-pbhp/seed1"]["train_machine"] = amd                 # two machines
+    res["rows"]["simclr-pbhp/seed2"]["train_machine"] = amd                 # dense seed 2 records none
     per, machines = ET.seconds_per_epoch(res), ET.train_machines(res)
     r = ET.ratio_stats(per["simclr-pbhp"], per["simclr-dense"], machines["simclr-pbhp"], machines["simclr-dense"])
-    assert r["seeds"] == [0, 2] and r["skipped"] == [1] and r["ratios"] == pytest.approx([0.5, 0.5])
+    assert r["seeds"] == [0] and r["skipped"] == [1, 2] and r["ratios"] == pytest.approx([0.5])
     md = ET.to_markdown(res)
-    assert "(seed 1 left out: trained on different machines)" in md
-    assert "Train wall-clock measured on 3 machines" in md and "AMD EPYC (2 cores, avx2): 2" in md
-    # one machine everywhere (or none recorded): no note, every seed paired
+    assert "×0.500 (1 seed) (seed 1, 2 left out: its two trainings do not share a recorded machine)" in md
+    assert "Train wall-clock from more than one machine" in md and f"{amd}: 2; {intel}: 1; not recorded" in md
+    # neither side recorded (every row before 2026-12-07): paired as before, no note
     for r in res["rows"].values():
         r.pop("train_machine", None)
     md = ET.to_markdown(res)
-    assert "left out" not in md and "machines" not in md
+    assert "left out" not in md and "more than one machine" not in md and "×0.515 ± 0.026" in md
+
+
+def test_the_machines_note_counts_a_reused_training_and_only_the_rows_its_table_shows():
+    from solo_sparse.tools.bench.results import machines_note
+
+    rows = {"d/seed0": {"id": "d", "seed": 0, "status": "ok", "wall_clock_s": 9.0, "train_machine": "A",
+                        "reused_from": "other/d/seed0"},
+            "p:gated/seed0": {"id": "p:gated", "path": "gated", "seed": 0, "status": "ok", "wall_clock_s": 5.0,
+                              "train_machine": "B"},
+            "p:dense/seed0": {"id": "p:dense", "path": "dense", "seed": 0, "status": "ok", "wall_clock_s": 5.0,
+                              "train_machine": "B"}}
+    assert machines_note({"rows": rows})[1].startswith("Train wall-clock from more than one machine (trainings per "
+                                                       "machine — A: 1; B: 1)")
+    rows["d/seed0"]["train_machine"] = "B"
+    assert machines_note({"rows": rows}) == []
+    res = _results()             # a label re-training row on another machine is not in the epoch-time table
+    res["rows"]["x/seed0"] = {"id": "x", "seed": 0, "kind": "retrain", "status": "ok", "wall_clock_s": 3.0,
+                              "epochs": 1, "train_machine": "A"}
+    assert "more than one machine" not in ET.to_markdown(res)

@@ -200,8 +200,8 @@ def test_a_compact_path_says_whether_its_widths_were_rounded():
 
 
 def test_the_speed_up_is_the_paired_median_inside_its_own_iqr():
-    # a machine that slows down between repetitions: each repetition's ratio is ~1.1 or 2, but the medians of the
-    # two columns come from different repetitions (10 ms vs 90 ms), a ratio no repetition measured
+    # a machine that slows down between repetitions: the repetitions' ratios are 2, 2, 0.11, 1.11, 1.11, but the
+    # medians of the two columns come from different repetitions (10 ms vs 90 ms), a ratio no repetition measured
     ref, fast = [10, 10, 10, 100, 100], [5, 5, 90, 90, 90]
     r = speed._ratio_stats(ref, fast)
     assert r["median"] == pytest.approx(100 / 90) and r["q1"] <= r["median"] <= r["q3"]
@@ -238,6 +238,9 @@ def test_render_refuses_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="missing.md: no such file"):
         speed.render(f, [str(tmp_path / "missing.md")])
     assert not (tmp_path / "results.md").exists()
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ConfigError, match="not JSON"):
+        speed.render(tmp_path / "broken.json")
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ConfigError, match="not a solo-sparse speed results file"):
         speed.render(tmp_path / "other.json")
@@ -249,3 +252,28 @@ def speed_args(argv):
     a = argparse.ArgumentParser()
     speed.add_arguments(a)
     return a.parse_args(argv)
+
+
+def test_the_variants_take_turns_running_first():
+    import torch
+    import torch.nn as nn
+
+    order = []
+
+    class Rec(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            order.append(self.name)
+            return x
+
+    p = speed.SpeedPath(id="p", kind="k", description="d", dense=Rec("dense"),
+                        variants=[speed.Variant("a", Rec("a"), "a"), speed.Variant("b", Rec("b"), "b")],
+                        ratios=[("a", "dense"), ("b", "dense")], limit=lambda *_: {})
+    out = speed.time_group([p], 1, 32, torch.zeros(4, 3, 32, 32), reps=6, warmup=0, progress=lambda *_: None)
+    timed = order[3:]                                   # after the one untimed pass that sizes the ETA
+    firsts = [timed[i] for i in range(0, 18, 3)]
+    assert firsts == ["dense", "a", "b", "dense", "a", "b"]
+    assert all(len(v) == 6 for v in out["p"].values())

@@ -448,10 +448,13 @@ class Bench:
             self.log(f"[bench] {key}: the same training (config, overrides, seed, size) is {where}: reused, "
                      f"linear {100 * row['linear']:.2f}")
             return
-        if prev.get("fingerprint") == base["fingerprint"] and prev.get("trained") and newest_checkpoint(run_dir):
-            ck_path, seconds, machine = newest_checkpoint(run_dir), prev.get("wall_clock_s"), prev.get("train_machine")
-        elif self.eval_only:
-            ck_path, seconds, machine = newest_checkpoint(run_dir), prev.get("wall_clock_s"), prev.get("train_machine")
+        # the training's time and machine: its row, or (evaluated before, the per-path rows replaced it) a path row's
+        timed = prev or next((self.results["rows"][k] for k in (f"{spec.id}:{p}/seed{seed}" for p in spec.eval_paths
+                                                                if p is not None) if k in self.results["rows"]), {})
+        if (prev.get("fingerprint") == base["fingerprint"] and prev.get("trained") and newest_checkpoint(run_dir)) \
+                or self.eval_only:
+            ck_path = newest_checkpoint(run_dir)
+            seconds, machine = timed.get("wall_clock_s"), timed.get("train_machine")
             if ck_path is None:
                 self.log(f"[bench] {key}: --eval-only but no checkpoint in {run_dir}; skipped")
                 return

@@ -28,16 +28,19 @@ def machines_note(results: Mapping[str, Any]) -> List[str]:
     of each timed training; rows written before 2026-12-07 do not record theirs): times compare within one only."""
     trainings: Dict[Any, str] = {}
     for r in results.get("rows", {}).values():
-        if r.get("status") == "ok" and r.get("wall_clock_s") and not r.get("reused_from"):
+        if r.get("status") == "ok" and r.get("wall_clock_s"):     # reused rows too: the table shows their time
             rid, path = str(r.get("id")), r.get("path")
             rid = rid[:-len(path) - 1] if path and rid.endswith(f":{path}") else rid     # a training's eval paths
-            trainings[(rid, r.get("seed"))] = r.get("train_machine") or "not recorded"
-    count = Counter(trainings.values())
-    if len(count) < 2:
+            trainings[(rid, r.get("seed"))] = r.get("train_machine")
+    known = Counter(m for m in trainings.values() if m)
+    unknown = sum(1 for m in trainings.values() if not m)
+    if len(known) + bool(unknown) < 2:
         return []
-    parts = "; ".join(f"{m}: {n}" for m, n in sorted(count.items(), key=lambda kv: (kv[0] == "not recorded", kv[0])))
-    return ["", f"Train wall-clock measured on {len(count)} machines (trainings per machine — {parts}; rows written "
-                "before 2026-12-07 do not record theirs): compare times of one machine only."]
+    parts = [f"{m}: {n}" for m, n in sorted(known.items())]
+    parts += [f"not recorded (rows written before 2026-12-07): {unknown}"] if unknown else []
+    return ["", f"Train wall-clock from more than one machine (trainings per machine — {'; '.join(parts)}): compare "
+                "times of one machine only; a paired time comparison leaves out a seed whose two trainings do not "
+                "share a recorded machine."]
 
 
 def _mean_std(vals: Sequence[float]):

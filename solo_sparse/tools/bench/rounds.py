@@ -177,6 +177,7 @@ def run_rounds(bench: Bench, spec: RunSpec, seed: int) -> None:
                     res = run_command(cmd, cd, log=cd / "train.log", cwd=cd)
                     if not res.ok:
                         rows[f"{rid}/seed{seed}"] = {**base, "id": rid, "fingerprint": cfp, "status": "failed",
+                                                     "wall_clock_s": res.seconds, "train_machine": machine_tag(),
                                                      "error": bench.paths(str(res.error))}
                         bench.save()
                         continue

@@ -314,16 +314,14 @@ class IMPDriver:
         # round 0 trained again (its rows were lost with its machine) must not overwrite the recorded rewind point
         cmd = self.command(k, resume, capture=not self.state.get("rewind_sha256"))
         rs = self.state["rounds"].setdefault(str(k), {})
-        rs.update({"status": "training", "command": shlex.join(cmd)})
+        rs.update({"status": "training", "command": shlex.join(cmd), "train_machine": machine_tag()})
         self._save()
         self.log(f"[imp] round {k}/{self.run.rounds}: training at density {rs.get('density', 1.0):.4f}"
                  + (f" (resuming from {resume.name})" if resume else ""))
         res = run_command(cmd, d, append=True)
         if not res.ok:
             raise RuntimeError(f"round {k}: main_pretrain.py: {res.error}; see {res.log}")
-        rs["train_seconds"] = rs.get("train_seconds", 0.0) + res.seconds
-        tag, was = machine_tag(), rs.get("train_machine")
-        rs["train_machine"] = tag if not was or was == tag else f"{was}; {tag}"     # resumed on another machine
+        rs["train_seconds"] = (rs.get("train_seconds") or 0.0) + res.seconds
         ck = res.checkpoint
         rs["checkpoint"] = str(ck.relative_to(self.out))
         return ck
