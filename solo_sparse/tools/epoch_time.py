@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from solo_sparse.core.files import write_atomic
-from solo_sparse.tools.stats import LEFT_OUT, same_machine, t975
+from solo_sparse.tools.stats import LEFT_OUT, machines_note, same_machine, t975
 
 LABEL = ("Seconds per training epoch at equal batch on the machine that trained the suite (wall-clock of the "
          "whole training process / epochs; start-up and data loading included, alike for every row). Rows trained "
@@ -116,8 +116,6 @@ def to_markdown(results: Mapping[str, Any]) -> str:
               if dense else "-")
         name = rid + (f" (trained in suite `{reused[rid]}`)" if rid in reused else "")
         lines.append(f"| {name} | {', '.join(f's{k}: {s[k]:.1f}' for k in sorted(s))} | {ms} | {vs} |")
-    from solo_sparse.tools.bench.results import machines_note
-
     shown = {"rows": {k: r for k, r in results.get("rows", {}).items() if r.get("kind") in (None, "pretrain")}}
     return "\n".join(lines + machines_note(shown)) + "\n\n" + LABEL + "\n"
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 #: two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30), then the normal quantile
@@ -53,6 +54,26 @@ def same_machine(a: Optional[str], b: Optional[str]) -> bool:
 
 #: why a seed is missing from a paired time comparison
 LEFT_OUT = "its two trainings do not share a recorded machine"
+
+
+def machines_note(results: Mapping[str, Any]) -> List[str]:
+    """A line under the table when its train wall-clock column comes from more than one machine (``train_machine``
+    of each timed training; rows written before 2026-12-07 do not record theirs): times compare within one only."""
+    trainings: Dict[Any, str] = {}
+    for r in results.get("rows", {}).values():
+        if r.get("status") == "ok" and r.get("wall_clock_s"):     # reused rows too: the table shows their time
+            rid, path = str(r.get("id")), r.get("path")
+            rid = rid[:-len(path) - 1] if path and rid.endswith(f":{path}") else rid     # a training's eval paths
+            trainings[(rid, r.get("seed"))] = r.get("train_machine")
+    known = Counter(m for m in trainings.values() if m)
+    unknown = sum(1 for m in trainings.values() if not m)
+    if len(known) + bool(unknown) < 2:
+        return []
+    parts = [f"{m}: {n}" for m, n in sorted(known.items())]
+    parts += [f"not recorded (rows written before 2026-12-07): {unknown}"] if unknown else []
+    return ["", f"Train wall-clock from more than one machine (trainings per machine — {'; '.join(parts)}): compare "
+                "times of one machine only; a paired time comparison leaves out a seed whose two trainings do not "
+                "share a recorded machine."]
 
 
 def _machines(rows: Iterable[Mapping[str, Any]], rid: str) -> Dict[int, str]:

@@ -80,7 +80,7 @@ def test_a_seed_whose_trainings_do_not_share_a_recorded_machine_is_left_out_of_t
 
 
 def test_the_machines_note_counts_a_reused_training_and_only_the_rows_its_table_shows():
-    from solo_sparse.tools.bench.results import machines_note
+    from solo_sparse.tools.stats import machines_note
 
     rows = {"d/seed0": {"id": "d", "seed": 0, "status": "ok", "wall_clock_s": 9.0, "train_machine": "A",
                         "reused_from": "other/d/seed0"},

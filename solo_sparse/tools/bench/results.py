@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
@@ -21,26 +20,6 @@ ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "e
             "density_online", "density_momentum", "inference_macs_ratio", "training_macs_ratio", "gate_sparsity",
             "cost_versions", "trigger_step", "wall_clock_s", "train_machine", "knn20", "knn1", "linear",
             "shift_sensitivity", "online_momentum_cos", "status", "error", "command", "reused_from")
-
-
-def machines_note(results: Mapping[str, Any]) -> List[str]:
-    """A line under the table when its train wall-clock column comes from more than one machine (``train_machine``
-    of each timed training; rows written before 2026-12-07 do not record theirs): times compare within one only."""
-    trainings: Dict[Any, str] = {}
-    for r in results.get("rows", {}).values():
-        if r.get("status") == "ok" and r.get("wall_clock_s"):     # reused rows too: the table shows their time
-            rid, path = str(r.get("id")), r.get("path")
-            rid = rid[:-len(path) - 1] if path and rid.endswith(f":{path}") else rid     # a training's eval paths
-            trainings[(rid, r.get("seed"))] = r.get("train_machine")
-    known = Counter(m for m in trainings.values() if m)
-    unknown = sum(1 for m in trainings.values() if not m)
-    if len(known) + bool(unknown) < 2:
-        return []
-    parts = [f"{m}: {n}" for m, n in sorted(known.items())]
-    parts += [f"not recorded (rows written before 2026-12-07): {unknown}"] if unknown else []
-    return ["", f"Train wall-clock from more than one machine (trainings per machine — {'; '.join(parts)}): compare "
-                "times of one machine only; a paired time comparison leaves out a seed whose two trainings do not "
-                "share a recorded machine."]
 
 
 def _mean_std(vals: Sequence[float]):
@@ -175,7 +154,7 @@ def to_markdown(results: Dict[str, Any]) -> str:
                   f"same tensors and metadata, float values within the run's `rewind_tolerance`{worst}): "
                   + "; ".join(f"seed {sd}: " + ", ".join(sorted(ids))
                               for sd, ids in sorted(replays.items(), key=lambda kv: str(kv[0]))) + "."]
-    lines += machines_note(results)
+    lines += stats.machines_note(results)
     imp_dense = "; for IMP rounds rows the round-0 ticket of the same evaluation" if rounds else ""
     imp_base = " (for an IMP control: the ticket of its round and evaluation)" if rounds else ""
     lines += ["", "vs dense / vs baseline: linear-probe difference to the run's dense row (`dense`, or "
