@@ -11,6 +11,7 @@ solo-learn-like checkpoints (``<name>-<version>-ep=<E>.ckpt`` in a new version f
 """
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -134,6 +135,36 @@ def test_a_crashed_round_resumes_from_its_newest_checkpoint(fake, tmp_path, monk
     want = global_magnitude_prune(weights, masks, 0.5)
     got = load_masks(out / "round_2" / "masks.safetensors")[0]
     assert all(torch.equal(got[n], want[n]) for n in want)     # pruned from the resumed run's last checkpoint
+
+
+def test_a_resumed_round_times_the_cut_run_up_to_its_checkpoint_and_names_both_machines(fake, tmp_path,
+                                                                                          monkeypatch):
+    """A round cut after a checkpoint (a crash, or the session's end killing it) never recorded its time: the round
+    resumed from that checkpoint adds the cut run's time up to it (the work after it is redone) — only its last run
+    was counted before — and a time summed over two machines says so (it compares with neither)."""
+    from solo_sparse.engine.costmodel import machine_tag
+
+    solo, cfg, log = fake
+    run = IMPRun(config=str(cfg), out=str(tmp_path / "imp"), rounds=1, rate=0.5, rewind="1ep")
+    monkeypatch.setenv("FAKE_CRASH", "imp-r1")
+    with pytest.raises(RuntimeError):
+        IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    out = tmp_path / "imp"
+    crashed = next((out / "round_1").rglob("*-ep=0.ckpt"))
+    st = json.loads((out / "imp.json").read_text())
+    r1 = st["rounds"]["1"]
+    assert r1.get("train_seconds") is None and r1["segment_started"] <= crashed.stat().st_mtime
+    r1["segment_started"] = crashed.stat().st_mtime - 500.0        # the cut run had trained 500 s to its checkpoint
+    r1["train_machine"] = "another machine"
+    (out / "imp.json").write_text(json.dumps(st))
+    monkeypatch.delenv("FAKE_CRASH")
+    t0 = time.time()
+    st = IMPDriver(run, solo, "imp", python=sys.executable, log=lambda *_: None).run_all()
+    r1 = st["rounds"]["1"]
+    assert 500.0 <= r1["train_seconds"] <= 500.0 + (time.time() - t0)
+    assert r1["train_machine"] == f"another machine + {machine_tag()}"
+    assert "segment_started" not in r1 and "segment_started" not in st["rounds"]["0"]
+    assert st["rounds"]["0"]["train_machine"] == machine_tag()       # a round run once: its own machine
 
 
 def test_a_half_written_checkpoint_is_set_aside_not_resumed_from(fake, tmp_path, monkeypatch):

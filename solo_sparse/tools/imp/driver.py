@@ -19,7 +19,10 @@ Layout of ``--out``::
 
 A crash at any point resumes at the round it was in (from the round's newest solo-learn checkpoint
 that reads, when there is one: a half-written one is set aside with a line); re-running with a
-different config is refused, naming the differing keys.
+different config is refused, naming the differing keys. A round's ``train_seconds`` is the training it
+needed: the cut run's time up to the checkpoint resumed from (the work after it is redone and not counted)
+plus the resumed run's; its ``train_machine`` names both machines (``A + B``) when they differ, so that
+the time compares with neither.
 
 **The schedule on rewinding (our choice: restart).** Every round is a fresh ``main_pretrain.py`` run of
 the whole config: rounds k >= 1 load the rewind weights (online and momentum backbone, projector,
@@ -43,6 +46,7 @@ import json
 import math
 import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -314,7 +318,17 @@ class IMPDriver:
         # round 0 trained again (its rows were lost with its machine) must not overwrite the recorded rewind point
         cmd = self.command(k, resume, capture=not self.state.get("rewind_sha256"))
         rs = self.state["rounds"].setdefault(str(k), {})
-        rs.update({"status": "training", "command": shlex.join(cmd), "train_machine": machine_tag()})
+        machine = machine_tag()
+        if resume is not None and rs.get("segment_started") is not None:
+            # the cut run's work up to the checkpoint resumed from counts (that after it is redone): it was never
+            # recorded, the process was killed with the session or crashed
+            kept = min(resume.stat().st_mtime, time.time()) - rs["segment_started"]
+            if kept > 0:
+                rs["train_seconds"] = (rs.get("train_seconds") or 0.0) + kept
+                if rs.get("train_machine") not in (None, machine):      # a time summed over two machines
+                    machine = f"{rs['train_machine']} + {machine}"
+        rs.update({"status": "training", "command": shlex.join(cmd), "train_machine": machine,
+                   "segment_started": time.time()})
         self._save()
         self.log(f"[imp] round {k}/{self.run.rounds}: training at density {rs.get('density', 1.0):.4f}"
                  + (f" (resuming from {resume.name})" if resume else ""))
@@ -322,6 +336,7 @@ class IMPDriver:
         if not res.ok:
             raise RuntimeError(f"round {k}: main_pretrain.py: {res.error}; see {res.log}")
         rs["train_seconds"] = (rs.get("train_seconds") or 0.0) + res.seconds
+        rs.pop("segment_started", None)
         ck = res.checkpoint
         rs["checkpoint"] = str(ck.relative_to(self.out))
         return ck
