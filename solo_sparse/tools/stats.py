@@ -18,6 +18,14 @@ A claim may name another row column (``metric``, e.g. ``shift_sensitivity``, ``o
 ``gate_sparsity``) and a bound instead of a margin: on run ``a``'s per-seed values (no ``b``), or on the per-seed
 ratio a / b (``b`` given): ``at_least: X`` (reproduced when the interval's lower end is ≥ X) or ``at_most: X``
 (reproduced when its upper end is ≤ X); e.g. "online/momentum cosine ≥ 0.88", "shift sensitivity ≤ 3× dense".
+
+**Families.** Claims that test one hypothesis over a sweep of a parameter (IMP's ticket ≥ random at each of five
+densities; DGNet's at two budgets) name one ``family``. Each of them is then decided on its **Bonferroni interval**:
+the t-interval at level 1 − 0.05 / m for a family of m claims, so that the chance of calling any claim of the family
+wrongly stays ≤ 5% — picking the one density of five whose 95% interval cleared the margin would otherwise call a
+null result up to about one time in five (1 − 0.95⁵ = 23% for independent sweep points). The 95% interval is still
+shown beside it. (A claim "at *every* density" needs no correction — each member at 95% — and is read from the
+per-member 95% intervals, not decided by the table.)
 """
 from __future__ import annotations
 
@@ -33,6 +41,60 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 def t975(df: int) -> float:
     return _T975[df - 1] if 1 <= df <= len(_T975) else 1.960
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes' betacf)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betai(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: int) -> float:
+    """P(T ≤ t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _betai(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile (0.5 < q < 1) of Student's t with ``df`` degrees of freedom, to 1e-9 (bisection on
+    :func:`t_cdf`; no SciPy). ``t_quantile(0.975, df)`` is :func:`t975`'s table value to its 3 decimals."""
+    if not 0.5 < q < 1.0 or df < 1:
+        raise ValueError(f"t_quantile(q={q}, df={df}): allowed: 0.5 < q < 1, df >= 1")
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < q:
+        hi *= 2.0
+    while hi - lo > 1e-9 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def t_half(df: int, m: int = 1) -> float:
+    """The t quantile of a two-sided interval at level 1 − 0.05 / m (m = 1: the 95% interval, :func:`t975`)."""
+    return t975(df) if m <= 1 else t_quantile(1.0 - 0.025 / m, df)
 
 
 def by_seed(rows: Iterable[Mapping[str, Any]], rid: str, key: str = "linear") -> Dict[int, float]:
@@ -82,19 +144,29 @@ def _machines(rows: Iterable[Mapping[str, Any]], rid: str) -> Dict[int, str]:
             if r.get("id") == rid and r.get("status") == "ok" and r.get("train_machine")}
 
 
-def paired(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Dict[str, Any]]:
-    """The per-seed differences a − b over the seeds both have: n, mean, std, 95% interval (None for n < 2)."""
+def paired(a: Mapping[int, float], b: Mapping[int, float], m: int = 1) -> Optional[Dict[str, Any]]:
+    """The per-seed differences a − b over the seeds both have: n, mean, std, 95% interval (None for n < 2); for a
+    claim of a family of ``m`` claims also its Bonferroni interval (``family_lo``, ``family_hi``: level 1 − 0.05 / m),
+    the one its verdict reads."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
     d = [a[s] - b[s] for s in seeds]
     out: Dict[str, Any] = {"n": len(d), "seeds": seeds, "diffs": d, "mean": statistics.mean(d),
-                           "std": None, "lo": None, "hi": None}
+                           "std": None, "lo": None, "hi": None, "m": m}
     if len(d) > 1:
         sd = statistics.stdev(d)
         half = t975(len(d) - 1) * sd / math.sqrt(len(d))
         out.update(std=sd, lo=out["mean"] - half, hi=out["mean"] + half)
+        if m > 1:
+            fhalf = t_half(len(d) - 1, m) * sd / math.sqrt(len(d))
+            out.update(family_lo=out["mean"] - fhalf, family_hi=out["mean"] + fhalf)
     return out
+
+
+def _bounds(p: Dict[str, Any]) -> Tuple[float, float]:
+    """The interval a verdict reads: the Bonferroni one in a family, else the 95% one."""
+    return (p["family_lo"], p["family_hi"]) if p.get("m", 1) > 1 else (p["lo"], p["hi"])
 
 
 #: the fewest paired seeds that decide a claim (the project's rule: every claim is decided at 3 seeds)
@@ -113,9 +185,10 @@ def verdict(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
         return "not measured"
     if few := _too_few(p):
         return few
-    if p["lo"] >= margin:
+    lo, hi = _bounds(p)
+    if lo >= margin:
         return "reproduced"
-    if p["hi"] < margin:
+    if hi < margin:
         return "not reproduced"
     return "not decided"
 
@@ -132,11 +205,12 @@ def seeds_to_decide(p: Optional[Dict[str, Any]], threshold: float) -> Optional[i
     seeds needed (``> 30``). Never fewer than :data:`MIN_SEEDS`: below it nothing is decided."""
     if p is None or p["n"] < 2 or not p["std"]:
         return None
-    if p["lo"] >= threshold or p["hi"] < threshold:
+    lo, hi = _bounds(p)
+    if lo >= threshold or hi < threshold:
         return MIN_SEEDS if p["n"] < MIN_SEEDS else None
-    gap = abs(p["mean"] - threshold)
+    gap, m = abs(p["mean"] - threshold), p.get("m", 1)
     for n in range(max(p["n"] + 1, MIN_SEEDS), MAX_SEEDS + 1):
-        if t975(n - 1) * p["std"] / math.sqrt(n) < gap:
+        if t_half(n - 1, m) * p["std"] / math.sqrt(n) < gap:
             return n
     return None
 
@@ -156,7 +230,11 @@ def fmt(p: Optional[Dict[str, Any]], margin: float = 0.0) -> str:
     if p["n"] < 2:
         return f"{p['mean']:+.2f} (1 seed)"
     mark = " *" if (p["lo"] > margin or p["hi"] < margin) else ""
-    return f"{p['mean']:+.2f} ± {p['std']:.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]{mark}"
+    out = f"{p['mean']:+.2f} ± {p['std']:.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]{mark}"
+    if p.get("m", 1) > 1:
+        fmark = " *" if (p["family_lo"] > margin or p["family_hi"] < margin) else ""
+        out += f"; family of {p['m']}: [{p['family_lo']:+.2f}, {p['family_hi']:+.2f}]{fmark}"
+    return out
 
 
 def bounded(c: Mapping[str, Any]) -> Optional[Tuple[str, float]]:
@@ -173,7 +251,7 @@ def bound_verdict(p: Optional[Dict[str, Any]], kind: str, bound: float) -> str:
         return "not measured"
     if few := _too_few(p):
         return few
-    lo, hi = p["lo"], p["hi"]
+    lo, hi = _bounds(p)
     good, bad = (lo >= bound, hi < bound) if kind == "at_least" else (hi <= bound, lo > bound)
     return "reproduced" if good else "not reproduced" if bad else "not decided"
 
@@ -183,7 +261,10 @@ def claim_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
     numbers and verdicts."""
     rows = list(results.get("rows", {}).values())
     out = []
-    for c in results.get("meta", {}).get("claims") or []:
+    claims = results.get("meta", {}).get("claims") or []
+    sizes = Counter(c["family"] for c in claims if c.get("family"))
+    for c in claims:
+        m = sizes[c["family"]] if c.get("family") else 1
         key = c.get("metric") or "linear"
         a = by_seed(rows, c["a"], key)
         b = by_seed(rows, c["b"], key) if c.get("b") else None
@@ -195,11 +276,11 @@ def claim_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
         bd = bounded(c)
         if bd is None:
             margin = float(c.get("margin", 0.0))
-            p = paired(a, b or {})
+            p = paired(a, b or {}, m)
             out.append({**c, "margin": margin, "paired": p, "verdict": verdict(p, margin)})
             continue
         vals = a if b is None else {s: a[s] / b[s] for s in set(a) & set(b) if b[s]}
-        p = paired(vals, {s: 0.0 for s in vals})
+        p = paired(vals, {s: 0.0 for s in vals}, m)
         out.append({**c, "paired": p, "verdict": bound_verdict(p, *bd)})
     return out
 
@@ -224,19 +305,23 @@ def _value_fmt(p: Optional[Dict[str, Any]]) -> str:
         return "-"
     if p["n"] < 2:
         return f"{p['mean']:.4g} (1 seed)"
-    return f"{p['mean']:.4g} ± {p['std']:.2g} [{p['lo']:.4g}, {p['hi']:.4g}]"
+    out = f"{p['mean']:.4g} ± {p['std']:.2g} [{p['lo']:.4g}, {p['hi']:.4g}]"
+    if p.get("m", 1) > 1:
+        out += f"; family of {p['m']}: [{p['family_lo']:.4g}, {p['family_hi']:.4g}]"
+    return out
 
 
 def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
     lines = ["| claim | source | compared | margin / bound | per-seed a − b (pt) or value | mean ± std [95% interval] "
              "| verdict | seeds to decide (est.) |", "|---|---|---|---:|---|---|---|---:|"]
-    any_bound = False
+    any_bound = any_family = False
     for res in results_list:
         suite = res.get("meta", {}).get("suite")
         for c in claim_rows(res):
             compared, bound, per = _claim_cells(c, suite)
             bd = bounded(c)
             any_bound |= bd is not None
+            any_family |= bool(c.get("family"))
             summary = fmt(c["paired"], c["margin"]) if bd is None else _value_fmt(c["paired"])
             seeds = _seeds_cell(c["paired"], c["margin"] if bd is None else bd[1], c["verdict"])
             lines.append(f"| {c['claim']} | {c.get('source', '-')} | {compared} | {bound} | {per} | {summary} | "
@@ -250,5 +335,9 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
                   "and std stayed as measured (t(n − 1) · std / √n < |mean − margin|) — a planning estimate for the "
                   "next runs, not a result; `> 30` where the mean sits too close to the margin for its spread."
               + (" A bound (≥ / ≤ X) is on the named column's per-seed values of a (or the per-seed ratio a / b): "
-                 "reproduced when the 95% interval of their mean lies on the bound's side." if any_bound else "")]
+                 "reproduced when the 95% interval of their mean lies on the bound's side." if any_bound else "")
+              + (" *Family of m*: the claim is one of m claims testing one hypothesis over a sweep (e.g. densities); "
+                 "its verdict and seeds-to-decide read the Bonferroni interval shown after it (level 1 − 0.05 / m), "
+                 "so that a family's chance of calling any member wrongly stays ≤ 5% — the 95% interval alone, "
+                 "picked from m, would call a null result far more often." if any_family else "")]
     return "\n".join(lines) + "\n"

@@ -457,6 +457,89 @@ def test_seeds_to_decide_is_the_smallest_n_whose_interval_would_exclude_the_marg
     assert "**one seed: not decided** | - |" in stats.claims_markdown([one])
 
 
+def test_t_quantiles_match_the_table_and_known_values():
+    from solo_sparse.tools import stats
+
+    for df in range(1, 31):                                   # the 95% table, to its 3 decimals
+        assert abs(stats.t_quantile(0.975, df) - stats.t975(df)) < 6e-4
+    for q, df, want in ((0.995, 2, 9.925), (0.9975, 2, 14.089), (0.995, 4, 4.604), (0.999, 10, 4.144)):
+        assert abs(stats.t_quantile(q, df) - want) < 1e-3
+    assert stats.t_half(2, 1) == stats.t975(2) and abs(stats.t_half(2, 5) - 9.925) < 1e-3   # 1 - 0.05/5, two-sided
+    with pytest.raises(ValueError, match="allowed: 0.5 < q < 1"):
+        stats.t_quantile(1.0, 3)
+
+
+def test_a_claim_of_a_family_is_decided_on_its_bonferroni_interval():
+    """IMP's ticket >= random at five densities is one hypothesis swept: a member whose 95% interval clears the
+    margin (+0.85 [+0.09, +1.62], seed 2's first result at density 0.64) is not called from among five — its
+    family-of-5 interval [-0.91, +2.61] decides. Alone (no family) the same numbers are reproduced."""
+    from solo_sparse.tools import stats
+
+    a, b = {0: 80.81, 1: 80.57, 2: 81.18}, {0: 80.0, 1: 80.0, 2: 80.0}
+    alone, fam = stats.paired(a, b), stats.paired(a, b, 5)
+    assert alone["lo"] > 0 and stats.verdict(alone, 0.0) == "reproduced"
+    assert fam["lo"] == alone["lo"] and fam["family_lo"] < 0 < fam["family_hi"]
+    assert stats.verdict(fam, 0.0) == "not decided"
+    assert abs(fam["family_hi"] - fam["mean"] - stats.t_quantile(1 - 0.005, 2) * fam["std"] / 3 ** 0.5) < 1e-9
+    assert stats.seeds_to_decide(fam, 0.0) == next(                  # planned on the family's t
+        n for n in range(4, 31) if stats.t_half(n - 1, 5) * fam["std"] / n ** 0.5 < fam["mean"]) == 5
+    strong = stats.paired({0: 82.0, 1: 82.1, 2: 82.05}, {0: 80.0, 1: 80.0, 2: 80.0}, 5)
+    assert stats.verdict(strong, 0.0) == "reproduced"                  # a clear one still is
+    cos, zero = {0: 0.91, 1: 0.92, 2: 0.915}, {0: 0.0, 1: 0.0, 2: 0.0}    # 95%: [0.9026, ...]; family of 2: [0.897, ...]
+    assert stats.bound_verdict(stats.paired(cos, zero), "at_least", 0.90) == "reproduced"
+    assert stats.bound_verdict(stats.paired(cos, zero, 2), "at_least", 0.90) == "not decided"                                               # bounds read the family interval too
+    claims = [{"claim": f"d{k}", "a": f"t{k}", "b": f"r{k}", "margin": 0.0, "family": "sweep"} for k in range(5)]
+    rows = {}
+    for k in range(5):
+        rows.update(_rows(f"t{k}", list(a.values())))
+        rows.update(_rows(f"r{k}", list(b.values())))
+    res = {"meta": {"suite": "s", "claims": claims + [{"claim": "single", "a": "t0", "b": "r0", "margin": 0.0}]},
+           "rows": rows}
+    by = {c["claim"]: c for c in stats.claim_rows(res)}
+    assert [by[f"d{k}"]["verdict"] for k in range(5)] == ["not decided"] * 5 and by["d0"]["paired"]["m"] == 5
+    assert by["single"]["verdict"] == "reproduced" and by["single"]["paired"]["m"] == 1
+    md = stats.claims_markdown([res])
+    assert "[+0.09, +1.62] *; family of 5: [-0.91, +2.61] | **not decided**" in md and "*Family of m*" in md
+    assert "family of" not in stats.claims_markdown([{"meta": {"suite": "s", "claims": claims[:1] and [
+        {k: v for k, v in claims[0].items() if k != "family"}]}, "rows": rows}])
+    from solo_sparse.tools.bench.suite import _is_claim
+
+    assert _is_claim(claims[0]) and not _is_claim({**claims[0], "family": "two words"})
+    assert not _is_claim({**claims[0], "family": 3})
+
+
+def test_update_docs_decides_with_the_claims_the_suite_file_declares_now(tmp_path, monkeypatch):
+    """A claim edited in the suite YAML (its family here) reaches the docs without re-running the suite: a bench run
+    saves the claims it started with, and the results file is not rewritten (the suite may be running)."""
+    from solo_sparse.tools.bench import update_docs
+
+    root = tmp_path / "repo"
+    (root / "scripts" / "suites").mkdir(parents=True)
+    (root / "results" / "toy").mkdir(parents=True)
+    cfg = root / "scripts" / "configs" / "c.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("method: byol\n")
+    claim = {"claim": "t >= r", "source": "P", "a": "t", "b": "r", "margin": 0.0}
+    suite = root / "scripts" / "suites" / "toy.yaml"
+    suite.write_text(json.dumps({"suite": "toy", "runs": [{"id": "t", "config": "scripts/configs/c.yaml"},
+                                                          {"id": "r", "config": "scripts/configs/c.yaml"}],
+                                 "claims": [claim, {**claim, "claim": "t >= r again"}]}))
+    res = root / "results" / "toy" / "results.json"
+    saved = {"meta": {"suite": "toy", "suite_file": "scripts/suites/toy.yaml", "claims": [claim]},
+             "rows": {**_rows("t", [80.81, 80.57, 81.18]), **_rows("r", [80.0, 80.0, 80.0])}}
+    res.write_text(json.dumps(saved))
+    doc = root / "claims.md"
+    doc.write_text("<!-- bench-claims:toy -->\n<!-- /bench-claims:toy -->\n")
+    monkeypatch.chdir(tmp_path)                                       # found through the results file's repository
+    update_docs([res], [doc])
+    assert doc.read_text().count("**reproduced**") == 2 and "t >= r again" in doc.read_text()
+    suite.write_text(suite.read_text().replace('"margin": 0.0}', '"margin": 0.0, "family": "f"}'))
+    update_docs([res], [doc])
+    text = doc.read_text()
+    assert text.count("**not decided**") == 2 and "family of 2" in text
+    assert json.loads(res.read_text()) == saved                       # the results file untouched
+
+
 def test_a_wall_clock_claim_pairs_only_seeds_trained_on_one_machine():
     from solo_sparse.tools import stats
 

@@ -323,6 +323,25 @@ def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
                         f"{meta.get('suite')}: collapse / momentum monitor")
 
 
+def with_current_claims(res: Dict[str, Any], results_path: Path) -> Dict[str, Any]:
+    """``res`` with the claims its suite file declares now (``meta.suite_file``, looked up under the current
+    directory, then under the repository the results file sits in: ``<repo>/results/<suite>/results.json``), so that
+    a claim edited in the YAML — its wording, its margin, its family — reaches the docs without re-running the suite
+    (a bench run saves the claims it was started with). The results file is not rewritten: a suite may be running.
+    Unchanged when the suite file is not found."""
+    from solo_sparse.tools.bench.suite import Suite
+
+    rel = (res.get("meta") or {}).get("suite_file")
+    if not rel:
+        return res
+    here = Path(results_path).resolve()
+    for root in (Path.cwd(), *here.parents[2:3]):
+        f = root / rel
+        if f.is_file():
+            return {**res, "meta": {**res["meta"], "claims": Suite.load(f).claims}}
+    return res
+
+
 def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Path]:
     """Rewrite ``<!-- bench:<suite> -->`` ... ``<!-- /bench:<suite> -->`` blocks of ``docs`` with the tables of
     the suites' results.json (the README's result tables are generated, never typed), and re-render each given
@@ -345,6 +364,7 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
             raise ConfigError(f"{seen[suite]} and {p} are both results of suite {suite!r}: their doc blocks would "
                               "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
         seen[suite] = Path(p)
+        res = with_current_claims(res, Path(p))
         rendered = to_markdown(res)
         pages[Path(p).with_suffix(".md")] = rendered     # results.json -> results.md, as a bench run writes it
         tables[f"bench:{suite}"] = rendered

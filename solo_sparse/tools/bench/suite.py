@@ -50,11 +50,13 @@ def _num(v) -> bool:
 def _is_claim(c) -> bool:
     """A claim of a suite (:mod:`solo_sparse.tools.stats`): ``a − b ≥ margin`` in points of ``metric`` (default the
     linear probe), or a bound ``at_least`` / ``at_most`` on run a's per-seed ``metric`` (no ``b``) or on the per-seed
-    ratio a / b."""
+    ratio a / b; ``family``: a plain name shared by the claims that sweep one hypothesis (decided on Bonferroni
+    intervals)."""
     if not (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin", "metric", "at_least",
-                                                "at_most"}
+                                                "at_most", "family"}
             and {"claim", "a"} <= set(c) and isinstance(c["claim"], str) and is_plain_name(c["a"])
-            and isinstance(c.get("source", ""), str) and c.get("metric", "linear") in CLAIM_METRICS):
+            and isinstance(c.get("source", ""), str) and c.get("metric", "linear") in CLAIM_METRICS
+            and ("family" not in c or is_plain_name(c["family"]))):
         return False
     bounds = [k for k in ("at_least", "at_most") if k in c]
     if bounds:
@@ -91,7 +93,8 @@ SUITE_KEYS = {
     "claims": (lambda v: isinstance(v, list) and all(_is_claim(c) for c in v),
                "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)} or, on a row "
                f"column (metric: one of {', '.join(CLAIM_METRICS)}), {{claim, source, a, [b,] at_least | at_most: "
-               "number} (a bound on a's values or on the ratio a / b)"),
+               "number} (a bound on a's values or on the ratio a / b); either may name a family: plain name (the "
+               "claims sweeping one hypothesis, decided on Bonferroni intervals)"),
 }
 RUN_KEYS = {
     "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
