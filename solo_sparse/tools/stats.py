@@ -26,6 +26,11 @@ wrongly stays ≤ 5% — picking the one density of five whose 95% interval clea
 null result up to about one time in five (1 − 0.95⁵ = 23% for independent sweep points). The 95% interval is still
 shown beside it. (A claim "at *every* density" needs no correction — each member at 95% — and is read from the
 per-member 95% intervals, not decided by the table.)
+
+**Sweep means.** A difference claim may name lists of runs, ``a: [a1, …, ak]`` and ``b: [b1, …, bk]``: its per-seed
+value is the mean over the k pairs of ``ai − bi`` (a seed counts only where it has all 2k rows), decided like one
+difference. It asks one question of a whole sweep ("the ticket beats random *on the curve*"), so it needs no
+multiplicity correction, and averaging k differences narrows the per-seed spread the member-wise intervals carry.
 """
 from __future__ import annotations
 
@@ -142,6 +147,16 @@ def _machines(rows: Iterable[Mapping[str, Any]], rid: str) -> Dict[int, str]:
     """{seed: the machine that trained it} of run ``rid``'s finished rows that record one (``train_machine``)."""
     return {int(r.get("seed") or 0): r["train_machine"] for r in rows
             if r.get("id") == rid and r.get("status") == "ok" and r.get("train_machine")}
+
+
+def sweep_mean(rows: Iterable[Mapping[str, Any]], a: List[str], b: List[str], key: str = "linear"
+               ) -> Dict[int, float]:
+    """{seed: mean over the pairs of a[i] − b[i]} for the seeds that have every row of both lists (a sweep mean
+    claim's per-seed value)."""
+    rows = list(rows)
+    pairs = [(by_seed(rows, x, key), by_seed(rows, y, key)) for x, y in zip(a, b)]
+    seeds = set.intersection(*(set(va) & set(vb) for va, vb in pairs)) if pairs else set()
+    return {s: statistics.mean(va[s] - vb[s] for va, vb in pairs) for s in sorted(seeds)}
 
 
 def paired(a: Mapping[int, float], b: Mapping[int, float], m: int = 1) -> Optional[Dict[str, Any]]:
@@ -266,6 +281,12 @@ def claim_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
     for c in claims:
         m = sizes[c["family"]] if c.get("family") else 1
         key = c.get("metric") or "linear"
+        if isinstance(c["a"], list):                   # a sweep mean: one difference per seed, averaged over pairs
+            margin = float(c.get("margin", 0.0))
+            per = sweep_mean(rows, c["a"], c["b"], key)
+            p = paired(per, {s: 0.0 for s in per}, m)
+            out.append({**c, "margin": margin, "paired": p, "verdict": verdict(p, margin)})
+            continue
         a = by_seed(rows, c["a"], key)
         b = by_seed(rows, c["b"], key) if c.get("b") else None
         if key == "wall_clock_s" and b is not None:      # a time compared across machines measures the machines
@@ -293,6 +314,9 @@ def _claim_cells(c: Mapping[str, Any], suite: Any) -> Tuple[str, str, str]:
     if bd is None:
         per = "-" if p is None else ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(p["seeds"], p["diffs"]))
         what = "" if key == "linear" else f" ({key})"
+        if isinstance(c["a"], list):
+            pairs = "; ".join(f"{x} − {y}" for x, y in zip(c["a"], c["b"]))
+            return f"`{suite}`: mean of {len(c['a'])} differences: {pairs}{what}", f"{c['margin']:+.1f}", per
         return f"`{suite}`: {c['a']} − {c['b']}{what}", f"{c['margin']:+.1f}", per + left
     per = "-" if p is None else ", ".join(f"s{s}: {d:.4g}" for s, d in zip(p["seeds"], p["diffs"]))
     per += left
@@ -314,7 +338,7 @@ def _value_fmt(p: Optional[Dict[str, Any]]) -> str:
 def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
     lines = ["| claim | source | compared | margin / bound | per-seed a − b (pt) or value | mean ± std [95% interval] "
              "| verdict | seeds to decide (est.) |", "|---|---|---|---:|---|---|---|---:|"]
-    any_bound = any_family = False
+    any_bound = any_family = any_sweep = False
     for res in results_list:
         suite = res.get("meta", {}).get("suite")
         for c in claim_rows(res):
@@ -322,6 +346,7 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
             bd = bounded(c)
             any_bound |= bd is not None
             any_family |= bool(c.get("family"))
+            any_sweep |= isinstance(c["a"], list)
             summary = fmt(c["paired"], c["margin"]) if bd is None else _value_fmt(c["paired"])
             seeds = _seeds_cell(c["paired"], c["margin"] if bd is None else bd[1], c["verdict"])
             lines.append(f"| {c['claim']} | {c.get('source', '-')} | {compared} | {bound} | {per} | {summary} | "
@@ -339,5 +364,8 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
               + (" *Family of m*: the claim is one of m claims testing one hypothesis over a sweep (e.g. densities); "
                  "its verdict and seeds-to-decide read the Bonferroni interval shown after it (level 1 − 0.05 / m), "
                  "so that a family's chance of calling any member wrongly stays ≤ 5% — the 95% interval alone, "
-                 "picked from m, would call a null result far more often." if any_family else "")]
+                 "picked from m, would call a null result far more often." if any_family else "")
+              + (" *Mean of k differences*: one claim on a whole sweep — each seed's value is the mean of its k "
+                 "paired differences, decided like one difference (no multiplicity correction: it asks one question)."
+                 if any_sweep else "")]
     return "\n".join(lines) + "\n"

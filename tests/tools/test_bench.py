@@ -487,7 +487,7 @@ def test_a_claim_of_a_family_is_decided_on_its_bonferroni_interval():
     assert stats.verdict(strong, 0.0) == "reproduced"                  # a clear one still is
     cos, zero = {0: 0.91, 1: 0.92, 2: 0.915}, {0: 0.0, 1: 0.0, 2: 0.0}    # 95%: [0.9026, ...]; family of 2: [0.897, ...]
     assert stats.bound_verdict(stats.paired(cos, zero), "at_least", 0.90) == "reproduced"
-    assert stats.bound_verdict(stats.paired(cos, zero, 2), "at_least", 0.90) == "not decided"                                               # bounds read the family interval too
+    assert stats.bound_verdict(stats.paired(cos, zero, 2), "at_least", 0.90) == "not decided"   # bounds: family too
     claims = [{"claim": f"d{k}", "a": f"t{k}", "b": f"r{k}", "margin": 0.0, "family": "sweep"} for k in range(5)]
     rows = {}
     for k in range(5):
@@ -506,6 +506,39 @@ def test_a_claim_of_a_family_is_decided_on_its_bonferroni_interval():
 
     assert _is_claim(claims[0]) and not _is_claim({**claims[0], "family": "two words"})
     assert not _is_claim({**claims[0], "family": 3})
+
+
+def test_a_sweep_mean_claim_is_one_difference_per_seed_averaged_over_its_pairs():
+    """One question of a whole sweep: each seed's value is the mean of its paired differences (a seed missing any row
+    is left out), decided on the 95% interval with no family correction. Each member here is undecided on its own
+    (+0.4 ± 1.3 style spreads), the mean of five clears 0."""
+    from solo_sparse.tools import stats
+    from solo_sparse.tools.bench.suite import _is_claim
+
+    diffs = {0: [0.1, 0.8, 1.3, 2.6, 2.9], 1: [0.6, 0.6, 2.0, 2.8, 4.8], 2: [0.4, 1.2, 1.9, 2.0, 1.5]}
+    rows = {}
+    for k in range(5):
+        rows.update(_rows(f"t{k}", [80.0 + diffs[s][k] for s in range(3)]))
+        rows.update(_rows(f"r{k}", [80.0] * 3))
+    rows.update(_rows("t9", [81.0, 81.0]))                       # seed 2 lacks one row of the sweep
+    rows.update(_rows("r9", [80.0, 80.0]))
+    claim = {"claim": "ticket >= random on the curve", "a": [f"t{k}" for k in range(5)],
+             "b": [f"r{k}" for k in range(5)], "margin": 0.0}
+    short = {**claim, "claim": "short", "a": claim["a"] + ["t9"], "b": claim["b"] + ["r9"]}
+    res = {"meta": {"suite": "s", "claims": [claim, short]}, "rows": rows}
+    by = {c["claim"]: c for c in stats.claim_rows(res)}
+    p = by[claim["claim"]]["paired"]
+    assert p["seeds"] == [0, 1, 2] and p["m"] == 1
+    assert [round(d, 6) for d in p["diffs"]] == [round(sum(diffs[s]) / 5, 6) for s in range(3)]
+    assert by[claim["claim"]]["verdict"] == "reproduced"
+    assert by["short"]["paired"]["seeds"] == [0, 1] and by["short"]["verdict"] == "2 seeds: not decided"
+    md = stats.claims_markdown([res])
+    assert "`s`: mean of 5 differences: t0 − r0; t1 − r1;" in md and "*Mean of k differences*" in md
+    assert _is_claim(claim) and not _is_claim({**claim, "b": claim["b"][:4]})          # as many runs in each list
+    assert not _is_claim({**claim, "a": ["t0"], "b": ["r0"]})                           # a sweep has 2 or more
+    assert not _is_claim({**claim, "metric": "wall_clock_s"})
+    assert not _is_claim({k: v for k, v in claim.items() if k != "margin"} | {"at_least": 0.5})
+    assert not _is_claim({**claim, "b": "r0"}) and not _is_claim({**claim, "a": ["t0", "two words"]})
 
 
 def test_update_docs_decides_with_the_claims_the_suite_file_declares_now(tmp_path, monkeypatch):

@@ -47,17 +47,28 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_sweep(c) -> bool:
+    """A sweep-mean difference claim: ``a`` and ``b`` lists of as many run ids (at least 2), no bound, and a metric
+    other than the wall-clock (whose pairing is per machine)."""
+    return (isinstance(c.get("a"), list) and isinstance(c.get("b"), list) and len(c["a"]) == len(c["b"]) >= 2
+            and all(is_plain_name(x) for x in c["a"] + c["b"]) and "at_least" not in c and "at_most" not in c
+            and c.get("metric", "linear") != "wall_clock_s" and _num(c.get("margin", 0.0)))
+
+
 def _is_claim(c) -> bool:
     """A claim of a suite (:mod:`solo_sparse.tools.stats`): ``a − b ≥ margin`` in points of ``metric`` (default the
     linear probe), or a bound ``at_least`` / ``at_most`` on run a's per-seed ``metric`` (no ``b``) or on the per-seed
     ratio a / b; ``family``: a plain name shared by the claims that sweep one hypothesis (decided on Bonferroni
-    intervals)."""
+    intervals). A difference claim on a whole sweep names lists (``a: [..], b: [..]``, :func:`_is_sweep`)."""
     if not (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin", "metric", "at_least",
                                                 "at_most", "family"}
-            and {"claim", "a"} <= set(c) and isinstance(c["claim"], str) and is_plain_name(c["a"])
+            and {"claim", "a"} <= set(c) and isinstance(c["claim"], str)
+            and (is_plain_name(c["a"]) or _is_sweep(c))
             and isinstance(c.get("source", ""), str) and c.get("metric", "linear") in CLAIM_METRICS
             and ("family" not in c or is_plain_name(c["family"]))):
         return False
+    if isinstance(c["a"], list):
+        return _is_sweep(c)
     bounds = [k for k in ("at_least", "at_most") if k in c]
     if bounds:
         return (len(bounds) == 1 and _num(c[bounds[0]]) and "margin" not in c
@@ -94,7 +105,9 @@ SUITE_KEYS = {
                "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)} or, on a row "
                f"column (metric: one of {', '.join(CLAIM_METRICS)}), {{claim, source, a, [b,] at_least | at_most: "
                "number} (a bound on a's values or on the ratio a / b); either may name a family: plain name (the "
-               "claims sweeping one hypothesis, decided on Bonferroni intervals)"),
+               "claims sweeping one hypothesis, decided on Bonferroni intervals); a difference claim may name lists "
+               "a: [run ids], b: [as many run ids] (at least 2; not on wall_clock_s): the mean of the paired "
+               "differences over a sweep"),
 }
 RUN_KEYS = {
     "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
@@ -251,9 +264,10 @@ class Suite:
                                   f"({', '.join(sorted(known))})")
         for c in raw.get("claims") or []:
             for k in ("a", "b"):
-                if k in c and c[k] not in known:
-                    raise ConfigError(f"{p}: claim {c['claim'][:60]!r} {k}={c[k]!r}: not a run of the suite "
-                                      f"({', '.join(sorted(known))})")
+                for x in (c[k] if isinstance(c.get(k), list) else [c[k]] if k in c else []):
+                    if x not in known:
+                        raise ConfigError(f"{p}: claim {c['claim'][:60]!r} {k}={x!r}: not a run of the suite "
+                                          f"({', '.join(sorted(known))})")
         return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p, root=root)
 
 
