@@ -541,6 +541,32 @@ def test_a_sweep_mean_claim_is_one_difference_per_seed_averaged_over_its_pairs()
     assert not _is_claim({**claim, "b": "r0"}) and not _is_claim({**claim, "a": ["t0", "two words"]})
 
 
+def test_the_claims_forest_plot_draws_each_difference_claims_intervals_and_margin(tmp_path):
+    """One line per difference claim with 2 or more paired seeds: per-seed values, mean, 95% interval, the family's
+    interval where it has one, its margin and verdict; bounds (another scale) and one-seed claims are left out."""
+    from solo_sparse.tools import stats
+    from solo_sparse.tools.bench.results import claims_forest, plot_claims
+
+    rows = {**_rows("x", [81.0, 82.0, 83.0]), **_rows("y", [80.0, 80.5, 81.5]), **_rows("z", [80.0, 80.0]),
+            **_rows("w", [79.0])}
+    claims = [{"claim": "x >= y", "a": "x", "b": "y", "margin": -1.0},
+              {"claim": "x >= z " + "long words " * 12, "a": "x", "b": "z", "margin": 0.0, "family": "f"},
+              {"claim": "y >= z", "a": "y", "b": "z", "margin": 0.0, "family": "f"},
+              {"claim": "one seed", "a": "w", "b": "y", "margin": 0.0},
+              {"claim": "bound", "a": "x", "metric": "linear", "at_least": 50.0}]
+    res = {"meta": {"suite": "s", "claims": claims}, "rows": rows}
+    forest = claims_forest(res)
+    assert [f["label"].split()[0:3] for f in forest] == [["x", ">=", "y"], ["x", ">=", "z"], ["y", ">=", "z"]]
+    first = forest[0]
+    p = stats.paired(stats.by_seed(rows.values(), "x"), stats.by_seed(rows.values(), "y"))
+    assert first["diffs"] == p["diffs"] and first["ci"] == (p["lo"], p["hi"]) and first["family"] is None
+    assert first["margin"] == -1.0 and first["verdict"] == stats.verdict(p, -1.0)
+    fam = forest[1]
+    assert fam["family"][0] < fam["ci"][0] and fam["label"].endswith("(2 seeds)") and fam["label"].count("\n") <= 2
+    assert plot_claims(res, tmp_path / "c.png").stat().st_size > 0
+    assert plot_claims({"meta": {"suite": "s", "claims": claims[3:]}, "rows": rows}, tmp_path / "no.png") is None
+
+
 def test_update_docs_decides_with_the_claims_the_suite_file_declares_now(tmp_path, monkeypatch):
     """A claim edited in the suite YAML (its family here) reaches the docs without re-running the suite: a bench run
     saves the claims it started with, and the results file is not rewritten (the suite may be running)."""
@@ -571,6 +597,7 @@ def test_update_docs_decides_with_the_claims_the_suite_file_declares_now(tmp_pat
     text = doc.read_text()
     assert text.count("**not decided**") == 2 and "family of 2" in text
     assert json.loads(res.read_text()) == saved                       # the results file untouched
+    assert (root / "results" / "toy" / "toy-claims.png").stat().st_size > 0   # and its forest plot drawn beside it
 
 
 def test_a_wall_clock_claim_pairs_only_seeds_trained_on_one_machine():

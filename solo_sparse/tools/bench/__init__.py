@@ -48,7 +48,10 @@ Outputs in the suite's folder: ``results.json`` (rows + meta), ``results.md`` (m
 id, with the random-init and dense margins), ``<suite>.png`` (linear probe vs inference MACs, error bars,
 random-init and dense lines; rows of ``kind: rounds`` runs left out), ``<suite>-rounds.png`` where the suite has
 ``kind: rounds`` runs (top-1 vs density of the IMP tickets and their controls, one panel per evaluation:
-:func:`~solo_sparse.tools.bench.results.plot_rounds`), ``monitor.png`` (the collapse / momentum monitor).
+:func:`~solo_sparse.tools.bench.results.plot_rounds`), ``<suite>-claims.png`` where it declares difference claims
+(a forest plot of their paired differences, intervals and margins: :func:`~solo_sparse.tools.bench.results.plot_claims`;
+``--update-docs`` redraws it with the claims the suite file declares now), ``monitor.png`` (the collapse / momentum
+monitor).
 No machine path is written: configs are repository-relative, data is named by its folder, commands use
 ``<repo>``, ``<solo-learn>``, ``<data>`` and ``<out>`` placeholders.
 """

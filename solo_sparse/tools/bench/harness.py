@@ -20,7 +20,7 @@ from solo_sparse.core.files import write_atomic
 from solo_sparse.engine.costmodel import machine_tag
 from solo_sparse.engine.resnet import build_resnet
 from solo_sparse.tools.bench.measure import checkpoint_stats, probe_stats, stale_cost
-from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_monitors, plot_rounds, to_markdown
+from solo_sparse.tools.bench.results import ROW_KEYS, plot, plot_claims, plot_monitors, plot_rounds, to_markdown
 from solo_sparse.tools.bench.suite import RunSpec, Suite, compose_plugins, plugin_digest
 from solo_sparse.tools.evaluate import (
     DivergedCheckpoint,
@@ -124,6 +124,7 @@ class Bench:
         try:
             plot(self.results, self.out / f"{self.suite.suite}.png")
             plot_rounds(self.results, self.out / f"{self.suite.suite}-rounds.png")
+            plot_claims(self.results, self.out / f"{self.suite.suite}-claims.png")
             plot_monitors(self.results, self.out / "monitor.png")
         except ImportError:   # matplotlib is an extra
             pass

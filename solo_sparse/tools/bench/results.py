@@ -1,12 +1,13 @@
 """What a suite's rows become: the one row schema (:data:`ROW_KEYS`), mean ± std per run over seeds
 (:func:`aggregate`), the paired comparisons with the dense row and the named baseline (:mod:`solo_sparse.tools.stats`),
 the markdown table (:func:`to_markdown`), the regime table (:func:`regime_markdown`), the plots (:func:`plot`,
-:func:`plot_rounds`, :func:`plot_monitors`) and the generated doc blocks (:func:`update_docs`)."""
+:func:`plot_rounds`, :func:`plot_monitors`, :func:`plot_claims`) and the generated doc blocks (:func:`update_docs`)."""
 from __future__ import annotations
 
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -310,6 +311,68 @@ def plot_rounds(results: Dict[str, Any], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
+def claims_forest(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The suite's difference claims with at least 2 paired seeds, as a forest plot draws them: ``label`` (the
+    claim, shortened, with the seed count below :data:`~solo_sparse.tools.stats.MIN_SEEDS`), ``diffs`` (per seed),
+    ``mean``, ``ci`` (95%), ``family`` (the Bonferroni interval, None outside a family), ``margin``, ``verdict``.
+    Bound claims (on a value or a ratio, another scale) are left out."""
+    out = []
+    for c in stats.claim_rows(results):
+        p = c["paired"]
+        if stats.bounded(c) is not None or p is None or p["n"] < 2:
+            continue
+        text = c["claim"] + (f" ({p['n']} seeds)" if p["n"] < stats.MIN_SEEDS else "")
+        label = "\n".join(textwrap.wrap(text, 64, max_lines=3, placeholder=" …"))
+        out.append({"label": label, "n": p["n"], "diffs": p["diffs"], "mean": p["mean"], "ci": (p["lo"], p["hi"]),
+                    "family": (p["family_lo"], p["family_hi"]) if p.get("m", 1) > 1 else None,
+                    "margin": c["margin"], "verdict": c["verdict"]})
+    return out
+
+
+def plot_claims(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    """A forest plot of the suite's difference claims (:func:`claims_forest`), one line each, top to bottom in the
+    suite's order: per-seed differences (circles), the mean (diamond), its 95% interval (thick), the family's
+    Bonferroni interval (thin, clipped at the axes), the claim's margin (red tick); coloured by verdict. None when no
+    claim has 2 paired seeds."""
+    rows = claims_forest(results)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colour = {"reproduced": "tab:green", "not reproduced": "tab:red"}
+    fig, ax = plt.subplots(figsize=(9.5, 0.62 * len(rows) + 1.4))
+    xs = []
+    for i, r in enumerate(rows):
+        y, col = len(rows) - 1 - i, colour.get(r["verdict"], "0.45")
+        if r["family"]:
+            ax.plot(r["family"], [y, y], color=col, lw=1.0, alpha=0.7)
+        ax.plot(r["ci"], [y, y], color=col, lw=4.5, solid_capstyle="butt")
+        ax.plot(r["diffs"], [y] * len(r["diffs"]), "o", ms=3.5, mfc="none", mec="k", mew=0.8)
+        ax.plot([r["mean"]], [y], "D", ms=5, color=col, mec="k", mew=0.5)
+        ax.plot([r["margin"]] * 2, [y - 0.38, y + 0.38], color="tab:red", lw=1.6)
+        if r["n"] >= stats.MIN_SEEDS or all(q["n"] < stats.MIN_SEEDS for q in rows):   # 2-seed bars are clipped
+            xs += [*r["ci"], *r["diffs"], r["margin"]]
+    lo, hi = min(xs), max(xs)
+    pad = 0.08 * (hi - lo or 1.0)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["label"] for r in reversed(rows)], fontsize=7)
+    ax.axvline(0.0, color="0.75", lw=0.8, zorder=0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("a − b (points), paired by seed: ○ per seed, ◆ mean, thick: 95% interval, thin: family interval, "
+                  "red tick: the margin\ngreen reproduced, red not reproduced, grey not decided; bars of claims "
+                  "below 3 seeds may be clipped", fontsize=7)
+    ax.set_title(f"{results.get('meta', {}).get('suite')}: its claims' paired differences (difference claims; bounds "
+                 "are in the table)", fontsize=9)
+    from solo_sparse.tools.report import _save
+
+    return _save(fig, path)
+
+
 def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
     """The collapse/momentum monitor of every run that has one (seed 0, else the lowest seed)."""
     from solo_sparse.tools.report import plot_monitor
@@ -351,6 +414,7 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     tables: Dict[str, str] = {}
     pages: Dict[Path, str] = {}
     seen: Dict[str, Path] = {}
+    plots: List[Tuple[Dict[str, Any], Path]] = []
     changed: List[Path] = []
     for p in results_paths:
         if not Path(p).is_file():
@@ -365,6 +429,7 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
                               "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
         seen[suite] = Path(p)
         res = with_current_claims(res, Path(p))
+        plots.append((res, Path(p).parent / f"{suite}-claims.png"))
         rendered = to_markdown(res)
         pages[Path(p).with_suffix(".md")] = rendered     # results.json -> results.md, as a bench run writes it
         tables[f"bench:{suite}"] = rendered
@@ -378,6 +443,11 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
         if not md.is_file() or md.read_text() != rendered:
             write_atomic(md, rendered)
             changed.append(md)
+    for res, png in plots:                  # the claims' forest plot follows the claims the suite file declares now
+        try:
+            plot_claims(res, png)
+        except ImportError:                 # matplotlib is an extra
+            break
     for d in docs:
         text = Path(d).read_text()
         new = text

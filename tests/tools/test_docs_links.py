@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: [text](target) and ![alt](target): the path (may be empty: this page) and the anchor after '#'
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s#]*)(?:#([^)\s]*))?(?:\s+\"[^\"]*\")?\)")
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
