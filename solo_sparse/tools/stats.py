@@ -28,9 +28,16 @@ shown beside it. (A claim "at *every* density" needs no correction — each memb
 per-member 95% intervals, not decided by the table.)
 
 **Sweep means.** A difference claim may name lists of runs, ``a: [a1, …, ak]`` and ``b: [b1, …, bk]``: its per-seed
-value is the mean over the k pairs of ``ai − bi`` (a seed counts only where it has all 2k rows), decided like one
-difference. It asks one question of a whole sweep ("the ticket beats random *on the curve*"), so it needs no
-multiplicity correction, and averaging k differences narrows the per-seed spread the member-wise intervals carry.
+value is the mean over the k pairs of ``ai − bi`` (equal weight per pair; a seed counts only where it has all 2k
+rows), decided like one difference on its 95% interval, seeds being the independent unit. It asks whether a beats b
+*on average over the sweep* — not at every point (the mean can be carried by a few points). It is one claim, but
+asking a sweep both member-wise (a family) and as a mean is two ways to call one hypothesis: a suite names one of
+them its test and marks the other ``post_hoc`` or says so. Averaging narrows the per-seed spread only where the
+members' differences are not strongly correlated (the points of one IMP chain share a seed's chain, so they may be).
+
+**Post hoc.** A claim declared after its rows were seen (``post_hoc: true``) is decided by the same rule, but its
+verdict is marked *post hoc* in the table and plot: the data that suggested it also decide it, so its error rate is
+not the stated 5% — a reading to confirm on new seeds, not a result.
 """
 from __future__ import annotations
 
@@ -154,7 +161,7 @@ def sweep_mean(rows: Iterable[Mapping[str, Any]], a: List[str], b: List[str], ke
     """{seed: mean over the pairs of a[i] − b[i]} for the seeds that have every row of both lists (a sweep mean
     claim's per-seed value)."""
     rows = list(rows)
-    pairs = [(by_seed(rows, x, key), by_seed(rows, y, key)) for x, y in zip(a, b)]
+    pairs = [(by_seed(rows, x, key), by_seed(rows, y, key)) for x, y in zip(a, b, strict=True)]
     seeds = set.intersection(*(set(va) & set(vb) for va, vb in pairs)) if pairs else set()
     return {s: statistics.mean(va[s] - vb[s] for va, vb in pairs) for s in sorted(seeds)}
 
@@ -315,7 +322,7 @@ def _claim_cells(c: Mapping[str, Any], suite: Any) -> Tuple[str, str, str]:
         per = "-" if p is None else ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(p["seeds"], p["diffs"]))
         what = "" if key == "linear" else f" ({key})"
         if isinstance(c["a"], list):
-            pairs = "; ".join(f"{x} − {y}" for x, y in zip(c["a"], c["b"]))
+            pairs = "; ".join(f"{x} − {y}" for x, y in zip(c["a"], c["b"], strict=True))
             return f"`{suite}`: mean of {len(c['a'])} differences: {pairs}{what}", f"{c['margin']:+.1f}", per
         return f"`{suite}`: {c['a']} − {c['b']}{what}", f"{c['margin']:+.1f}", per + left
     per = "-" if p is None else ", ".join(f"s{s}: {d:.4g}" for s, d in zip(p["seeds"], p["diffs"]))
@@ -338,7 +345,7 @@ def _value_fmt(p: Optional[Dict[str, Any]]) -> str:
 def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
     lines = ["| claim | source | compared | margin / bound | per-seed a − b (pt) or value | mean ± std [95% interval] "
              "| verdict | seeds to decide (est.) |", "|---|---|---|---:|---|---|---|---:|"]
-    any_bound = any_family = any_sweep = False
+    any_bound = any_family = any_sweep = any_post = False
     for res in results_list:
         suite = res.get("meta", {}).get("suite")
         for c in claim_rows(res):
@@ -349,8 +356,10 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
             any_sweep |= isinstance(c["a"], list)
             summary = fmt(c["paired"], c["margin"]) if bd is None else _value_fmt(c["paired"])
             seeds = _seeds_cell(c["paired"], c["margin"] if bd is None else bd[1], c["verdict"])
+            post = " (*post hoc*)" if c.get("post_hoc") else ""
+            any_post |= bool(post)
             lines.append(f"| {c['claim']} | {c.get('source', '-')} | {compared} | {bound} | {per} | {summary} | "
-                         f"**{c['verdict']}** | {seeds} |")
+                         f"**{c['verdict']}**{post} | {seeds} |")
     lines += ["", "A claim is a − b ≥ margin (linear-probe points, paired by seed: runs of one seed share the "
                   "initialisation and the data order). Reproduced: the 95% t-interval of the mean per-seed "
                   "difference lies at or above the margin; not reproduced: it lies below; not decided: it contains "
@@ -366,6 +375,8 @@ def claims_markdown(results_list: Iterable[Mapping[str, Any]]) -> str:
                  "so that a family's chance of calling any member wrongly stays ≤ 5% — the 95% interval alone, "
                  "picked from m, would call a null result far more often." if any_family else "")
               + (" *Mean of k differences*: one claim on a whole sweep — each seed's value is the mean of its k "
-                 "paired differences, decided like one difference (no multiplicity correction: it asks one question)."
-                 if any_sweep else "")]
+                 "paired differences (equal weight), decided like one difference: a beats b on average over the "
+                 "sweep, not at every point." if any_sweep else "")
+              + (" *Post hoc*: declared after its rows were seen — decided by the same rule, but the data that "
+                 "suggested it also decide it: a reading to confirm on new seeds, not a result." if any_post else "")]
     return "\n".join(lines) + "\n"

@@ -128,6 +128,8 @@ class Bench:
             plot_monitors(self.results, self.out / "monitor.png")
         except ImportError:   # matplotlib is an extra
             pass
+        except Exception as exc:  # noqa: BLE001 - a picture never stops a long suite: the results are saved above
+            self.log(f"[bench {self.suite.suite}] plots not drawn: {type(exc).__name__}: {exc}")
 
     def eval_data(self):
         if self._eval is None:

@@ -321,9 +321,11 @@ def claims_forest(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         p = c["paired"]
         if stats.bounded(c) is not None or p is None or p["n"] < 2:
             continue
-        text = c["claim"] + (f" ({p['n']} seeds)" if p["n"] < stats.MIN_SEEDS else "")
-        label = "\n".join(textwrap.wrap(text, 64, max_lines=3, placeholder=" …"))
-        out.append({"label": label, "n": p["n"], "diffs": p["diffs"], "mean": p["mean"], "ci": (p["lo"], p["hi"]),
+        tags = " [post hoc]" if c.get("post_hoc") else ""
+        tags += f" ({p['n']} seeds)" if p["n"] < stats.MIN_SEEDS else ""
+        label = "\n".join(textwrap.wrap(c["claim"], 64, max_lines=3, placeholder=" …")) + tags
+        out.append({"label": label, "n": p["n"], "metric": c.get("metric") or "linear", "diffs": p["diffs"],
+                    "mean": p["mean"], "ci": (p["lo"], p["hi"]),
                     "family": (p["family_lo"], p["family_hi"]) if p.get("m", 1) > 1 else None,
                     "margin": c["margin"], "verdict": c["verdict"]})
     return out
@@ -363,7 +365,8 @@ def plot_claims(results: Dict[str, Any], path: Path) -> Optional[Path]:
     ax.set_yticklabels([r["label"] for r in reversed(rows)], fontsize=7)
     ax.axvline(0.0, color="0.75", lw=0.8, zorder=0)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("a − b (points), paired by seed: ○ per seed, ◆ mean, thick: 95% interval, thin: family interval, "
+    units = "points" if all(r["metric"] in ("linear", "knn20", "knn1") for r in rows) else "each claim's metric"
+    ax.set_xlabel(f"a − b ({units}), paired by seed: ○ per seed, ◆ mean, thick: 95% interval, thin: family interval, "
                   "red tick: the margin\ngreen reproduced, red not reproduced, grey not decided; bars of claims "
                   "below 3 seeds may be clipped", fontsize=7)
     ax.set_title(f"{results.get('meta', {}).get('suite')}: its claims' paired differences (difference claims; bounds "
@@ -410,7 +413,9 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     the suites' results.json (the README's result tables are generated, never typed), and re-render each given
     results file's markdown twin (``results.json`` -> ``results.md``, what a suite's own bench run writes; another
     name ``X.json`` -> ``X.md``), so that a renderer change reaches every suite, not only the one that ran last.
-    Returns the files that changed: the results.md first, in the order of ``results_paths``, then the docs."""
+    Each results file's claims forest plot (``<suite>-claims.png`` beside it, :func:`plot_claims`) is redrawn too,
+    and removed when no claim is left to draw. Returns the files that changed: the results.md first, in the order of
+    ``results_paths``, then the claims plots, then the docs."""
     tables: Dict[str, str] = {}
     pages: Dict[Path, str] = {}
     seen: Dict[str, Path] = {}
@@ -444,10 +449,15 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
             write_atomic(md, rendered)
             changed.append(md)
     for res, png in plots:                  # the claims' forest plot follows the claims the suite file declares now
+        before = png.read_bytes() if png.is_file() else None
         try:
-            plot_claims(res, png)
+            drawn = plot_claims(res, png)
         except ImportError:                 # matplotlib is an extra
             break
+        if drawn is None and before is not None:
+            png.unlink()                    # no claim to draw any more: no stale picture left for the docs to show
+        if (png.read_bytes() if png.is_file() else None) != before:
+            changed.append(png)
     for d in docs:
         text = Path(d).read_text()
         new = text

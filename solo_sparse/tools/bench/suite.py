@@ -47,33 +47,99 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _is_sweep(c) -> bool:
-    """A sweep-mean difference claim: ``a`` and ``b`` lists of as many run ids (at least 2), no bound, and a metric
-    other than the wall-clock (whose pairing is per machine)."""
-    return (isinstance(c.get("a"), list) and isinstance(c.get("b"), list) and len(c["a"]) == len(c["b"]) >= 2
-            and all(is_plain_name(x) for x in c["a"] + c["b"]) and "at_least" not in c and "at_most" not in c
-            and c.get("metric", "linear") != "wall_clock_s" and _num(c.get("margin", 0.0)))
+#: the keys a claim may have
+CLAIM_KEYS = ("claim", "source", "a", "b", "margin", "metric", "at_least", "at_most", "family", "post_hoc")
+#: what a claim may be (the end of every refusal of one)
+CLAIM_ALLOWED = ("{claim: text, source: text, a: run id, b: run id, margin: number (points)}; or, on a row column "
+                 f"(metric: one of {', '.join(CLAIM_METRICS)}), {{claim, source, a, [b,] at_least | at_most: "
+                 "number} (a bound on a's values or on the ratio a / b); either may name a family: plain name (the "
+                 "claims sweeping one hypothesis, decided on Bonferroni intervals); a difference claim may name "
+                 "lists a: [run ids], b: [as many run ids] (at least 2 distinct pairs, no family, not on "
+                 "wall_clock_s): the mean of the paired differences over a sweep; post_hoc: true marks a claim "
+                 "declared after its rows were seen")
+
+
+def _sweep_problem(c: Dict[str, Any]) -> Optional[str]:
+    """Why a sweep-mean claim (``a`` and ``b`` lists) is refused, None when it is one: as many run ids in each
+    (at least 2), distinct pairs of two different runs, no bound, no family (it is one claim on a whole sweep), not on
+    the wall-clock (its pairs are per machine); rows of ``kind: rounds`` runs paired within one round and one
+    evaluation, the whole list of one evaluation (a linear-probe difference is not averaged with a re-trained one)."""
+    a, b = c.get("a"), c.get("b")
+    if not (isinstance(a, list) and isinstance(b, list)):
+        return f"a={a!r}, b={b!r}: a sweep mean gives both as lists (a single difference both as run ids)"
+    if len(a) != len(b) or len(a) < 2:
+        return f"a has {len(a)} run ids and b {len(b)}: a sweep mean takes as many in each, at least 2"
+    bad = [x for x in a + b if not is_plain_name(x)]
+    if bad:
+        return f"{bad[0]!r} in a / b: not a run id ({PLAIN_NAME_RULE})"
+    for k in ("at_least", "at_most"):
+        if k in c:
+            return f"{k}={c[k]!r}: a sweep mean is a difference claim (margin), not a bound"
+    if c.get("metric") == "wall_clock_s":
+        return "metric='wall_clock_s': not averaged over a sweep (its pairs are per machine)"
+    if "family" in c:
+        return (f"family={c['family']!r}: a sweep mean is one claim on the whole sweep, not a member of a family "
+                "(it would change the members' correction)")
+    pairs = list(zip(a, b))
+    for x, y in pairs:
+        if x == y:
+            return f"pair {x} − {y}: a run against itself"
+        if pairs.count((x, y)) > 1:
+            return f"pair {x} − {y} appears twice"
+        px, py = parse_round_row_id(x), parse_round_row_id(y)
+        if px and py and (px["evaluation"], px["round"]) != (py["evaluation"], py["round"]):
+            return f"pair {x} − {y}: rows of two rounds or two evaluations (a pair compares at one density)"
+    evals = {q["evaluation"] for q in map(parse_round_row_id, a + b) if q}
+    if len(evals) > 1:
+        return f"a / b mix the evaluations {sorted(evals)}: one sweep mean per evaluation"
+    return None if _num(c.get("margin", 0.0)) else f"margin={c['margin']!r}: expected a number (points)"
+
+
+def claim_problem(c: Any) -> Optional[str]:
+    """Why a suite's claim (:mod:`solo_sparse.tools.stats`) is refused, None when it is one: ``a − b ≥ margin`` in
+    points of ``metric`` (default the linear probe), or a bound ``at_least`` / ``at_most`` on run a's per-seed
+    ``metric`` (no ``b``) or on the per-seed ratio a / b; ``family``: a plain name shared by the claims that sweep
+    one hypothesis (decided on Bonferroni intervals); a difference claim on a whole sweep names lists (``a: [..],
+    b: [..]``, :func:`_sweep_problem`); ``post_hoc: true``: declared after its rows were seen (its verdict is
+    marked exploratory)."""
+    if not isinstance(c, dict):
+        return f"{c!r}: not a mapping"
+    unknown = sorted(str(k) for k in c if k not in CLAIM_KEYS)
+    if unknown:
+        return f"unknown key(s) {', '.join(unknown)} (keys: {', '.join(CLAIM_KEYS)})"
+    if not isinstance(c.get("claim"), str) or not c["claim"]:
+        return f"claim={c.get('claim')!r}: expected its text"
+    if "a" not in c:
+        return "a: missing (the run the claim is about)"
+    if not isinstance(c.get("source", ""), str):
+        return f"source={c['source']!r}: expected a text"
+    if c.get("metric", "linear") not in CLAIM_METRICS:
+        return f"metric={c['metric']!r}: expected one of {', '.join(CLAIM_METRICS)}"
+    if "family" in c and not is_plain_name(c["family"]):
+        return f"family={c['family']!r}: expected a plain name ({PLAIN_NAME_RULE})"
+    if "post_hoc" in c and not isinstance(c["post_hoc"], bool):
+        return f"post_hoc={c['post_hoc']!r}: expected true or false"
+    if isinstance(c["a"], list) or isinstance(c.get("b"), list):
+        return _sweep_problem(c)
+    if not is_plain_name(c["a"]):
+        return f"a={c['a']!r}: expected a run id ({PLAIN_NAME_RULE})"
+    if "b" in c and not is_plain_name(c["b"]):
+        return f"b={c['b']!r}: expected a run id ({PLAIN_NAME_RULE})"
+    bounds = [k for k in ("at_least", "at_most") if k in c]
+    if len(bounds) > 1:
+        return "at_least and at_most: a bound claim gives one"
+    if bounds:
+        if "margin" in c:
+            return f"margin={c['margin']!r} with {bounds[0]}: a claim is a difference (margin) or a bound, not both"
+        return None if _num(c[bounds[0]]) else f"{bounds[0]}={c[bounds[0]]!r}: expected a number"
+    if "b" not in c:
+        return "b: missing (a difference claim compares a with b; a bound gives at_least / at_most)"
+    return None if _num(c.get("margin", 0.0)) else f"margin={c['margin']!r}: expected a number (points)"
 
 
 def _is_claim(c) -> bool:
-    """A claim of a suite (:mod:`solo_sparse.tools.stats`): ``a − b ≥ margin`` in points of ``metric`` (default the
-    linear probe), or a bound ``at_least`` / ``at_most`` on run a's per-seed ``metric`` (no ``b``) or on the per-seed
-    ratio a / b; ``family``: a plain name shared by the claims that sweep one hypothesis (decided on Bonferroni
-    intervals). A difference claim on a whole sweep names lists (``a: [..], b: [..]``, :func:`_is_sweep`)."""
-    if not (isinstance(c, dict) and set(c) <= {"claim", "source", "a", "b", "margin", "metric", "at_least",
-                                                "at_most", "family"}
-            and {"claim", "a"} <= set(c) and isinstance(c["claim"], str)
-            and (is_plain_name(c["a"]) or _is_sweep(c))
-            and isinstance(c.get("source", ""), str) and c.get("metric", "linear") in CLAIM_METRICS
-            and ("family" not in c or is_plain_name(c["family"]))):
-        return False
-    if isinstance(c["a"], list):
-        return _is_sweep(c)
-    bounds = [k for k in ("at_least", "at_most") if k in c]
-    if bounds:
-        return (len(bounds) == 1 and _num(c[bounds[0]]) and "margin" not in c
-                and ("b" not in c or is_plain_name(c["b"])))
-    return "b" in c and is_plain_name(c["b"]) and _num(c.get("margin", 0.0))
+    """Whether ``c`` is a claim of a suite (:func:`claim_problem` finds nothing)."""
+    return claim_problem(c) is None
 
 
 def _is_window(w) -> bool:
@@ -101,13 +167,7 @@ SUITE_KEYS = {
     "random_init": (lambda v: isinstance(v, bool), "true or false"),
     "window": (lambda v: _is_window(v), "{start: S, end: E}, each steps (an int), 'Nep' or 'P%' (every sparse "
                                         "run prunes over these steps; its plugin says which of its keys set them)"),
-    "claims": (lambda v: isinstance(v, list) and all(_is_claim(c) for c in v),
-               "a list of {claim: text, source: text, a: run id, b: run id, margin: number (points)} or, on a row "
-               f"column (metric: one of {', '.join(CLAIM_METRICS)}), {{claim, source, a, [b,] at_least | at_most: "
-               "number} (a bound on a's values or on the ratio a / b); either may name a family: plain name (the "
-               "claims sweeping one hypothesis, decided on Bonferroni intervals); a difference claim may name lists "
-               "a: [run ids], b: [as many run ids] (at least 2; not on wall_clock_s): the mean of the paired "
-               "differences over a sweep"),
+    "claims": (lambda v: isinstance(v, list), "a list of claims, each " + CLAIM_ALLOWED),
 }
 RUN_KEYS = {
     "id": (is_plain_name, f"a plain name ({PLAIN_NAME_RULE})"),
@@ -236,6 +296,11 @@ class Suite:
             raise ConfigError(f"{p}: a suite needs 'suite' and a non-empty 'runs' list")
         root = suite_root(p)
         _check_keys(p, "", {k: v for k, v in raw.items() if k != "runs"}, SUITE_KEYS)
+        for i, c in enumerate(raw.get("claims") or []):
+            if problem := claim_problem(c):
+                text = c.get("claim") if isinstance(c, dict) else None
+                raise ConfigError(f"{p}: claims[{i}]{f' {str(text)[:60]!r}' if text else ''}: {problem}; "
+                                  f"allowed: {CLAIM_ALLOWED}")
         runs = []
         for i, r in enumerate(raw["runs"]):
             if not isinstance(r, dict) or "id" not in r:
