@@ -241,6 +241,23 @@ runs:
     assert ck.stat().st_mtime_ns == stamp
 
 
+def test_a_plot_that_fails_is_logged_and_the_results_are_still_saved(setup, monkeypatch):
+    """A picture never stops a long suite: a plotting error is logged by name, the results were written first."""
+    import solo_sparse.tools.bench.harness as harness
+
+    repo, suite, solo, tmp = setup
+    logs = []
+    b = Bench(Suite.load(suite), data_root=tmp / "data", solo_dir=solo, out=tmp / "out", log=logs.append)
+
+    def broken(*_a, **_k):
+        raise ValueError("axis limits must be finite")
+
+    monkeypatch.setattr(harness, "plot_claims", broken)
+    b.save()
+    assert (tmp / "out" / "results.json").is_file() and (tmp / "out" / "results.md").is_file()
+    assert logs == ["[bench toy] plots not drawn: ValueError: axis limits must be finite"]
+
+
 def test_non_finite_features_are_refused_with_how_many_and_which():
     import torch
 
