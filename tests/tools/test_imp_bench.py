@@ -240,12 +240,12 @@ def test_a_round_row_whose_features_overflow_fails_and_is_evaluated_again_not_tr
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda s: s.replace("imp:retrain-ticket-r1", "imp:ticket-r9"), "imp:ticket-r9.*not a run of the suite"),
+    (lambda s: s.replace("imp:retrain-ticket-r1", "imp:ticket-r9"), r"claims\[1\] '.*': a='imp:ticket-r9': not a run of the suite; allowed: "),
     (lambda s: s.replace('b: "imp:retrain-global_random-r1"', 'b: ["imp:retrain-global_random-r1", "imp:x"]'),
      r"claims\[1\] 'tickets >= global random \(re-trained\)': a='imp:retrain-ticket-r1', b=\["),
     (lambda s: s.replace('a: "imp:ticket-r1", b: "imp:global_random-r1"',
                          'a: ["imp:ticket-r1", "imp:ticket-r7"], b: ["imp:global_random-r1", "imp:global_random-r7"]'),
-     "a='imp:ticket-r7': not a run of the suite"),
+     r"claims\[0\] '.*': a='imp:ticket-r7': not a run of the suite"),
     (lambda s: s.replace("control_rounds: [1]", "control_rounds: [2]"), r"control_rounds=\[2\].*allowed: 1..1"),
     (lambda s: s.replace("[global_random, layer_permutation]", "[layer]"), "controls=.*global_random, "
                                                                             "layer_permutation, random_reinit"),

@@ -327,12 +327,12 @@ class Suite:
             if r.baseline is not None and r.baseline not in known:
                 raise ConfigError(f"{p}: run {r.id!r} baseline={r.baseline!r}: not a run of the suite "
                                   f"({', '.join(sorted(known))})")
-        for c in raw.get("claims") or []:
+        for i, c in enumerate(raw.get("claims") or []):
             for k in ("a", "b"):
                 for x in (c[k] if isinstance(c.get(k), list) else [c[k]] if k in c else []):
                     if x not in known:
-                        raise ConfigError(f"{p}: claim {c['claim'][:60]!r} {k}={x!r}: not a run of the suite "
-                                          f"({', '.join(sorted(known))})")
+                        raise ConfigError(f"{p}: claims[{i}] {c['claim'][:60]!r}: {k}={x!r}: not a run of the "
+                                          f"suite; allowed: {', '.join(sorted(known))}")
         return cls(**{k: v for k, v in raw.items() if k != "runs"}, runs=runs, path=p, root=root)
 
 
