@@ -128,11 +128,58 @@ def read_monitor(run: Path) -> Dict[str, object]:
     return out if out["epochs"] or out["probe_steps"] else {}
 
 
-def _save(fig, path: Path) -> Path:
-    """Lay out, write (120 dpi, parent folders made) and close a figure; its path."""
+#: the PNG text key holding the digest of the data a plot was drawn from (:func:`data_digest`)
+DATA_KEY = "solo-sparse data"
+
+
+def data_digest(data) -> str:
+    """A short sha256 of ``data`` as canonical JSON (floats rounded to 9 significant digits): what a plot shows,
+    independent of the matplotlib build and its fonts that make the PNG's bytes differ from one machine to another."""
+    import hashlib
+
+    def canon(x):
+        if isinstance(x, float):
+            return float(f"{x:.9g}")
+        if isinstance(x, dict):
+            return {str(k): canon(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [canon(v) for v in x]
+        return x
+
+    return hashlib.sha256(json.dumps(canon(data), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def png_data_digest(path: Path) -> Optional[str]:
+    """The :data:`DATA_KEY` text a plot was saved with (:func:`_save`'s ``digest``), None when the file is missing,
+    not a PNG or has none. Read from the PNG's ``tEXt`` chunks with the standard library."""
+    import struct
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    i = 8
+    while i + 8 <= len(raw):
+        n, kind = struct.unpack(">I4s", raw[i:i + 8])
+        if kind == b"tEXt":
+            key, _, value = raw[i + 8:i + 8 + n].partition(b"\0")
+            if key.decode("latin-1") == DATA_KEY:
+                return value.decode("latin-1")
+        if kind == b"IEND":
+            break
+        i += 12 + n
+    return None
+
+
+def _save(fig, path: Path, digest: Optional[str] = None) -> Path:
+    """Lay out, write (120 dpi, parent folders made) and close a figure; its path. ``digest``: the
+    :func:`data_digest` of what it shows, kept in the PNG (:func:`png_data_digest`) so that a check can tell a stale
+    picture from a current one without comparing bytes."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, **({"metadata": {DATA_KEY: digest}} if digest else {}))
     _plt().close(fig)
     return path
 

@@ -608,7 +608,7 @@ def test_the_claims_forest_plot_draws_each_difference_claims_intervals_and_margi
     """One line per difference claim with 2 or more paired seeds: per-seed values, mean, 95% interval, the family's
     interval where it has one, its margin and verdict; bounds (another scale) and one-seed claims are left out."""
     from solo_sparse.tools import stats
-    from solo_sparse.tools.bench.results import claims_forest, plot_claims
+    from solo_sparse.tools.bench.results import claims_forest, claims_plot_digest, plot_claims
 
     rows = {**_rows("x", [81.0, 82.0, 83.0]), **_rows("y", [80.0, 80.5, 81.5]), **_rows("z", [80.0, 80.0]),
             **_rows("w", [79.0])}
@@ -627,6 +627,11 @@ def test_the_claims_forest_plot_draws_each_difference_claims_intervals_and_margi
     fam = forest[1]
     assert fam["family"][0] < fam["ci"][0] and fam["label"].endswith("(2 seeds)") and fam["label"].count("\n") <= 2
     assert plot_claims(res, tmp_path / "c.png").stat().st_size > 0
+    from solo_sparse.tools.report import png_data_digest
+
+    assert png_data_digest(tmp_path / "c.png") == claims_plot_digest(res) != claims_plot_digest(
+        {**res, "meta": {**res["meta"], "claims": claims[:1]}})
+    assert png_data_digest(tmp_path / "missing.png") is None
     assert plot_claims({"meta": {"suite": "s", "claims": claims[3:]}, "rows": rows}, tmp_path / "no.png") is None
 
 
@@ -662,6 +667,15 @@ def test_update_docs_decides_with_the_claims_the_suite_file_declares_now(tmp_pat
     assert json.loads(res.read_text()) == saved                       # the results file untouched
     png = root / "results" / "toy" / "toy-claims.png"
     assert png.stat().st_size > 0                                     # and its forest plot drawn beside it
+    from solo_sparse.tools.bench.results import claims_plot_digest, with_current_claims
+    from solo_sparse.tools.report import png_data_digest
+
+    digest = png_data_digest(png)                                     # it keeps the digest of the data it shows
+    assert digest and digest == claims_plot_digest(with_current_claims(saved, res))
+    stamp = png.stat().st_mtime_ns
+    assert update_docs([res], [doc]) == [] and png.stat().st_mtime_ns == stamp     # same data: not redrawn
+    res.write_text(json.dumps({**saved, "rows": {**saved["rows"], **_rows("r", [80.0, 80.0, 80.5])}}))
+    assert png in update_docs([res], [doc]) and png_data_digest(png) not in (None, digest)     # new data: redrawn
     suite.write_text(json.dumps({**json.loads(suite.read_text()), "claims": []}))
     assert png in update_docs([res], [doc]) and not png.exists()     # no claim left: no stale picture
 

@@ -15,6 +15,7 @@ from solo_sparse.core.config import ConfigError
 from solo_sparse.core.files import write_atomic
 from solo_sparse.tools import stats
 from solo_sparse.tools.bench.suite import RETRAIN, parse_round_row_id, round_row_id
+from solo_sparse.tools.report import png_data_digest
 
 #: the columns of every row (absent values are None)
 ROW_KEYS = ("id", "seed", "kind", "config", "overrides", "method", "plugins", "epochs", "image_size", "path",
@@ -339,6 +340,7 @@ def plot_claims(results: Dict[str, Any], path: Path) -> Optional[Path]:
     rows = claims_forest(results)
     if not rows:
         return None
+    digest = claims_plot_digest(results)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,7 +375,15 @@ def plot_claims(results: Dict[str, Any], path: Path) -> Optional[Path]:
                  "are in the table)", fontsize=9)
     from solo_sparse.tools.report import _save
 
-    return _save(fig, path)
+    return _save(fig, path, digest)
+
+
+def claims_plot_digest(results: Dict[str, Any]) -> Optional[str]:
+    """The data digest :func:`plot_claims` saves in its PNG for ``results``, None when it draws nothing."""
+    from solo_sparse.tools.report import data_digest
+
+    rows = claims_forest(results)
+    return data_digest([results.get("meta", {}).get("suite"), rows]) if rows else None
 
 
 def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
@@ -413,8 +423,10 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     the suites' results.json (the README's result tables are generated, never typed), and re-render each given
     results file's markdown twin (``results.json`` -> ``results.md``, what a suite's own bench run writes; another
     name ``X.json`` -> ``X.md``), so that a renderer change reaches every suite, not only the one that ran last.
-    Each results file's claims forest plot (``<suite>-claims.png`` beside it, :func:`plot_claims`) is redrawn too,
-    and removed when no claim is left to draw. Returns the files that changed: the results.md first, in the order of
+    Each results file's claims forest plot (``<suite>-claims.png`` beside it, :func:`plot_claims`) is redrawn when
+    the data it shows changed (the digest kept in the PNG, :func:`~solo_sparse.tools.report.png_data_digest`; a PNG
+    drawn from the same data is left as it is, whatever matplotlib built its bytes), and removed when no claim is left
+    to draw. Returns the files that changed: the results.md first, in the order of
     ``results_paths``, then the claims plots, then the docs."""
     tables: Dict[str, str] = {}
     pages: Dict[Path, str] = {}
@@ -449,15 +461,19 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
             write_atomic(md, rendered)
             changed.append(md)
     for res, png in plots:                  # the claims' forest plot follows the claims the suite file declares now
-        before = png.read_bytes() if png.is_file() else None
+        want = claims_plot_digest(res)
+        if want is None:
+            if png.is_file():
+                png.unlink()                # no claim to draw any more: no stale picture left for the docs to show
+                changed.append(png)
+            continue
+        if png_data_digest(png) == want:    # drawn from these data already: not redrawn (the bytes depend on the
+            continue                        # matplotlib build, a redraw elsewhere would only churn the file)
         try:
-            drawn = plot_claims(res, png)
+            plot_claims(res, png)
         except ImportError:                 # matplotlib is an extra
             break
-        if drawn is None and before is not None:
-            png.unlink()                    # no claim to draw any more: no stale picture left for the docs to show
-        if (png.read_bytes() if png.is_file() else None) != before:
-            changed.append(png)
+        changed.append(png)
     for d in docs:
         text = Path(d).read_text()
         new = text
