@@ -659,6 +659,27 @@ def block_dense_macs(backbone: nn.Module, size: int) -> Dict[str, Tuple[float, f
     return {n: blk._ss_dense for n, blk in gated_blocks(backbone)}
 
 
+@torch.no_grad()
+def budget_ratio_from_network(backbone: nn.Module, network_ratio: float, size: int) -> float:
+    """The gated blocks' budget ratio Σ F^R / Σ F^O (what t_d constrains, :func:`measure`'s
+    ``gated_blocks_flops_ratio``) from the whole network's MACs ratio (its ``network_macs_ratio``) of a gated
+    ``backbone`` at ``size`` px. Exact, because both count the same effective MACs (the gates' own cost included) and
+    differ only by the convolutions outside the gated blocks S (the stem), dense on every input:
+
+        network = (Σ F^R + S) / (Σ F^O + S)   =>   Σ F^R / Σ F^O = (network (Σ F^O + S) - S) / Σ F^O
+
+    For rows whose backbone is gone (only the whole-network ratio was recorded). Only the architecture of
+    ``backbone`` is read."""
+    from solo_sparse.engine.flops import count_macs
+
+    fo = sum(d12 + rest for d12, rest in block_dense_macs(backbone, size).values())
+    with _state_kept(backbone):
+        set_mode(backbone, "dense")
+        total = count_macs(backbone, torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device)).dense
+    outside = total - fo
+    return (network_ratio * total - outside) / fo
+
+
 def _count_module_form(backbone: nn.Module, x: torch.Tensor):
     """count_macs of ``backbone`` on ``x`` through the module form: a batch-1 gather runs folded weights through
     F.conv2d, past the conv hooks a MAC counter reads (it would count the gated blocks as 0 MACs, a ratio of 1)."""

@@ -12,6 +12,7 @@ from solo_sparse.engine.sparsifier import ModuleGroup
 from solo_sparse.gating.dgnet import (
     ChannelGate,
     block_input_shapes,
+    budget_ratio_from_network,
     convert_resnet,
     copy_dense_bn_to_gated,
     flops_ratio,
@@ -480,6 +481,20 @@ def test_the_gates_own_cost_is_counted_per_image(monkeypatch):
     monkeypatch.setattr(ChannelGate, "cost", lambda self, h, w: 0.0)
     free = measure(net, x.expand(8, -1, -1, -1))["network_macs_ratio"]
     assert gates > 0 and eight - free == pytest.approx(gates / count_macs(net, x).dense, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 64), ("resnet50", 32)])
+def test_the_budget_ratio_follows_exactly_from_the_whole_network_ratio(arch, size):
+    """The rows of a finished suite keep only the whole-network MACs ratio; the gated blocks' budget ratio (what t_d
+    constrains) follows from it exactly -- the two count the same effective MACs and differ only by the stem."""
+    net = resnet(arch)
+    convert_resnet(net)
+    for seed, p_open in ((0, 0.5), (1, 0.2)):
+        random_gates(net, p_open, seed)
+        m = measure(net, torch.randn(3, 3, size, size))
+        assert budget_ratio_from_network(net, m["network_macs_ratio"], size) == pytest.approx(
+            m["gated_blocks_flops_ratio"], abs=1e-6)
+    assert budget_ratio_from_network(net, 1.0, size) == pytest.approx(1.0)       # every channel of every block
 
 
 def test_static_checkpoint_cost_needs_no_data(tmp_path, capsys):
