@@ -101,11 +101,25 @@ def _fmt_ratio(p: Optional[Dict[str, Any]]) -> str:
     return f"×{p['mean']:.3f} ± {p['std']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]" + skip
 
 
+def _trained_in(suites: Mapping[str, List[int]], seeds: set) -> str:
+    """Where a reused run's trainings come from, per seed when they are not all from one suite's rows."""
+    if len(suites) == 1 and set(next(iter(suites.values()))) >= seeds:
+        return f" (trained in suite `{next(iter(suites))}`)"
+    parts = [f"`{k}` ({', '.join(f's{x}' for x in sorted(v))})" for k, v in sorted(suites.items())]
+    own = sorted(seeds - {x for v in suites.values() for x in v})
+    here = f"; here ({', '.join(f's{x}' for x in own)})" if own else ""
+    return f" (trained in suite {'; '.join(parts)}{here})"
+
+
 def to_markdown(results: Mapping[str, Any]) -> str:
     per, machines = seconds_per_epoch(results), train_machines(results)
     ids = list(per)
-    reused = {str(r["id"]).split(":")[0]: str(r["reused_from"]).split("/", 1)[0]
-              for r in results.get("rows", {}).values() if r.get("reused_from")}
+    reused: Dict[str, Dict[str, List[int]]] = {}     # run id -> {the suite that trained it: its seeds}
+    for r in results.get("rows", {}).values():
+        if r.get("reused_from"):
+            src = reused.setdefault(str(r["id"]).split(":")[0], {}).setdefault(str(r["reused_from"]).split("/")[0], [])
+            if r["seed"] not in src:
+                src.append(r["seed"])
     lines = ["| run | s/epoch per seed | mean ± std | vs its dense row (per-seed ratio) |", "|---|---|---:|---|"]
     for rid in ids:
         s = per[rid]
@@ -114,7 +128,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         dense = _dense_of(rid, ids)
         vs = (_fmt_ratio(ratio_stats(s, per[dense], machines[rid], machines[dense])) + f" ({dense})"
               if dense else "-")
-        name = rid + (f" (trained in suite `{reused[rid]}`)" if rid in reused else "")
+        name = rid + (_trained_in(reused[rid], set(s)) if rid in reused else "")
         lines.append(f"| {name} | {', '.join(f's{k}: {s[k]:.1f}' for k in sorted(s))} | {ms} | {vs} |")
     shown = {"rows": {k: r for k, r in results.get("rows", {}).items() if r.get("kind") in (None, "pretrain")}}
     return "\n".join(lines + machines_note(shown)) + "\n\n" + LABEL + "\n"

@@ -38,6 +38,10 @@ def test_seconds_per_epoch_and_paired_ratios():
     assert "| simclr-pbhp | s0: 5.0, s1: 6.0, s2: 5.2 | 5.4 ± 0.5 | ×0.515 ± 0.026" in md
     assert "(simclr-dense) |" in md and "| moco-pbhp |" in md and "×0.500" in md and "(moco-dense)" in md
     assert "moco-dense (trained in suite `cdg`)" in md
+    rows = res["rows"]                            # one seed from another suite, one trained here: named per seed
+    rows["moco-dense/seed0"]["reused_from"] = "regime-probe/moco-q1024/seed0"
+    del rows["moco-dense/seed2"]["reused_from"]
+    assert "| moco-dense (trained in suite `cdg` (s1); `regime-probe` (s0); here (s2)) |" in ET.to_markdown(res)
     assert "Not comparable with a paper's GPU-days at a scaled batch size" in md and "equal batch" in md
     assert "random-init" not in md
 
