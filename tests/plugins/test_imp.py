@@ -1,4 +1,4 @@
-"""IMP engine (global pruning, mask/state files, random-mask control), the imp plugin, label re-training."""
+"""IMP engine (global pruning, mask/state files, global-random and layer-permutation controls), the imp plugin, label re-training."""
 import json
 
 import pytest

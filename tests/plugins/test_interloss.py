@@ -1,5 +1,7 @@
 """Intermediate contrastive loss engine (no solo-learn): crops, hard-pair selection, truncated
 forwards, heads, depth sampling, config validation, the plugin stacking rule, MACs accounting."""
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -279,3 +281,24 @@ def test_the_collapse_warning_is_given_once_per_run_not_once_per_resume():
     r = InterLoss.from_params({})
     PluginHost([r]).load_state_dict(state)
     assert not r._warned_collapse
+
+
+@pytest.mark.parametrize("method", ["simclr", "vicreg", "barlow_twins"])
+def test_key_scoring_on_a_method_without_a_key_encoder_is_refused_at_setup(method):
+    """``hard_pair_keys: key`` needs a momentum (key) encoder: refused before step 0 with the key, the value, the
+    method and what is allowed -- also without solo-learn (the plugin's own setup, any host)."""
+    import torchvision
+
+    from solo_sparse.core.plugin import ModelView
+    from solo_sparse.core.registry import build_plugins
+    from solo_sparse.engine.sparsifier import ModuleGroup
+
+    def view():
+        return ModelView({"backbone": ModuleGroup("backbone", torchvision.models.resnet18(), None)}, "shared",
+                         method=method)
+
+    (p,) = build_plugins({"plugins": ["interloss"], "hard_pair_keys": "key"})
+    with pytest.raises(ConfigError, match=re.escape(
+            f"solo_sparse.hard_pair_keys='key': method '{method}' has no key (momentum) encoder to score hard pairs "
+            "against (methods with one: mocov2plus, byol); allowed here: auto, online")):
+        p.setup(view())

@@ -10,6 +10,7 @@ solo-learn-like checkpoints (``<name>-<version>-ep=<E>.ckpt`` in a new version f
   reorders the two runs' checkpoints (the fake writes the resumed run's checkpoint one second "earlier").
 """
 import json
+import re
 import sys
 import time
 
@@ -226,6 +227,10 @@ def test_more_rounds_than_the_smallest_layer_allows_are_refused_before_round_0(f
         IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "b"), rounds=38, overrides=["++backbone.name=resnet50"]),
                   solo, "imp", log=lambda *_: None)
     assert not log.exists() and not (tmp_path / "a").exists()          # nothing trained, no run folder
+    said = []                                   # a backbone solo-sparse does not build: not checked, and said so
+    IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "v"), rounds=99, overrides=["++backbone.name=vit_tiny"]),
+              solo, "imp", log=said.append)
+    assert any("--rounds=99 not checked before round 0" in x and "'vit_tiny'" in x for x in said), said
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0, -0.2, 1.5, float("nan")])
@@ -233,7 +238,7 @@ def test_a_rate_outside_0_1_is_refused_with_the_allowed_range(fake, tmp_path, ra
     from solo_sparse.core.config import ConfigError
 
     solo, cfg, log = fake
-    with pytest.raises(ConfigError, match=r"imp --rate=.*: allowed: a number in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=re.escape(f"imp --rate={rate!r}: allowed: a number in (0, 1)")):
         IMPDriver(IMPRun(config=str(cfg), out=str(tmp_path / "o"), rate=rate), solo, "imp", log=lambda *_: None)
     assert not log.exists()
 

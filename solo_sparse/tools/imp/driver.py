@@ -181,11 +181,17 @@ def max_rounds(rate: float, weights: int) -> int:
     return r
 
 
-def check_rounds(rounds: int, rate: float, backbone: str) -> None:
+def check_rounds(rounds: int, rate: float, backbone: str, log=print) -> None:
     """Refuse ``rounds`` whose final density ``(1 - rate) ** rounds`` keeps less than one weight of the
-    backbone's smallest prunable layer (one line: the option, the value, the layer, the allowed range)."""
+    backbone's smallest prunable layer (one line: the option, the value, the layer, the allowed range). A backbone
+    solo-sparse does not build (not a torchvision ResNet) is not checked here, and ``log`` says so: each round
+    then checks its own layers before it trains (an emptied layer stops the run, naming it)."""
     small = smallest_layer(backbone)
     if small is None:
+        if rounds > 0:
+            log(f"[imp] --rounds={rounds} not checked before round 0: solo-sparse does not build backbone "
+                f"{backbone!r} (its layer sizes are known once it trains); each round refuses a layer it would "
+                "empty")
         return
     layer, n = small
     if (1.0 - rate) ** rounds * n < 1.0:
@@ -228,7 +234,7 @@ class IMPDriver:
         if run.reset == "rewind" and spec.unit == "epoch" and ep is not None and spec.value > ep:
             raise ConfigError(f"imp --rewind={run.rewind!r} is beyond the first round's length ({ep} epochs)")
         check_rounds(run.rounds, run.rate, str(_config_value(self.cfg_path, run.overrides, "backbone.name")
-                                               or "resnet18"))
+                                               or "resnet18"), log=self.log)
         self.state = self._load_or_init_state()
 
     # ------------------------------------------------------------------ state
