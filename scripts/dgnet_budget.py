@@ -24,7 +24,7 @@ from pathlib import Path
 
 def target_of(row: dict) -> float | None:
     """The row's ``solo_sparse.target`` override (t_d, or the static control's solved share), None without one."""
-    for o in row.get("overrides") or []:
+    for o in reversed(row.get("overrides") or []):          # Hydra: the last override wins
         m = re.fullmatch(r"\+*solo_sparse\.target=([0-9.]+)", o)
         if m:
             return float(m.group(1))

@@ -116,10 +116,12 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     ids = list(per)
     reused: Dict[str, Dict[str, List[int]]] = {}     # run id -> {the suite that trained it: its seeds}
     for r in results.get("rows", {}).values():
-        if r.get("reused_from"):
-            src = reused.setdefault(str(r["id"]).split(":")[0], {}).setdefault(str(r["reused_from"]).split("/")[0], [])
-            if r["seed"] not in src:
-                src.append(r["seed"])
+        if r.get("reused_from") and r.get("status") == "ok" and r.get("kind") in (None, "pretrain"):
+            rid = str(r["id"]).split(":")[0] if r.get("path") else str(r["id"])
+            src = reused.setdefault(rid, {}).setdefault(str(r["reused_from"]).split("/")[0], [])
+            seed = int(r.get("seed") or 0)
+            if seed not in src:
+                src.append(seed)
     lines = ["| run | s/epoch per seed | mean ± std | vs its dense row (per-seed ratio) |", "|---|---|---:|---|"]
     for rid in ids:
         s = per[rid]

@@ -676,6 +676,18 @@ def test_update_docs_decides_with_the_claims_the_suite_file_declares_now(tmp_pat
     assert update_docs([res], [doc]) == [] and png.stat().st_mtime_ns == stamp     # same data: not redrawn
     res.write_text(json.dumps({**saved, "rows": {**saved["rows"], **_rows("r", [80.0, 80.0, 80.5])}}))
     assert png in update_docs([res], [doc]) and png_data_digest(png) not in (None, digest)     # new data: redrawn
+    from solo_sparse.tools.bench import results as results_mod
+
+    monkeypatch.setattr(results_mod, "CLAIMS_PLOT_VERSION", results_mod.CLAIMS_PLOT_VERSION + 1)
+    assert png in update_docs([res], [doc])                                  # a new way of drawing: redrawn
+    assert update_docs([res], [doc]) == []
+
+    def no_matplotlib(*a, **k):
+        raise ImportError("matplotlib")
+
+    monkeypatch.setattr(results_mod, "plot_claims", no_matplotlib)
+    monkeypatch.setattr(results_mod, "CLAIMS_PLOT_VERSION", results_mod.CLAIMS_PLOT_VERSION + 1)
+    assert png in update_docs([res], [doc])              # stale and not redrawable here: still reported
     suite.write_text(json.dumps({**json.loads(suite.read_text()), "claims": []}))
     assert png in update_docs([res], [doc]) and not png.exists()     # no claim left: no stale picture
 
