@@ -40,8 +40,12 @@ def _timed_rows(results: Mapping[str, Any]):
         secs, ep = r.get("wall_clock_s"), r.get("epochs")
         if not secs or not ep or int(ep) <= 0:
             continue
-        rid = str(r["id"]).split(":")[0] if r.get("path") else str(r["id"])
-        yield rid, int(r.get("seed") or 0), float(secs) / int(ep), r.get("train_machine")
+        yield _run_key(r), int(r.get("seed") or 0), float(secs) / int(ep), r.get("train_machine")
+
+
+def _run_key(r: Mapping[str, Any]) -> str:
+    """The run a row's training belongs to: an evaluation path's row (``id:path``) is its run's training."""
+    return str(r["id"]).split(":")[0] if r.get("path") else str(r["id"])
 
 
 def seconds_per_epoch(results: Mapping[str, Any]) -> Dict[str, Dict[int, float]]:
@@ -117,8 +121,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     reused: Dict[str, Dict[str, List[int]]] = {}     # run id -> {the suite that trained it: its seeds}
     for r in results.get("rows", {}).values():
         if r.get("reused_from") and r.get("status") == "ok" and r.get("kind") in (None, "pretrain"):
-            rid = str(r["id"]).split(":")[0] if r.get("path") else str(r["id"])
-            src = reused.setdefault(rid, {}).setdefault(str(r["reused_from"]).split("/")[0], [])
+            src = reused.setdefault(_run_key(r), {}).setdefault(str(r["reused_from"]).split("/")[0], [])
             seed = int(r.get("seed") or 0)
             if seed not in src:
                 src.append(seed)

@@ -345,7 +345,7 @@ def plot_claims(results: Dict[str, Any], path: Path) -> Optional[Path]:
     rows = claims_forest(results)
     if not rows:
         return None
-    digest = claims_plot_digest(results)
+    digest = _claims_digest(results, rows)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,10 +385,14 @@ def plot_claims(results: Dict[str, Any], path: Path) -> Optional[Path]:
 
 def claims_plot_digest(results: Dict[str, Any]) -> Optional[str]:
     """The data digest :func:`plot_claims` saves in its PNG for ``results``, None when it draws nothing."""
+    rows = claims_forest(results)
+    return _claims_digest(results, rows) if rows else None
+
+
+def _claims_digest(results: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
     from solo_sparse.tools.report import data_digest
 
-    rows = claims_forest(results)
-    return data_digest([CLAIMS_PLOT_VERSION, results.get("meta", {}).get("suite"), rows]) if rows else None
+    return data_digest([CLAIMS_PLOT_VERSION, results.get("meta", {}).get("suite"), rows])
 
 
 def plot_monitors(results: Dict[str, Any], path: Path) -> Optional[Path]:
