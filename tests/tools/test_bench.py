@@ -378,11 +378,12 @@ def test_versus_dense_is_paired_by_seed_and_calls_only_what_the_interval_decides
     assert versus_dense(by["dense"], by, res) == "-"
 
 
-def test_rounds_rows_become_curves_per_evaluation_paired_with_the_ticket(tmp_path):
+def test_rounds_rows_become_curves_per_evaluation_paired_with_the_ticket(tmp_path, monkeypatch):
     """IMP rows (kind rounds): one curve per ticket / control and evaluation, points sorted by round at the
     rows' density, each control paired with the ticket of its round and evaluation; other rows, failed rows and
     ids of another shape are left out; the plot is written only where such rows exist."""
-    from solo_sparse.tools.bench.results import plot_rounds, rounds_curves
+    from solo_sparse.tools.bench import update_docs
+    from solo_sparse.tools.bench.results import plot_rounds, rounds_curves, rounds_plot_digest
     from solo_sparse.tools.bench.suite import parse_round_row_id, round_row_id
 
     def rows(what, k, vals, retrain=False, density=None, status="ok"):
@@ -414,6 +415,27 @@ def test_rounds_rows_become_curves_per_evaluation_paired_with_the_ticket(tmp_pat
     assert plot_rounds(res, tmp_path / "r.png").stat().st_size > 0
     assert plot_rounds({"rows": rows("x", 1, [50.0], status="failed")}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    # --update-docs redraws <suite>-rounds.png only when what it shows changed (the digest kept in the PNG), and
+    # removes it when no rounds row is left
+    from solo_sparse.tools.bench import results as results_mod
+    from solo_sparse.tools.report import png_data_digest
+
+    folder = tmp_path / "results" / "imp"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(res))
+    png = folder / "imp-rounds.png"
+    assert png in update_docs([folder / "results.json"], []) and png_data_digest(png) == rounds_plot_digest(res)
+    stamp = png.stat().st_mtime_ns
+    assert update_docs([folder / "results.json"], []) == [] and png.stat().st_mtime_ns == stamp
+    pre = rounds_plot_digest(res)
+    assert rounds_plot_digest({**res, "rows": {**res["rows"], **rows("ticket", 1, [93.0], retrain=True)}}) != pre
+    assert rounds_plot_digest({**res, "rows": {**res["rows"], "x": {**res["rows"]["odd/seed0"], "linear": 9}}}) == pre
+    (folder / "results.json").write_text(json.dumps({**res, "rows": {**res["rows"], **rows("ticket", 2, [70.0])}}))
+    assert png in update_docs([folder / "results.json"], []) and png_data_digest(png) not in (None, pre)
+    monkeypatch.setattr(results_mod, "ROUNDS_PLOT_VERSION", results_mod.ROUNDS_PLOT_VERSION + 1)
+    assert png in update_docs([folder / "results.json"], [])              # a new way of drawing: redrawn
+    (folder / "results.json").write_text(json.dumps({"meta": {"suite": "imp"}, "rows": {}}))
+    assert png in update_docs([folder / "results.json"], []) and not png.exists()    # no rounds left: removed
     # the rows table: a ticket against the round-0 ticket (the dense network), a control also against its round's
     # ticket, each within its evaluation; other rows keep the prefix rule
     table = {ln.split(" | ")[0][2:]: ln.split(" | ") for ln in to_markdown(res).splitlines() if ln.startswith("| imp:")}

@@ -116,9 +116,9 @@ def test_the_docs_blocks_are_rendered_from_the_committed_results(tmp_path, monke
         results[-1].parent.mkdir(parents=True)
         shutil.copyfile(p, results[-1])
         shutil.copyfile(p.parent / "results.md", results[-1].parent / "results.md")
-        png = p.parent / f"{name}-claims.png"
-        if png.is_file():            # compared by the digest of the data it was drawn from (its bytes depend on the
-            shutil.copyfile(png, results[-1].parent / png.name)       # matplotlib build and fonts)
+        for png in (p.parent / f"{name}-claims.png", p.parent / f"{name}-rounds.png"):
+            if png.is_file():        # compared by the digest of the data it was drawn from (its bytes depend on the
+                shutil.copyfile(png, results[-1].parent / png.name)   # matplotlib build and fonts)
     changed = update_docs(results, copies)
     assert not changed, ("stale generated files, regenerate with `solo-sparse bench --update-docs`: "
                          + ", ".join(str(docs[copies.index(c)].relative_to(ROOT)) if c in copies

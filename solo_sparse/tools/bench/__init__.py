@@ -50,7 +50,8 @@ random-init and dense lines; rows of ``kind: rounds`` runs left out), ``<suite>-
 ``kind: rounds`` runs (top-1 vs density of the IMP tickets and their controls, one panel per evaluation:
 :func:`~solo_sparse.tools.bench.results.plot_rounds`), ``<suite>-claims.png`` where it declares difference claims
 (a forest plot of their paired differences, intervals and margins: :func:`~solo_sparse.tools.bench.results.plot_claims`;
-``--update-docs`` redraws it with the claims the suite file declares now), ``monitor.png`` (the collapse / momentum
+``--update-docs`` redraws it with the claims the suite file declares now; both plots keep the digest of the data
+they show and ``--update-docs`` redraws them only when it changed), ``monitor.png`` (the collapse / momentum
 monitor).
 No machine path is written: configs are repository-relative, data is named by its folder, commands use
 ``<repo>``, ``<solo-learn>``, ``<data>`` and ``<out>`` placeholders.

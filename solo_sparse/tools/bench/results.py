@@ -273,6 +273,7 @@ def plot_rounds(results: Dict[str, Any], path: Path) -> Optional[Path]:
     curves = rounds_curves(results)
     if not curves:
         return None
+    digest = _rounds_digest(results, curves)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,7 +310,29 @@ def plot_rounds(results: Dict[str, Any], path: Path) -> Optional[Path]:
                  "mean ± std over seeds", fontsize=9)
     from solo_sparse.tools.report import _save
 
-    return _save(fig, path)
+    return _save(fig, path, digest)
+
+
+#: enters the rounds plot's digest (:func:`rounds_plot_digest`): bump it with any change to how :func:`plot_rounds`
+#: draws, so that --update-docs redraws every rounds plot and the docs-current test fails until they are
+ROUNDS_PLOT_VERSION = 1
+
+
+def rounds_plot_digest(results: Dict[str, Any]) -> Optional[str]:
+    """The data digest :func:`plot_rounds` saves in its PNG for ``results``, None when it draws nothing."""
+    curves = rounds_curves(results)
+    return _rounds_digest(results, curves) if curves else None
+
+
+def _rounds_digest(results: Dict[str, Any], curves: Dict[str, Any]) -> str:
+    """What the rounds plot shows: its title's fields and each curve's points (density, mean, std), not the paired
+    statistics the curves also carry (not drawn)."""
+    from solo_sparse.tools.report import data_digest
+
+    meta = results.get("meta", {})
+    shown = {run: {ev: {what: [[p["density"], p["mean"], p["std"]] for p in pts] for what, pts in by_what.items()}
+                   for ev, by_what in by_ev.items()} for run, by_ev in curves.items()}
+    return data_digest([ROUNDS_PLOT_VERSION, meta.get("suite"), meta.get("data"), meta.get("image_size"), shown])
 
 
 #: enters the claims plot's digest (:func:`claims_plot_digest`): bump it with any change to how :func:`plot_claims`
@@ -432,15 +455,15 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
     the suites' results.json (the README's result tables are generated, never typed), and re-render each given
     results file's markdown twin (``results.json`` -> ``results.md``, what a suite's own bench run writes; another
     name ``X.json`` -> ``X.md``), so that a renderer change reaches every suite, not only the one that ran last.
-    Each results file's claims forest plot (``<suite>-claims.png`` beside it, :func:`plot_claims`) is redrawn when
-    the data it shows changed (the digest kept in the PNG, :func:`~solo_sparse.tools.report.png_data_digest`; a PNG
-    drawn from the same data is left as it is, whatever matplotlib built its bytes), and removed when no claim is left
-    to draw. Returns the files that changed: the results.md first, in the order of
-    ``results_paths``, then the claims plots, then the docs."""
+    Each results file's claims forest plot (``<suite>-claims.png`` beside it, :func:`plot_claims`) and IMP rounds
+    plot (``<suite>-rounds.png``, :func:`plot_rounds`) is redrawn when the data it shows changed (the digest kept in
+    the PNG, :func:`~solo_sparse.tools.report.png_data_digest`; a PNG drawn from the same data is left as it is,
+    whatever matplotlib built its bytes), and removed when nothing is left to draw. Returns the files that changed:
+    the results.md first, in the order of ``results_paths``, then the plots, then the docs."""
     tables: Dict[str, str] = {}
     pages: Dict[Path, str] = {}
     seen: Dict[str, Path] = {}
-    plots: List[Tuple[Dict[str, Any], Path]] = []
+    plots: List[Tuple[Dict[str, Any], str, Path]] = []
     changed: List[Path] = []
     for p in results_paths:
         if not Path(p).is_file():
@@ -455,7 +478,7 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
                               "overwrite each other; give one (e.g. the suite's own folder, not a --host copy)")
         seen[suite] = Path(p)
         res = with_current_claims(res, Path(p))
-        plots.append((res, Path(p).parent / f"{suite}-claims.png"))
+        plots += [(res, kind, Path(p).parent / f"{suite}-{kind}.png") for kind in ("claims", "rounds")]
         rendered = to_markdown(res)
         pages[Path(p).with_suffix(".md")] = rendered     # results.json -> results.md, as a bench run writes it
         tables[f"bench:{suite}"] = rendered
@@ -469,17 +492,18 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
         if not md.is_file() or md.read_text() != rendered:
             write_atomic(md, rendered)
             changed.append(md)
-    for res, png in plots:                  # the claims' forest plot follows the claims the suite file declares now
-        want = claims_plot_digest(res)
+    for res, kind, png in plots:            # the claims' forest plot follows the claims the suite file declares now
+        digest, draw = {"claims": (claims_plot_digest, plot_claims), "rounds": (rounds_plot_digest, plot_rounds)}[kind]
+        want = digest(res)
         if want is None:
             if png.is_file():
-                png.unlink()                # no claim to draw any more: no stale picture left for the docs to show
+                png.unlink()                # nothing to draw any more: no stale picture left for the docs to show
                 changed.append(png)
             continue
         if png_data_digest(png) == want:    # drawn from these data already: not redrawn (the bytes depend on the
             continue                        # matplotlib build, a redraw elsewhere would only churn the file)
         try:
-            plot_claims(res, png)
+            draw(res, png)
         except ImportError:                 # matplotlib is an extra: the stale plot is still reported
             pass
         changed.append(png)
