@@ -492,8 +492,10 @@ def update_docs(results_paths: Sequence[Path], docs: Sequence[Path]) -> List[Pat
         if not md.is_file() or md.read_text() != rendered:
             write_atomic(md, rendered)
             changed.append(md)
-    for res, kind, png in plots:            # the claims' forest plot follows the claims the suite file declares now
-        digest, draw = {"claims": (claims_plot_digest, plot_claims), "rounds": (rounds_plot_digest, plot_rounds)}[kind]
+    # the claims' forest plot follows the claims the suite file declares now; each plot, the data it shows
+    kinds = {"claims": (claims_plot_digest, plot_claims), "rounds": (rounds_plot_digest, plot_rounds)}
+    for res, kind, png in plots:
+        digest, draw = kinds[kind]
         want = digest(res)
         if want is None:
             if png.is_file():
